@@ -1,0 +1,468 @@
+"""Completeness checks of cached copies, without reading the data.
+
+Shallow (default): one `stat` and one tail read of a few bytes per file, so the cost grows
+with the number of files, not with bytes:
+- Arrow cache: `dataset_info.json` present and parseable; every split's shard files (named
+  from `shard_lengths`, as `datasets` names them) present, non-empty and ending with the
+  Arrow stream end-of-stream marker (a truncated copy does not).
+- Hub snapshot: no dangling symlinks (blob missing), the dataset card's splits each have
+  files, `-NNNNN-of-MMMMM` shard sets are complete, parquet files end with `PAR1`, and the
+  total size is not below the card's `download_size`.
+
+Deep (`deep=True`): also reads Arrow/parquet metadata to count rows against the recorded
+`num_examples`/`shard_lengths`, and hashes LFS blobs against their sha256 names, in a thread
+pool with a progress bar.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+ARROW_EOS = b"\xff\xff\xff\xff\x00\x00\x00\x00"
+PARQUET_MAGIC = b"PAR1"
+_SHARD_RE = re.compile(r"-(\d{5})-of-(\d{5})")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+_UU = re.compile(r"([A-Z]+)([A-Z][a-z])")
+_LU = re.compile(r"([a-z\d])([A-Z])")
+
+
+def snake(name: str) -> str:
+    """`datasets.naming.camelcase_to_snakecase` (kept here to avoid importing datasets)."""
+    return _LU.sub(r"\1_\2", _UU.sub(r"\1_\2", name)).lower()
+
+
+def arrow_split_files(directory: Path, dataset_name: str, split: str, shard_lengths) -> list[Path]:
+    """File names `datasets` writes for a split (`datasets.naming.filenames_for_dataset_split`)."""
+    prefix = f"{snake(dataset_name)}-{split}"
+    if shard_lengths and len(shard_lengths) > 1:
+        n = len(shard_lengths)
+        return [directory / f"{prefix}-{i:05d}-of-{n:05d}.arrow" for i in range(n)]
+    return [directory / f"{prefix}.arrow"]
+
+
+@dataclass
+class Problem:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass
+class SplitReport:
+    name: str
+    files: list[str] = field(default_factory=list)
+    bytes: int = 0
+    rows_expected: int | None = None
+    rows_found: int | None = None
+    shard_rows_expected: list | None = None
+
+
+@dataclass
+class CheckReport:
+    kind: str  # "arrow" or "hub"
+    path: str
+    splits: dict[str, SplitReport] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+    files_checked: int = 0
+    deep: bool = False
+    card: dict = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def add(self, path, message: str) -> None:
+        self.problems.append(Problem(str(path), message))
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "path": self.path,
+            "ok": self.ok,
+            "deep": self.deep,
+            "files_checked": self.files_checked,
+            "splits": {
+                n: {
+                    "files": len(s.files),
+                    "bytes": s.bytes,
+                    "rows_expected": s.rows_expected,
+                    "rows_found": s.rows_found,
+                }
+                for n, s in self.splits.items()
+            },
+            "problems": [str(p) for p in self.problems],
+        }
+
+
+def _tail(path: Path, n: int) -> tuple[int, bytes]:
+    """Size and last n bytes of a file (opens it: an unreadable file raises here)."""
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size >= n:
+            f.seek(size - n)
+        return size, f.read(n)
+
+
+def _check_file(report: CheckReport, path: Path, magic: bytes, what: str) -> int | None:
+    report.files_checked += 1
+    try:
+        size, tail = _tail(path, len(magic))
+    except FileNotFoundError:
+        if os.path.islink(path):
+            report.add(path, f"dangling symlink to {os.readlink(path)} (blob missing)")
+        else:
+            report.add(path, f"missing {what}")
+        return None
+    except PermissionError:
+        report.add(path, "not readable by this user (permission denied)")
+        return None
+    except OSError as e:
+        report.add(path, f"cannot read: {e.strerror or e}")
+        return None
+    if size == 0:
+        report.add(path, f"empty {what}")
+    elif tail != magic:
+        report.add(path, f"truncated or corrupt {what} (no end marker, {size} bytes)")
+    return size
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="file", disable=not enabled, leave=False)
+
+
+def _parallel(fn, items, desc: str, workers: int | None, progress: bool) -> list:
+    results = [None] * len(items)
+    with ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 1) * 2)) as pool:
+        futures = {pool.submit(fn, item): i for i, item in enumerate(items)}
+        with _progress(len(items), desc, progress) as bar:
+            from concurrent.futures import as_completed
+
+            for fut in as_completed(futures):
+                i = futures[fut]
+                try:
+                    results[i] = fut.result()
+                except Exception as e:  # noqa: BLE001 - reported as a problem per file
+                    results[i] = e
+                bar.update(1)
+    return results
+
+
+def _arrow_rows(path: Path) -> int:
+    import pyarrow as pa
+
+    with pa.memory_map(str(path), "r") as source:
+        reader = pa.ipc.open_stream(source)
+        return sum(batch.num_rows for batch in reader)
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.read_metadata(str(path)).num_rows
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- Arrow cache
+
+
+def read_dataset_info(directory: Path, report: CheckReport) -> dict | None:
+    info_path = directory / "dataset_info.json"
+    report.files_checked += 1
+    try:
+        return json.loads(info_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        report.add(info_path, "missing dataset_info.json (split list and shard counts unknown)")
+    except PermissionError:
+        report.add(info_path, "not readable by this user (permission denied)")
+    except (OSError, ValueError) as e:
+        report.add(info_path, f"unreadable or invalid JSON: {e}")
+    return None
+
+
+def check_arrow_dir(
+    directory, *, deep: bool = False, workers: int | None = None, progress: bool = False
+) -> CheckReport:
+    """Check one `ns___name/CONFIG/VERSION/HASH` folder written by `datasets`."""
+    directory = Path(directory)
+    report = CheckReport(kind="arrow", path=str(directory), deep=deep)
+    if directory.name.endswith(".incomplete"):
+        report.add(directory, "interrupted prepare (*.incomplete folder)")
+        return report
+    try:
+        os.listdir(directory)
+    except PermissionError:
+        report.add(directory, "folder not readable/searchable by this user (permission denied)")
+        return report
+    except FileNotFoundError:
+        report.add(directory, "folder does not exist")
+        return report
+    info = read_dataset_info(directory, report)
+    if info is None:
+        return report
+    name = info.get("dataset_name") or info.get("builder_name") or ""
+    splits = info.get("splits") or {}
+    if not splits:
+        report.add(directory / "dataset_info.json", "records no splits")
+    rows_jobs = []
+    for split_name, s in splits.items():
+        sr = SplitReport(name=split_name, rows_expected=s.get("num_examples"))
+        lengths = s.get("shard_lengths")
+        sr.shard_rows_expected = lengths
+        for i, path in enumerate(arrow_split_files(directory, name, split_name, lengths)):
+            size = _check_file(report, path, ARROW_EOS, "Arrow shard")
+            sr.files.append(str(path))
+            if size is not None:
+                sr.bytes += size
+                expected = lengths[i] if lengths and len(lengths) > 1 else sr.rows_expected
+                rows_jobs.append((split_name, path, expected))
+        report.splits[split_name] = sr
+    if deep and rows_jobs:
+        results = _parallel(
+            lambda job: _arrow_rows(job[1]), rows_jobs, "rows (arrow)", workers, progress
+        )
+        _apply_row_counts(report, rows_jobs, results)
+    return report
+
+
+def _apply_row_counts(report: CheckReport, jobs, results) -> None:
+    found: dict[str, int] = {}
+    for (split_name, path, expected), res in zip(jobs, results, strict=True):
+        if isinstance(res, Exception):
+            report.add(path, f"metadata unreadable: {res}")
+            continue
+        found[split_name] = found.get(split_name, 0) + res
+        if expected is not None and report.kind == "arrow" and res != expected:
+            report.add(path, f"{res} rows, dataset_info.json records {expected}")
+    for split_name, sr in report.splits.items():
+        if split_name in found:
+            sr.rows_found = found[split_name]
+            if sr.rows_expected is not None and sr.rows_found != sr.rows_expected:
+                report.add(
+                    sr.files[0] if sr.files else report.path,
+                    f"split '{split_name}' has {sr.rows_found} rows, "
+                    f"metadata records {sr.rows_expected}",
+                )
+
+
+# --------------------------------------------------------------------------- hub snapshot
+
+
+def read_card(snapshot: Path, report: CheckReport | None = None) -> dict:
+    """YAML header of the dataset card (README.md), {} if none."""
+    path = snapshot / "README.md"
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if report is not None and os.path.islink(path):
+            report.add(path, f"dangling symlink to {os.readlink(path)} (blob missing)")
+        return {}
+    except PermissionError:
+        if report is not None:
+            report.add(path, "not readable by this user (permission denied)")
+        return {}
+    if not text.startswith("---"):
+        return {}
+    end = text.find("\n---", 3)
+    if end < 0:
+        return {}
+    try:
+        data = yaml.safe_load(text[3:end]) or {}
+    except yaml.YAMLError as e:
+        if report is not None:
+            report.add(path, f"dataset card YAML invalid: {e}")
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def card_config(card: dict, config: str | None) -> tuple[dict | None, dict | None]:
+    """(configs entry, dataset_info entry) for a config name (None: default/only one)."""
+
+    def pick(entries):
+        if isinstance(entries, dict):
+            entries = [entries]
+        if not isinstance(entries, list) or not entries:
+            return None
+        for e in entries:
+            if (e.get("config_name") or "default") == (config or "default"):
+                return e
+        if config is None:
+            defaults = [e for e in entries if e.get("default")]
+            return defaults[0] if defaults else (entries[0] if len(entries) == 1 else None)
+        return None
+
+    return pick(card.get("configs")), pick(card.get("dataset_info"))
+
+
+def card_config_names(card: dict) -> list[str]:
+    entries = card.get("configs") or card.get("dataset_info") or []
+    if isinstance(entries, dict):
+        entries = [entries]
+    return [e.get("config_name") or "default" for e in entries if isinstance(e, dict)]
+
+
+def _walk(root: Path, report: CheckReport) -> list[str]:
+    """Relative paths of all files/symlinks under root (skips .git/.cache); reports errors."""
+    out: list[str] = []
+    stack = [root]
+    while stack:
+        d = stack.pop()
+        try:
+            entries = list(os.scandir(d))
+        except PermissionError:
+            report.add(d, "folder not readable/searchable by this user (permission denied)")
+            continue
+        for e in entries:
+            if e.name in (".git", ".cache", ".huggingface"):
+                continue
+            if e.is_dir(follow_symlinks=False):
+                stack.append(Path(e.path))
+            else:
+                out.append(os.path.relpath(e.path, root))
+    return sorted(out)
+
+
+_DEFAULT_SPLIT_PATTERNS = {
+    "train": ["data/train-*", "data/train/*", "train-*", "train/*", "*train*"],
+    "validation": ["data/validation-*", "data/validation/*", "validation-*", "*validation*"],
+    "test": ["data/test-*", "data/test/*", "test-*", "*test*"],
+}
+_DATA_EXT = (".parquet", ".arrow", ".jsonl", ".json", ".csv", ".tar")
+
+
+def split_data_files(card: dict, config: str | None, files: list[str]) -> dict[str, list[str]]:
+    """Map split -> relative data files, from the card's `configs[].data_files` patterns."""
+    cfg, _ = card_config(card, config)
+    data = [f for f in files if f.endswith(_DATA_EXT)]
+    result: dict[str, list[str]] = {}
+    if cfg and cfg.get("data_files"):
+        spec = cfg["data_files"]
+        if isinstance(spec, str):
+            spec = [{"split": "train", "path": spec}]
+        elif isinstance(spec, dict):
+            spec = [{"split": k, "path": v} for k, v in spec.items()]
+        for entry in spec:
+            pats = entry.get("path")
+            pats = [pats] if isinstance(pats, str) else list(pats or [])
+            matched = sorted({f for f in data for p in pats if fnmatch.fnmatchcase(f, p)})
+            result[entry.get("split", "train")] = matched
+        return result
+    for split, pats in _DEFAULT_SPLIT_PATTERNS.items():
+        for p in pats:
+            matched = [f for f in data if fnmatch.fnmatchcase(f, p)]
+            if matched:
+                result[split] = matched
+                break
+    return result
+
+
+def check_hub_snapshot(
+    snapshot,
+    config: str | None = None,
+    *,
+    deep: bool = False,
+    workers: int | None = None,
+    progress: bool = False,
+) -> CheckReport:
+    """Check a `datasets--ns--name/snapshots/SHA` folder against its dataset card."""
+    snapshot = Path(snapshot)
+    report = CheckReport(kind="hub", path=str(snapshot), deep=deep)
+    files = _walk(snapshot, report)
+    card = read_card(snapshot, report)
+    report.card = card
+    _, info = card_config(card, config)
+    by_split = split_data_files(card, config, files)
+    recorded = {}
+    if info and isinstance(info.get("splits"), list):
+        recorded = {s.get("name"): s for s in info["splits"] if isinstance(s, dict)}
+    elif info and isinstance(info.get("splits"), dict):
+        recorded = info["splits"]
+    if not card:
+        report.add(snapshot / "README.md", "no dataset card with dataset_info: splits unverifiable")
+    for split in recorded:
+        if not by_split.get(split):
+            report.add(snapshot, f"split '{split}' recorded in the dataset card has no data files")
+    if not by_split:
+        report.add(snapshot, "no data files found in the snapshot")
+    # dangling symlinks anywhere (not only data files)
+    data_set = {f for fs in by_split.values() for f in fs}
+    for rel in files:
+        if rel not in data_set and rel != "README.md":
+            p = snapshot / rel
+            if os.path.islink(p) and not os.path.exists(p):
+                report.add(p, f"dangling symlink to {os.readlink(p)} (blob missing)")
+    total = 0
+    jobs = []
+    for split, rels in by_split.items():
+        s = recorded.get(split) or {}
+        sr = SplitReport(name=split, rows_expected=s.get("num_examples"))
+        shard_sets: dict[tuple[str, int], set[int]] = {}
+        for rel in rels:
+            p = snapshot / rel
+            sr.files.append(str(p))
+            magic = PARQUET_MAGIC if rel.endswith(".parquet") else b""
+            size = _check_file(report, p, magic, "parquet shard" if magic else "data file")
+            if size is not None:
+                sr.bytes += size
+                if magic:
+                    jobs.append((split, p, None))
+            m = _SHARD_RE.search(rel)
+            if m:
+                key = (_SHARD_RE.sub("", rel), int(m.group(2)))
+                shard_sets.setdefault(key, set()).add(int(m.group(1)))
+        for (stem, n), present in shard_sets.items():
+            missing = sorted(set(range(n)) - present)
+            for i in missing:
+                report.add(
+                    snapshot / f"{stem}-{i:05d}-of-{n:05d}",
+                    f"shard {i} of {n} of split '{split}' missing",
+                )
+        total += sr.bytes
+        report.splits[split] = sr
+    if info and isinstance(info.get("download_size"), int) and total < info["download_size"]:
+        report.add(
+            snapshot,
+            f"data files total {total} bytes, the dataset card records download_size "
+            f"{info['download_size']}: files are missing or truncated",
+        )
+    if deep:
+        if jobs:
+            results = _parallel(
+                lambda job: _parquet_rows(job[1]), jobs, "rows (parquet)", workers, progress
+            )
+            _apply_row_counts(report, jobs, results)
+        blobs = [
+            snapshot / rel
+            for rel in files
+            if os.path.islink(snapshot / rel)
+            and _SHA256_RE.match(os.path.basename(os.readlink(snapshot / rel)))
+            and os.path.exists(snapshot / rel)
+        ]
+        if blobs:
+            digests = _parallel(_sha256, blobs, "sha256 (blobs)", workers, progress)
+            for p, d in zip(blobs, digests, strict=True):
+                expected = os.path.basename(os.readlink(p))
+                if isinstance(d, Exception):
+                    report.add(p, f"cannot hash: {d}")
+                elif d != expected:
+                    report.add(p, f"sha256 {d} does not match its blob name {expected}")
+    return report

@@ -1,0 +1,140 @@
+"""Typed errors. Each carries the path it is about, the remedy and the CLI exit code."""
+
+from __future__ import annotations
+
+# Exit codes of `hf-cache-test` (documented in README.md).
+EXIT_READY = 0
+EXIT_INTERNAL = 1
+EXIT_USAGE = 2
+EXIT_NOT_CACHED = 3
+EXIT_INCOMPLETE = 4
+EXIT_ENVIRONMENT = 5
+EXIT_LOADING = 6
+
+
+class HFLoaderError(Exception):
+    """Base class: a problem with a path and a remedy."""
+
+    exit_code = EXIT_INTERNAL
+    kind = "error"
+
+    def __init__(self, message: str, *, path: str | None = None, remedy: str = "") -> None:
+        self.message = message
+        self.path = path
+        self.remedy = remedy
+        super().__init__(self.__str__())
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.path:
+            parts.append(f"path: {self.path}")
+        if self.remedy:
+            parts.append(f"fix: {self.remedy}")
+        return "\n".join(parts)
+
+    def to_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "exit_code": self.exit_code,
+            "message": self.message,
+            "path": self.path,
+            "remedy": self.remedy,
+        }
+
+
+class EnvironmentMisconfiguredError(HFLoaderError):
+    """Cache variables point nowhere, are unreadable, or offline mode is switched off."""
+
+    exit_code = EXIT_ENVIRONMENT
+    kind = "environment"
+
+
+class NotCachedError(HFLoaderError):
+    """No usable copy of the dataset in any cache. Lists every place looked and near misses."""
+
+    exit_code = EXIT_NOT_CACHED
+    kind = "not_cached"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        remedy: str = "",
+        looked: list[str] | None = None,
+        near_misses: list[str] | None = None,
+    ) -> None:
+        self.looked = list(looked or [])
+        self.near_misses = list(near_misses or [])
+        super().__init__(message, path=path, remedy=remedy)
+
+    def __str__(self) -> str:
+        lines = [self.message]
+        if self.looked:
+            lines.append("looked in:")
+            lines.extend(f"  - {p}" for p in self.looked)
+        if self.near_misses:
+            lines.append("near misses (cached under another id):")
+            lines.extend(f"  - {p}" for p in self.near_misses)
+        if self.remedy:
+            lines.append(f"fix: {self.remedy}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["looked"] = self.looked
+        d["near_misses"] = self.near_misses
+        return d
+
+
+class IncompleteCacheError(HFLoaderError):
+    """A cached copy exists but files are missing, truncated, dangling or unreadable."""
+
+    exit_code = EXIT_INCOMPLETE
+    kind = "incomplete"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        remedy: str = "",
+        problems: list | None = None,
+    ) -> None:
+        self.problems = list(problems or [])
+        super().__init__(message, path=path, remedy=remedy)
+
+    def __str__(self) -> str:
+        lines = [self.message]
+        if self.path:
+            lines.append(f"path: {self.path}")
+        for p in self.problems[:20]:
+            lines.append(f"  - {p}")
+        if len(self.problems) > 20:
+            lines.append(f"  ... and {len(self.problems) - 20} more")
+        if self.remedy:
+            lines.append(f"fix: {self.remedy}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["problems"] = [str(p) for p in self.problems]
+        return d
+
+
+class InsufficientSpaceError(EnvironmentMisconfiguredError):
+    """Converting a hub snapshot to Arrow was allowed but the target has too little free space."""
+
+
+class LoadingFailedError(HFLoaderError):
+    """The cache looked complete but reading batches through the DataLoader failed."""
+
+    exit_code = EXIT_LOADING
+    kind = "loading"
+
+
+class ConfigError(HFLoaderError):
+    """A bad config file or flag (usage error)."""
+
+    exit_code = EXIT_USAGE
+    kind = "usage"

@@ -1,0 +1,148 @@
+"""Verify hf_env on the running containers: real shells, real systemd."""
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+testinfra_hosts = ["ansible://all"]
+
+CACHE_ROOT = "/srv/hf"
+ENV_FILE = "/etc/hf-cache/hf.env"
+TOKEN_FILE = "/etc/hf-cache/token"
+CONVERGE = str(Path(__file__).resolve().parents[1] / "converge.yml")
+EXPECTED = {
+    "HF_HOME": CACHE_ROOT,
+    "HF_HUB_CACHE": f"{CACHE_ROOT}/hub",
+    "HF_DATASETS_CACHE": f"{CACHE_ROOT}/datasets",
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_TOKEN_PATH": TOKEN_FILE,
+}
+MANAGED_FILES = [ENV_FILE, TOKEN_FILE, "/etc/profile.d/hf-cache.sh", "/etc/environment.d/60-hf-cache.conf"]
+
+
+def parse_env(text):
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def is_trixie(host):
+    return host.system_info.codename == "trixie"
+
+
+def run_converge(host, *extra_args):
+    """Run the scenario's converge play against this one host; return (rc, output)."""
+    command = [
+        "ansible-playbook",
+        "-i",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        "--limit",
+        host.backend.host.name,
+        CONVERGE,
+        *extra_args,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    return done.returncode, done.stdout + done.stderr
+
+
+def checksums(host):
+    return {path: host.file(path).sha256sum for path in MANAGED_FILES}
+
+
+def test_login_shell_sees_the_environment(host):
+    env = parse_env(host.check_output("su - trainer -c env"))
+    for name, value in EXPECTED.items():
+        assert env.get(name) == value, name
+
+
+def test_systemd_service_sees_the_environment(host):
+    output = host.check_output(
+        f"systemd-run --quiet --wait --pipe --property=EnvironmentFile={ENV_FILE} --property=User=trainer /usr/bin/env"
+    )
+    env = parse_env(output)
+    for name, value in EXPECTED.items():
+        assert env.get(name) == value, name
+
+
+def test_environment_d_is_what_systemd_user_managers_read(host):
+    generator = "/usr/lib/systemd/user-environment-generators/30-systemd-environment-d-generator"
+    env = parse_env(host.check_output(generator))
+    for name, value in EXPECTED.items():
+        assert env.get(name) == value, name
+
+
+def test_legacy_names_only_behind_the_flag(host):
+    env = parse_env(host.file(ENV_FILE).content_string)
+    if is_trixie(host):
+        assert env["TRANSFORMERS_CACHE"] == f"{CACHE_ROOT}/hub"
+        assert env["HF_DATASETS_TRUST_REMOTE_CODE"] == "0"
+    else:
+        assert "TRANSFORMERS_CACHE" not in env
+        assert "HUGGINGFACE_HUB_CACHE" not in env
+
+
+def test_nothing_switches_offline_mode_off(host):
+    for path in MANAGED_FILES[:1] + MANAGED_FILES[2:]:
+        content = host.file(path).content_string
+        assert "OFFLINE=0" not in content.replace("'", "")
+        assert "HF_HUB_OFFLINE" in content and "HF_DATASETS_OFFLINE" in content
+
+
+@pytest.mark.parametrize(
+    ("path", "owner", "mode"),
+    [
+        (ENV_FILE, "root", 0o644),
+        ("/etc/profile.d/hf-cache.sh", "root", 0o644),
+        ("/etc/environment.d/60-hf-cache.conf", "root", 0o644),
+        (TOKEN_FILE, "trainer", 0o600),
+        (CACHE_ROOT, "trainer", 0o755),
+        (f"{CACHE_ROOT}/hub", "trainer", 0o755),
+        (f"{CACHE_ROOT}/datasets", "trainer", 0o755),
+    ],
+)
+def test_owners_and_modes(host, path, owner, mode):
+    target = host.file(path)
+    assert target.exists
+    assert target.user == owner
+    assert target.mode == mode
+
+
+def test_token_is_written_and_never_printed(host):
+    token = "hf_verifyRotatedToken9876543210"
+    rc, output = run_converge(host, "-v", "--diff", "-e", f"molecule_hf_token={token}")
+    assert rc == 0, output
+    assert host.file(TOKEN_FILE).content_string.strip() == token
+    assert token not in output
+    # The rotation itself is a change and must say so, without the secret.
+    assert "changed=1" in output or "changed=2" in output or "changed=3" in output
+
+
+def test_check_mode_changes_nothing_and_reports_the_change(host):
+    before = checksums(host)
+    rc, output = run_converge(host, "--check", "--diff", "-e", "hf_env_cache_root=/srv/elsewhere")
+    assert rc == 0, output
+    assert "/srv/elsewhere" in output  # the diff shows what would change
+    assert not host.file("/srv/elsewhere").exists
+    assert checksums(host) == before
+
+
+@pytest.mark.parametrize(
+    ("extra_vars", "named"),
+    [
+        ('{"hf_env_cache_root": "relative/cache"}', "hf_env_cache_root"),
+        ('{"hf_env_offline": "sometimes"}', "hf_env_offline"),
+        ('{"hf_env_offline": false}', "hf_env_offline"),
+        ('{"hf_env_cahce_root": "/srv/typo"}', "hf_env_cahce_root"),
+        ('{"hf_env_extra_variables": {"HF_HUB_OFFLINE": "0"}}', "HF_HUB_OFFLINE"),
+        ('{"hf_env_owner": "nosuchuser"}', "hf_env_owner"),
+    ],
+)
+def test_bad_variables_fail_before_any_change(host, extra_vars, named):
+    before = checksums(host)
+    rc, output = run_converge(host, "-e", extra_vars)
+    assert rc != 0, output
+    assert named in output
+    assert "changed=0" in output
+    assert checksums(host) == before
+    assert not host.file("relative").exists

@@ -1,0 +1,67 @@
+"""Conventions every role keeps: specs match defaults, README matches specs."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLES = sorted(path.name for path in (ROOT / "roles").iterdir() if (path / "tasks").is_dir())
+SPEC_TYPES = {"str", "path", "bool", "int", "float", "list", "dict", "raw"}
+
+
+def load(path: Path):
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def options(role: str) -> dict:
+    return load(ROOT / "roles" / role / "meta" / "argument_specs.yml")["argument_specs"]["main"]["options"]
+
+
+def defaults(role: str) -> dict:
+    return load(ROOT / "roles" / role / "defaults" / "main.yml")
+
+
+def test_there_are_roles():
+    assert "hf_env" in ROLES
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_default_is_specified_and_every_option_has_a_default(role):
+    assert set(defaults(role)) == set(options(role))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_spec_defaults_equal_role_defaults(role):
+    role_defaults = defaults(role)
+    for name, option in options(role).items():
+        assert option.get("default") == role_defaults[name], f"{role}: {name} default drifted"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_every_option_is_typed_and_described(role):
+    for name, option in options(role).items():
+        assert name.startswith(role + "_"), f"{name} lacks the role prefix"
+        assert option.get("type") in SPEC_TYPES, f"{role}: {name} has no valid type"
+        assert option.get("description"), f"{role}: {name} has no description"
+        if option["type"] == "list":
+            assert "elements" in option, f"{role}: {name} lists need elements"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_has_the_standard_files(role):
+    for relative in ["defaults/main.yml", "meta/main.yml", "meta/argument_specs.yml", "tasks/main.yml"]:
+        assert (ROOT / "roles" / role / relative).is_file(), relative
+    assert (ROOT / "molecule" / role / "molecule.yml").is_file(), "each role has a Molecule scenario"
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_readme_documents_the_role(role):
+    assert f"<!-- role-vars:{role} -->" in (ROOT / "README.md").read_text()
+
+
+def test_readme_variable_tables_match_the_specs():
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "role_docs.py"), "--check"], check=False)
+    assert done.returncode == 0
