@@ -187,7 +187,7 @@ def resolve(
 
     # (a) Arrow cache, exact id
     root = arrow_root(paths, dataset_id)
-    looked.append(f"Arrow cache {root}/{config or '*'}/*/* ({paths.sources['datasets_cache']})")
+    looked.append(f"Arrow cache {root}/{config or '*'}/*/* ({paths.sources.get('datasets_cache', 'given')})")
     candidates, sk, configs_found = _arrow_candidates(paths, dataset_id, config, revision)
     skipped.extend(sk)
     if config is None and len(configs_found) > 1:
@@ -221,7 +221,7 @@ def resolve(
     repo_dir = hub_repo_dir(paths, dataset_id)
     looked.append(
         f"hub cache {repo_dir}/snapshots/<{revision or 'refs/main'}> "
-        f"({paths.sources['hub_cache']})"
+        f"({paths.sources.get('hub_cache', 'given')})"
     )
     snapshot = _snapshot(dataset_id, revision, paths)
     if snapshot is not None:
