@@ -175,10 +175,14 @@ def _seed_worker(worker_id: int) -> None:
 
 
 def make_dataspec(loader: DataLoader, normalize_on_device: bool = True):
-    """Composer DataSpec; uint8 batches are normalized on the device (`device_transforms`)."""
+    """Composer DataSpec; uint8 batches are normalized after the move to the device.
+
+    Composer applies `microbatch_transforms` after `batch_to_device`; the model built by
+    `hf_loader.train.build_model` also normalizes uint8 input itself (a no-op on float).
+    """
     from composer.core import DataSpec
 
     return DataSpec(
         dataloader=loader,
-        device_transforms=normalize_batch if normalize_on_device else None,
+        microbatch_transforms=normalize_batch if normalize_on_device else None,
     )

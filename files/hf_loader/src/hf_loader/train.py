@@ -1,0 +1,218 @@
+"""`hf-train`: ResNet-50 on an offline-resolved ImageNet copy with Composer.
+
+Configured by a YAML/JSON file (`--config-file`) and flags (flags win). Single node:
+`hf-train --config-file train.yaml`. Multi-GPU / multi-node: Composer's launcher sets
+RANK, WORLD_SIZE, LOCAL_RANK, NODE_RANK, MASTER_ADDR, MASTER_PORT for each process, e.g.
+`composer -n 8 --world_size 16 --node_rank 0 --master_addr HOST0 --master_port 7501
+-m hf_loader.train --config-file train.yaml`; the loaders shard with a DistributedSampler
+from RANK/WORLD_SIZE and Composer initializes the process group from the same variables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+
+from .env import force_offline
+from .errors import ConfigError, HFLoaderError
+
+DEFAULTS = {
+    "dataset": "ILSVRC/imagenet-1k",
+    "config": None,
+    "revision": None,
+    "train_split": "train",
+    "eval_split": "validation",
+    "allow_convert": False,
+    "num_classes": None,  # None: from the label ClassLabel
+    "batch_size": 256,  # per device
+    "eval_batch_size": 256,
+    "workers": 8,
+    "crop_size": 224,
+    "val_resize": 256,
+    "output": "uint8",  # normalize on the device
+    "max_duration": "90ep",
+    "eval_interval": "1ep",
+    "eval_subset_num_batches": -1,
+    "lr": 2.048,
+    "momentum": 0.875,
+    "weight_decay": 5.0e-5,
+    "warmup": "8ep",
+    "label_smoothing": 0.1,
+    "device": None,  # None: gpu if available else cpu
+    "precision": None,  # None: amp_bf16 on gpu, fp32 on cpu
+    "seed": 17,
+    "save_folder": None,
+    "save_interval": "1ep",
+    "run_name": None,
+    "progress_bar": False,
+    "log_to_console": True,
+}
+
+
+def load_config_file(path: str) -> dict:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read config file: {e.strerror}", path=path,
+                          remedy="pass an existing YAML or JSON file") from e
+    import yaml
+
+    try:
+        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        raise ConfigError(f"invalid config file: {e}", path=path,
+                          remedy="fix the syntax (a YAML or JSON mapping)") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config file must hold a mapping", path=path,
+                          remedy="write key: value pairs, e.g. 'batch_size: 256'")
+    unknown = sorted(set(data) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown config keys: {', '.join(unknown)}", path=path,
+                          remedy=f"use only: {', '.join(sorted(DEFAULTS))}")
+    return data
+
+
+def _parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def build_config(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(prog="hf-train", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", help="YAML or JSON file with the keys below")
+    for key, default in DEFAULTS.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, dest=key, type=_parse_value, default=argparse.SUPPRESS,
+                           metavar="true|false")
+        else:
+            p.add_argument(flag, dest=key, type=_parse_value, default=argparse.SUPPRESS,
+                           help=f"(default: {default})")
+    args = vars(p.parse_args(argv))
+    cfg = dict(DEFAULTS)
+    if args.get("config_file"):
+        cfg.update(load_config_file(args.pop("config_file")))
+    args.pop("config_file", None)
+    cfg.update(args)
+    for key in ("max_duration", "eval_interval", "warmup", "save_interval"):
+        if cfg[key] is not None:
+            cfg[key] = str(cfg[key])
+    return cfg
+
+
+def build_model(num_classes: int):
+    """torchvision ResNet-50 in a ComposerClassifier; uint8 input is normalized in forward."""
+    import torch
+    from composer.models import ComposerClassifier
+    from torchvision.models import resnet50
+
+    from .transforms import normalize_chw
+
+    class NormalizeOnDevice(torch.nn.Module):
+        """uint8 NCHW -> float normalized (ImageNet mean/std), on whatever device x is."""
+
+        def forward(self, x):
+            return normalize_chw(x) if x.dtype == torch.uint8 else x
+
+    module = torch.nn.Sequential(NormalizeOnDevice(), resnet50(weights=None,
+                                                               num_classes=num_classes))
+    return ComposerClassifier(module=module, num_classes=num_classes)
+
+
+def _num_classes(ds) -> int:
+    feat = ds.features.get("label") if ds.features else None
+    n = getattr(feat, "num_classes", None)
+    if not n:
+        raise ConfigError("the label column has no ClassLabel: number of classes unknown",
+                          remedy="set num_classes in the config file or --num-classes")
+    return n
+
+
+def train(cfg: dict, **trainer_overrides):
+    """Build loaders + model and run `Trainer.fit`; returns the Trainer."""
+    force_offline()
+    import torch
+    from composer import Trainer
+    from composer.optim import CosineAnnealingWithWarmupScheduler, DecoupledSGDW
+
+    from .data import LoaderConfig, build_dataloader, dist_env, make_dataspec
+    from .resolve import load_split, resolve
+
+    rank, world = dist_env()
+    res = resolve(cfg["dataset"], cfg["config"], cfg["revision"],
+                  allow_convert=cfg["allow_convert"] and rank == 0)
+    train_ds = load_split(res, cfg["train_split"])
+    num_classes = cfg["num_classes"] or _num_classes(train_ds)
+    base = LoaderConfig(
+        workers=cfg["workers"], output=cfg["output"], crop_size=cfg["crop_size"],
+        val_resize=cfg["val_resize"], seed=cfg["seed"],
+    )
+    train_loader = build_dataloader(
+        train_ds, True, dataclasses.replace(base, batch_size=cfg["batch_size"]), rank, world)
+    eval_spec = None
+    if cfg["eval_split"]:
+        eval_ds = load_split(res, cfg["eval_split"])
+        eval_loader = build_dataloader(
+            eval_ds, False, dataclasses.replace(base, batch_size=cfg["eval_batch_size"]),
+            rank, world)
+        eval_spec = make_dataspec(eval_loader)
+    model = build_model(num_classes)
+    if cfg["label_smoothing"]:
+        model._loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+    optimizer = DecoupledSGDW(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                              weight_decay=cfg["weight_decay"])
+    device = cfg["device"] or ("gpu" if torch.cuda.is_available() else "cpu")
+    precision = cfg["precision"] or ("amp_bf16" if device == "gpu" else "fp32")
+    kwargs = {
+        "model": model,
+        "train_dataloader": make_dataspec(train_loader),
+        "eval_dataloader": eval_spec,
+        "eval_interval": cfg["eval_interval"],
+        "eval_subset_num_batches": cfg["eval_subset_num_batches"],
+        "optimizers": optimizer,
+        "schedulers": CosineAnnealingWithWarmupScheduler(t_warmup=cfg["warmup"]),
+        "max_duration": cfg["max_duration"],
+        "device": device,
+        "precision": precision,
+        "seed": cfg["seed"],
+        "save_folder": cfg["save_folder"],
+        "save_interval": cfg["save_interval"],
+        "run_name": cfg["run_name"],
+        "progress_bar": cfg["progress_bar"],
+        "log_to_console": cfg["log_to_console"],
+    }
+    kwargs.update(trainer_overrides)
+    trainer = Trainer(**kwargs)
+    trainer.fit()
+    return trainer
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg = build_config(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+    except HFLoaderError as e:
+        print(f"hf-train: {e}", file=sys.stderr)
+        return e.exit_code
+    try:
+        train(cfg)
+    except HFLoaderError as e:
+        print(f"hf-train: {e}", file=sys.stderr)
+        return e.exit_code
+    if int(os.environ.get("RANK", "0")) == 0:
+        print("hf-train: done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
