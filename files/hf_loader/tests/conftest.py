@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import stat
 import tempfile
 from pathlib import Path
 
@@ -129,24 +128,3 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
     monkeypatch.setattr(socket, "gethostbyname", no_lookup)
     return attempts
-
-
-@pytest.fixture
-def world_readable_tmp():
-    """A temp folder the unprivileged user can reach (pytest's tmp_path is 0700 root)."""
-    d = Path(tempfile.mkdtemp(prefix="hf-loader-nobody-"))
-    d.chmod(0o755)
-    yield d
-    for p, dirs, _ in os.walk(d):
-        for x in dirs:
-            os.chmod(os.path.join(p, x), 0o755)
-    shutil.rmtree(d, ignore_errors=True)
-
-
-def make_world_readable(root: Path) -> None:
-    for p, dirs, files in os.walk(root):
-        os.chmod(p, 0o755)
-        for f in files:
-            fp = os.path.join(p, f)
-            if not os.path.islink(fp):
-                os.chmod(fp, os.stat(fp).st_mode | stat.S_IROTH | stat.S_IRGRP)

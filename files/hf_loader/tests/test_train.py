@@ -1,0 +1,64 @@
+"""hf-train: a real Composer Trainer.fit of ResNet-50 on CPU, two batches, tiny cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from conftest import DATASET
+
+from hf_loader import train
+from hf_loader.errors import EXIT_USAGE, ConfigError
+
+
+def test_composer_resnet50_two_batches(arrow_only, tmp_path, no_network):
+    from composer.core import Callback
+
+    cfg_file = tmp_path / "train.yaml"
+    cfg_file.write_text(
+        f"dataset: {DATASET}\nbatch_size: 2\neval_batch_size: 2\nworkers: 2\n"
+        "max_duration: 1ep\nwarmup: 0ba\neval_subset_num_batches: 1\n"
+    )
+    cfg = train.build_config(["--config-file", str(cfg_file), "--max-duration", "2ba",
+                              "--device", "cpu"])
+    assert cfg["max_duration"] == "2ba" and cfg["batch_size"] == 2  # flag wins over file
+
+    seen = []
+
+    class Inputs(Callback):
+        def before_forward(self, state, logger):
+            x, _ = state.batch
+            seen.append((x.dtype, x.device.type, float(x.float().mean())))
+
+    first = {}
+
+    class Weights(Callback):
+        def fit_start(self, state, logger):
+            w = state.model.module[1].conv1.weight
+            first["w"] = w.detach().clone()
+
+    trainer = train.train(cfg, callbacks=[Inputs(), Weights()])
+    assert int(trainer.state.timestamp.batch) == 2
+    assert type(trainer.state.model.module[1]).__name__ == "ResNet"
+    assert trainer.state.model.num_classes == 3
+    # the uint8 batches reached the model normalized, as float, on the training device
+    assert seen and all(d == torch.float32 and dev == "cpu" and abs(m) < 3 for d, dev, m in seen)
+    w = trainer.state.model.module[1].conv1.weight
+    assert not torch.equal(first["w"], w.detach())  # the optimizer stepped
+    assert not no_network
+
+
+def test_unknown_config_key_is_usage_error(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"batchsize": 3}))
+    with pytest.raises(ConfigError) as ei:
+        train.build_config(["--config-file", str(bad)])
+    assert "batch_size" in ei.value.remedy
+    assert train.main(["--config-file", str(bad)]) == EXIT_USAGE
+    assert "unknown config keys" in capsys.readouterr().err
+
+
+def test_not_cached_exit_code(home, capsys):
+    assert train.main(["--dataset", "acme/nothing", "--device", "cpu"]) == 3
+    assert "not cached" in capsys.readouterr().err
