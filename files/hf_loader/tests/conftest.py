@@ -27,12 +27,20 @@ def built(tmp_path_factory):
     splits, names = fixtures.tiny_splits(n_train=12, n_val=6, classes=3)
     snap = fixtures.make_hub_snapshot(root / "hub", DATASET, splits, names, shards=2)
     arrow = fixtures.make_arrow_cache(root / "datasets", DATASET, snap, max_shard_size=5000)
-    bad = {s: ([b"\xff\xd8 not really a jpeg"] * len(imgs), labels)
-           for s, (imgs, labels) in splits.items()}
-    bad_snap = fixtures.make_hub_snapshot(root / "badhub", "acme/broken-images", bad, names,
-                                          shards=1)
-    return {"root": root, "snapshot": snap, "arrow": arrow, "bad_snapshot": bad_snap,
-            "names": names}
+    bad = {
+        s: ([b"\xff\xd8 not really a jpeg"] * len(imgs), labels)
+        for s, (imgs, labels) in splits.items()
+    }
+    bad_snap = fixtures.make_hub_snapshot(
+        root / "badhub", "acme/broken-images", bad, names, shards=1
+    )
+    return {
+        "root": root,
+        "snapshot": snap,
+        "arrow": arrow,
+        "bad_snapshot": bad_snap,
+        "names": names,
+    }
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -91,8 +99,11 @@ def bad_images(built, home):
 
 
 def arrow_dir(home: Path) -> Path:
-    (d,) = [p for p in (home / "datasets" / "ILSVRC___imagenet-1k" / "default" / "0.0.0").iterdir()
-            if p.is_dir() and not p.name.endswith(".incomplete")]
+    (d,) = [
+        p
+        for p in (home / "datasets" / "ILSVRC___imagenet-1k" / "default" / "0.0.0").iterdir()
+        if p.is_dir() and not p.name.endswith(".incomplete")
+    ]
     return d
 
 

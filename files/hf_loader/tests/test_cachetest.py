@@ -108,8 +108,9 @@ def test_usage_exit_2(capsys):
 
 
 def test_console_script_help_lists_exit_codes():
-    p = subprocess.run([str(SCRIPTS / "hf-cache-test"), "--help"], capture_output=True,
-                       text=True, timeout=60)
+    p = subprocess.run(
+        [str(SCRIPTS / "hf-cache-test"), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert p.returncode == 0
     for code in ("0  ready", "3  not cached", "4  incomplete", "5  environment", "6  loading"):
         assert code in p.stdout
@@ -128,9 +129,23 @@ def _drop_file_override_caps():
 def _without_override(home: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ, HF_HOME=str(home), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     return subprocess.run(
-        [sys.executable, "-m", "hf_loader.cachetest", DATASET, "--json", "--batches", "1",
-         "--batch-size", "2", "--workers", "0"],
-        env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "hf_loader.cachetest",
+            DATASET,
+            "--json",
+            "--batches",
+            "1",
+            "--batch-size",
+            "2",
+            "--workers",
+            "0",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
         preexec_fn=_drop_file_override_caps if os.geteuid() == 0 else None,
     )
 

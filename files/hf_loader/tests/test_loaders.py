@@ -32,8 +32,9 @@ def jpeg():
 def test_val_transform_matches_torchvision(jpeg):
     from torchvision import transforms as T  # noqa: N812
 
-    ref = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                     T.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    ref = T.Compose(
+        [T.Resize(256), T.CenterCrop(224), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
     expected = ref(Image.open(io.BytesIO(jpeg)).convert("RGB"))
     ours = ValTransform(output="float")(jpeg)
     assert ours.shape == expected.shape == (3, 224, 224)
@@ -59,7 +60,7 @@ def test_rrc_params_follow_torchvision_bounds():
     rng = random.Random(0)
     for _ in range(500):
         top, left, h, w = random_resized_crop_params(350, 400, rng)
-        assert 0 <= top and top + h <= 350 and 0 <= left and left + w <= 400
+        assert top >= 0 and top + h <= 350 and left >= 0 and left + w <= 400
         assert 0.08 * 350 * 400 * 0.9 <= h * w <= 350 * 400
 
 
@@ -114,15 +115,17 @@ def test_streaming_loader_by_node(hub_only):
     ds = load_split(resolve(DATASET), "train")
     counts = []
     for rank in (0, 1):
-        loader = build_dataloader(ds, train=True, cfg=LoaderConfig(batch_size=2, workers=0),
-                                  rank=rank, world_size=2)
+        loader = build_dataloader(
+            ds, train=True, cfg=LoaderConfig(batch_size=2, workers=0), rank=rank, world_size=2
+        )
         counts.append(sum(x.shape[0] for x, _ in loader))
     assert sum(counts) == 12 and counts[0] > 0 and counts[1] > 0
 
 
 def test_dataspec_normalizes_uint8_on_device():
     loader = torch.utils.data.DataLoader(
-        [(torch.full((3, 4, 4), 255, dtype=torch.uint8), 0)] * 2, batch_size=2)
+        [(torch.full((3, 4, 4), 255, dtype=torch.uint8), 0)] * 2, batch_size=2
+    )
     spec = make_dataspec(loader)
     x, y = spec.microbatch_transforms(next(iter(loader)))
     assert x.dtype == torch.float32

@@ -34,8 +34,10 @@ def test_file_naming_matches_datasets():
 
     for name in ("imagenet-1k", "ImageNet1K", "cifar10"):
         for lengths in (None, [5], [5, 5, 2]):
-            ours = [str(p) for p in arrow_split_files(__import__("pathlib").Path("/c"), name,
-                                                      "train", lengths)]
+            ours = [
+                str(p)
+                for p in arrow_split_files(__import__("pathlib").Path("/c"), name, "train", lengths)
+            ]
             assert ours == filenames_for_dataset_split("/c", name, "train", "arrow", lengths)
 
 
@@ -132,18 +134,22 @@ def test_missing_dataset_info_json(arrow_only):
 
 def test_stale_incomplete_beside_complete_copy(built, arrow_only, no_network):
     """A prepare killed mid-way leaves HASH.incomplete (newer); plain datasets picks it."""
-    inc = fixtures.interrupted_prepare(arrow_only / "datasets", DATASET, built["snapshot"],
-                                       "f" * 40)
+    inc = fixtures.interrupted_prepare(
+        arrow_only / "datasets", DATASET, built["snapshot"], "f" * 40
+    )
     future = time.time() + 60
     os.utime(inc, (future, future))
     # what the loader fixes: the library's by-name fallback takes the newest folder
     code = (
-        "import datasets\n"
-        f"ds = datasets.load_dataset({DATASET!r}, split='train')\n"
-        "print(len(ds))\n"
+        f"import datasets\nds = datasets.load_dataset({DATASET!r}, split='train')\nprint(len(ds))\n"
     )
-    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                           env=dict(os.environ), timeout=120)
+    plain = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=120,
+    )
     assert plain.returncode != 0 or plain.stdout.strip() != "12", plain.stdout
     print("plain datasets:", plain.returncode, plain.stderr.strip().splitlines()[-1:])
     res = resolve(DATASET)
@@ -178,7 +184,8 @@ def test_deep_counts_rows_and_hashes_blobs(both):
     # flip one byte inside a blob: sizes and end markers still fine, only the hash catches it
     link = snap / "data" / "train-00000-of-00002.parquet"
     blob = os.path.join(link.parent, os.readlink(link))
-    data = bytearray(open(blob, "rb").read())
+    with open(blob, "rb") as f:
+        data = bytearray(f.read())
     data[len(data) // 2] ^= 0xFF
     with open(blob, "wb") as f:
         f.write(data)
@@ -236,8 +243,9 @@ print("warned", any(x.category.__name__ == "OfflineForcedWarning" for x in w), "
       "s", round(time.time() - t, 1))
 """
     env = dict(os.environ, HF_DATASETS_OFFLINE="0", HF_HUB_OFFLINE="0")
-    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                       timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     assert "warned True rows 12" in p.stdout
     seconds = float(p.stdout.split(" s ")[-1])

@@ -20,8 +20,9 @@ def test_composer_resnet50_two_batches(arrow_only, tmp_path, no_network):
         f"dataset: {DATASET}\nbatch_size: 2\neval_batch_size: 2\nworkers: 2\n"
         "max_duration: 1ep\nwarmup: 0ba\neval_subset_num_batches: 1\n"
     )
-    cfg = train.build_config(["--config-file", str(cfg_file), "--max-duration", "2ba",
-                              "--device", "cpu"])
+    cfg = train.build_config(
+        ["--config-file", str(cfg_file), "--max-duration", "2ba", "--device", "cpu"]
+    )
     assert cfg["max_duration"] == "2ba" and cfg["batch_size"] == 2  # flag wins over file
 
     seen = []

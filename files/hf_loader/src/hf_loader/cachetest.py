@@ -19,7 +19,6 @@ from .env import OFFLINE_VARS, CachePaths, force_offline, offline_disabled_by_us
 from .errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
-    EXIT_LOADING,
     EXIT_READY,
     EXIT_USAGE,
     HFLoaderError,
@@ -126,8 +125,13 @@ def check_environment(result: Result, paths: CachePaths) -> None:
             remedy="set HF_DATASETS_OFFLINE=1 and HF_HUB_OFFLINE=1 in the host environment",
         )
     else:
-        result.add("ok", "environment", "offline mode on (" + ", ".join(
-            f"{n}={env[n]}" for n in OFFLINE_VARS if env.get(n)) + ")")
+        result.add(
+            "ok",
+            "environment",
+            "offline mode on ("
+            + ", ".join(f"{n}={env[n]}" for n in OFFLINE_VARS if env.get(n))
+            + ")",
+        )
     if not any(env.get(v) for v in ("HF_HOME", "HF_DATASETS_CACHE", "HF_HUB_CACHE")):
         result.add(
             "warn",
@@ -174,8 +178,9 @@ def check_environment(result: Result, paths: CachePaths) -> None:
 
 
 def _error_finding(result: Result, stage: str, err: HFLoaderError) -> None:
-    result.add("fail", stage, err.message, path=err.path, remedy=err.remedy,
-               exit_code=err.exit_code)
+    result.add(
+        "fail", stage, err.message, path=err.path, remedy=err.remedy, exit_code=err.exit_code
+    )
     result.error = err.to_dict()
 
 
@@ -205,8 +210,13 @@ def run(args: argparse.Namespace) -> Result:
         return result
     result.resolution = res.to_dict()
     for s in res.skipped:
-        result.add("warn", "cache", f"skipped {s.reason}", path=s.path,
-                   remedy="delete or repair it so plain `datasets` loads cannot pick it")
+        result.add(
+            "warn",
+            "cache",
+            f"skipped {s.reason}",
+            path=s.path,
+            remedy="delete or repair it so plain `datasets` loads cannot pick it",
+        )
     result.add(
         "ok",
         "cache",
@@ -244,8 +254,12 @@ def load_batches(res, args, load_split) -> dict:
     from .data import LoaderConfig, build_dataloader
 
     ds = load_split(res, args.split)
-    cfg = LoaderConfig(batch_size=args.batch_size, workers=args.workers, persistent_workers=False,
-                       drop_last_train=False)
+    cfg = LoaderConfig(
+        batch_size=args.batch_size,
+        workers=args.workers,
+        persistent_workers=False,
+        drop_last_train=False,
+    )
     t0 = time.perf_counter()
     loader = build_dataloader(ds, train=args.split == "train", cfg=cfg, rank=0, world_size=1)
     n_images, n_batches, first = 0, 0, None
@@ -256,15 +270,19 @@ def load_batches(res, args, load_split) -> dict:
             t1 = time.perf_counter()
         shape = list(x.shape)
         if x.shape[0] != y.shape[0]:
-            raise LoadingFailedError(f"batch images/labels mismatch {x.shape} vs {y.shape}",
-                                     path=res.path, remedy="report this as a bug")
+            raise LoadingFailedError(
+                f"batch images/labels mismatch {x.shape} vs {y.shape}",
+                path=res.path,
+                remedy="report this as a bug",
+            )
         n_images += x.shape[0]
         n_batches += 1
         if n_batches >= args.batches:
             break
     if n_batches == 0:
         raise LoadingFailedError(
-            f"split {args.split} yielded no batch", path=res.path,
+            f"split {args.split} yielded no batch",
+            path=res.path,
             remedy="the split is empty: check the copy with --deep",
         )
     steady = time.perf_counter() - t1
@@ -309,22 +327,32 @@ def parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("dataset", nargs="?", default=os.environ.get("HF_LOADER_DATASET",
-                                                                 DEFAULT_DATASET),
-                   help="dataset id, exactly as loaded (default: %(default)s)")
+    p.add_argument(
+        "dataset",
+        nargs="?",
+        default=os.environ.get("HF_LOADER_DATASET", DEFAULT_DATASET),
+        help="dataset id, exactly as loaded (default: %(default)s)",
+    )
     p.add_argument("--config", help="dataset config name (default: 'default' or the only one)")
     p.add_argument("--revision", help="commit sha of the hub snapshot / Arrow hash folder")
     p.add_argument("--split", default="train", help="split to pull batches from")
     p.add_argument("--batches", type=int, default=3, help="batches to load (0: no loading)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
-    p.add_argument("--deep", action="store_true",
-                   help="also count rows in parquet/Arrow metadata and hash LFS blobs")
-    p.add_argument("--allow-convert", action="store_true",
-                   help="convert a hub snapshot to Arrow once if free space covers it")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="also count rows in parquet/Arrow metadata and hash LFS blobs",
+    )
+    p.add_argument(
+        "--allow-convert",
+        action="store_true",
+        help="convert a hub snapshot to Arrow once if free space covers it",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
-    p.add_argument("--no-progress", dest="progress", action="store_false",
-                   help="no progress bar for --deep")
+    p.add_argument(
+        "--no-progress", dest="progress", action="store_false", help="no progress bar for --deep"
+    )
     return p
 
 
@@ -339,8 +367,13 @@ def main(argv: list[str] | None = None) -> int:
         result = run(args)
     except Exception as e:  # noqa: BLE001 - report, never a bare traceback
         result = Result(dataset=args.dataset)
-        result.add("fail", "internal", f"{type(e).__name__}: {e}",
-                   remedy="report this with the full output", exit_code=EXIT_INTERNAL)
+        result.add(
+            "fail",
+            "internal",
+            f"{type(e).__name__}: {e}",
+            remedy="report this with the full output",
+            exit_code=EXIT_INTERNAL,
+        )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2, default=str))
     else:

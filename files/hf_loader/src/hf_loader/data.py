@@ -52,7 +52,9 @@ class HFImageDataset(torch.utils.data.Dataset):
     def __getitems__(self, indices):  # one Arrow read per batch instead of one per row
         rows = self.ds[[int(i) for i in indices]]
         images, labels = rows[self.image_column], rows[self.label_column]
-        return [(self.transform(_image_bytes(b)), int(y)) for b, y in zip(images, labels, strict=True)]
+        return [
+            (self.transform(_image_bytes(b)), int(y)) for b, y in zip(images, labels, strict=True)
+        ]
 
 
 class HFImageStream(torch.utils.data.IterableDataset):
@@ -110,7 +112,7 @@ class LoaderConfig:
 
 
 def dist_env() -> tuple[int, int]:
-    """(rank, world size) from the launcher environment (composer / torchrun set RANK/WORLD_SIZE)."""
+    """(rank, world size) from the launcher environment (composer/torchrun set them)."""
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
@@ -159,7 +161,11 @@ def build_dataloader(
     mapds = HFImageDataset(ds, transform, cfg.image_column, cfg.label_column)
     if world_size > 1:
         sampler = DistributedSampler(
-            mapds, num_replicas=world_size, rank=rank, shuffle=train, seed=cfg.seed,
+            mapds,
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=train,
+            seed=cfg.seed,
             drop_last=train and cfg.drop_last_train,
         )
         return DataLoader(mapds, sampler=sampler, **kwargs)

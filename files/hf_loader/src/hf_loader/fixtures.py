@@ -182,8 +182,8 @@ def make_arrow_cache(
         hash=hash,
         data_files=DataFilesDict.from_local_or_remote(files, base_path="/"),
     )
-    from .resolve import arrow_root
     from .env import CachePaths
+    from .resolve import arrow_root
 
     paths = CachePaths(Path(datasets_cache).parent, Path(datasets_cache), Path("/nonexistent"))
     out = arrow_root(paths, dataset_id) / config / str(builder.config.version) / hash

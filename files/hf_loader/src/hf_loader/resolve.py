@@ -187,7 +187,9 @@ def resolve(
 
     # (a) Arrow cache, exact id
     root = arrow_root(paths, dataset_id)
-    looked.append(f"Arrow cache {root}/{config or '*'}/*/* ({paths.sources.get('datasets_cache', 'given')})")
+    looked.append(
+        f"Arrow cache {root}/{config or '*'}/*/* ({paths.sources.get('datasets_cache', 'given')})"
+    )
     candidates, sk, configs_found = _arrow_candidates(paths, dataset_id, config, revision)
     skipped.extend(sk)
     if config is None and len(configs_found) > 1:
@@ -360,7 +362,9 @@ def convert_to_arrow(res: Resolution, paths: CachePaths) -> Path:
     name = res.dataset_id.split("/")[-1]
     builder.dataset_name = name  # file names as a by-name hub load writes them
     builder.info.dataset_name = name
-    out = arrow_root(paths, res.dataset_id) / res.config / str(builder.config.version) / snapshot.name
+    out = (
+        arrow_root(paths, res.dataset_id) / res.config / str(builder.config.version) / snapshot.name
+    )
     builder.download_and_prepare(output_dir=str(out))
     return out
 

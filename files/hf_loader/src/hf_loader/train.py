@@ -58,24 +58,34 @@ def load_config_file(path: str) -> dict:
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as e:
-        raise ConfigError(f"cannot read config file: {e.strerror}", path=path,
-                          remedy="pass an existing YAML or JSON file") from e
+        raise ConfigError(
+            f"cannot read config file: {e.strerror}",
+            path=path,
+            remedy="pass an existing YAML or JSON file",
+        ) from e
     import yaml
 
     try:
         data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
-        raise ConfigError(f"invalid config file: {e}", path=path,
-                          remedy="fix the syntax (a YAML or JSON mapping)") from e
+        raise ConfigError(
+            f"invalid config file: {e}", path=path, remedy="fix the syntax (a YAML or JSON mapping)"
+        ) from e
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError("config file must hold a mapping", path=path,
-                          remedy="write key: value pairs, e.g. 'batch_size: 256'")
+        raise ConfigError(
+            "config file must hold a mapping",
+            path=path,
+            remedy="write key: value pairs, e.g. 'batch_size: 256'",
+        )
     unknown = sorted(set(data) - set(DEFAULTS))
     if unknown:
-        raise ConfigError(f"unknown config keys: {', '.join(unknown)}", path=path,
-                          remedy=f"use only: {', '.join(sorted(DEFAULTS))}")
+        raise ConfigError(
+            f"unknown config keys: {', '.join(unknown)}",
+            path=path,
+            remedy=f"use only: {', '.join(sorted(DEFAULTS))}",
+        )
     return data
 
 
@@ -86,17 +96,24 @@ def _parse_value(text: str):
 
 
 def build_config(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="hf-train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="hf-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--config-file", help="YAML or JSON file with the keys below")
     for key, default in DEFAULTS.items():
         flag = "--" + key.replace("_", "-")
         if isinstance(default, bool):
-            p.add_argument(flag, dest=key, type=_parse_value, default=argparse.SUPPRESS,
-                           metavar="true|false")
+            p.add_argument(
+                flag, dest=key, type=_parse_value, default=argparse.SUPPRESS, metavar="true|false"
+            )
         else:
-            p.add_argument(flag, dest=key, type=_parse_value, default=argparse.SUPPRESS,
-                           help=f"(default: {default})")
+            p.add_argument(
+                flag,
+                dest=key,
+                type=_parse_value,
+                default=argparse.SUPPRESS,
+                help=f"(default: {default})",
+            )
     args = vars(p.parse_args(argv))
     cfg = dict(DEFAULTS)
     if args.get("config_file"):
@@ -123,8 +140,9 @@ def build_model(num_classes: int):
         def forward(self, x):
             return normalize_chw(x) if x.dtype == torch.uint8 else x
 
-    module = torch.nn.Sequential(NormalizeOnDevice(), resnet50(weights=None,
-                                                               num_classes=num_classes))
+    module = torch.nn.Sequential(
+        NormalizeOnDevice(), resnet50(weights=None, num_classes=num_classes)
+    )
     return ComposerClassifier(module=module, num_classes=num_classes)
 
 
@@ -132,8 +150,10 @@ def _num_classes(ds) -> int:
     feat = ds.features.get("label") if ds.features else None
     n = getattr(feat, "num_classes", None)
     if not n:
-        raise ConfigError("the label column has no ClassLabel: number of classes unknown",
-                          remedy="set num_classes in the config file or --num-classes")
+        raise ConfigError(
+            "the label column has no ClassLabel: number of classes unknown",
+            remedy="set num_classes in the config file or --num-classes",
+        )
     return n
 
 
@@ -148,28 +168,41 @@ def train(cfg: dict, **trainer_overrides):
     from .resolve import load_split, resolve
 
     rank, world = dist_env()
-    res = resolve(cfg["dataset"], cfg["config"], cfg["revision"],
-                  allow_convert=cfg["allow_convert"] and rank == 0)
+    res = resolve(
+        cfg["dataset"],
+        cfg["config"],
+        cfg["revision"],
+        allow_convert=cfg["allow_convert"] and rank == 0,
+    )
     train_ds = load_split(res, cfg["train_split"])
     num_classes = cfg["num_classes"] or _num_classes(train_ds)
     base = LoaderConfig(
-        workers=cfg["workers"], output=cfg["output"], crop_size=cfg["crop_size"],
-        val_resize=cfg["val_resize"], seed=cfg["seed"],
+        workers=cfg["workers"],
+        output=cfg["output"],
+        crop_size=cfg["crop_size"],
+        val_resize=cfg["val_resize"],
+        seed=cfg["seed"],
     )
     train_loader = build_dataloader(
-        train_ds, True, dataclasses.replace(base, batch_size=cfg["batch_size"]), rank, world)
+        train_ds, True, dataclasses.replace(base, batch_size=cfg["batch_size"]), rank, world
+    )
     eval_spec = None
     if cfg["eval_split"]:
         eval_ds = load_split(res, cfg["eval_split"])
         eval_loader = build_dataloader(
-            eval_ds, False, dataclasses.replace(base, batch_size=cfg["eval_batch_size"]),
-            rank, world)
+            eval_ds,
+            False,
+            dataclasses.replace(base, batch_size=cfg["eval_batch_size"]),
+            rank,
+            world,
+        )
         eval_spec = make_dataspec(eval_loader)
     model = build_model(num_classes)
     if cfg["label_smoothing"]:
         model._loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
-    optimizer = DecoupledSGDW(model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                              weight_decay=cfg["weight_decay"])
+    optimizer = DecoupledSGDW(
+        model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
+    )
     device = cfg["device"] or ("gpu" if torch.cuda.is_available() else "cpu")
     precision = cfg["precision"] or ("amp_bf16" if device == "gpu" else "fp32")
     kwargs = {
