@@ -38,7 +38,7 @@ def run_converge(host, *extra_args):
         "-i",
         os.environ["MOLECULE_INVENTORY_FILE"],
         "--limit",
-        host.backend.host.name,
+        host.backend.host,
         CONVERGE,
         *extra_args,
     ]
@@ -139,6 +139,8 @@ def test_check_mode_changes_nothing_and_reports_the_change(host):
     ],
 )
 def test_bad_variables_fail_before_any_change(host, extra_vars, named):
+    if is_trixie(host):
+        pytest.skip("preflight logic does not depend on the platform; bookworm covers it")
     before = checksums(host)
     rc, output = run_converge(host, "-e", extra_vars)
     assert rc != 0, output
