@@ -35,8 +35,8 @@ engine: ## container engine and local Debian systemd images (idempotent)
 lint: venv ## yamllint, ansible-lint (production profile), ruff
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
-	$(BIN)/ruff check scripts/capfilter-runc tests molecule
-	$(BIN)/ruff format --check scripts/capfilter-runc tests molecule
+	$(BIN)/ruff check scripts scripts/capfilter-runc tests molecule
+	$(BIN)/ruff format --check scripts scripts/capfilter-runc tests molecule
 
 pytest: venv ## unit tests of the roles' logic and the project's conventions
 	$(BIN)/pytest -q tests

@@ -14,7 +14,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-MARKER = re.compile(r"(<!-- role-vars:(?P<role>[\w-]+) -->\n).*?(<!-- /role-vars:(?P=role) -->)", re.S)
+MARKER = re.compile(r"(<!-- role-vars:(?P<role>[\w-]+) -->\n).*?(<!-- /role-vars:(?P=role) -->)", re.DOTALL)
 
 
 def role_options(role: str) -> dict:
@@ -41,7 +41,7 @@ def table(role: str) -> str:
         default = option.get("default", "(required)" if option.get("required") else "")
         if not isinstance(default, str):
             default = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
-        default = f"`{cell(default)}`" if default != "" else "`\"\"`"
+        default = f"`{cell(default)}`" if default != "" else '`""`'
         rows.append(f"| `{name}` | {option.get('type', 'str')} | {default} | {describe(option)} |")
     return "\n".join(rows) + "\n"
 
