@@ -1,0 +1,34 @@
+# The lab (scripts/lab.py): LAB_HOSTS simulated GPU hosts on this machine, privileged
+# systemd containers with sshd on 127.0.0.1:<2200+i>, each with a loop-backed dataset
+# volume holding a small ImageNet-shaped cache; then site.yml and the validate runbook
+# against inventory/lab, exactly as against a real fleet. Included by the Makefile.
+LAB_HOSTS ?= 3
+LAB_SITE ?= site.yml
+LAB_VALIDATE ?= playbooks/validate.yml
+# The cache on the volumes is built by the production libraries (hf_loader.fixtures).
+LAB_PYTHON ?= $(if $(wildcard .venvs/prod/bin/python),.venvs/prod/bin/python,$(LOADER_BIN)/python)
+LAB_PYTHON_DEP := $(if $(wildcard .venvs/prod/bin/python),,loader-venv)
+BENCH_FLEET_HOSTS ?= 10
+BENCH_FLEET_REPS ?= 3
+BENCH_FLEET_ARGS ?=
+
+.PHONY: lab lab-up lab-down lab-status bench-fleet
+
+lab-up: venv $(LAB_PYTHON_DEP) ## lab hosts only (engine, containers, volumes, inventory/lab/hosts.yml)
+	LAB_PYTHON=$(LAB_PYTHON) $(PYTHON) scripts/lab.py up --hosts $(LAB_HOSTS)
+
+lab: lab-up ## LAB_HOSTS (3) simulated GPU hosts, site.yml + validate over SSH, fleet report
+	$(BIN)/ansible-playbook -i inventory/lab $(LAB_SITE)
+	$(BIN)/ansible-playbook -i inventory/lab $(LAB_VALIDATE)
+	@echo "[lab] fleet report: $(CURDIR)/reports/fleet.html (Markdown: reports/fleet.md)"
+	@echo "[lab] log in: ssh -i lab/ssh/id_ed25519 -p 2201 ansible@127.0.0.1; remove: make lab-down"
+
+lab-down: ## remove every lab container, loop device, volume image and file (lab/state.json)
+	$(PYTHON) scripts/lab.py down
+
+lab-status: ## the lab hosts recorded in lab/state.json and whether they run
+	$(PYTHON) scripts/lab.py status
+
+bench-fleet: venv $(LAB_PYTHON_DEP) ## no-change rerun of site.yml on 10 lab hosts: defaults vs project settings
+	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python bench/fleet_rerun.py --hosts $(BENCH_FLEET_HOSTS) \
+		--reps $(BENCH_FLEET_REPS) $(BENCH_FLEET_ARGS)
