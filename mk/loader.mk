@@ -1,0 +1,42 @@
+# hf_loader (files/hf_loader): offline-first dataset loader, hf-cache-test, hf-train, bench.
+# Included by the top-level Makefile. One venv with the production pins (composer 0.32.1,
+# torch 2.7.0): the Composer smoke test runs against exactly what GPU hosts install.
+PYTHON ?= python3
+LOADER_DIR := files/hf_loader
+LOADER_VENV := .venvs/loader
+LOADER_BIN := $(LOADER_VENV)/bin
+LOADER_LOCK := requirements/loader-prod.txt
+LOADER_BENCH_LOCK := requirements/loader-bench.txt
+# Reinstall only when the lock or the package metadata changed.
+LOADER_STAMP := $(LOADER_VENV)/.installed-$(shell cat $(LOADER_LOCK) $(LOADER_DIR)/pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
+LOADER_BENCH_STAMP := $(LOADER_VENV)/.bench-$(shell cat $(LOADER_BENCH_LOCK) 2>/dev/null | sha256sum | cut -c1-12)
+LOADER_RUFF := $(if $(wildcard .venvs/controller/bin/ruff),.venvs/controller/bin/ruff,$(LOADER_BIN)/ruff)
+LOADER_RUFF_DEP := $(if $(wildcard .venvs/controller/bin/ruff),,$(LOADER_STAMP))
+LOADER_BENCH_ARGS ?=
+
+.PHONY: loader-venv loader-lint loader-test loader-bench
+
+loader-venv: $(LOADER_STAMP) ## hf_loader venv (.venvs/loader) from requirements/loader-prod.txt
+
+$(LOADER_STAMP): $(LOADER_LOCK) $(LOADER_DIR)/pyproject.toml
+	rm -rf $(LOADER_VENV)
+	$(PYTHON) -m venv $(LOADER_VENV)
+	$(LOADER_BIN)/pip install --quiet --no-deps -r $(LOADER_LOCK)
+	$(LOADER_BIN)/pip install --quiet --no-deps --no-build-isolation -e $(LOADER_DIR)
+	$(LOADER_BIN)/pip check
+	touch $@
+
+loader-lint: $(LOADER_RUFF_DEP) ## ruff check + format check of files/hf_loader and bench/
+	$(LOADER_RUFF) check $(LOADER_DIR) bench
+	$(LOADER_RUFF) format --check $(LOADER_DIR) bench
+
+loader-test: $(LOADER_STAMP) ## hf_loader tests incl. the Composer ResNet-50 smoke (production pins)
+	cd $(LOADER_DIR) && $(CURDIR)/$(LOADER_BIN)/python -m pytest -q -p no:cacheprovider tests
+
+$(LOADER_BENCH_STAMP): $(LOADER_BENCH_LOCK) $(LOADER_STAMP)
+	$(LOADER_BIN)/pip install --quiet --no-deps -r $(LOADER_BENCH_LOCK)
+	$(LOADER_BIN)/pip check
+	touch $@
+
+loader-bench: $(LOADER_BENCH_STAMP) ## loader benchmark: images/s vs baseline, first batch, check time
+	$(LOADER_BIN)/python bench/loader_bench.py $(LOADER_BENCH_ARGS)
