@@ -272,9 +272,7 @@ def plan_errors(platform: dict, source, branch, pin, kernel_modules, build, flav
     """
     errors = []
     if not valid_branch(branch):
-        errors.append(
-            f"nvidia_driver_branch must be a driver branch of three digits such as '580'; got {branch!r}"
-        )
+        errors.append(f"nvidia_driver_branch must be a driver branch of three digits such as '580'; got {branch!r}")
     if pin and not valid_pin(pin):
         errors.append(
             f"nvidia_driver_version must be an exact driver version such as '580.95.05' (or empty); got {pin!r}"
@@ -287,7 +285,9 @@ def plan_errors(platform: dict, source, branch, pin, kernel_modules, build, flav
     sources = platform.get("sources", {})
     name = platform.get("name", "this platform")
     if source not in sources:
-        errors.append(f"nvidia_driver_source {source!r} is not offered on {name}; offered: {', '.join(sorted(sources))}")
+        errors.append(
+            f"nvidia_driver_source {source!r} is not offered on {name}; offered: {', '.join(sorted(sources))}"
+        )
         return errors
     offer = sources[source]
     branches = [str(item) for item in offer.get("branches", [])]

@@ -1,0 +1,444 @@
+"""The nvidia_driver role's decisions, tested from recorded outputs.
+
+Fixtures in tests/fixtures/nvidia/ named `recorded_*` reproduce the real formats
+of nvidia-smi, /proc/driver/nvidia/version, /proc/modules and sysfs on GPU hosts
+(they were not captured on this project's machines, which have no GPU);
+`captured_*` were captured here, from the Molecule containers.
+"""
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLE = ROOT / "roles" / "nvidia_driver"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nvidia"
+
+spec = importlib.util.spec_from_file_location("nvidia_driver_filters", ROLE / "filter_plugins" / "nvidia_driver.py")
+nv = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(nv)
+
+ROLE_VARS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+SMI_FIELDS = ROLE_VARS["__nvidia_driver_smi_fields"]
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def platform(name: str) -> dict:
+    return yaml.safe_load((ROLE / "vars" / f"{name}.yml").read_text())["__nvidia_driver_platform_data"]
+
+
+def probe(tree: str) -> str:
+    """Run the role's own probe script on a fixture tree, as the role runs it on '/'."""
+    script = ROLE_VARS["__nvidia_driver_probe_script"]
+    done = subprocess.run(
+        ["sh", "-c", script, "nvidia-driver-probe", str(FIXTURES / tree)], capture_output=True, text=True, check=True
+    )
+    return done.stdout
+
+
+# ----------------------------------------------------------------- versions
+
+
+@pytest.mark.parametrize(
+    ("left", "right", "expected"),
+    [
+        ("580.95.05", "580.95.05", 0),
+        ("580.105.08", "580.95.05", 1),  # as strings "580.105.08" < "580.95.05": numbers win
+        ("580.95.05", "580.9.5", 1),
+        ("580.95.05", "580.95.5", 0),  # 05 and 5 are the same number
+        ("535.183.01", "580.65.06", -1),
+        ("1000.1.1", "999.9.9", 1),
+        ("580.95.05-1", "580.95.05", 0),  # Debian revision dropped
+        ("3:580.95.05-1.el9", "580.95.05", 0),  # RPM epoch and release dropped
+        ("580.95.05-0ubuntu0.24.04.2", "580.82.07", 1),
+        ("390.157", "390.157.0", 0),
+    ],
+)
+def test_versions_compare_as_numbers(left, right, expected):
+    assert nv.version_compare(left, right) == expected
+
+
+@pytest.mark.parametrize("bad", ["", "latest", "v580", "five-eighty", None])
+def test_version_parse_refuses_what_is_no_version(bad):
+    with pytest.raises(ValueError, match="not an NVIDIA driver version"):
+        nv.version_tuple(bad)
+
+
+@pytest.mark.parametrize(
+    ("branch", "valid"),
+    [
+        ("580", True),
+        (580, True),
+        ("535", True),
+        ("58x", False),
+        ("58", False),
+        ("5800", False),
+        ("580.95", False),
+        ("", False),
+        (True, False),
+        (None, False),
+        ("058", False),
+    ],
+)
+def test_branch_strings(branch, valid):
+    assert nv.valid_branch(branch) is valid
+
+
+@pytest.mark.parametrize(
+    ("pin", "branch", "belongs"),
+    [
+        ("580.95.05", "580", True),
+        ("580.82.07", 580, True),
+        ("570.172.08", "580", False),
+        ("5800.95.05", "580", False),
+        ("580.95.05", "58", False),
+        ("580", "580", False),  # a branch is no pin
+        ("580.95.05-1", "580", False),  # a package version is no pin either
+        ("390.157", "390", True),
+    ],
+)
+def test_pin_belongs_to_branch(pin, branch, belongs):
+    assert nv.pin_in_branch(pin, branch) is belongs
+
+
+@pytest.mark.parametrize(
+    ("version", "pin", "branch", "matches"),
+    [
+        ("580.95.05", "580.95.05", "580", True),
+        ("580.95.05", "580.82.07", "580", False),
+        ("580.95.05", "", "580", True),
+        ("590.44.01", "", "580", False),
+        ("", "", "580", False),
+        ("garbage", "", "580", False),
+    ],
+)
+def test_running_version_matches_pin_or_branch(version, pin, branch, matches):
+    assert nv.version_matches(version, pin, branch) is matches
+
+
+# --------------------------------------------------------------- nvidia-smi
+
+
+def test_nvidia_smi_h100_rows():
+    rows = nv.parse_nvidia_smi_csv(fixture("recorded_h100_580.95.05_nvidia-smi.csv"), SMI_FIELDS)
+    assert len(rows) == 8
+    assert rows[0]["name"] == "NVIDIA H100 80GB HBM3"
+    assert rows[0]["pci.bus_id"] == "00000000:18:00.0"
+    assert rows[7]["index"] == "7"
+    assert {row["driver_version"] for row in rows} == {"580.95.05"}
+    assert all(row["uuid"].startswith("GPU-") for row in rows)
+    assert rows[0]["memory.total"] == "81559"
+
+
+def test_nvidia_smi_not_available_values_become_none():
+    rows = nv.parse_nvidia_smi_csv(fixture("recorded_rtx4090_580.82.07_nvidia-smi.csv"), SMI_FIELDS)
+    assert rows[0]["serial"] is None
+    assert rows[0]["persistence_mode"] == "Disabled"
+
+
+def test_nvidia_smi_wrong_field_count_is_an_error():
+    with pytest.raises(ValueError, match="has 8 values for 3 fields"):
+        nv.parse_nvidia_smi_csv(fixture("recorded_h100_580.95.05_nvidia-smi.csv"), ["index", "name", "uuid"])
+
+
+def test_nvidia_smi_empty_output_is_no_gpu():
+    assert nv.parse_nvidia_smi_csv("", SMI_FIELDS) == []
+
+
+# ------------------------------------------------------------- verification
+
+
+def smi(name):
+    return nv.parse_nvidia_smi_csv(fixture(name), SMI_FIELDS)
+
+
+def test_verify_passes_on_the_pinned_driver_with_the_expected_count():
+    result = nv.verify(smi("recorded_h100_580.95.05_nvidia-smi.csv"), pin="580.95.05", branch="580", expected_count=8)
+    assert result["verified"], result["problems"]
+    assert result["gpu_count"] == 8
+    assert result["driver_version"] == "580.95.05"
+
+
+def test_verify_branch_only():
+    assert nv.verify(smi("recorded_h100_580.95.05_nvidia-smi.csv"), branch="580")["verified"]
+
+
+def test_verify_names_a_wrong_pin():
+    result = nv.verify(smi("recorded_h100_580.95.05_nvidia-smi.csv"), pin="580.82.07", branch="580")
+    assert not result["verified"]
+    assert "580.95.05 is running, wanted exactly 580.82.07 (nvidia_driver_version)" in result["problems"][0]
+
+
+def test_verify_names_a_wrong_branch():
+    result = nv.verify(smi("recorded_a100_535.183.01_nvidia-smi.csv"), branch="580")
+    assert result["problems"] == ["driver 535.183.01 is running, wanted branch 580 (nvidia_driver_branch)"]
+
+
+def test_verify_gpu_count():
+    result = nv.verify(smi("recorded_h100_580.95.05_nvidia-smi.csv"), branch="580", expected_count=4)
+    assert result["problems"] == ["nvidia-smi lists 8 GPU(s), nvidia_driver_expected_gpu_count is 4"]
+    assert nv.verify(smi("recorded_h100_580.95.05_nvidia-smi.csv"), branch="580", expected_count=0)["verified"]
+
+
+def test_verify_persistence_mode():
+    result = nv.verify(smi("recorded_h100_580.95.05_persistence-off_nvidia-smi.csv"), branch="580")
+    assert result["problems"] == ["persistence mode is off on GPU(s) 0, 1"]
+
+
+def test_verify_no_gpu_listed():
+    assert "nvidia-smi lists no GPU" in nv.verify([], branch="580")["problems"]
+
+
+# --------------------------------------------------- /proc and sysfs parsing
+
+
+@pytest.mark.parametrize(
+    ("name", "version", "modules", "arch"),
+    [
+        ("recorded_580.95.05_open_proc-driver-nvidia-version.txt", "580.95.05", "open", "x86_64"),
+        ("recorded_535.183.01_proprietary_proc-driver-nvidia-version.txt", "535.183.01", "proprietary", "x86_64"),
+        ("recorded_580.95.05_open_aarch64_proc-driver-nvidia-version.txt", "580.95.05", "open", "aarch64"),
+    ],
+)
+def test_proc_driver_version(name, version, modules, arch):
+    parsed = nv.parse_proc_version(fixture(name))
+    assert (parsed["version"], parsed["kernel_modules"], parsed["arch"]) == (version, modules, arch)
+    assert parsed["gcc"].startswith("gcc version")
+
+
+def test_proc_driver_version_absent_means_not_loaded():
+    assert nv.parse_proc_version("")["version"] == ""
+
+
+def test_proc_driver_version_garbage_is_an_error():
+    with pytest.raises(ValueError, match="no version"):
+        nv.parse_proc_version("NVRM version: something else entirely\n")
+
+
+def test_hgx_tree_through_the_role_probe_script():
+    state = nv.host_state(probe("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"))
+    assert state["gpu_count"] == 8  # the ASPEED BMC VGA is no NVIDIA GPU
+    assert state["gpu_device_ids"] == ["0x2330"]
+    assert state["nvswitch_count"] == 4 and state["nvswitch_present"]
+    assert state["nvswitch_device_ids"] == ["0x22a3"]
+    assert state["gpu_addresses"][0] == "0000:18:00.0"
+    assert state["loaded_version"] == "580.95.05"
+    assert state["loaded_kernel_modules"] == "open"
+    assert state["nvidia_loaded"] and not state["nouveau_loaded"]
+    assert state["module_on_disk_version"] == ""  # modinfo only runs on the real root
+
+
+def test_workstation_with_nouveau_through_the_role_probe_script():
+    state = nv.host_state(probe("recorded_tree_rtx4090_nouveau_no_driver"))
+    assert state["gpu_count"] == 1  # the HDMI audio function 0x22ba is not counted
+    assert state["gpu_device_ids"] == ["0x2684"]
+    assert not state["nvswitch_present"]
+    assert state["nouveau_loaded"] and not state["nvidia_loaded"]
+    assert state["loaded_version"] == ""
+
+
+def test_vm_without_gpu_through_the_role_probe_script():
+    state = nv.host_state(probe("recorded_tree_vm_no_gpu"))
+    assert state["gpu_count"] == 0 and not state["gpu_present"]
+    assert state["nvswitch_count"] == 0
+    assert not state["nouveau_loaded"] and not state["nvidia_loaded"]
+
+
+def test_probe_of_an_empty_root_is_no_gpu(tmp_path):
+    state = nv.host_state(probe(tmp_path))
+    assert state["gpu_count"] == 0 and state["loaded_version"] == ""
+
+
+def test_pci_listing_ignores_unreadable_lines():
+    devices = nv.parse_pci_listing(
+        "0000:01:00.0 0x10de 0x2330 0x030200\nbroken line\n0000:02:00.0 0x10de zz 0x030200\n"
+    )
+    assert [device["address"] for device in devices] == ["0000:01:00.0"]
+
+
+# ------------------------------------------------------------------ rebooting
+
+
+def state_of(tree):
+    return nv.host_state(probe(tree))
+
+
+def test_reboot_when_installed_differs_from_loaded():
+    state = state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")
+    decision = nv.reboot_decision(state, installed_version="580.95.05")
+    assert decision == {
+        "required": True,
+        "reasons": ["driver 580.95.05 is installed but 580.82.07 is loaded"],
+        "action": "reboot",
+    }
+
+
+def test_no_reboot_when_installed_is_loaded():
+    state = state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
+    assert nv.reboot_decision(state, installed_version="580.95.05")["action"] == "none"
+    # 580.95.5 is the same version as 580.95.05: numbers, not strings
+    assert not nv.reboot_decision(state, installed_version="580.95.5")["required"]
+
+
+def test_reboot_when_nouveau_holds_the_gpu():
+    state = state_of("recorded_tree_rtx4090_nouveau_no_driver")
+    decision = nv.reboot_decision(state, installed_version="580.95.05")
+    assert decision["required"]
+    assert decision["reasons"] == ["nouveau is loaded", "driver 580.95.05 is installed but no nvidia module is loaded"]
+
+
+def test_deferred_and_controller_reboots_stay_required():
+    state = state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")
+    deferred = nv.reboot_decision(state, installed_version="580.95.05", defer=True)
+    assert deferred["required"] and deferred["action"] == "deferred"
+    controller = nv.reboot_decision(state, installed_version="580.95.05", defer=False, is_controller=True)
+    assert controller["required"] and controller["action"] == "controller"
+    # the controller wins over deferring: it is never rebooted
+    assert nv.reboot_decision(state, "580.95.05", True, True)["action"] == "controller"
+
+
+def test_never_a_reboot_without_a_gpu():
+    state = state_of("recorded_tree_vm_no_gpu")
+    assert nv.reboot_decision(state, installed_version="580.95.05") == {
+        "required": False,
+        "reasons": [],
+        "action": "none",
+    }
+
+
+def test_module_on_disk_is_the_installed_version_when_packages_say_nothing():
+    state = dict(state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary"), module_on_disk_version="580.95.05")
+    assert nv.reboot_decision(state)["required"]
+
+
+def test_nothing_installed_nothing_loaded_is_no_reboot():
+    state = dict(
+        state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary"), loaded_version="", nvidia_loaded=False
+    )
+    assert not nv.reboot_decision(state)["required"]
+
+
+# ------------------------------------------------------------ fabric manager
+
+
+@pytest.mark.parametrize(
+    ("platform_name", "package"),
+    [
+        ("Debian-12", "nvidia-fabricmanager-580"),
+        ("Ubuntu-24", "nvidia-fabricmanager-580"),
+        ("RedHat-9", "nvidia-fabric-manager"),
+    ],
+)
+def test_fabric_manager_on_nvswitch_hosts_at_the_driver_version(platform_name, package):
+    state = state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
+    choice = nv.fabric_manager(state, "auto", platform(platform_name), "cuda", "580", "3:580.95.05-1.el9")
+    assert choice["needed"]
+    assert choice["package"] == package
+    assert choice["version"] == "580.95.05"  # exactly the driver's, without epoch or revision
+    assert choice["service"] == "nvidia-fabricmanager"
+
+
+def test_no_fabric_manager_without_nvswitch():
+    state = state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")
+    assert not nv.fabric_manager(state, "auto", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
+    assert nv.fabric_manager(state, "always", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
+    hgx = state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
+    assert not nv.fabric_manager(hgx, "never", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
+
+
+def test_fabric_manager_from_a_source_without_one_is_refused():
+    hgx = state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
+    with pytest.raises(ValueError, match="carries no fabric manager"):
+        nv.fabric_manager(hgx, "auto", platform("Debian-12"), "distribution", "535", "535.247.01")
+
+
+# ---------------------------------------------------------- package choices
+
+
+def test_package_names_fill_in_the_branch():
+    names = nv.package_names(platform("Ubuntu-24"), "distribution", "580", "open", "precompiled", "server")
+    assert names == [
+        "linux-modules-nvidia-580-server-open-generic",
+        "nvidia-headless-no-dkms-580-server-open",
+        "nvidia-utils-580-server",
+    ]
+
+
+def test_dnf_specs_carry_the_pin_apt_uses_preferences():
+    assert nv.package_specs(["nvidia-driver-cuda"], "dnf", "580.95.05") == ["nvidia-driver-cuda-580.95.05"]
+    assert nv.package_specs(["nvidia-driver-cuda"], "apt", "580.95.05") == ["nvidia-driver-cuda"]
+    assert nv.apt_pin_version("580", "580.95.05") == "580.95.05-*"
+    assert nv.apt_pin_version("580") == "580.*"
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("cuda", "58x", "", "open", "dkms", "headless"), "nvidia_driver_branch"),
+        (("cuda", "580", "570.172.08", "open", "dkms", "headless"), "nvidia_driver_version 570.172.08 does not belong"),
+        (("cuda", "580", "580.95", "open", "dkms", "headless"), ""),
+        (("cuda", "580", "latest", "open", "dkms", "headless"), "nvidia_driver_version must be"),
+        (("distribution", "580", "", "open", "dkms", "headless"), "nvidia_driver_branch 580 is not offered"),
+        (("cuda", "580", "", "open", "precompiled", "headless"), "nvidia_driver_build 'precompiled'"),
+        (("cuda", "580", "", "open", "dkms", "server"), "nvidia_driver_flavour 'server'"),
+        (("ppa", "580", "", "open", "dkms", "headless"), "nvidia_driver_source 'ppa'"),
+        (("cuda", "580", "", "closed", "dkms", "headless"), "nvidia_driver_kernel_modules 'closed'"),
+    ],
+)
+def test_plan_errors_name_the_variable(args, named):
+    errors = nv.plan_errors(platform("Debian-12"), *args)
+    if named:
+        assert any(named in error for error in errors), errors
+    else:
+        assert errors == []
+
+
+def test_package_names_refuse_what_the_platform_does_not_offer():
+    with pytest.raises(ValueError, match="nvidia_driver_build"):
+        nv.package_names(platform("RedHat-9"), "cuda", "580", "open", "precompiled", "headless")
+
+
+# ---------------------------------------------------- resolved package sets
+
+
+def test_apt_simulation_captured_from_the_molecule_mirror():
+    packages = nv.resolved_packages(fixture("captured_molecule-mirror_bookworm_apt-get-simulate.txt"))
+    versions = {package["name"]: package["version"] for package in packages}
+    assert versions["nvidia-kernel-open-dkms"] == "580.95.05-1"
+    assert versions["nvidia-driver-cuda"] == "580.95.05-1"
+    assert "dkms" in versions  # resolved from the distribution beside the mirror
+    assert not any(version.startswith("590.") for version in versions.values())
+
+
+def test_dnf_dry_run_rows():
+    packages = nv.resolved_packages(fixture("recorded_rhel9_580.95.05_dnf-install-assumeno.txt"))
+    versions = {package["name"]: package["version"] for package in packages}
+    assert len(packages) == 7
+    assert versions["kmod-nvidia-open-dkms"] == "3:580.95.05-1.el9"
+    assert versions["dkms"] == "3.2.1-1.el9"
+
+
+def test_installed_driver_version_from_package_facts():
+    facts = {
+        "nvidia-driver-cuda": [{"name": "nvidia-driver-cuda", "version": "580.95.05-1", "source": "apt"}],
+        "linux-modules-nvidia-580-open-generic": [{"version": "6.8.0-88.89"}],
+        "nvidia-persistenced": [{"version": "580.95.05", "release": "1.el9", "epoch": 3}],
+    }
+    names = ["linux-modules-nvidia-580-open-generic", "nvidia-driver-cuda", "nvidia-persistenced", "absent"]
+    assert nv.installed_driver_version(facts, names) == "580.95.05"
+    assert nv.installed_driver_version({}, names) == ""
+    assert nv.installed_package_set(facts, ["nvidia-driver-cuda", "absent"]) == [
+        {"name": "nvidia-driver-cuda", "version": "580.95.05-1"}
+    ]
+
+
+def test_filters_are_exported_with_the_role_prefix():
+    names = nv.FilterModule().filters()
+    assert all(name.startswith("nvidia_driver_") for name in names)
+    assert "nvidia_driver_reboot_decision" in names
