@@ -1,0 +1,162 @@
+#!/usr/bin/python
+"""Read-only probe of a dataset volume source and its mount point."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+module: dataset_volume_probe
+short_description: Resolve a dataset volume source and probe it and its mount point, read-only
+description:
+  - Resolves a block device source (path, by-id, UUID=, LABEL=, EBS volume id) to its /dev path and
+    probes it with C(blkid -p), C(wipefs --no-act), C(lsblk) and a comparison of its first MiB with
+    C(/dev/zero). Describes the mount point (C(findmnt)), what a mount would hide, a bind source and
+    the accounts. Never writes anything.
+options:
+  source: {type: str, required: true, description: The source as configured.}
+  type: {type: str, required: true, choices: [block, nfs, bind], description: Kind of source.}
+  mount_point: {type: path, required: true, description: The mount point.}
+  by_id_dir: {type: path, default: /dev/disk/by-id, description: Where EBS volume links are looked up.}
+  expected_dirs: {type: list, elements: str, default: [], description: Folders looked for under the mount point.}
+  owner: {type: str, default: root, description: Account that must exist.}
+  group: {type: str, default: root, description: Group that must exist.}
+author: gpu-fleet maintainers
+"""
+
+EXAMPLES = r"""
+- name: Probe
+  dataset_volume_probe:
+    source: vol-0123456789abcdef0
+    type: block
+    mount_point: /data
+"""
+
+RETURN = r"""
+device: {description: The resolved /dev path; empty when the source was not found., type: str, returned: always}
+probe: {description: Raw output of the device probes, for the dataset_volume_assess filter., type: dict, returned: always}
+mounted: {description: What findmnt reports at the mount point; empty when nothing is mounted there., type: dict, returned: always}
+"""
+
+import grp
+import json
+import os
+import pwd
+import stat
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.dataset_volume_logic import ebs_by_id_matches, ebs_serial, source_kind
+
+EBS_PREFIX = "nvme-Amazon_Elastic_Block_Store_"
+FINDMNT_COLUMNS = "TARGET,SOURCE,FSTYPE,OPTIONS,FSROOT,MAJ:MIN,SIZE,AVAIL"
+
+
+def describe(path):
+    try:
+        info = os.stat(path)
+    except OSError:
+        return {"exists": False, "isdir": False, "dev": None, "inode": None}
+    return {"exists": True, "isdir": os.path.isdir(path), "dev": info.st_dev, "inode": info.st_ino}
+
+
+def account_exists(lookup, name):
+    try:
+        lookup(name)
+    except KeyError:
+        return False
+    return True
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "source": {"type": "str", "required": True},
+            "type": {"type": "str", "required": True, "choices": ["block", "nfs", "bind"]},
+            "mount_point": {"type": "path", "required": True},
+            "by_id_dir": {"type": "path", "default": "/dev/disk/by-id"},
+            "expected_dirs": {"type": "list", "elements": "str", "default": []},
+            "owner": {"type": "str", "default": "root"},
+            "group": {"type": "str", "default": "root"},
+        },
+        supports_check_mode=True,
+    )
+    params = module.params
+    source, kind_of_volume, mount_point = params["source"], params["type"], params["mount_point"]
+    kind = source_kind(source, kind_of_volume)
+    result = {
+        "changed": False,
+        "kind": kind,
+        "device": "",
+        "resolve_error": "",
+        "by_id_names": [],
+        "block_devices": "",
+        "isblk": False,
+        "probe": {},
+        "majmin": "",
+        "owner_exists": account_exists(pwd.getpwnam, params["owner"]),
+        "group_exists": account_exists(grp.getgrnam, params["group"]),
+    }
+
+    def run(argv):
+        return module.run_command(argv, environ_update={"LC_ALL": "C"})
+
+    if kind_of_volume == "block" and kind != "invalid":
+        path = source
+        if kind in ("uuid", "label"):
+            rc, out, err = run(["findfs", source])
+            path = out.strip() if rc == 0 else ""
+            result["resolve_error"] = err.strip() or f"findfs {source} exit {rc}"
+        elif kind == "ebs":
+            try:
+                names = sorted(os.listdir(params["by_id_dir"]))
+            except OSError as error:
+                names = []
+                result["resolve_error"] = f"{params['by_id_dir']}: {error.strerror}"
+            result["by_id_names"] = names
+            matches = ebs_by_id_matches(names, source)
+            path = os.path.join(params["by_id_dir"], matches[0] if matches else EBS_PREFIX + ebs_serial(source))
+        if path and os.path.exists(path):
+            result["device"] = os.path.realpath(path)
+            result["resolve_error"] = ""
+        elif not result["resolve_error"]:
+            result["resolve_error"] = f"{path}: no such file or device"
+        if result["device"]:
+            result["isblk"] = stat.S_ISBLK(os.stat(result["device"]).st_mode)
+        if result["isblk"]:
+            device = result["device"]
+            blkid_rc, blkid_out, _ = run(["blkid", "--probe", "--output", "export", device])
+            rc, wipefs_out, err = run(["wipefs", "--no-act", "--json", device])
+            if rc != 0:
+                module.fail_json(msg=f"wipefs --no-act {device} failed: {err.strip()}", **result)
+            rc, lsblk_out, err = run(["lsblk", "--json", "--bytes", "--paths", "--output",
+                                      "NAME,PATH,TYPE,FSTYPE,MOUNTPOINT,SIZE,MAJ:MIN", device])
+            if rc != 0:
+                module.fail_json(msg=f"lsblk {device} failed: {err.strip()}", **result)
+            zero_rc, _, _ = run(["cmp", "--quiet", "--bytes=1048576", device, "/dev/zero"])
+            result["probe"] = {
+                "device": device,
+                "blkid": blkid_out,
+                "blkid_rc": blkid_rc,
+                "wipefs": wipefs_out,
+                "lsblk": lsblk_out,
+                "zero_rc": zero_rc,
+            }
+            result["majmin"] = (json.loads(lsblk_out).get("blockdevices") or [{}])[0].get("maj:min", "")
+        elif not result["device"]:
+            _, listing, _ = run(["lsblk", "--paths", "--output", "NAME,SIZE,TYPE,FSTYPE,LABEL,SERIAL,MODEL,MOUNTPOINT"])
+            result["block_devices"] = listing
+
+    result["source_dir"] = describe(source) if kind_of_volume == "bind" and kind == "bind" else describe("")
+    point = describe(mount_point)
+    rc, out, _ = run(["findmnt", "--json", "--bytes", "--output", FINDMNT_COLUMNS, "--mountpoint", mount_point])
+    mounted = (json.loads(out).get("filesystems") or [{}])[0] if rc == 0 and out.strip() else {}
+    entries = []
+    if point["isdir"] and not mounted:
+        entries = sorted(os.listdir(mount_point))[:20]
+    missing = []
+    if mounted:
+        missing = [name for name in params["expected_dirs"] if not os.path.isdir(os.path.join(mount_point, name))]
+    result.update(mount_point=point, mounted=mounted, mount_point_entries=entries, expected_missing=missing)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
