@@ -51,7 +51,14 @@ DATASET = os.environ.get("LAB_DATASET", "ILSVRC/imagenet-1k")
 N_TRAIN = int(os.environ.get("LAB_TRAIN_IMAGES", "384"))
 N_VAL = int(os.environ.get("LAB_VAL_IMAGES", "96"))
 N_CLASSES = 10
-PROD_PYTHON = ROOT / os.environ.get("LAB_PYTHON", ".venvs/prod/bin/python")
+# A venv with the production pins and hf_loader (`make loader-venv`; mk/lab.mk passes it).
+PROD_PYTHON = ROOT / os.environ.get(
+    "LAB_PYTHON",
+    next(
+        (p for p in (".venvs/prod/bin/python", ".venvs/loader/bin/python") if (ROOT / p).exists()),
+        ".venvs/loader/bin/python",
+    ),
+)
 LABEL = "project.lab"
 
 # Builds the cache with the production libraries (run by .venvs/prod/bin/python).

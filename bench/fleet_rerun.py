@@ -1,0 +1,271 @@
+#!/usr/bin/env python3
+"""Fleet benchmark: the no-change rerun of site.yml on N lab hosts, Ansible defaults vs the
+project's settings, in the same run, several repetitions, medians and their ratio.
+
+    make bench-fleet                      # 10 hosts, 3 repetitions
+    .venvs/controller/bin/python bench/fleet_rerun.py --hosts 10 --reps 3 [-e VAR=VALUE ...]
+
+Configurations (each an ansible.cfg written under the bench's lab folder):
+- defaults: Ansible's own defaults for everything that costs time: forks 5, no pipelining,
+  facts gathered on every play (`gathering = implicit`, no fact cache), linear strategy,
+  Ansible's default ssh_args. Everything else (roles_path, output) as in ansible.cfg.
+- project: ansible.cfg as it is (forks 20, pipelining, jsonfile fact cache + smart gathering,
+  ControlPersist) plus the mitogen strategy `mitogen_linear` unless ansible.cfg already
+  names a strategy.
+- knobs (with --configs): ansible.cfg without mitogen, to show what the usual knobs give.
+
+The bench runs its own lab (hosts bench-gpu-01..N on 127.0.0.1:2301.., lab folder
+lab/bench-fleet) so that the first run is a real first converge and `make lab`'s hosts are
+left alone; it removes them at the end unless --keep. The first run uses the project
+settings; its wall time is reported in total and per host. Each rerun must report
+changed=0 and failed=0 on every host, else the bench says so and exits 1.
+Python 3.11 standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import configparser
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+BENCH_LAB = "lab/bench-fleet"
+# Ansible settings that trade correctness for nothing but speed: the defaults config drops them.
+PERF_KEYS = {
+    "defaults": {
+        "forks",
+        "gathering",
+        "fact_caching",
+        "fact_caching_connection",
+        "fact_caching_timeout",
+        "strategy",
+        "strategy_plugins",
+    },
+    "ssh_connection": {"pipelining", "ssh_args", "control_path", "control_path_dir"},
+    "connection": {"pipelining"},
+}
+# Settings whose values are paths, relative to the config file.
+PATH_KEYS = {"roles_path", "library", "module_utils", "filter_plugins", "collections_path", "inventory"}
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+
+
+def log(msg: str) -> None:
+    print(f"[bench] {msg}", flush=True)
+
+
+def mitogen_strategy_dir() -> Path | None:
+    try:
+        import ansible_mitogen
+    except ImportError:
+        return None
+    return Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"
+
+
+def project_cfg() -> configparser.ConfigParser:
+    cfg = configparser.ConfigParser(interpolation=None, strict=False)
+    cfg.read(ROOT / "ansible.cfg")
+    return cfg
+
+
+def absolutize(cfg: configparser.ConfigParser) -> None:
+    for section in cfg.sections():
+        for key, value in cfg.items(section):
+            if key in PATH_KEYS or key.endswith("_plugins"):
+                parts = [p if p.startswith(("/", "~")) else str(ROOT / p) for p in value.split(":")]
+                cfg.set(section, key, ":".join(parts))
+
+
+def write_cfg(path: Path, name: str, facts_dir: Path) -> Path:
+    cfg = project_cfg()
+    absolutize(cfg)
+    if name == "defaults":
+        for section, keys in PERF_KEYS.items():
+            if cfg.has_section(section):
+                for key in keys:
+                    cfg.remove_option(section, key)
+    else:
+        cfg.set("defaults", "fact_caching_connection", str(facts_dir / name))
+        if name == "project" and not cfg.has_option("defaults", "strategy"):
+            strat = mitogen_strategy_dir()
+            if strat is None:
+                sys.exit("[bench] mitogen is not installed in the controller venv (requirements/controller.txt)")
+            cfg.set("defaults", "strategy_plugins", str(strat))
+            cfg.set("defaults", "strategy", "mitogen_linear")
+        if name == "knobs":
+            cfg.remove_option("defaults", "strategy")
+            cfg.remove_option("defaults", "strategy_plugins")
+    # Ansible's own inventory is not used: the bench names its inventory.
+    cfg.remove_option("defaults", "inventory")
+    with path.open("w") as f:
+        f.write(f"# Written by bench/fleet_rerun.py: configuration '{name}'.\n")
+        cfg.write(f)
+    return path
+
+
+def container_cpu_seconds(names: list[str]) -> float:
+    """CPU used so far by the lab containers (cgroup v2 cpu.stat or v1 cpuacct), 0 if unreadable."""
+    total = 0.0
+    for name in names:
+        proc = subprocess.run(
+            ["docker", "inspect", "--format", "{{.Id}}", name], capture_output=True, text=True, check=False
+        )
+        cid = proc.stdout.strip()
+        if not cid:
+            continue
+        v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
+        if v1.exists():
+            total += int(v1.read_text()) / 1e9
+            continue
+        for v2 in (
+            Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"),
+            Path(f"/sys/fs/cgroup/docker/{cid}/cpu.stat"),
+        ):
+            if v2.exists():
+                usage = [ln for ln in v2.read_text().splitlines() if ln.startswith("usage_usec")]
+                total += int(usage[0].split()[1]) / 1e6 if usage else 0
+                break
+    return total
+
+
+def play(name: str, cfg: Path, inventory: Path, playbook: str, extra: list[str], logfile: Path, hosts) -> dict:
+    env = dict(os.environ, ANSIBLE_CONFIG=str(cfg), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    cmd = [str(BIN / "ansible-playbook"), "-i", str(inventory), playbook]
+    for e in extra:
+        cmd += ["-e", e]
+    cpu0 = container_cpu_seconds(hosts)
+    ru0 = os.times()
+    t0 = time.monotonic()
+    with logfile.open("w") as out:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+    wall = time.monotonic() - t0
+    ru1 = os.times()
+    text = logfile.read_text()
+    recap = {m[1]: {"ok": int(m[2]), "changed": int(m[3]), "unreachable": int(m[4]), "failed": int(m[5])}
+             for m in RECAP.finditer(text)}  # fmt: skip
+    return {
+        "config": name,
+        "wall_s": round(wall, 2),
+        "controller_cpu_s": round(
+            (ru1.children_user + ru1.children_system) - (ru0.children_user + ru0.children_system), 2
+        ),
+        "hosts_cpu_s": round(container_cpu_seconds(hosts) - cpu0, 2),
+        "rc": proc.returncode,
+        "changed": sum(r["changed"] for r in recap.values()),
+        "failed": sum(r["failed"] + r["unreachable"] for r in recap.values()),
+        "tasks_ok": sum(r["ok"] for r in recap.values()),
+        "hosts": len(recap),
+        "log": str(logfile.relative_to(ROOT)),
+    }
+
+
+def lab(cmd: str, n: int) -> None:
+    env = dict(
+        os.environ,
+        LAB_DIR=BENCH_LAB,
+        LAB_INVENTORY=f"{BENCH_LAB}/inventory/hosts.yml",
+        LAB_PREFIX="bench-gpu-",
+        LAB_BASE_PORT="2300",
+    )
+    args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
+    if cmd == "up":
+        args += ["--hosts", str(n)]
+    subprocess.run(args, cwd=ROOT, env=env, check=True)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hosts", type=int, default=int(os.environ.get("LAB_HOSTS", "10")))
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--playbook", default="site.yml")
+    p.add_argument("--configs", default="defaults,project", help="comma list of defaults, project, knobs")
+    p.add_argument("-e", "--extra-vars", action="append", default=[], help="passed to every ansible-playbook run")
+    p.add_argument("--keep", action="store_true", help="keep the bench hosts afterwards")
+    p.add_argument("--skip-first", action="store_true", help="hosts already converged: no first-run figure")
+    args = p.parse_args()
+    configs = args.configs.split(",")
+    work = ROOT / BENCH_LAB
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    facts = work / "facts"
+    inv_dir = work / "inventory"
+    inv_dir.mkdir(parents=True, exist_ok=True)
+    # The bench's inventory: its own hosts.yml beside the lab's group_vars.
+    gv = inv_dir / "group_vars"
+    if not gv.is_symlink():
+        gv.symlink_to(os.path.relpath(ROOT / "inventory" / "lab" / "group_vars", inv_dir))
+    cfgs = {c: write_cfg(work / f"ansible-{c}.cfg", c, facts) for c in {*configs, "project"}}
+    hosts = [f"bench-gpu-{i:02d}" for i in range(1, args.hosts + 1)]
+    results: dict = {"hosts": args.hosts, "playbook": args.playbook, "extra_vars": args.extra_vars, "runs": []}
+    bad = []
+    try:
+        t0 = time.monotonic()
+        lab("up", args.hosts)
+        results["lab_up_s"] = round(time.monotonic() - t0, 1)
+        if not args.skip_first:
+            log(f"first run of {args.playbook} on {args.hosts} fresh hosts (project settings)")
+            first = play("project", cfgs["project"], inv_dir, args.playbook, args.extra_vars, logs / "first.log", hosts)
+            results["first"] = first
+            log(
+                f"first run: {first['wall_s']:.0f} s, {first['wall_s'] / args.hosts:.1f} s per host, "
+                f"changed {first['changed']}, failed {first['failed']} (rc {first['rc']})"
+            )
+            if first["rc"] != 0 or first["failed"]:
+                bad.append(f"first run failed, see {first['log']}")
+        # A warm-up rerun fills a fact cache that is still empty (a fleet's rerun finds it full).
+        for c in [c for c in configs if c != "defaults" and not (facts / c).exists()]:
+            r = play(c, cfgs[c], inv_dir, args.playbook, args.extra_vars, logs / f"warmup-{c}.log", hosts)
+            log(f"warm-up {c}: {r['wall_s']:.1f} s, changed {r['changed']}, failed {r['failed']}")
+        for rep in range(1, args.reps + 1):
+            order = configs if rep % 2 else list(reversed(configs))
+            for c in order:
+                r = play(c, cfgs[c], inv_dir, args.playbook, args.extra_vars, logs / f"rerun-{c}-{rep}.log", hosts)
+                r["rep"] = rep
+                results["runs"].append(r)
+                log(
+                    f"rep {rep} {c:8s} {r['wall_s']:7.1f} s  controller CPU {r['controller_cpu_s']:6.1f} s  "
+                    f"hosts CPU {r['hosts_cpu_s']:6.1f} s  changed {r['changed']} failed {r['failed']}"
+                )
+                if r["rc"] != 0 or r["failed"] or r["changed"] or r["hosts"] != args.hosts:
+                    bad.append(f"{c} rep {rep}: rc {r['rc']}, changed {r['changed']}, failed {r['failed']}")
+    finally:
+        if not args.keep:
+            gv.unlink(missing_ok=True)
+            lab("down", args.hosts)
+    med = {}
+    for c in configs:
+        runs = [r for r in results["runs"] if r["config"] == c]
+        med[c] = {k: statistics.median(r[k] for r in runs) for k in ("wall_s", "controller_cpu_s", "hosts_cpu_s")}
+    results["medians"] = med
+    print()
+    print(f"No-change rerun of {args.playbook} on {args.hosts} lab hosts over SSH, medians of {args.reps}:")
+    print(f"  {'config':10s} {'wall s':>8s} {'controller CPU s':>17s} {'hosts CPU s':>12s}")
+    for c, m in med.items():
+        print(f"  {c:10s} {m['wall_s']:8.1f} {m['controller_cpu_s']:17.1f} {m['hosts_cpu_s']:12.1f}")
+    if "defaults" in med and "project" in med:
+        ratio = med["defaults"]["wall_s"] / med["project"]["wall_s"]
+        results["ratio"] = round(ratio, 2)
+        verdict = "meets" if ratio >= 3 else "misses"
+        print(f"  ratio defaults/project: {ratio:.2f}x ({verdict} the 3x target)")
+    if "first" in results:
+        f = results["first"]
+        print(f"  first run (project settings): {f['wall_s']:.0f} s for {args.hosts} hosts, "
+              f"{f['wall_s'] / args.hosts:.1f} s per host")  # fmt: skip
+    out = work / "results.json"
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"  results: {out.relative_to(ROOT)}")
+    for b in bad:
+        print(f"[bench] NOT CLEAN: {b}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
