@@ -40,7 +40,7 @@ def decode_rgb(data: bytes) -> np.ndarray:
         except ValueError:
             pass  # CMYK/odd JPEGs: PIL handles them
     with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("RGB"))
+        return np.array(im.convert("RGB"))  # writable copy
 
 
 def random_resized_crop_params(
