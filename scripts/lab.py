@@ -43,9 +43,8 @@ PREFIX = os.environ.get("LAB_PREFIX", "lab-gpu-")
 BASE_PORT = int(os.environ.get("LAB_BASE_PORT", "2200"))
 VOLUME_SIZE = os.environ.get("LAB_VOLUME_SIZE", "1536M")
 VOLUME_LABEL = "hfcache"
-# The cache root inside the volume: <volume>/hf/{datasets,hub}; mounted at /data it is
-# /data/hf, the default hf_env_cache_root.
-CACHE_SUBDIR = "hf"
+# The volume's root is the cache root: <volume>/{datasets,hub} (HF_DATASETS_CACHE and
+# HF_HUB_CACHE); mounted at /data/hf, the default hf_env_cache_root.
 DATASET = os.environ.get("LAB_DATASET", "ILSVRC/imagenet-1k")
 # A few hundred small JPEGs, ImageNet-shaped: train + validation, ClassLabel names.
 N_TRAIN = int(os.environ.get("LAB_TRAIN_IMAGES", "384"))
@@ -158,6 +157,16 @@ def ensure_key(state: dict) -> str:
     return KEY.with_name(KEY.name + ".pub").read_text().strip()
 
 
+def ensure_controller_tools() -> None:
+    """Tools the controller needs to run the site against the lab (rsync: the wheelhouse sync)."""
+    missing = [pkg for cmd, pkg in (("rsync", "rsync"), ("ssh", "openssh-client")) if not shutil.which(cmd)]
+    if missing:
+        log(f"installing {' '.join(missing)} on the controller")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run("apt-get", "update", "-qq", env=env)
+        run("apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing, env=env)
+
+
 def hf_env(root: Path) -> dict:
     env = dict(os.environ)
     env.update(
@@ -171,9 +180,8 @@ def hf_env(root: Path) -> dict:
 
 
 def ensure_cache(state: dict) -> Path:
-    """The volume's content, built once: <lab/cache>/hf/{datasets,hub}, checked ready."""
-    content = CACHE_BUILD / "content"
-    root = content / CACHE_SUBDIR
+    """The volume's content, built once: <lab/cache>/content/{datasets,hub}, checked ready."""
+    content = root = CACHE_BUILD / "content"
     stamp = CACHE_BUILD / "ready.json"
     if stamp.exists():
         return content
@@ -377,6 +385,7 @@ def up(n: int, engine: bool) -> None:
     extra = sorted(set(state["hosts"]) - {f"{PREFIX}{i:02d}" for i in range(1, n + 1)})
     for host in extra:  # LAB_HOSTS went down: remove the hosts beyond N
         remove_host(state, host)
+    ensure_controller_tools()
     pubkey = ensure_key(state)
     content = ensure_cache(state)
     hosts = [f"{PREFIX}{i:02d}" for i in range(1, n + 1)]
