@@ -167,6 +167,30 @@ def play(name: str, cfg: Path, inventory: Path, playbook: str, extra: list[str],
     }
 
 
+# The light stack: the production lock without the training-only packages (Composer,
+# torchvision, CUDA libraries) and with the CPU build of torch, enough for hf-cache-test.
+# About 1 GB a host instead of about 9 GB (3 GB wheelhouse + 5.7 GB venv): 10 hosts fit.
+LIGHT_DROP = re.compile(r"^(composer|torchvision|torch-optimizer|torchmetrics|nvidia-|triton|torch==)", re.I)
+LIGHT_TORCH = "torch==2.13.0"
+
+
+def light_stack(work: Path) -> list[str]:
+    lock = work / "loader-light.txt"
+    wheelhouse = work / "wheelhouse"
+    lines = (ROOT / "requirements" / "loader-prod.txt").read_text().splitlines()
+    kept = [ln for ln in lines if not LIGHT_DROP.match(ln.strip())]
+    lock.write_text("\n".join([*kept, LIGHT_TORCH]) + "\n")
+    env = dict(os.environ, WHEELHOUSE_DIR=str(wheelhouse), WHEELHOUSE_LOCK=str(lock), WHEELHOUSE_PYTHONS="3.11")
+    env.setdefault("PIP", str(BIN / "pip"))
+    log("light wheelhouse for the bench hosts (production lock without Composer/CUDA, CPU torch)")
+    subprocess.run(["bash", "scripts/build-wheelhouse.sh"], cwd=ROOT, env=env, check=True)
+    defaults = (ROOT / "roles" / "hf_loader" / "defaults" / "main.yml").read_text()
+    for var in ("hf_loader_lock_file", "hf_loader_wheelhouse_dir"):
+        if f"{var}:" not in defaults:
+            sys.exit(f"[bench] roles/hf_loader has no {var} any more: update light_stack() or use --stack prod")
+    return [f"hf_loader_lock_file={lock}", f"hf_loader_wheelhouse_dir={wheelhouse}"]
+
+
 def lab(cmd: str, n: int) -> None:
     env = dict(
         os.environ,
@@ -188,6 +212,12 @@ def main() -> int:
     p.add_argument("--playbook", default="site.yml")
     p.add_argument("--configs", default="defaults,project", help="comma list of defaults, project, knobs")
     p.add_argument("-e", "--extra-vars", action="append", default=[], help="passed to every ansible-playbook run")
+    p.add_argument(
+        "--stack",
+        choices=["light", "prod"],
+        default="light",
+        help="what the deploy role installs: light (about 1 GB a host) or the production lock (about 9 GB a host)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the bench hosts afterwards")
     p.add_argument("--skip-first", action="store_true", help="hosts already converged: no first-run figure")
     args = p.parse_args()
@@ -204,7 +234,10 @@ def main() -> int:
         gv.symlink_to(os.path.relpath(ROOT / "inventory" / "lab" / "group_vars", inv_dir))
     cfgs = {c: write_cfg(work / f"ansible-{c}.cfg", c, facts) for c in {*configs, "project"}}
     hosts = [f"bench-gpu-{i:02d}" for i in range(1, args.hosts + 1)]
-    results: dict = {"hosts": args.hosts, "playbook": args.playbook, "extra_vars": args.extra_vars, "runs": []}
+    if args.stack == "light":
+        args.extra_vars = light_stack(work) + args.extra_vars
+    results: dict = {"hosts": args.hosts, "playbook": args.playbook, "stack": args.stack, "runs": []}
+    results["extra_vars"] = args.extra_vars
     bad = []
     try:
         t0 = time.monotonic()

@@ -17,7 +17,7 @@ BENCH_FLEET_ARGS ?=
 lab-up: venv $(LAB_PYTHON_DEP) ## lab hosts only (engine, containers, volumes, inventory/lab/hosts.yml)
 	LAB_PYTHON=$(LAB_PYTHON) $(PYTHON) scripts/lab.py up --hosts $(LAB_HOSTS)
 
-lab: lab-up ## LAB_HOSTS (3) simulated GPU hosts, site.yml + validate over SSH, fleet report
+lab: lab-up wheelhouse ## LAB_HOSTS (3) simulated GPU hosts, site.yml + validate over SSH, fleet report
 	$(BIN)/ansible-playbook -i inventory/lab $(LAB_SITE)
 	$(BIN)/ansible-playbook -i inventory/lab $(LAB_VALIDATE)
 	@echo "[lab] fleet report: $(CURDIR)/reports/fleet.html (Markdown: reports/fleet.md)"

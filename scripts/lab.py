@@ -284,6 +284,8 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str)
             info = None
         elif not info["State"]["Running"]:
             run("docker", "start", host)
+        elif h.get("host_key") and h.get("port") == port:
+            return port  # running as the lab left it: nothing to do
     if info is None:
         h["container"] = host
         save_state(state)
