@@ -23,17 +23,24 @@ rm -f "$DIR"/*.img
 truncate -s 320M "$DIR/blank.img"
 # data: an ext4 filesystem that already holds the cache.
 truncate -s 64M "$DIR/data.img"
-mkfs.ext4 -q -F -L dvdata -d "$SRC" "$DIR/data.img"
+# The containers share the host kernel and see each other's loop devices:
+# the label carries the Debian major version to stay unique.
+label="dvdata-$(cut -d. -f1 /etc/debian_version)"
+mkfs.ext4 -q -F -L "$label" -d "$SRC" "$DIR/data.img"
 # ptable: a DOS partition table and nothing else.
 truncate -s 16M "$DIR/ptable.img"
-python3 - "$DIR/ptable.img" <<'PY'
-import struct, sys
-with open(sys.argv[1], "r+b") as image:
-    image.seek(446)
-    image.write(bytes([0, 0, 0, 0, 0x83, 0, 0, 0]) + struct.pack("<II", 2048, 30720))
-    image.seek(510)
-    image.write(b"\x55\xaa")
+# (the verify puts it back with the same helper after the override test)
+cat >"$DIR/write-ptable.py" <<'PY'
+import struct
+import sys
+
+with open(sys.argv[1], "r+b") as target:
+    target.seek(446)
+    target.write(bytes([0, 0, 0, 0, 0x83, 0, 0, 0]) + struct.pack("<II", 2048, 30720))
+    target.seek(510)
+    target.write(b"\x55\xaa")
 PY
+python3 "$DIR/write-ptable.py" "$DIR/ptable.img"
 
 attach() {
     local dev
@@ -59,5 +66,5 @@ ln -s "$data" /srv/fake-by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcde
 ln -s "$ptable" /srv/fake-by-id/nvme-Amazon_Elastic_Block_Store_vol0fedcba9876543210
 ln -s "$blank" /srv/fake-by-id/nvme-Amazon_EC2_NVMe_Instance_Storage_AWS1234567890ABCDEF
 
-printf '{"blank": "%s", "data": "%s", "ptable": "%s", "data_uuid": "%s"}\n' \
-    "$blank" "$data" "$ptable" "$uuid" >"$DIR/devices.json"
+printf '{"blank": "%s", "data": "%s", "ptable": "%s", "data_uuid": "%s", "data_label": "%s"}\n' \
+    "$blank" "$data" "$ptable" "$uuid" "$label" >"$DIR/devices.json"

@@ -91,6 +91,7 @@ def main():
         "isblk": False,
         "probe": {},
         "majmin": "",
+        "ambiguous": [],
         "owner_exists": account_exists(pwd.getpwnam, params["owner"]),
         "group_exists": account_exists(grp.getgrnam, params["group"]),
     }
@@ -101,9 +102,18 @@ def main():
     if kind_of_volume == "block" and kind != "invalid":
         path = source
         if kind in ("uuid", "label"):
-            rc, out, err = run(["findfs", source])
-            path = out.strip() if rc == 0 else ""
-            result["resolve_error"] = err.strip() or f"findfs {source} exit {rc}"
+            # Every device that carries the tag, probed afresh (no blkid cache):
+            # a copied disk or a reused label must not pick one at random.
+            rc, out, err = run(["blkid", "--cache-file", "/dev/null", "--output", "device", "--match-token", source])
+            found = sorted(set(out.split())) if rc == 0 else []
+            path = found[0] if len(found) == 1 else ""
+            if len(found) > 1:
+                result["ambiguous"] = found
+            result["resolve_error"] = (
+                f"{source} is carried by {len(found)} devices: {', '.join(found)}"
+                if len(found) > 1
+                else (err.strip() or f"no device carries {source}")
+            )
         elif kind == "ebs":
             try:
                 names = sorted(os.listdir(params["by_id_dir"]))

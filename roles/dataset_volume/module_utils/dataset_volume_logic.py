@@ -119,7 +119,8 @@ def assess(probe, fstype, format_requested=False, confirmed=False):
 
     found = []
     if blkid.get("TYPE"):
-        words = f"{blkid['TYPE']} {blkid.get('USAGE', 'signature')}"
+        usage = {"filesystem": "filesystem", "raid": "RAID member", "crypto": "encrypted volume"}
+        words = f"{blkid['TYPE']} {usage.get(blkid.get('USAGE', ''), 'signature')}"
         details = [f"{key}={blkid[key]}" for key in ("UUID", "LABEL") if blkid.get(key)]
         found.append(words + (f" ({', '.join(details)})" if details else ""))
     if blkid.get("PTTYPE"):
@@ -180,7 +181,7 @@ def assess(probe, fstype, format_requested=False, confirmed=False):
         )
     else:
         result["reason"] = (
-            f"{device} is not blank: it holds {what}. Nothing was changed. To erase it, set"
+            f"{device} is not blank: it holds {what}. To erase it, set"
             f" dataset_volume_format: true and dataset_volume_format_confirm_device: {device}"
         )
     return result
@@ -197,7 +198,8 @@ def mount_options(volume_type, read_only=False, extra=None, nfs_options=None, ti
         if option not in options:
             options.append(option)
     options = [option for option in options if option not in ("rw", "ro", "nofail", "defaults")]
-    options = [option for option in options if not option.startswith(("x-systemd.device-timeout=", "x-systemd.mount-timeout="))]
+    timeouts = ("x-systemd.device-timeout=", "x-systemd.mount-timeout=")
+    options = [option for option in options if not option.startswith(timeouts)]
     options.append("ro" if read_only else "rw")
     if volume_type == "nfs" and "_netdev" not in options:
         options.append("_netdev")

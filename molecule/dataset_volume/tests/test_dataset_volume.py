@@ -1,0 +1,320 @@
+"""Verify dataset_volume on the running containers: real loop devices, real mounts.
+
+prepare.yml attached three images per container (devices.json): blank (the
+role formats it: ext4 on bookworm, xfs on trixie), data (ext4 that already
+holds a cache, with checksums taken before the role ran) and ptable (a DOS
+partition table and nothing else).
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+testinfra_hosts = ["ansible://all"]
+
+STATE = "/var/lib/dataset-volume-molecule"
+CONVERGE = str(Path(__file__).resolve().parents[1] / "converge.yml")
+EBS_LINK = "/srv/fake-by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0"
+
+
+def is_trixie(host):
+    return host.system_info.codename == "trixie"
+
+
+def devices(host):
+    return json.loads(host.file(f"{STATE}/devices.json").content_string)
+
+
+def run_converge(host, *extra_args):
+    """Run the scenario's converge play against this one host; return (rc, output)."""
+    command = [
+        "ansible-playbook",
+        "-i",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        "--limit",
+        host.backend.host,
+        CONVERGE,
+        *extra_args,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    return done.returncode, done.stdout + done.stderr
+
+
+def run_custom(host, *extra_args, **role_vars):
+    """Apply the role once with only these variables (the converge's 'custom' case)."""
+    variables = {"molecule_cases": ["custom"], **{f"dataset_volume_{k}": v for k, v in role_vars.items()}}
+    return run_converge(host, *extra_args, "-e", json.dumps(variables))
+
+
+def mounted(host, target):
+    """findmnt's view of a mount point, or None."""
+    result = host.run(f"findmnt --json --output TARGET,SOURCE,FSTYPE,OPTIONS --mountpoint {target}")
+    return json.loads(result.stdout)["filesystems"][0] if result.rc == 0 else None
+
+
+def snapshot(host):
+    """Everything a refused run must leave as it was: fstab, mounts, every signature on our devices."""
+    signatures = {
+        name: host.run(f"blkid --probe --output export {dev}").stdout
+        for name, dev in devices(host).items()
+        if name != "data_uuid"
+    }
+    return {
+        "fstab": host.file("/etc/fstab").content_string,
+        "mounts": host.check_output("findmnt --raw --noheadings --output TARGET,SOURCE,FSTYPE,OPTIONS"),
+        "signatures": signatures,
+        "data": host.check_output("ls -1 /data"),
+    }
+
+
+def fstab_entry(host, target):
+    for line in host.file("/etc/fstab").content_string.splitlines():
+        fields = line.split()
+        if len(fields) >= 4 and fields[1] == target:
+            return fields
+    return None
+
+
+# --- the blank image: formatted and mounted -----------------------------------------------------
+
+
+def test_blank_image_was_formatted_and_mounted(host):
+    fstype = "xfs" if is_trixie(host) else "ext4"
+    found = mounted(host, "/data/cache")
+    assert found is not None
+    assert found["source"] == devices(host)["blank"]
+    assert found["fstype"] == fstype
+    assert "rw" in found["options"].split(",")
+
+
+def test_mount_point_belongs_to_the_training_user(host):
+    root = host.file("/data/cache")
+    assert root.user == "trainer" and root.group == "trainer"
+    assert root.mode == 0o750
+    host.check_output("su trainer -c 'touch /data/cache/written-by-trainer && rm /data/cache/written-by-trainer'")
+    # The parent the role created is not given away.
+    parent = host.file("/data")
+    assert parent.user == "root" and parent.mode == 0o755
+
+
+def test_fstab_entry_is_by_uuid_with_nofail_and_timeout(host):
+    uuid = host.check_output(f"blkid --probe --match-tag UUID --output value {devices(host)['blank']}")
+    fields = fstab_entry(host, "/data/cache")
+    assert fields[0] == f"UUID={uuid}"
+    assert fields[2] == ("xfs" if is_trixie(host) else "ext4")
+    options = fields[3].split(",")
+    assert "nofail" in options
+    assert "x-systemd.device-timeout=45s" in options
+    assert "noatime" in options
+
+
+def test_fstab_entry_mounts_again_after_unmount(host):
+    host.check_output("umount /data/cache")
+    assert mounted(host, "/data/cache") is None
+    # What boot does for local filesystems: mount everything not marked _netdev.
+    host.check_output("mount -a -O no_netdev")
+    found = mounted(host, "/data/cache")
+    assert found is not None and found["source"] == devices(host)["blank"]
+    host.check_output("umount /data/cache")
+    host.check_output("mount /data/cache")
+    assert mounted(host, "/data/cache")["source"] == devices(host)["blank"]
+
+
+# --- the image with data: mounted as it is, even with format: true -----------------------------
+
+
+def test_data_image_is_mounted_and_its_data_unchanged(host):
+    found = mounted(host, "/data/preloaded")
+    assert found is not None and found["source"] == devices(host)["data"]
+    assert found["fstype"] == "ext4"
+    # The same filesystem (not a new one) and the same bytes in every file.
+    uuid = host.check_output(f"blkid --probe --match-tag UUID --output value {devices(host)['data']}")
+    assert uuid == devices(host)["data_uuid"]
+    assert host.run(f"cd /data/preloaded && sha256sum --check --strict --quiet {STATE}/data.sha256").rc == 0
+
+
+def test_data_image_found_by_its_ebs_volume_id_or_uuid(host):
+    fields = fstab_entry(host, "/data/preloaded")
+    assert fields[0] == f"UUID={devices(host)['data_uuid']}"
+    assert host.file(EBS_LINK).linked_to == devices(host)["data"]
+
+
+def test_read_only_mount_is_read_only(host):
+    options = mounted(host, "/data/preloaded")["options"].split(",")
+    if is_trixie(host):
+        assert "ro" in options
+        assert "ro" in fstab_entry(host, "/data/preloaded")[3].split(",")
+        assert host.run("touch /data/preloaded/x").rc != 0
+        # Ownership is left alone on a read-only mount.
+        assert host.file("/data/preloaded").user == "root"
+    else:
+        assert "rw" in options
+        assert host.file("/data/preloaded").user == "trainer"
+
+
+# --- bind and NFS ------------------------------------------------------------------------------
+
+
+def test_bind_mount_shows_the_folder_read_only(host):
+    found = mounted(host, "/data/shared")
+    assert found is not None and "ro" in found["options"].split(",")
+    assert host.file("/data/shared/hub/marker").content_string == "shared\n"
+    assert host.run("touch /data/shared/x").rc != 0
+    assert fstab_entry(host, "/data/shared")[:3] == ["/srv/shared-cache", "/data/shared", "none"]
+    assert fstab_entry(host, "/data/shared")[3].startswith("bind,")
+
+
+def test_nfs_entry_has_the_v41_options(host):
+    # No NFS in this kernel: the entry is written (state present), not mounted.
+    fields = fstab_entry(host, "/data/nfs")
+    assert fields[:3] == ["nfs.example.internal:/export/hf", "/data/nfs", "nfs4"]
+    options = fields[3].split(",")
+    for option in ["nfsvers=4.1", "hard", "proto=tcp", "ro", "_netdev", "nofail", "x-systemd.mount-timeout=30s"]:
+        assert option in options
+    assert fields[4:] == ["0", "0"]
+    assert mounted(host, "/data/nfs") is None
+
+
+# --- check mode, --diff, other source forms ----------------------------------------------------
+
+
+def test_check_mode_diff_of_the_converge_changes_nothing(host):
+    before = snapshot(host)
+    rc, output = run_converge(host, "--check", "--diff")
+    assert rc == 0, output
+    assert "changed=0" in output
+    assert snapshot(host) == before
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "LABEL",  # LABEL=dvdata-<Debian major version>, unique across the containers
+        EBS_LINK,  # a by-id path
+        "vol-0123456789abcdef0",
+    ],
+)
+def test_other_source_forms_resolve_to_the_data_image(host, source):
+    if source == "LABEL":
+        source = f"LABEL={devices(host)['data_label']}"
+    before = snapshot(host)
+    rc, output = run_custom(
+        host, "--check", "--diff", source=source, mount_point="/data/other", format=True, by_id_dir="/srv/fake-by-id"
+    )
+    assert rc == 0, output
+    assert f"{devices(host)['data']} already holds ext4" in output
+    assert snapshot(host) == before
+
+
+# --- bad inputs fail before any change ---------------------------------------------------------
+
+
+def bad_inputs(host):
+    dev = devices(host)
+    other_fs = "ext4" if is_trixie(host) else "xfs"  # what the data image does not hold
+    return [
+        ({"source": "/dev/disk/by-id/nvme-no-such-disk", "mount_point": "/data/x"}, ["was not found", dev["blank"]]),
+        (
+            {"source": "vol-0aaaaaaaaaaaaaaaa", "by_id_dir": "/srv/fake-by-id", "mount_point": "/data/x"},
+            ["was not found", "vol0123456789abcdef0"],
+        ),
+        ({"source": "UUID=00000000-0000-0000-0000-000000000000", "mount_point": "/data/x"}, ["was not found"]),
+        (
+            {"source": dev["data"], "fstype": "xfs", "format": True, "mount_point": "/data/x"},
+            ["holds ext4 filesystem", "not xfs"],
+        ),
+        ({"source": dev["blank"], "fstype": other_fs, "mount_point": "/data/x"}, ["not " + other_fs]),
+        (
+            {"source": dev["ptable"], "format": True, "mount_point": "/data/x"},
+            ["dos partition table", "Nothing was changed"],
+        ),
+        (
+            {"source": dev["ptable"], "format": True, "format_confirm_device": dev["blank"], "mount_point": "/data/x"},
+            ["dos partition table"],
+        ),
+        ({"source": dev["data"], "mount_point": "/data/cache"}, ["is busy", dev["blank"]]),
+        (
+            {"source": dev["blank"], "format": True, "format_confirm_device": dev["blank"], "mount_point": "/data/y"},
+            ["in use"],
+        ),
+        ({"source": "relative/disk", "mount_point": "/data/x"}, ["dataset_volume_source"]),
+        ({"source": dev["data"], "mount_point": "data/relative"}, ["dataset_volume_mount_point", "absolute"]),
+        ({"type": "bind", "source": "srv/shared-cache", "mount_point": "/data/x"}, ["dataset_volume_source"]),
+        ({"type": "bind", "source": "/srv/no-such-folder", "mount_point": "/data/x"}, ["not an existing directory"]),
+        ({"source": dev["data"], "mount_point": "/etc"}, ["system folder"]),
+        ({"source": dev["data"], "mount_point": "/srv"}, ["system folder"]),
+        ({"source": dev["data"], "mount_point": "/srv/shared-cache"}, ["would hide"]),
+        ({"source": dev["data"], "mount_point": "/data/x", "owner": "nosuchuser"}, ["dataset_volume_owner"]),
+        ({"source": dev["data"], "mount_point": "/data/x", "min_size_mib": 100000}, ["too small"]),
+        ({"source": dev["data"], "mount_point": "/data/x", "fstpye": "xfs"}, ["dataset_volume_fstpye"]),
+        ({"type": "nfs", "source": "no-export-path", "mount_point": "/data/x"}, ["server:/export"]),
+    ]
+
+
+def test_bad_inputs_fail_before_any_change(host):
+    # One test looping over the cases, so that each container's snapshot is compared every time.
+    for role_vars, messages in bad_inputs(host):
+        before = snapshot(host)
+        rc, output = run_custom(host, **role_vars)
+        assert rc != 0, (role_vars, output)
+        for message in messages:
+            assert message in output, (role_vars, message, output[-3000:])
+        if "min_size_mib" in role_vars:
+            # Refused after the mount (the check), so undo that mount before comparing.
+            host.check_output("umount /data/x && sed -i '\\# /data/x #d' /etc/fstab && rmdir /data/x")
+        else:
+            assert "changed=0" in output, (role_vars, output[-3000:])
+        assert snapshot(host) == before, role_vars
+        assert not host.file("/data/x").exists
+        # Relative paths would land in the remote working directory (root's home).
+        assert not host.file("/root/data").exists
+        assert not host.file("/data/relative").exists
+
+
+def test_missing_device_lists_the_block_devices(host):
+    rc, output = run_custom(host, source="/dev/nonexistent-disk", mount_point="/data/x")
+    assert rc != 0
+    assert "Block devices on this host" in output
+    for name in ("blank", "data", "ptable"):
+        assert devices(host)[name] in output
+
+
+def test_expected_folders_are_checked(host):
+    rc, output = run_custom(
+        host, type="bind", source="/srv/shared-cache", mount_point="/data/x", expected_dirs=["hub", "datasets"]
+    )
+    assert rc != 0
+    assert "lacks datasets" in output
+    host.check_output("umount /data/x && sed -i '\\# /data/x #d' /etc/fstab && rmdir /data/x")
+
+
+# --- the explicit override erases exactly the named device ------------------------------------
+
+
+def test_override_with_confirmation_formats_the_named_device(host):
+    dev = devices(host)["ptable"]
+    # Check mode first: it says it would wipe, and wipes nothing.
+    rc, output = run_custom(
+        host, "--check", "--diff", source=dev, format=True, format_confirm_device=dev, mount_point="/data/override"
+    )
+    assert rc == 0, output
+    assert "wiped and formatted" in output
+    assert "PTTYPE=dos" in host.check_output(f"blkid --probe --output export {dev}")
+    try:
+        rc, output = run_custom(host, source=dev, format=True, format_confirm_device=dev, mount_point="/data/override")
+        assert rc == 0, output
+        assert mounted(host, "/data/override")["source"] == dev
+        assert "TYPE=ext4" in host.check_output(f"blkid --probe --output export {dev}")
+        # Run again with the same variables: the device now holds ext4 and is left alone.
+        rc, output = run_custom(host, source=dev, format=True, format_confirm_device=dev, mount_point="/data/override")
+        assert rc == 0, output
+        assert "changed=0" in output
+    finally:
+        # Put the partition table back for the next verify.
+        host.run("umount /data/override; sed -i '\\# /data/override #d' /etc/fstab; rmdir /data/override")
+        host.check_output(f"wipefs --all --quiet {dev}")
+        host.check_output(f"python3 {STATE}/write-ptable.py {dev}")
+    assert "PTTYPE=dos" in host.check_output(f"blkid --probe --output export {dev}")
