@@ -8,7 +8,8 @@ CONTROLLER_STAMP := $(VENV)/.installed-$(shell sha256sum requirements/controller
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 
-.PHONY: help venv engine lint pytest molecule test lock clean
+.PHONY: help venv engine wheelhouse browser lint pytest molecule test lock clean
+WHEELHOUSE_DIR ?= /var/cache/gpu-fleet/wheelhouse
 
 help: ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -32,16 +33,22 @@ lock: ## re-resolve requirements/controller.in into requirements/controller.txt
 engine: ## container engine and local Debian systemd images (idempotent)
 	bash scripts/engine-up.sh
 
+wheelhouse: venv ## wheels of the production lock per target Python, built once per machine
+	WHEELHOUSE_DIR=$(WHEELHOUSE_DIR) bash scripts/build-wheelhouse.sh
+
+browser: ## Debian's chromium, for the test that opens the fleet report
+	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
 lint: venv ## yamllint, ansible-lint (production profile), ruff
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
 	$(BIN)/ruff check scripts scripts/capfilter-runc tests molecule
 	$(BIN)/ruff format --check scripts scripts/capfilter-runc tests molecule
 
-pytest: venv ## unit tests of the roles' logic and the project's conventions
+pytest: venv browser ## unit tests of the roles' logic and the project's conventions
 	$(BIN)/pytest -q tests
 
-molecule: venv engine ## every Molecule scenario, full sequence with idempotence
+molecule: venv engine loader-venv wheelhouse ## every Molecule scenario, full sequence with idempotence
 	$(BIN)/molecule test --all
 
 test: ## everything CI checks: lint, pytest, molecule; prints a summary

@@ -95,7 +95,8 @@ build_image() {
     ln -sf /dev/null "$root/etc/systemd/system/systemd-modules-load.service"
     # Containers have no consoles to start gettys on.
     ln -sf /dev/null "$root/etc/systemd/system/getty.target"
-    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
+    # Package lists stay: the image must know its packages as a host does.
+    rm -rf "$root"/var/cache/apt/archives/*.deb
     tar -C "$root" -c . | docker import \
         --change "LABEL project.recipe=$hash" \
         --change 'CMD ["/lib/systemd/systemd"]' \

@@ -1,0 +1,13 @@
+"""Build a small ImageNet-shaped cache with the real libraries: ROOT/{hub,datasets}."""
+
+import sys
+from pathlib import Path
+
+from hf_loader import fixtures
+
+root, dataset = Path(sys.argv[1]), sys.argv[2]
+splits, names = fixtures.tiny_splits(n_train=48, n_val=16, classes=4, size=(96, 80))
+snapshot = fixtures.make_hub_snapshot(root / "hub", dataset, splits, names, shards=2)
+fixtures.make_arrow_cache(root / "datasets", dataset, snapshot)
+for lock in (root / "datasets").glob("*.lock"):
+    lock.unlink()

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Build the wheelhouse the hf_loader role installs from: every wheel of the
+# production lock for each target Python, plus the project's own package.
+# Built once per machine (outside the clone) and reused: fleets are often
+# air-gapped, and hosts must not each pull gigabytes from the internet.
+#
+#   WHEELHOUSE_DIR   where to build (default /var/cache/gpu-fleet/wheelhouse)
+#   WHEELHOUSE_PYTHONS  target Python versions (default "3.11 3.13": Debian 12, 13)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+WHEELHOUSE_DIR=${WHEELHOUSE_DIR:-/var/cache/gpu-fleet/wheelhouse}
+WHEELHOUSE_PYTHONS=${WHEELHOUSE_PYTHONS:-"3.11 3.13"}
+LOCK=${WHEELHOUSE_LOCK:-requirements/loader-prod.txt}
+PIP=${PIP:-.venvs/controller/bin/pip}
+ARCH=$(uname -m)
+PLATFORMS=()
+for glibc in 2_5 2_12 2_17 2_24 2_27 2_28 2_31 2_34 2_35; do PLATFORMS+=(--platform "manylinux_${glibc}_${ARCH}"); done
+PLATFORMS+=(--platform "manylinux1_${ARCH}" --platform "manylinux2010_${ARCH}" --platform "manylinux2014_${ARCH}")
+LOCK_HASH=$(sha256sum "$LOCK" | cut -c1-12)
+
+for version in $WHEELHOUSE_PYTHONS; do
+    tag="cp${version/./}"
+    target="$WHEELHOUSE_DIR/$tag"
+    mkdir -p "$target"
+    if [ -f "$target/.lock-$LOCK_HASH" ]; then
+        echo "[wheelhouse] $tag: wheels of $LOCK are present"
+    else
+        echo "[wheelhouse] $tag: downloading the wheels of $LOCK (about 3 GB the first time)"
+        "$PIP" download --quiet --no-deps --only-binary=:all: --dest "$target" \
+            --python-version "$version" --implementation cp \
+            --abi "$tag" --abi abi3 --abi none "${PLATFORMS[@]}" -r "$LOCK" 2> >(grep -v "is ignored: it is neither" >&2)
+        rm -f "$target"/.lock-*
+        touch "$target/.lock-$LOCK_HASH"
+    fi
+    # Reproducible bytes for an unchanged source, so hosts reinstall the
+    # package only when it really changed.
+    SOURCE_DATE_EPOCH=$(git log -1 --format=%ct -- files/hf_loader 2>/dev/null || echo 315532800) \
+        "$PIP" wheel --quiet --no-deps --wheel-dir "$target" files/hf_loader
+    rm -rf files/hf_loader/build files/hf_loader/src/*.egg-info
+    echo "[wheelhouse] $tag: $(find "$target" -name '*.whl' | wc -l) wheels, $(du -sh "$target" | cut -f1)"
+done
