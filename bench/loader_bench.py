@@ -323,6 +323,7 @@ def main() -> int:
     ap.add_argument("--skip-checks", action="store_true")
     ap.add_argument("--json-out", help="also write the results as JSON here")
     args = ap.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)
     if args.quick:
         args.images, args.reps = 400, 1
 

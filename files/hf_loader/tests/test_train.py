@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -63,3 +68,54 @@ def test_unknown_config_key_is_usage_error(tmp_path, capsys):
 def test_not_cached_exit_code(home, capsys):
     assert train.main(["--dataset", "acme/nothing", "--device", "cpu"]) == 3
     assert "not cached" in capsys.readouterr().err
+
+
+def test_example_config_is_valid():
+    from pathlib import Path
+
+    example = Path(__file__).parent.parent / "examples" / "train.yaml"
+    cfg = train.build_config(["--config-file", str(example), "--workers", "4"])
+    assert cfg["workers"] == 4 and cfg["max_duration"] == "90ep" and cfg["output"] == "uint8"
+
+
+def test_composer_launcher_two_processes_cpu(arrow_only, tmp_path):
+    """Composer's launcher sets RANK/WORLD_SIZE/MASTER_*; two CPU ranks (gloo on loopback)
+    each train on their half of the data through a DistributedSampler."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    launcher = Path(sys.executable).with_name("composer")
+    cmd = [
+        str(launcher),
+        "-n",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        "--stdout",
+        str(tmp_path / "rank{rank}.out"),
+        "--stderr",
+        str(tmp_path / "rank{rank}.err"),
+        "-m",
+        "hf_loader.train",
+        "--device",
+        "cpu",
+        "--batch-size",
+        "2",
+        "--workers",
+        "0",
+        "--eval-split",
+        "",
+        "--max-duration",
+        "2ba",
+        "--warmup",
+        "0ba",
+        "--log-to-console",
+        "false",
+    ]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=dict(os.environ))
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    rank1 = (tmp_path / "rank1.out").read_text()
+    assert "rank 0 of 2, DistributedSampler with 6 samples, 2 batches" in p.stdout
+    assert "rank 1 of 2, DistributedSampler with 6 samples, 2 batches" in rank1

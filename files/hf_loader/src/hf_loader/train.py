@@ -20,6 +20,10 @@ from pathlib import Path
 from .env import force_offline
 from .errors import ConfigError, HFLoaderError
 
+EXIT_CODES = """exit codes: 0 trained; 2 bad config file or flag; 3 dataset not cached;
+4 cached copy incomplete or corrupt; 5 environment misconfigured (e.g. no free space to
+convert); 1 anything else (traceback printed)."""
+
 DEFAULTS = {
     "dataset": "ILSVRC/imagenet-1k",
     "config": None,
@@ -97,7 +101,10 @@ def _parse_value(text: str):
 
 def build_config(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(
-        prog="hf-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="hf-train",
+        description=__doc__,
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config-file", help="YAML or JSON file with the keys below")
     for key, default in DEFAULTS.items():
@@ -238,12 +245,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"hf-train: {e}", file=sys.stderr)
         return e.exit_code
     try:
-        train(cfg)
+        trainer = train(cfg)
     except HFLoaderError as e:
         print(f"hf-train: {e}", file=sys.stderr)
         return e.exit_code
-    if int(os.environ.get("RANK", "0")) == 0:
-        print("hf-train: done")
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    sampler = getattr(trainer.state.train_dataloader, "sampler", None)
+    print(
+        f"hf-train: done (rank {rank} of {world}, {type(sampler).__name__} with "
+        f"{len(sampler) if sampler is not None else '?'} samples, "
+        f"{int(trainer.state.timestamp.batch)} batches)"
+    )
     return 0
 
 
