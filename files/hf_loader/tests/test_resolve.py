@@ -258,3 +258,10 @@ def test_stale_incomplete_only_copy_is_not_reported_as_not_cached_elsewhere(buil
     with pytest.raises(NotCachedError):
         resolve(DATASET)
     shutil.rmtree(home / "datasets" / "ILSVRC___imagenet-1k")
+
+
+def test_unknown_config_lists_what_is_cached(both):
+    with pytest.raises(NotCachedError) as ei:
+        resolve(DATASET, config="full-size")
+    assert any("has configs default, not 'full-size'" in p for p in ei.value.looked)
+    assert resolve(DATASET, config="default").source == "arrow"

@@ -122,10 +122,6 @@ class IncompleteCacheError(HFLoaderError):
         return d
 
 
-class InsufficientSpaceError(EnvironmentMisconfiguredError):
-    """Converting a hub snapshot to Arrow was allowed but the target has too little free space."""
-
-
 class LoadingFailedError(HFLoaderError):
     """The cache looked complete but reading batches through the DataLoader failed."""
 

@@ -18,9 +18,16 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .check import CheckReport, card_config, card_config_names, check_arrow_dir, check_hub_snapshot
+from .check import (
+    CheckReport,
+    card_config,
+    card_config_names,
+    check_arrow_dir,
+    check_hub_snapshot,
+    read_card,
+)
 from .env import CachePaths, force_offline
-from .errors import IncompleteCacheError, InsufficientSpaceError, NotCachedError
+from .errors import IncompleteCacheError, NotCachedError
 
 log = logging.getLogger(__name__)
 
@@ -226,6 +233,11 @@ def resolve(
         f"({paths.sources.get('hub_cache', 'given')})"
     )
     snapshot = _snapshot(dataset_id, revision, paths)
+    if snapshot is not None and config is not None:
+        names = card_config_names(read_card(snapshot))
+        if names and config not in names:
+            looked.append(f"snapshot {snapshot} has configs {', '.join(names)}, not '{config}'")
+            snapshot = None
     if snapshot is not None:
         rep = check_hub_snapshot(snapshot, config, deep=deep, progress=progress)
         if config is None:
@@ -388,13 +400,3 @@ def load_split(res: Resolution, split: str):
         ]
         return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts, info=info)
     return datasets.load_dataset(res.path, name=res.config, split=split, streaming=True)
-
-
-def ensure_space(path: Path, need: int) -> None:
-    free = shutil.disk_usage(path).free
-    if free < need:
-        raise InsufficientSpaceError(
-            f"{free} bytes free, {need} needed",
-            path=str(path),
-            remedy="free space on the cache volume or point HF_DATASETS_CACHE elsewhere",
-        )
