@@ -21,8 +21,8 @@ from .env import force_offline
 from .errors import ConfigError, HFLoaderError
 
 EXIT_CODES = """exit codes: 0 trained; 2 bad config file or flag; 3 dataset not cached;
-4 cached copy incomplete or corrupt; 5 environment misconfigured; 1 anything else
-(traceback printed)."""
+4 cached copy incomplete or corrupt; 1 anything else (traceback printed).
+Run hf-cache-test first: it also checks the environment (exit 5) and loading (6)."""
 
 DEFAULTS = {
     "dataset": "ILSVRC/imagenet-1k",
