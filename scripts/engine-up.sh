@@ -45,6 +45,8 @@ install_engine() {
     command -v debootstrap >/dev/null || missing+=(debootstrap)
     [ -x /usr/bin/python3 ] || missing+=(python3)
     command -v losetup >/dev/null || missing+=(mount)
+    # The controller side of the wheelhouse sync (ansible.posix.synchronize).
+    command -v rsync >/dev/null || missing+=(rsync)
     if [ ${#missing[@]} -gt 0 ]; then
         log "installing ${missing[*]}"
         export DEBIAN_FRONTEND=noninteractive
@@ -109,6 +111,7 @@ build_image() {
 main() {
     [ "$(id -u)" = 0 ] || die "run as root (it installs packages and starts dockerd)"
     if engine_answers; then
+        command -v rsync >/dev/null || install_engine
         log "engine answers: $(docker version --format '{{.Server.Version}}')"
     else
         install_engine
