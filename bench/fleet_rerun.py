@@ -140,7 +140,7 @@ def play(name: str, cfg: Path, inventory: Path, playbook: str, extra: list[str],
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
     cmd = [str(BIN / "ansible-playbook"), "-i", str(inventory), playbook]
     for e in extra:
-        cmd += ["-e", e]
+        cmd += ["-e", e] if not e.startswith("-") else [e]
     cpu0 = container_cpu_seconds(hosts)
     ru0 = os.times()
     t0 = time.monotonic()
@@ -198,6 +198,7 @@ def lab(cmd: str, n: int) -> None:
         LAB_INVENTORY=f"{BENCH_LAB}/inventory/hosts.yml",
         LAB_PREFIX="bench-gpu-",
         LAB_BASE_PORT="2300",
+        LAB_FACT_CACHE=":".join(f"{BENCH_LAB}/facts/{c}" for c in ("project", "knobs")),
     )
     args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
     if cmd == "up":
@@ -212,6 +213,8 @@ def main() -> int:
     p.add_argument("--playbook", default="site.yml")
     p.add_argument("--configs", default="defaults,project", help="comma list of defaults, project, knobs")
     p.add_argument("-e", "--extra-vars", action="append", default=[], help="passed to every ansible-playbook run")
+    p.add_argument("--tags", help="only these tags of the playbook (--tags)")
+    p.add_argument("--skip-tags", help="skip these tags of the playbook (--skip-tags)")
     p.add_argument(
         "--stack",
         choices=["light", "prod"],
@@ -234,6 +237,9 @@ def main() -> int:
         gv.symlink_to(os.path.relpath(ROOT / "inventory" / "lab" / "group_vars", inv_dir))
     cfgs = {c: write_cfg(work / f"ansible-{c}.cfg", c, facts) for c in {*configs, "project"}}
     hosts = [f"bench-gpu-{i:02d}" for i in range(1, args.hosts + 1)]
+    for opt in ("tags", "skip_tags"):
+        if getattr(args, opt):
+            args.extra_vars.append(f"--{opt.replace('_', '-')}={getattr(args, opt)}")
     if args.stack == "light":
         args.extra_vars = light_stack(work) + args.extra_vars
     results: dict = {"hosts": args.hosts, "playbook": args.playbook, "stack": args.stack, "runs": []}

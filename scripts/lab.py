@@ -59,6 +59,9 @@ PROD_PYTHON = ROOT / os.environ.get(
     ),
 )
 LABEL = "project.lab"
+# Ansible's jsonfile fact cache (ansible.cfg): a new container must not inherit the facts of
+# an earlier one of the same name (smart gathering would skip it for hours).
+FACT_CACHES = [ROOT / d for d in os.environ.get("LAB_FACT_CACHE", ".cache/facts").split(":") if d]
 
 # Builds the cache with the production libraries (run by .venvs/prod/bin/python).
 BUILD_CACHE = r"""
@@ -267,6 +270,13 @@ def wait_systemd(name: str) -> None:
     die(f"{name}: systemd did not finish booting (is-system-running: {out})")
 
 
+def forget_facts(host: str) -> None:
+    for cache in FACT_CACHES:
+        for path in cache.glob(f"*{host}"):  # ansible-core 2.19 prefixes the host name (s1_)
+            if path.name == host or path.name.endswith(f"_{host}"):
+                path.unlink(missing_ok=True)
+
+
 def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str) -> int:
     h = state["hosts"][host]
     port = BASE_PORT + index
@@ -289,6 +299,7 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str)
     if info is None:
         h["container"] = host
         save_state(state)
+        forget_facts(host)
         run(
             "docker", "run", "--detach",
             "--name", host,
@@ -411,6 +422,7 @@ def remove_host(state: dict, host: str) -> None:
         if info is not None and (info["Config"]["Labels"] or {}).get(LABEL) == str(ROOT):
             run("docker", "rm", "-f", "--volumes", h["container"])
             log(f"{host}: container removed")
+        forget_facts(host)
     if h.get("image"):
         image = ROOT / h["image"]
         # Detach only a loop device that is still backed by this very file.
