@@ -223,12 +223,12 @@ def parse_nvidia_smi_csv(text: str, fields=None) -> list[dict]:
     for number, line in enumerate((text or "").splitlines(), start=1):
         if not line.strip():
             continue
-        values = [part for part in line.split(",")]
+        values = line.split(",")
         if len(values) != len(fields):
             raise ValueError(
                 f"nvidia-smi line {number} has {len(values)} values for {len(fields)} fields: {line.strip()!r}"
             )
-        rows.append({field: _smi_value(value) for field, value in zip(fields, values)})
+        rows.append({field: _smi_value(value) for field, value in zip(fields, values, strict=True)})
     return rows
 
 

@@ -1,0 +1,207 @@
+"""Verify nvidia_driver on containers without a GPU: the no-GPU path for real.
+
+bookworm converges with the defaults (branch 580, open modules, headless),
+trixie with an exact pin below the newest of the branch (580.82.07),
+proprietary modules and the desktop flavour. The mirror built in prepare
+carries 570, two 580 releases and 590, signed with a key made there.
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+testinfra_hosts = ["ansible://all"]
+
+CONVERGE = str(Path(__file__).resolve().parents[1] / "converge.yml")
+SOURCES = "/etc/apt/sources.list.d/nvidia-cuda.sources"
+KEYRING = "/etc/apt/keyrings/nvidia-cuda.asc"
+PREFERENCES = "/etc/apt/preferences.d/nvidia-driver.pref"
+BLACKLIST = "/etc/modprobe.d/nvidia-blacklist-nouveau.conf"
+FACTS = "/etc/ansible/facts.d/nvidia_driver.fact"
+MANAGED_FILES = [SOURCES, KEYRING, PREFERENCES, BLACKLIST, FACTS]
+
+
+def is_trixie(host):
+    return host.system_info.codename == "trixie"
+
+
+def expected(host):
+    if is_trixie(host):
+        return {
+            "version": "580.82.07-1",
+            "platform": "debian13",
+            "packages": ["nvidia-driver", "nvidia-kernel-dkms", "nvidia-persistenced"],
+            "modules": "proprietary",
+        }
+    return {
+        "version": "580.95.05-1",
+        "platform": "debian12",
+        "packages": ["nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-persistenced"],
+        "modules": "open",
+    }
+
+
+def run_converge(host, *extra_args):
+    """Run the scenario's converge play against this one host; return (rc, output)."""
+    command = [
+        "ansible-playbook",
+        "-i",
+        os.environ["MOLECULE_INVENTORY_FILE"],
+        "--limit",
+        host.backend.host,
+        CONVERGE,
+        *extra_args,
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
+    return done.returncode, done.stdout + done.stderr
+
+
+def checksums(host):
+    return {path: host.file(path).sha256sum for path in MANAGED_FILES}
+
+
+def report(host):
+    return json.loads(host.file(FACTS).content_string)
+
+
+def test_sources_file_is_deb822_with_signed_by(host):
+    content = host.file(SOURCES).content_string
+    fields = dict(line.split(": ", 1) for line in content.splitlines() if ": " in line and not line.startswith("#"))
+    assert fields == {
+        "Types": "deb",
+        "URIs": f"file:///srv/nvidia-mirror/{expected(host)['platform']}/x86_64/",
+        "Suites": "/",
+        "Signed-By": KEYRING,
+    }
+
+
+def test_key_is_the_mirror_key(host):
+    key = host.file(KEYRING)
+    assert key.mode == 0o644 and key.user == "root"
+    assert key.content_string.strip() == host.file("/srv/nvidia-mirror/test-key.asc").content_string.strip()
+
+
+def test_apt_trusts_the_mirror_through_signed_by_only(host):
+    # The signature is checked against the keyring named in the sources file:
+    # a refresh succeeds without warnings, and the mirror's packages are candidates.
+    update = host.run("LC_ALL=C apt-get update -o APT::Update::Error-Mode=any")
+    assert update.rc == 0, update.stderr
+    assert "NO_PUBKEY" not in update.stdout + update.stderr
+    assert "not signed" not in update.stdout + update.stderr
+    policy = host.check_output("LC_ALL=C apt-cache policy nvidia-driver-cuda")
+    assert f"Candidate: {expected(host)['version']}" in policy
+    assert "590.44.01-1" in policy  # the newer branch is there, and not chosen
+
+
+def test_preferences_hold_the_branch_or_pin(host):
+    content = host.file(PREFERENCES).content_string
+    if is_trixie(host):
+        assert "Pin: version 580.82.07-*" in content
+    else:
+        assert "Pin: version 580.*" in content
+    assert "Pin-Priority: 1001" in content
+
+
+def test_package_set_is_resolved_at_the_pinned_version(host):
+    facts = report(host)
+    versions = {package["name"]: package["version"] for package in facts["package_set"]}
+    for name in expected(host)["packages"]:
+        assert versions[name] == expected(host)["version"], name
+    nvidia = {name: version for name, version in versions.items() if name.startswith(("nvidia-", "libcuda"))}
+    assert set(nvidia.values()) == {expected(host)["version"]}
+    assert "dkms" in versions  # from Debian's archive, beside the mirror
+    assert facts["packages"] == expected(host)["packages"]
+    assert facts["kernel_modules"] == expected(host)["modules"]
+
+
+def test_nothing_is_installed_without_a_gpu(host):
+    for name in expected(host)["packages"] + ["dkms", "nvidia-kernel-support"]:
+        assert not host.package(name).is_installed, name
+
+
+def test_report_says_no_gpu_no_reboot_not_verified(host):
+    facts = report(host)
+    assert facts["gpu_count"] == 0
+    assert facts["nvswitch_count"] == 0
+    assert facts["action"] == "resolve"
+    assert facts["reboot_required"] is False
+    assert facts["verified"] is False
+    assert facts["nouveau_loaded"] is False
+    assert facts["fabric_manager"] == ""
+    assert facts["driver_version"] == ""
+
+
+def test_nouveau_is_blacklisted_for_modprobe(host):
+    assert host.file(BLACKLIST).mode == 0o644
+    config = host.check_output("modprobe --showconfig")
+    assert "blacklist nouveau" in config
+    assert "options nouveau modeset=0" in config
+
+
+def test_no_gpu_message_once_and_idempotent_rerun(host):
+    rc, output = run_converge(host)
+    assert rc == 0, output
+    assert output.count("No NVIDIA GPU on") == 1
+    assert "changed=0" in output
+
+
+def test_local_fact_is_read_by_later_plays(host):
+    facts = host.ansible("setup", "filter=ansible_local")["ansible_facts"]["ansible_local"]
+    assert facts["nvidia_driver"]["branch"] == "580"
+
+
+def test_check_mode_changes_nothing_and_shows_the_new_pin(host):
+    before = checksums(host)
+    rc, output = run_converge(host, "--check", "--diff", "-e", "nvidia_driver_version=580.95.05")
+    assert rc == 0, output
+    assert "580.95.05-*" in output  # the diff of the preferences file
+    assert checksums(host) == before
+
+
+def test_initramfs_is_rebuilt_when_the_blacklist_changes(host):
+    rc, output = run_converge(host, "-e", "nvidia_driver_blacklist_nouveau=false")
+    assert rc == 0, output
+    assert "RUNNING HANDLER [nvidia_driver : Rebuild the initramfs]" in output
+    assert not host.file(BLACKLIST).exists
+    rc, output = run_converge(host)
+    assert rc == 0, output
+    assert "RUNNING HANDLER [nvidia_driver : Rebuild the initramfs]" in output
+    assert host.file(BLACKLIST).exists
+
+
+def test_no_gpu_action_skip_touches_nothing_more(host):
+    before = checksums(host)
+    # Without the local fact too: the report would say "skip", a change of its own.
+    rc, output = run_converge(host, "-e", "nvidia_driver_no_gpu_action=skip", "-e", "nvidia_driver_local_facts=false")
+    assert rc == 0, output
+    assert "nvidia_driver_no_gpu_action=skip" in output
+    assert "changed=0" in output
+    assert checksums(host) == before
+
+
+@pytest.mark.parametrize(
+    ("extra_vars", "named"),
+    [
+        ('{"nvidia_driver_branch": "58x"}', "nvidia_driver_branch"),
+        ('{"nvidia_driver_version": "570.172.08"}', "nvidia_driver_version"),
+        ('{"nvidia_driver_version": "latest"}', "nvidia_driver_version"),
+        ('{"nvidia_driver_platform": "Fedora-41"}', "nvidia_driver_platform"),
+        ('{"nvidia_driver_source": "distribution"}', "nvidia_driver_branch"),  # bookworm carries 535 only
+        ('{"nvidia_driver_build": "precompiled"}', "nvidia_driver_build"),
+        ('{"nvidia_driver_repo_key": "not a key"}', "nvidia_driver_repo_key"),
+        ('{"nvidia_driver_brnach": "580"}', "nvidia_driver_brnach"),
+        ('{"nvidia_driver_require_gpu": true}', "nvidia_driver_require_gpu"),
+    ],
+)
+def test_bad_variables_fail_before_any_change(host, extra_vars, named):
+    if is_trixie(host):
+        pytest.skip("input checks do not depend on the platform; one platform runs them")
+    before = checksums(host)
+    rc, output = run_converge(host, "-e", extra_vars)
+    assert rc != 0, output
+    assert named in output
+    assert "changed=0" in output
+    assert checksums(host) == before
