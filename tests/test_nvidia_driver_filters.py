@@ -442,3 +442,18 @@ def test_filters_are_exported_with_the_role_prefix():
     names = nv.FilterModule().filters()
     assert all(name.startswith("nvidia_driver_") for name in names)
     assert "nvidia_driver_reboot_decision" in names
+
+
+@pytest.mark.parametrize(
+    ("connection", "host_id", "controller_id", "expected"),
+    [
+        ("local", "", "", True),
+        ("ansible.builtin.local", "", "", True),
+        ("ssh", "4f2c0d1e9a8b4c7d8e6f5a4b3c2d1e0f", "4f2c0d1e9a8b4c7d8e6f5a4b3c2d1e0f\n", True),  # ssh to itself
+        ("ssh", "4f2c0d1e9a8b4c7d8e6f5a4b3c2d1e0f", "0a1b2c3d4e5f60718293a4b5c6d7e8f9", False),
+        ("ssh", "", "", False),  # unknown ids are not equal ids
+        ("community.docker.docker", "", "0a1b2c3d4e5f60718293a4b5c6d7e8f9", False),
+    ],
+)
+def test_controller_is_recognised(connection, host_id, controller_id, expected):
+    assert nv.is_controller(connection, host_id, controller_id) is expected

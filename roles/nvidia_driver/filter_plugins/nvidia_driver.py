@@ -447,6 +447,18 @@ def installed_package_set(package_versions: dict, names: list[str]) -> list[dict
 # ------------------------------------------------------------------- rebooting
 
 
+def is_controller(connection, host_machine_id="", controller_machine_id="") -> bool:
+    """Whether the managed host is the machine Ansible runs on (never reboot it).
+
+    True for the local connection, and for any connection (ssh to localhost, a
+    delegated inventory name) that lands on the controller's own machine id.
+    """
+    if str(connection or "").split(".")[-1] == "local":
+        return True
+    host_id = str(host_machine_id or "").strip()
+    return bool(host_id) and host_id == str(controller_machine_id or "").strip()
+
+
 def reboot_decision(state: dict, installed_version="", defer=False, is_controller=False) -> dict:
     """Whether the host must reboot to run the installed driver, and what to do.
 
@@ -502,6 +514,7 @@ class FilterModule:
             "installed_package_set": installed_package_set,
             "upstream_version": upstream_version,
             "reboot_decision": reboot_decision,
+            "is_controller": is_controller,
         }
         return {f"nvidia_driver_{name}": _wrap(function) for name, function in functions.items()}
 
