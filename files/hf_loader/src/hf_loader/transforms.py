@@ -82,11 +82,13 @@ def _resize_hwc(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     return t[0].contiguous()
 
 
+_INV_STD255 = 1.0 / _STD255
+
+
 def normalize_chw(t: torch.Tensor) -> torch.Tensor:
-    """uint8 CHW (or NCHW) -> float32 normalized with the ImageNet mean/std."""
-    mean = _MEAN255.to(t.device)
-    std = _STD255.to(t.device)
-    return (t.float() - mean) / std
+    """uint8 CHW (or NCHW) -> float32 normalized with the ImageNet mean/std (one allocation)."""
+    x = t.to(torch.float32)
+    return x.sub_(_MEAN255.to(t.device)).mul_(_INV_STD255.to(t.device))
 
 
 def normalize_batch(batch):
