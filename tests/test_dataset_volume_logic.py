@@ -153,7 +153,7 @@ def test_wanted_filesystem_is_mounted_as_it_is(format_requested):
     [
         (EXT4, "xfs", ["ext4 filesystem", "UUID=28ac67b5", "not xfs", "dataset_volume_fstype: ext4"]),
         (XFS, "ext4", ["xfs filesystem", "not ext4"]),
-        (DOS, "ext4", ["dos partition table", "not blank"]),
+        (DOS, "ext4", ["dos partition table", "is not blank"]),
         (SWAP, "ext4", ["swap signature", "not blank"]),
         ({"zero_rc": 1}, "ext4", ["non-zero data in its first MiB"]),
         ({"blkid": "", "blkid_rc": 8}, "ext4", ["conflicting signatures"]),
@@ -187,6 +187,7 @@ def test_confirmation_erases_only_an_unmounted_device_and_only_with_format():
     in_use = logic.assess(probe(**XFS, lsblk=lsblk(mountpoint="/data")), "ext4", format_requested=True, confirmed=True)
     assert in_use["action"] == "refuse"
     assert "in use" in in_use["reason"] and "mounted at /data" in in_use["reason"]
+    assert "xfs filesystem" in in_use["reason"] and "not ext4" in in_use["reason"]
 
 
 def test_a_mounted_device_with_the_wanted_filesystem_is_still_mountable():

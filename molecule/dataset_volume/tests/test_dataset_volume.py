@@ -213,65 +213,100 @@ def test_other_source_forms_resolve_to_the_data_image(host, source):
 
 
 def bad_inputs(host):
+    """(name, role variables, words the refusal must contain)."""
     dev = devices(host)
-    other_fs = "ext4" if is_trixie(host) else "xfs"  # what the data image does not hold
+    other_fs = "ext4" if is_trixie(host) else "xfs"  # what the blank image, formatted, does not hold
+    x = {"mount_point": "/data/x"}
     return [
-        ({"source": "/dev/disk/by-id/nvme-no-such-disk", "mount_point": "/data/x"}, ["was not found", dev["blank"]]),
+        ("no such path", {"source": "/dev/disk/by-id/nvme-no-such-disk", **x}, ["was not found", dev["blank"]]),
         (
-            {"source": "vol-0aaaaaaaaaaaaaaaa", "by_id_dir": "/srv/fake-by-id", "mount_point": "/data/x"},
+            "EBS volume not attached",
+            {"source": "vol-0aaaaaaaaaaaaaaaa", "by_id_dir": "/srv/fake-by-id", **x},
             ["was not found", "vol0123456789abcdef0"],
         ),
-        ({"source": "UUID=00000000-0000-0000-0000-000000000000", "mount_point": "/data/x"}, ["was not found"]),
+        ("no such UUID", {"source": "UUID=00000000-0000-0000-0000-000000000000", **x}, ["was not found"]),
+        ("wrong fstype", {"source": dev["data"], "fstype": "xfs", "format": True, **x}, ["ext4 filesystem", "not xfs"]),
+        ("wrong fstype 2", {"source": dev["blank"], "fstype": other_fs, **x}, ["not " + other_fs]),
         (
-            {"source": dev["data"], "fstype": "xfs", "format": True, "mount_point": "/data/x"},
-            ["holds ext4 filesystem", "not xfs"],
-        ),
-        ({"source": dev["blank"], "fstype": other_fs, "mount_point": "/data/x"}, ["not " + other_fs]),
-        (
-            {"source": dev["ptable"], "format": True, "mount_point": "/data/x"},
+            "partition table",
+            {"source": dev["ptable"], "format": True, **x},
             ["dos partition table", "Nothing was changed"],
         ),
         (
-            {"source": dev["ptable"], "format": True, "format_confirm_device": dev["blank"], "mount_point": "/data/x"},
+            "confirmation names another device",
+            {"source": dev["ptable"], "format": True, "format_confirm_device": dev["blank"], **x},
             ["dos partition table"],
         ),
-        ({"source": dev["data"], "mount_point": "/data/cache"}, ["is busy", dev["blank"]]),
+        ("mount point busy", {"source": dev["data"], "mount_point": "/data/cache"}, ["is busy", dev["blank"]]),
         (
-            {"source": dev["blank"], "format": True, "format_confirm_device": dev["blank"], "mount_point": "/data/y"},
+            "mounted device, confirmed",
+            {"source": dev["blank"], "fstype": other_fs, "format": True, "format_confirm_device": dev["blank"], **x},
             ["in use"],
         ),
-        ({"source": "relative/disk", "mount_point": "/data/x"}, ["dataset_volume_source"]),
-        ({"source": dev["data"], "mount_point": "data/relative"}, ["dataset_volume_mount_point", "absolute"]),
-        ({"type": "bind", "source": "srv/shared-cache", "mount_point": "/data/x"}, ["dataset_volume_source"]),
-        ({"type": "bind", "source": "/srv/no-such-folder", "mount_point": "/data/x"}, ["not an existing directory"]),
-        ({"source": dev["data"], "mount_point": "/etc"}, ["system folder"]),
-        ({"source": dev["data"], "mount_point": "/srv"}, ["system folder"]),
-        ({"source": dev["data"], "mount_point": "/srv/shared-cache"}, ["would hide"]),
-        ({"source": dev["data"], "mount_point": "/data/x", "owner": "nosuchuser"}, ["dataset_volume_owner"]),
-        ({"source": dev["data"], "mount_point": "/data/x", "min_size_mib": 100000}, ["too small"]),
-        ({"source": dev["data"], "mount_point": "/data/x", "fstpye": "xfs"}, ["dataset_volume_fstpye"]),
-        ({"type": "nfs", "source": "no-export-path", "mount_point": "/data/x"}, ["server:/export"]),
+        (
+            "too small device",
+            {"source": dev["data"], "min_size_mib": 100000, **x},
+            ["less than dataset_volume_min_size_mib"],
+        ),
+        ("relative source", {"source": "relative/disk", **x}, ["dataset_volume_source", "not a valid block source"]),
+        (
+            "relative mount point",
+            {"source": dev["data"], "mount_point": "data/relative"},
+            ["dataset_volume_mount_point"],
+        ),
+        ("relative bind source", {"type": "bind", "source": "srv/shared-cache", **x}, ["not a valid bind source"]),
+        ("missing bind source", {"type": "bind", "source": "/srv/no-such-folder", **x}, ["not an existing directory"]),
+        ("system folder", {"source": dev["data"], "mount_point": "/etc"}, ["system folder"]),
+        ("system folder 2", {"source": dev["data"], "mount_point": "/srv/"}, ["system folder"]),
+        ("mount point holds files", {"source": dev["data"], "mount_point": "/srv/shared-cache"}, ["would hide"]),
+        ("no such owner", {"source": dev["data"], "owner": "nosuchuser", **x}, ["dataset_volume_owner"]),
+        ("nfs without export", {"type": "nfs", "source": "no-export-path", **x}, ["server:/export"]),
+        ("unknown type", {"type": "lvm", "source": dev["data"], **x}, ["dataset_volume_type"]),
+        (
+            "confirmation without format",
+            {"source": dev["data"], "format_confirm_device": dev["data"], **x},
+            ["only together"],
+        ),
     ]
 
 
-def test_bad_inputs_fail_before_any_change(host):
-    # One test looping over the cases, so that each container's snapshot is compared every time.
-    for role_vars, messages in bad_inputs(host):
-        before = snapshot(host)
-        rc, output = run_custom(host, **role_vars)
-        assert rc != 0, (role_vars, output)
-        for message in messages:
-            assert message in output, (role_vars, message, output[-3000:])
-        if "min_size_mib" in role_vars:
-            # Refused after the mount (the check), so undo that mount before comparing.
-            host.check_output("umount /data/x && sed -i '\\# /data/x #d' /etc/fstab && rmdir /data/x")
-        else:
-            assert "changed=0" in output, (role_vars, output[-3000:])
-        assert snapshot(host) == before, role_vars
-        assert not host.file("/data/x").exists
-        # Relative paths would land in the remote working directory (root's home).
-        assert not host.file("/root/data").exists
-        assert not host.file("/data/relative").exists
+def test_bad_inputs_fail_before_any_change(host, tmp_path):
+    """All cases in one run (bad_inputs.yml): each must be refused, none may change anything."""
+    cases = bad_inputs(host)
+    report = tmp_path / "refusals.json"
+    before = snapshot(host)
+    variables = {"molecule_cases": [{"name": n, "vars": v} for n, v, _ in cases], "molecule_report": str(report)}
+    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", host.backend.host]
+    command += [str(Path(CONVERGE).with_name("bad_inputs.yml")), "-e", json.dumps(variables)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output[-5000:]
+    assert "changed=0" in output, output[-5000:]
+    refusals = json.loads(report.read_text())
+    for name, _, words in cases:
+        for word in words:
+            assert word in refusals[name], (name, word, refusals[name])
+    assert snapshot(host) == before
+    assert not host.file("/data/x").exists
+    # Relative paths would land in the remote working directory (root's home).
+    assert not host.file("/root/data").exists
+    assert not host.file("/data/relative").exists
+
+
+def test_unknown_variables_are_refused(host):
+    rc, output = run_custom(host, source=devices(host)["data"], mount_point="/data/x", fstpye="xfs")
+    assert rc != 0
+    assert "dataset_volume_fstpye" in output
+    assert "changed=0" in output
+
+
+def test_too_small_after_mounting_is_reported(host):
+    rc, output = run_custom(
+        host, type="bind", source="/srv/shared-cache", read_only=True, mount_point="/data/x", min_size_mib=10**9
+    )
+    assert rc != 0
+    assert "is too small" in output
+    host.check_output("umount /data/x && sed -i '\\# /data/x #d' /etc/fstab && rmdir /data/x")
 
 
 def test_missing_device_lists_the_block_devices(host):

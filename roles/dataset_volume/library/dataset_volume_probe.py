@@ -91,6 +91,7 @@ def main():
         "isblk": False,
         "probe": {},
         "majmin": "",
+        "size_bytes": 0,
         "ambiguous": [],
         "owner_exists": account_exists(pwd.getpwnam, params["owner"]),
         "group_exists": account_exists(grp.getgrnam, params["group"]),
@@ -149,7 +150,9 @@ def main():
                 "lsblk": lsblk_out,
                 "zero_rc": zero_rc,
             }
-            result["majmin"] = (json.loads(lsblk_out).get("blockdevices") or [{}])[0].get("maj:min", "")
+            disk = (json.loads(lsblk_out).get("blockdevices") or [{}])[0]
+            result["majmin"] = disk.get("maj:min", "")
+            result["size_bytes"] = int(disk.get("size") or 0)
         elif not result["device"]:
             _, listing, _ = run(["lsblk", "--paths", "--output", "NAME,SIZE,TYPE,FSTYPE,LABEL,SERIAL,MODEL,MOUNTPOINT"])
             result["block_devices"] = listing

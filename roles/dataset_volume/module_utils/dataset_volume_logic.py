@@ -164,25 +164,23 @@ def assess(probe, fstype, format_requested=False, confirmed=False):
             )
         return result
     what = "; ".join(found)
-    if mounted:
-        result["reason"] = f"{device} is in use ({what}); it is never formatted"
-    elif confirmed and format_requested:
-        result["action"] = "wipe_and_format"
-        result["reason"] = f"{device} holds {what}; wiped and formatted as {fstype} because the confirmation names it"
-    elif whole_filesystem:
+    if whole_filesystem:
         result["reason"] = (
             f"{device} holds {what}, not {fstype}. Set dataset_volume_fstype: {blkid['TYPE']} to mount it as it is"
             if blkid["TYPE"] in FILESYSTEMS
             else f"{device} holds {what}, which this role does not mount"
         )
-        result["reason"] += (
-            f"; to erase it and create {fstype} instead, set dataset_volume_format: true and"
-            f" dataset_volume_format_confirm_device: {device}"
-        )
     else:
-        result["reason"] = (
-            f"{device} is not blank: it holds {what}. To erase it, set"
-            f" dataset_volume_format: true and dataset_volume_format_confirm_device: {device}"
+        result["reason"] = f"{device} is not blank: it holds {what}"
+    if mounted:
+        result["reason"] += "; it is in use, so it is never formatted"
+    elif confirmed and format_requested:
+        result["action"] = "wipe_and_format"
+        result["reason"] += f"; wiped and formatted as {fstype} because dataset_volume_format_confirm_device names it"
+    else:
+        result["reason"] += (
+            f". To erase it and create {fstype} instead, set dataset_volume_format: true and"
+            f" dataset_volume_format_confirm_device: {device}"
         )
     return result
 
