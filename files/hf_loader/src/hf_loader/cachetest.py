@@ -222,7 +222,13 @@ def run(args: argparse.Namespace) -> Result:
         "cache",
         f"complete {res.source} copy ({res.mode}), config '{res.config}', splits "
         f"{', '.join(res.splits)}, {res.report.files_checked} files checked"
-        + (" (deep)" if args.deep else ""),
+        + (
+            " (deep: rows "
+            + ", ".join(f"{n}={s.rows_found}" for n, s in res.report.splits.items())
+            + ")"
+            if args.deep
+            else ""
+        ),
         path=res.path,
     )
     if args.batches <= 0:
