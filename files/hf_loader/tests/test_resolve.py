@@ -265,3 +265,24 @@ def test_unknown_config_lists_what_is_cached(both):
         resolve(DATASET, config="full-size")
     assert any("has configs default, not 'full-size'" in p for p in ei.value.looked)
     assert resolve(DATASET, config="default").source == "arrow"
+
+
+def test_snapshot_without_an_unused_split_streams_the_others(hub_only, no_network):
+    """A snapshot fetched with allow_patterns (no validation files): plain `datasets`
+    refuses the folder; the loader streams train from the checked files, card features."""
+    import datasets
+
+    snap = snapshot_dir(hub_only)
+    for f in (snap / "data").glob("validation-*"):
+        f.unlink()
+    with pytest.raises(ValueError):
+        datasets.load_dataset(str(snap), split="train", streaming=True)
+    res = resolve(DATASET)
+    assert res.report.missing_splits == ["validation"] and res.report.ok
+    assert any("not downloaded" in n for n in res.notes)
+    train = load_split(res, "train")
+    assert train.features["label"].names == ["class_0", "class_1", "class_2"]
+    assert len(list(train)) == 12
+    with pytest.raises(NotCachedError, match="not in the snapshot"):
+        load_split(res, "validation")
+    assert not no_network

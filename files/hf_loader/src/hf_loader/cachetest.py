@@ -217,6 +217,8 @@ def run(args: argparse.Namespace) -> Result:
             path=s.path,
             remedy="delete or repair it so plain `datasets` loads cannot pick it",
         )
+    for note in res.notes:
+        result.add("warn", "cache", note, path=res.path)
     result.add(
         "ok",
         "cache",

@@ -264,7 +264,16 @@ def resolve(
                 skipped=skipped,
                 looked=looked,
             )
-            if allow_convert:
+            if rep.missing_splits:
+                res.notes.append(
+                    f"splits {', '.join(rep.missing_splits)} are recorded in the dataset card "
+                    "but were not downloaded into this snapshot; the others are usable"
+                )
+            if allow_convert and rep.missing_splits:
+                msg = "conversion to Arrow needs every split of the card; streaming instead"
+                warnings.warn(msg, ConversionSkippedWarning, stacklevel=2)
+                res.notes.append(msg)
+            elif allow_convert:
                 _maybe_convert(res, paths, convert_headroom, progress)
             return res
         broken.append(rep)
@@ -386,6 +395,14 @@ def load_split(res: Resolution, split: str):
     force_offline()
     import datasets
 
+    if split in res.report.missing_splits:
+        raise NotCachedError(
+            f"split '{split}' is recorded in the dataset card but its files are not in "
+            f"the snapshot {res.path}",
+            path=res.path,
+            remedy=f"copy the '{split}' data files into the hub cache, or use one of: "
+            f"{', '.join(res.splits)}",
+        )
     if split not in res.report.splits:
         raise NotCachedError(
             f"split '{split}' is not in {res.path} (has: {', '.join(res.splits) or 'none'})",
@@ -399,4 +416,18 @@ def load_split(res: Resolution, split: str):
             for f in res.report.splits[split].files
         ]
         return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts, info=info)
-    return datasets.load_dataset(res.path, name=res.config, split=split, streaming=True)
+    if not res.report.missing_splits:
+        return datasets.load_dataset(res.path, name=res.config, split=split, streaming=True)
+    # `datasets` refuses a snapshot folder with a card split missing; read the checked
+    # (complete) files of this split directly, with the card's features
+    _, info = card_config(res.report.card, res.config)
+    features = None
+    if info and isinstance(info.get("features"), list):
+        features = datasets.Features._from_yaml_list(info["features"])
+    return datasets.load_dataset(
+        "parquet",
+        data_files={split: res.report.splits[split].files},
+        split=split,
+        streaming=True,
+        features=features,
+    )
