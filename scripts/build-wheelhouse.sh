@@ -33,10 +33,20 @@ for version in $WHEELHOUSE_PYTHONS; do
         rm -f "$target"/.lock-*
         touch "$target/.lock-$LOCK_HASH"
     fi
-    # Reproducible bytes for an unchanged source, so hosts reinstall the
-    # package only when it really changed.
+    # Reproducible bytes for an unchanged source, and the old file (and its
+    # mtime) kept when the bytes are the same, so hosts resync and reinstall
+    # the package only when it really changed.
+    built=$(mktemp -d)
     SOURCE_DATE_EPOCH=$(git log -1 --format=%ct -- files/hf_loader 2>/dev/null || echo 315532800) \
-        "$PIP" wheel --quiet --no-deps --wheel-dir "$target" files/hf_loader
+        "$PIP" wheel --quiet --no-deps --wheel-dir "$built" files/hf_loader
     rm -rf files/hf_loader/build files/hf_loader/src/*.egg-info
+    for wheel in "$built"/*.whl; do
+        if ! cmp -s "$wheel" "$target/$(basename "$wheel")"; then
+            rm -f "$target"/hf_loader-*.whl
+            mv "$wheel" "$target/"
+            echo "[wheelhouse] $tag: new package wheel $(basename "$wheel")"
+        fi
+    done
+    rm -rf "$built"
     echo "[wheelhouse] $tag: $(find "$target" -name '*.whl' | wc -l) wheels, $(du -sh "$target" | cut -f1)"
 done
