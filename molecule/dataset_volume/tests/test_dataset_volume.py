@@ -8,6 +8,7 @@ partition table and nothing else).
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -40,8 +41,10 @@ def run_converge(host, *extra_args):
         *extra_args,
     ]
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
-    # The YAML callback folds long messages over lines: compare with the whitespace collapsed.
-    return done.returncode, " ".join((done.stdout + done.stderr).split())
+    # The YAML callback folds long messages over lines, each line coloured when molecule forces
+    # colour: compare without colour codes and with the whitespace collapsed.
+    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
+    return done.returncode, " ".join(text.split())
 
 
 def run_custom(host, *extra_args, **role_vars):
