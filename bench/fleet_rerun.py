@@ -199,6 +199,7 @@ def lab(cmd: str, n: int) -> None:
         LAB_PREFIX="bench-gpu-",
         LAB_BASE_PORT="2300",
         LAB_FACT_CACHE=":".join(f"{BENCH_LAB}/facts/{c}" for c in ("project", "knobs")),
+        LAB_HOST_REPORTS=f"{BENCH_LAB}/reports/hosts",
     )
     args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
     if cmd == "up":
@@ -242,6 +243,8 @@ def main() -> int:
             args.extra_vars.append(f"--{opt.replace('_', '-')}={getattr(args, opt)}")
     if args.stack == "light":
         args.extra_vars = light_stack(work) + args.extra_vars
+    # The bench hosts' readiness reports stay in the bench's folder, not in reports/.
+    args.extra_vars += [f"hf_loader_fleet_report_dir={work}/reports/hosts", f"fleet_report_dir={work}/reports"]
     results: dict = {"hosts": args.hosts, "playbook": args.playbook, "stack": args.stack, "runs": []}
     results["extra_vars"] = args.extra_vars
     bad = []

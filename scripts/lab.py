@@ -62,6 +62,9 @@ LABEL = "project.lab"
 # Ansible's jsonfile fact cache (ansible.cfg): a new container must not inherit the facts of
 # an earlier one of the same name (smart gathering would skip it for hours).
 FACT_CACHES = [ROOT / d for d in os.environ.get("LAB_FACT_CACHE", ".cache/facts").split(":") if d]
+# Where the site stores each host's readiness summary for the fleet report: a removed host's
+# summary goes with it (else the next report still lists it).
+HOST_REPORTS = ROOT / os.environ.get("LAB_HOST_REPORTS", "reports/hosts")
 
 # Builds the cache with the production libraries (run by .venvs/prod/bin/python).
 BUILD_CACHE = r"""
@@ -423,6 +426,7 @@ def remove_host(state: dict, host: str) -> None:
             run("docker", "rm", "-f", "--volumes", h["container"])
             log(f"{host}: container removed")
         forget_facts(host)
+        (HOST_REPORTS / f"{host}.json").unlink(missing_ok=True)
     if h.get("image"):
         image = ROOT / h["image"]
         # Detach only a loop device that is still backed by this very file.
