@@ -2,11 +2,14 @@
 
 Fixtures in tests/fixtures/nvidia/ named `recorded_*` reproduce the real formats
 of nvidia-smi, /proc/driver/nvidia/version, /proc/modules and sysfs on GPU hosts
-(they were not captured on this project's machines, which have no GPU);
-`captured_*` were captured here, from the Molecule containers.
+(written from the known formats, not captured on GPUs); `captured_*` were captured
+on this project's machines: the Molecule containers, and `captured_h200-vm_*` by
+scripts/gpu-host-check.sh on a single-H200 virtual machine (driver 580.159.04, open
+modules, from the image) with the role's own probe script and nvidia-smi query.
 """
 
 import importlib.util
+import json
 import subprocess
 from pathlib import Path
 
@@ -260,6 +263,54 @@ def test_pci_listing_ignores_unreadable_lines():
         "0000:01:00.0 0x10de 0x2330 0x030200\nbroken line\n0000:02:00.0 0x10de zz 0x030200\n"
     )
     assert [device["address"] for device in devices] == ["0000:01:00.0"]
+
+
+H200_VM = "captured_h200-vm_580.159.04_open"
+
+
+def test_captured_h200_vm_probe():
+    state = nv.host_state(fixture(f"{H200_VM}_probe.txt"))
+    # Six virtio and host-bridge functions beside the GPU; the GPU is a 3D controller (0x0302).
+    assert state["gpu_count"] == 1 and state["gpu_device_ids"] == ["0x2335"]
+    assert state["gpu_addresses"] == ["0000:00:06.0"]
+    assert not state["nvswitch_present"]
+    assert state["loaded_version"] == "580.159.04" and state["loaded_kernel_modules"] == "open"
+    assert state["nvidia_loaded"] and not state["nouveau_loaded"]
+    assert state["module_on_disk_version"] == ""  # the image has no module under /lib/modules: modinfo finds none
+
+
+def test_captured_h200_vm_proc_version_and_nvidia_smi():
+    parsed = nv.parse_proc_version(fixture(f"{H200_VM}_proc-driver-nvidia-version.txt"))
+    assert (parsed["version"], parsed["kernel_modules"], parsed["arch"]) == ("580.159.04", "open", "x86_64")
+    rows = smi("captured_h200-vm_580.159.04_nvidia-smi.csv")
+    assert [(row["name"], row["memory.total"], row["persistence_mode"]) for row in rows] == [
+        ("NVIDIA H200", "143771", "Enabled")
+    ]
+    assert nv.verify(rows, pin="580.159.04", branch="580", expected_count=1)["verified"]
+    assert nv.verify(rows, pin="580.159.4", branch="580")["verified"]  # numbers, not strings
+    assert nv.verify(rows, branch="580", expected_count=2)["problems"] == [
+        "nvidia-smi lists 1 GPU(s), nvidia_driver_expected_gpu_count is 2"
+    ]
+    assert nv.verify(rows, branch="570")["problems"] == [
+        "driver 580.159.04 is running, wanted branch 570 (nvidia_driver_branch)"
+    ]
+
+
+def test_captured_h200_vm_preinstalled_driver_needs_no_reboot():
+    state = nv.host_state(fixture(f"{H200_VM}_probe.txt"))
+    # nvidia_driver_preinstalled takes the loaded version as the installed one, and defers.
+    decision = nv.reboot_decision(state, installed_version=state["loaded_version"], defer=True)
+    assert decision == {"required": False, "reasons": [], "action": "none"}
+    assert nv.reboot_decision(state)["action"] == "none"  # nothing on disk to compare with
+
+
+def test_captured_h200_vm_report_of_the_role():
+    # The local fact the role wrote there in verify-only mode (nvidia_driver_preinstalled).
+    report = json.loads(fixture("captured_h200-vm_580.159.04_preinstalled_nvidia_driver.fact"))
+    assert report["action"] == "preinstalled" and report["verified"] and report["problems"] == []
+    assert report["driver_version"] == report["loaded_version"] == "580.159.04"
+    assert report["packages"] == [] and report["reboot_required"] is False
+    assert (report["gpu_count"], report["gpu_device_ids"]) == (1, ["0x2335"])
 
 
 # ------------------------------------------------------------------ rebooting

@@ -27,6 +27,7 @@ def test_composer_resnet50_two_batches(arrow_only, tmp_path, no_network):
     )
     cfg = train.build_config(
         ["--config-file", str(cfg_file), "--max-duration", "2ba", "--device", "cpu"]
+        + ["--speed-window", "1"]
     )
     assert cfg["max_duration"] == "2ba" and cfg["batch_size"] == 2  # flag wins over file
 
@@ -44,8 +45,13 @@ def test_composer_resnet50_two_batches(arrow_only, tmp_path, no_network):
             w = state.model.module[1].conv1.weight
             first["w"] = w.detach().clone()
 
-    trainer = train.train(cfg, callbacks=[Inputs(), Weights()])
+    from composer.loggers import InMemoryLogger
+
+    logged = InMemoryLogger()
+    trainer = train.train(cfg, callbacks=[Inputs(), Weights()], loggers=[logged])
     assert int(trainer.state.timestamp.batch) == 2
+    # speed_window: Composer's SpeedMonitor logs the training throughput
+    assert logged.data["throughput/samples_per_sec"][-1][1] > 0
     assert type(trainer.state.model.module[1]).__name__ == "ResNet"
     assert trainer.state.model.num_classes == 3
     # the uint8 batches reached the model normalized, as float, on the training device

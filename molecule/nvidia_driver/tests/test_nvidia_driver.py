@@ -182,6 +182,23 @@ def test_no_gpu_action_skip_touches_nothing_more(host):
     assert checksums(host) == before
 
 
+def test_preinstalled_driver_is_left_to_the_image(host):
+    # A pin other than the converged one and no blacklist: a managing run would rewrite the
+    # preferences and remove the blacklist; with the image owning the driver nothing moves.
+    other_pin = "580.95.05" if is_trixie(host) else "580.82.07"
+    before = checksums(host)
+    rc, output = run_converge(
+        host,
+        "-e", "nvidia_driver_preinstalled=true",
+        "-e", f"nvidia_driver_version={other_pin}",
+        "-e", "nvidia_driver_blacklist_nouveau=false",
+        "-e", "nvidia_driver_local_facts=false",
+    )  # fmt: skip
+    assert rc == 0, output
+    assert "changed=0" in output
+    assert checksums(host) == before
+
+
 @pytest.mark.parametrize(
     ("extra_vars", "named"),
     [

@@ -54,6 +54,7 @@ DEFAULTS = {
     "run_name": None,
     "progress_bar": False,
     "log_to_console": True,
+    "speed_window": 20,  # batches averaged for throughput/samples_per_sec; 0: no speed logging
 }
 
 
@@ -169,6 +170,7 @@ def train(cfg: dict, **trainer_overrides):
     force_offline()
     import torch
     from composer import Trainer
+    from composer.callbacks import SpeedMonitor
     from composer.optim import CosineAnnealingWithWarmupScheduler, DecoupledSGDW
 
     from .data import LoaderConfig, build_dataloader, dist_env, make_dataspec
@@ -230,6 +232,8 @@ def train(cfg: dict, **trainer_overrides):
         "progress_bar": cfg["progress_bar"],
         "log_to_console": cfg["log_to_console"],
     }
+    speed = [SpeedMonitor(window_size=int(cfg["speed_window"]))] if cfg["speed_window"] else []
+    kwargs["callbacks"] = speed + list(trainer_overrides.pop("callbacks", []))
     kwargs.update(trainer_overrides)
     trainer = Trainer(**kwargs)
     trainer.fit()

@@ -1,0 +1,174 @@
+#!/usr/bin/env bash
+# The GPU paths on one real GPU host, from a checkout of this project, as root:
+#   driver   nvidia_driver against the live driver in verify-only mode
+#            (nvidia_driver_preinstalled): a first run, a second that must change
+#            nothing, check mode, and two runs that must fail (a GPU count and a
+#            branch the host does not have) with the role's own message;
+#   capture  the role's probe and nvidia-smi query, raw, for tests/fixtures/nvidia;
+#   cache    a small ImageNet-shaped cache written by `datasets` and `hf-cache-test`
+#            on it, offline;
+#   train    `hf-train` (ResNet-50, Composer Trainer.fit) on the GPU from that cache;
+#   launch   the same through Composer's launcher on every GPU of the host, with the
+#            command line of hf-train@.service and the launcher environment train.yml writes.
+#
+# Needs ansible-core (ansible-playbook on PATH) and the loader stack importable by
+# $PYTHON; hf_loader is taken from files/hf_loader/src. It changes nothing on the host
+# but /etc/ansible/facts.d/nvidia_driver.fact and $OUT_DIR.
+# Settings: OUT_DIR (gpu-check), PYTHON (python3), NVIDIA_DRIVER_BRANCH (580),
+# EXPECTED_GPUS (0 = any), TRAIN_IMAGES (4096), TRAIN_DURATION (2ep), BATCH_SIZE (256),
+# TRAIN_DEVICE (gpu), STEPS (driver capture cache train launch).
+# Exit status: the number of steps that failed; every step's log is in $OUT_DIR.
+set -u
+cd "$(dirname "$0")/.."
+
+OUT_DIR=${OUT_DIR:-gpu-check}
+PYTHON=${PYTHON:-python3}
+BRANCH=${NVIDIA_DRIVER_BRANCH:-580}
+EXPECTED_GPUS=${EXPECTED_GPUS:-0}
+TRAIN_IMAGES=${TRAIN_IMAGES:-4096}
+TRAIN_DURATION=${TRAIN_DURATION:-2ep}
+BATCH_SIZE=${BATCH_SIZE:-256}
+TRAIN_DEVICE=${TRAIN_DEVICE:-gpu}
+STEPS=${STEPS:-driver capture cache train launch}
+mkdir -p "$OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)
+CACHE=$OUT_DIR/hf-cache
+export PYTHONPATH="$PWD/files/hf_loader/src${PYTHONPATH:+:$PYTHONPATH}"
+failed=0
+
+say() { printf '[gpu-host-check] %s\n' "$*"; }
+fail() { say "FAIL: $*"; failed=$((failed + 1)); }
+
+# ansible-playbook against this host, for the driver play; $1 names the log.
+driver_play() {
+    local log=$OUT_DIR/$1
+    shift
+    ANSIBLE_FORCE_COLOR=0 ansible-playbook -i localhost, -c local playbooks/driver.yml \
+        -e fleet_hosts=localhost -e ansible_become=false \
+        -e "ansible_python_interpreter=$(command -v "$PYTHON")" \
+        -e nvidia_driver_preinstalled=true -e nvidia_driver_require_gpu=true \
+        -e "nvidia_driver_branch=$BRANCH" -e "nvidia_driver_expected_gpu_count=$EXPECTED_GPUS" \
+        "$@" >"$log" 2>&1
+}
+
+recap() { grep -A1 '^PLAY RECAP' "$OUT_DIR/$1" | tail -1; }
+
+step_driver() {
+    driver_play driver-run1.log || { fail "first driver run (driver-run1.log)"; return; }
+    say "driver run 1: $(recap driver-run1.log)"
+    driver_play driver-run2.log || { fail "second driver run (driver-run2.log)"; return; }
+    say "driver run 2: $(recap driver-run2.log)"
+    grep -q 'changed=0 ' "$OUT_DIR/driver-run2.log" || fail "second driver run changed something"
+    driver_play driver-check.log --check --diff || fail "check mode (driver-check.log)"
+    cp /etc/ansible/facts.d/nvidia_driver.fact "$OUT_DIR/nvidia_driver.fact" 2>/dev/null ||
+        fail "no local fact written"
+    local gpus
+    gpus=$(nvidia-smi -L | grep -c '^GPU ')
+    if driver_play driver-wrong-count.log -e nvidia_driver_local_facts=false \
+        -e "nvidia_driver_expected_gpu_count=$((gpus + 1))"; then
+        fail "a GPU count of $((gpus + 1)) was accepted"
+    else
+        grep -q 'NVIDIA driver verification failed' "$OUT_DIR/driver-wrong-count.log" ||
+            fail "wrong GPU count failed without the role's message"
+    fi
+    local other=$((BRANCH == 570 ? 580 : 570))
+    if driver_play driver-wrong-branch.log -e nvidia_driver_local_facts=false -e "nvidia_driver_branch=$other"; then
+        fail "branch $other was accepted"
+    else
+        grep -q 'NVIDIA driver verification failed' "$OUT_DIR/driver-wrong-branch.log" ||
+            fail "wrong branch failed without the role's message"
+    fi
+}
+
+step_capture() {
+    local fields
+    fields=$("$PYTHON" -c 'import sys, yaml; print(",".join(yaml.safe_load(open(sys.argv[1]))["__nvidia_driver_smi_fields"]))' \
+        roles/nvidia_driver/vars/main.yml) || { fail "cannot read the role's nvidia-smi fields"; return; }
+    "$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["__nvidia_driver_probe_script"])' \
+        roles/nvidia_driver/vars/main.yml >"$OUT_DIR/probe.sh"
+    sh "$OUT_DIR/probe.sh" / >"$OUT_DIR/probe.txt" || fail "probe"
+    nvidia-smi --query-gpu="$fields" --format=csv,noheader,nounits >"$OUT_DIR/nvidia-smi.csv" || fail "nvidia-smi query"
+    nvidia-smi >"$OUT_DIR/nvidia-smi.txt" 2>&1
+    cat /proc/driver/nvidia/version >"$OUT_DIR/proc-driver-nvidia-version.txt" 2>&1
+    "$PYTHON" - "$OUT_DIR" "$fields" "$BRANCH" <<'EOF' || fail "the role's parsers on the captured output"
+import importlib.util, json, sys
+from pathlib import Path
+out, fields, branch = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
+spec = importlib.util.spec_from_file_location("f", "roles/nvidia_driver/filter_plugins/nvidia_driver.py")
+f = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(f)
+state = f.host_state((out / "probe.txt").read_text())
+rows = f.parse_nvidia_smi_csv((out / "nvidia-smi.csv").read_text(), fields)
+result = {"host_state": state, "nvidia_smi": rows, "verify_branch": f.verify(rows, "", branch)}
+(out / "parsed.json").write_text(json.dumps(result, indent=2) + "\n")
+print(json.dumps(result["host_state"]), json.dumps(result["verify_branch"]))
+assert state["gpu_present"] and result["verify_branch"]["verified"], result
+EOF
+}
+
+step_cache() {
+    rm -rf "$CACHE"
+    "$PYTHON" - "$CACHE" "$TRAIN_IMAGES" >"$OUT_DIR/cache-build.log" 2>&1 <<'EOF' || { fail "cache build (cache-build.log)"; return; }
+import sys
+from pathlib import Path
+from hf_loader import fixtures
+root, n_train = Path(sys.argv[1]), int(sys.argv[2])
+splits, names = fixtures.tiny_splits(n_train=n_train, n_val=max(256, n_train // 8), classes=10, size=(160, 128))
+snap = fixtures.make_hub_snapshot(root / "hub", "ILSVRC/imagenet-1k", splits, names, shards=4)
+fixtures.make_arrow_cache(root / "datasets", "ILSVRC/imagenet-1k", snap)
+print("cache written", root)
+EOF
+    offline_env "$PYTHON" -m hf_loader.cachetest ILSVRC/imagenet-1k --json --batches 4 --workers 4 \
+        >"$OUT_DIR/cache-test.json" 2>"$OUT_DIR/cache-test.log"
+    local rc=$?
+    say "hf-cache-test exit $rc"
+    [ "$rc" -eq 0 ] || fail "hf-cache-test exit $rc (cache-test.json, cache-test.log)"
+}
+
+offline_env() {
+    env HF_DATASETS_CACHE="$CACHE/datasets" HF_HUB_CACHE="$CACHE/hub" HF_HOME="$CACHE/home" \
+        HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 "$@"
+}
+
+step_train() {
+    local start=$SECONDS
+    offline_env "$PYTHON" -m hf_loader.train --max-duration "$TRAIN_DURATION" --batch-size "$BATCH_SIZE" \
+        --eval-batch-size "$BATCH_SIZE" --workers 8 --lr 0.2 --warmup 4ba --speed-window 5 --eval-interval "$TRAIN_DURATION" \
+        --device "$TRAIN_DEVICE" --save-folder "$OUT_DIR/checkpoints" --save-interval "$TRAIN_DURATION" \
+        >"$OUT_DIR/train.log" 2>&1 || { fail "hf-train (train.log)"; return; }
+    say "hf-train on $TRAIN_DEVICE: $((SECONDS - start)) s; last $(grep 'throughput/samples_per_sec' "$OUT_DIR/train.log" | tail -1 | tr -s ' \t' ' ')"
+    ls "$OUT_DIR"/checkpoints/*.pt >/dev/null 2>&1 || fail "no checkpoint written"
+    rm -rf "$OUT_DIR/checkpoints"
+}
+
+step_launch() {
+    local gpus start=$SECONDS
+    gpus=$(nvidia-smi -L | grep -c '^GPU ')
+    cat >"$OUT_DIR/train-check.yaml" <<EOF
+dataset: ILSVRC/imagenet-1k
+batch_size: $BATCH_SIZE
+eval_batch_size: $BATCH_SIZE
+workers: 16
+max_duration: $TRAIN_DURATION
+eval_interval: $TRAIN_DURATION
+lr: 0.2
+warmup: 4ba
+speed_window: 5
+device: $TRAIN_DEVICE
+EOF
+    # The command line of hf-train@.service, its variables from the environment file train.yml writes.
+    offline_env NPROC_PER_NODE="$gpus" WORLD_SIZE="$gpus" NODE_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=7501 \
+        sh -c 'exec composer -n "$NPROC_PER_NODE" --world_size "$WORLD_SIZE" --node_rank "$NODE_RANK" \
+            --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" -m hf_loader.train --config-file "$1"' \
+        launch "$OUT_DIR/train-check.yaml" >"$OUT_DIR/launch.log" 2>&1 || { fail "composer launcher (launch.log)"; return; }
+    grep -q 'hf-train: done' "$OUT_DIR/launch.log" || fail "the launched job did not say it was done"
+    say "launcher on $gpus GPU(s): $((SECONDS - start)) s; last $(grep 'throughput/samples_per_sec' "$OUT_DIR/launch.log" | tail -1 | tr -s ' \t' ' ')"
+}
+
+say "host: $(. /etc/os-release; echo "$PRETTY_NAME"), kernel $(uname -r), $(nvidia-smi -L 2>&1 | head -1)"
+for step in $STEPS; do
+    say "step $step"
+    "step_$step"
+done
+say "failed steps: $failed"
+exit "$failed"
