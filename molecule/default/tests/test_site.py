@@ -1,19 +1,25 @@
-"""Verify the whole site: the stored cache test reports, the units, and that a
-broken cache fails its host with the cache test's own message while the other
-host finishes."""
+"""Verify the whole site: the stored cache test reports, the units, the training
+runbook (one two-node job, then each host alone), and that a broken cache fails
+its host with the cache test's own message while the other host finishes and
+trains."""
 
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
+import testinfra
 
 testinfra_hosts = ["ansible://all"]
 
 ROOT = Path(__file__).resolve().parents[3]
 REPORT = "/var/lib/hf-loader/validation.json"
 REPORT_DIR = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "reports"
+LAUNCH_ENV = "/etc/hf-loader/launch-default.env"
+# Inventory order: bookworm is node rank 0 of the two-node job.
+NODE_RANK = {"default-bookworm": 0, "default-trixie": 1}
 
 
 def stored_report(host):
@@ -61,6 +67,45 @@ def run_playbook(playbook, *extra):
     return done.returncode, done.stdout + done.stderr
 
 
+def bookworm_host():
+    return testinfra.get_host(f"ansible://default-bookworm?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}")
+
+
+def launch_env(host):
+    return dict(line.split("=", 1) for line in host.file(LAUNCH_ENV).content_string.split())
+
+
+def last_job_line(host, timeout=600):
+    """Wait for hf-train@default to stop; return the last 'hf-train: done' line of its journal."""
+    deadline = time.monotonic() + timeout
+    while host.check_output("systemctl show -p ActiveState --value hf-train@default.service") in (
+        "active",
+        "activating",
+    ):
+        assert time.monotonic() < deadline, host.check_output("journalctl -u hf-train@default --no-pager -n 30")
+        time.sleep(3)
+    assert host.check_output("systemctl show -p Result --value hf-train@default.service") == "success"
+    done = host.check_output("journalctl -u hf-train@default.service --no-pager -o cat | grep 'hf-train: done' || true")
+    return done.splitlines()[-1] if done else ""
+
+
+@pytest.fixture(scope="module")
+def two_node_job():
+    """playbooks/train.yml once for both hosts: one job, ranks in inventory order."""
+    return run_playbook("playbooks/train.yml")
+
+
+def test_train_runbook_starts_one_job_across_the_ready_hosts(host, two_node_job):
+    rc, output = two_node_job
+    assert rc == 0, output
+    rank = NODE_RANK[host.backend.host]
+    env = launch_env(host)
+    assert (env["WORLD_SIZE"], env["NODE_RANK"], env["NPROC_PER_NODE"]) == ("2", str(rank), "1")
+    assert env["MASTER_ADDR"] in bookworm_host().interface.default().addresses
+    # A real Composer job over gloo: each rank trained on its half of the 48 images.
+    assert last_job_line(host) == f"hf-train: done (rank {rank} of 2, DistributedSampler with 24 samples, 2 batches)"
+
+
 @pytest.fixture
 def broken_trixie_cache(host):
     """Break both copies on the trixie host (with one intact copy the loader
@@ -92,3 +137,13 @@ def test_broken_cache_fails_its_host_with_the_scripts_message(host, broken_trixi
     assert "failed=1" in recap["default-trixie"]
     fleet = (REPORT_DIR / "fleet.md").read_text()
     assert "1 of 2 hosts ready" in fleet
+
+    # Training refuses the broken host with its last test's message; the other trains alone.
+    rc, output = run_playbook("playbooks/train.yml", "-e", "hf_loader_train_multi_node=false")
+    assert rc != 0, output
+    assert "Not starting training on default-trixie" in output
+    recap = {line.split()[0]: line for line in output.splitlines() if " : ok=" in line}
+    assert "failed=0" in recap["default-bookworm"]
+    bookworm = bookworm_host()
+    assert launch_env(bookworm)["WORLD_SIZE"] == "1"
+    assert last_job_line(bookworm) == "hf-train: done (rank 0 of 1, RandomSampler with 48 samples, 2 batches)"
