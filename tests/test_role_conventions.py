@@ -1,5 +1,6 @@
 """Conventions every role keeps: specs match defaults, README matches specs."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,45 @@ def test_readme_documents_the_role(role):
 def test_readme_variable_tables_match_the_specs():
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "role_docs.py"), "--check"], check=False)
     assert done.returncode == 0
+
+
+# Keys whose whole value is a Jinja expression; elsewhere only {{ ... }} and {% ... %} are.
+EXPRESSION_KEYS = {"when", "that", "changed_when", "failed_when", "until"}
+JINJA = re.compile(r"{{(.*?)}}|{%(.*?)%}", re.S)
+QUOTED = re.compile(r"'[^']*'|\"[^\"]*\"")
+
+
+def expressions(node, key=None):
+    """Every Jinja expression in a parsed tasks/vars/handlers file."""
+    if isinstance(node, dict):
+        for child_key, child in node.items():
+            yield from expressions(child, child_key)
+    elif isinstance(node, list):
+        for child in node:
+            yield from expressions(child, key)
+    elif isinstance(node, str):
+        if key in EXPRESSION_KEYS:
+            yield node
+        else:
+            yield from ("".join(match) for match in JINJA.findall(node))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_bool_options_are_read_through_the_bool_filter(role):
+    # `-e name=false` arrives as the string "false", which is true in a condition; argument
+    # specs check the type but do not convert, so every read of a bool option says `| bool`.
+    bools = [name for name, option in options(role).items() if option["type"] == "bool"]
+    role_dir = ROOT / "roles" / role
+    found = []
+    for path in sorted(role_dir.glob("*/*.yml")) + sorted(role_dir.glob("templates/*.j2")):
+        if path.parent.name in {"defaults", "meta"}:
+            continue
+        text = path.read_text()
+        exprs = ["".join(m) for m in JINJA.findall(text)] if path.suffix == ".j2" else expressions(yaml.safe_load(text))
+        for expr in exprs:
+            code = QUOTED.sub("''", expr)  # names inside string literals are text
+            for name in bools:
+                # A name after "|" is a filter (nvidia_driver_verify), not the variable.
+                if re.search(rf"(?<![\w|])(?<!\|\s){name}\b(?!\s*\|\s*bool)", code):
+                    found.append(f"{path.relative_to(ROOT)}: {name} in {expr.strip()[:80]!r}")
+    assert not found, "\n".join(found)
