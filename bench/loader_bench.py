@@ -315,9 +315,11 @@ def _best(fn, n: int = 5) -> float:
 
 def _cli_check(home: Path, dataset_id: str) -> float:
     exe = Path(sys.executable).with_name("hf-cache-test")
+    # Without the installed entry point (hf_loader on PYTHONPATH only) the module runs the same CLI.
+    command = [str(exe)] if exe.exists() else [sys.executable, "-m", "hf_loader.cachetest"]
     env = dict(os.environ, HF_HOME=str(home))
     t = time.perf_counter()
-    p = subprocess.run([str(exe), dataset_id, "--batches", "0", "--json"], env=env, capture_output=True)
+    p = subprocess.run([*command, dataset_id, "--batches", "0", "--json"], env=env, capture_output=True)
     wall = time.perf_counter() - t
     if p.returncode != 0:
         raise RuntimeError(p.stdout.decode()[-2000:])

@@ -7,12 +7,10 @@ partition table and nothing else).
 """
 
 import json
-import os
-import re
-import subprocess
 from pathlib import Path
 
 import pytest
+from playbook_run import run_playbook
 
 testinfra_hosts = ["ansible://all"]
 
@@ -31,20 +29,9 @@ def devices(host):
 
 def run_converge(host, *extra_args):
     """Run the scenario's converge play against this one host; return (rc, output with whitespace collapsed)."""
-    command = [
-        "ansible-playbook",
-        "-i",
-        os.environ["MOLECULE_INVENTORY_FILE"],
-        "--limit",
-        host.backend.host,
-        CONVERGE,
-        *extra_args,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
-    # The YAML callback folds long messages over lines, each line coloured when molecule forces
-    # colour: compare without colour codes and with the whitespace collapsed.
-    text = re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)
-    return done.returncode, " ".join(text.split())
+    rc, output = run_playbook(CONVERGE, *extra_args, limit=host.backend.host)
+    # The YAML callback folds long messages over lines: compare with the whitespace collapsed.
+    return rc, " ".join(output.split())
 
 
 def run_custom(host, *extra_args, **role_vars):
@@ -280,11 +267,10 @@ def test_bad_inputs_fail_before_any_change(host, tmp_path):
     report = tmp_path / "refusals.json"
     before = snapshot(host)
     variables = {"molecule_cases": [{"name": n, "vars": v} for n, v, _ in cases], "molecule_report": str(report)}
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", host.backend.host]
-    command += [str(Path(CONVERGE).with_name("bad_inputs.yml")), "-e", json.dumps(variables)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output[-5000:]
+    rc, output = run_playbook(
+        Path(CONVERGE).with_name("bad_inputs.yml"), "-e", json.dumps(variables), limit=host.backend.host, timeout=600
+    )
+    assert rc == 0, output[-5000:]
     assert "changed=0" in output, output[-5000:]
     refusals = json.loads(report.read_text())
     for name, _, words in cases:

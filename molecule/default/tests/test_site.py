@@ -5,12 +5,12 @@ trains."""
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import testinfra
+from playbook_run import run_playbook
 
 testinfra_hosts = ["ansible://all"]
 
@@ -60,11 +60,8 @@ def test_controller_holds_each_hosts_summary_and_the_fleet_report(host):
     assert f'data-host="{host.backend.host}"' in html
 
 
-def run_playbook(playbook, *extra):
-    command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(ROOT / playbook), *extra]
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=900, env=env)
-    return done.returncode, done.stdout + done.stderr
+def run_site_playbook(playbook, *extra):
+    return run_playbook(ROOT / playbook, *extra, timeout=900)
 
 
 def bookworm_host():
@@ -92,7 +89,7 @@ def last_job_line(host, timeout=600):
 @pytest.fixture(scope="module")
 def two_node_job():
     """playbooks/train.yml once for both hosts: one job, ranks in inventory order."""
-    return run_playbook("playbooks/train.yml")
+    return run_site_playbook("playbooks/train.yml")
 
 
 def test_train_runbook_starts_one_job_across_the_ready_hosts(host, two_node_job):
@@ -118,12 +115,12 @@ def broken_trixie_cache(host):
     host.check_output(f"mv {arrow} /var/lib/removed.arrow && mv {blob} /var/lib/removed.blob")
     yield [arrow, blob]
     host.check_output(f"mv /var/lib/removed.arrow {arrow} && mv /var/lib/removed.blob {blob}")
-    rc, output = run_playbook("playbooks/validate.yml")
+    rc, output = run_site_playbook("playbooks/validate.yml")
     assert rc == 0, output
 
 
 def test_broken_cache_fails_its_host_with_the_scripts_message(host, broken_trixie_cache):
-    rc, output = run_playbook("playbooks/validate.yml")
+    rc, output = run_site_playbook("playbooks/validate.yml")
     assert rc != 0, output
     broken = stored_report(host)
     assert broken["ready"] is False
@@ -139,7 +136,7 @@ def test_broken_cache_fails_its_host_with_the_scripts_message(host, broken_trixi
     assert "1 of 2 hosts ready" in fleet
 
     # Training refuses the broken host with its last test's message; the other trains alone.
-    rc, output = run_playbook("playbooks/train.yml", "-e", "hf_loader_train_multi_node=false")
+    rc, output = run_site_playbook("playbooks/train.yml", "-e", "hf_loader_train_multi_node=false")
     assert rc != 0, output
     assert "Not starting training on default-trixie" in output
     recap = {line.split()[0]: line for line in output.splitlines() if " : ok=" in line}

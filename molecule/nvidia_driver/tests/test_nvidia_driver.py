@@ -7,11 +7,10 @@ carries 570, two 580 releases and 590, signed with a key made there.
 """
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
+from playbook_run import run_playbook
 
 testinfra_hosts = ["ansible://all"]
 
@@ -46,17 +45,7 @@ def expected(host):
 
 def run_converge(host, *extra_args):
     """Run the scenario's converge play against this one host; return (rc, output)."""
-    command = [
-        "ansible-playbook",
-        "-i",
-        os.environ["MOLECULE_INVENTORY_FILE"],
-        "--limit",
-        host.backend.host,
-        CONVERGE,
-        *extra_args,
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=300)
-    return done.returncode, done.stdout + done.stderr
+    return run_playbook(CONVERGE, *extra_args, limit=host.backend.host)
 
 
 def checksums(host):
