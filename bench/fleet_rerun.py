@@ -162,7 +162,8 @@ def play(name: str, cfg: Path, inventory: Path, playbook: str, extra: list[str],
         "changed": sum(r["changed"] for r in recap.values()),
         "failed": sum(r["failed"] + r["unreachable"] for r in recap.values()),
         "tasks_ok": sum(r["ok"] for r in recap.values()),
-        "hosts": len(recap),
+        # The recap also lists localhost (the report play): count the fleet's hosts only.
+        "hosts": sum(1 for host in recap if host in hosts),
         "log": str(logfile.relative_to(ROOT)),
     }
 
