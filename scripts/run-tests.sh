@@ -4,10 +4,7 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-declare -a STAGES=(venv engine lint pytest)
-make -qp 2>/dev/null | grep -q '^loader-lint:' && STAGES+=(loader-lint)
-make -qp 2>/dev/null | grep -q '^loader-test:' && STAGES+=(loader-test)
-STAGES+=(molecule)
+declare -a STAGES=(venv engine lint pytest loader-lint loader-test molecule)
 
 declare -a RESULTS=()
 failed=0
