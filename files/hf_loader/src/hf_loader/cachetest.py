@@ -35,7 +35,7 @@ EXIT_CODES_HELP = """exit codes:
   4  incomplete or corrupt: a copy exists but files are missing, truncated,
      dangling, unreadable, or an interrupted (*.incomplete) prepare only
   5  environment misconfigured: cache variables point to missing/unreadable
-     folders, or offline mode is switched off (e.g. HF_DATASETS_OFFLINE=0)
+     folders, or offline mode is switched off (a false HF_DATASETS_OFFLINE)
   6  loading failed: the cache looked complete but the DataLoader failed
 when several stages fail, the code is that of the first: environment, cache, loading"""
 

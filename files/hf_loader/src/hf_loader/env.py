@@ -31,7 +31,7 @@ def user_offline_settings(environ: dict | None = None) -> dict[str, str | None]:
 
 
 def offline_disabled_by_user(environ: dict | None = None) -> list[str]:
-    """Names of offline variables that the user set to a false value (e.g. HF_DATASETS_OFFLINE=0).
+    """Names of offline variables that the user set, non-empty, to a value outside _TRUE.
 
     `HF_DATASETS_OFFLINE` wins over `HF_HUB_OFFLINE` inside `datasets`, so either one set
     false is enough to send `datasets` to the network.
