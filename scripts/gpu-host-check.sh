@@ -53,6 +53,8 @@ driver_play() {
 
 recap() { grep -A1 '^PLAY RECAP' "$OUT_DIR/$1" | tail -1; }
 
+gpu_count() { nvidia-smi -L | grep -c '^GPU '; }
+
 step_driver() {
     driver_play driver-run1.log || { fail "first driver run (driver-run1.log)"; return; }
     say "driver run 1: $(recap driver-run1.log)"
@@ -63,7 +65,7 @@ step_driver() {
     cp /etc/ansible/facts.d/nvidia_driver.fact "$OUT_DIR/nvidia_driver.fact" 2>/dev/null ||
         fail "no local fact written"
     local gpus
-    gpus=$(nvidia-smi -L | grep -c '^GPU ')
+    gpus=$(gpu_count)
     if driver_play driver-wrong-count.log -e nvidia_driver_local_facts=false \
         -e "nvidia_driver_expected_gpu_count=$((gpus + 1))"; then
         fail "a GPU count of $((gpus + 1)) was accepted"
@@ -82,10 +84,12 @@ step_driver() {
 
 step_capture() {
     local fields
-    fields=$("$PYTHON" -c 'import sys, yaml; print(",".join(yaml.safe_load(open(sys.argv[1]))["__nvidia_driver_smi_fields"]))' \
-        roles/nvidia_driver/vars/main.yml) || { fail "cannot read the role's nvidia-smi fields"; return; }
-    "$PYTHON" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["__nvidia_driver_probe_script"])' \
-        roles/nvidia_driver/vars/main.yml >"$OUT_DIR/probe.sh"
+    # The role's own probe script (to probe.sh) and nvidia-smi fields (printed), from its vars.
+    fields=$("$PYTHON" -c 'import sys, yaml
+role = yaml.safe_load(open(sys.argv[1]))
+open(sys.argv[2], "w").write(role["__nvidia_driver_probe_script"])
+print(",".join(role["__nvidia_driver_smi_fields"]))' roles/nvidia_driver/vars/main.yml "$OUT_DIR/probe.sh") ||
+        { fail "cannot read the role's probe script and nvidia-smi fields"; return; }
     sh "$OUT_DIR/probe.sh" / >"$OUT_DIR/probe.txt" || fail "probe"
     nvidia-smi --query-gpu="$fields" --format=csv,noheader,nounits >"$OUT_DIR/nvidia-smi.csv" || fail "nvidia-smi query"
     nvidia-smi >"$OUT_DIR/nvidia-smi.txt" 2>&1
@@ -130,20 +134,8 @@ offline_env() {
         HF_DATASETS_OFFLINE=1 HF_HUB_OFFLINE=1 "$@"
 }
 
-step_train() {
-    local start=$SECONDS
-    offline_env "$PYTHON" -m hf_loader.train --max-duration "$TRAIN_DURATION" --batch-size "$BATCH_SIZE" \
-        --eval-batch-size "$BATCH_SIZE" --workers 8 --lr 0.2 --warmup 4ba --speed-window 5 --eval-interval "$TRAIN_DURATION" \
-        --device "$TRAIN_DEVICE" --save-folder "$OUT_DIR/checkpoints" --save-interval "$TRAIN_DURATION" \
-        >"$OUT_DIR/train.log" 2>&1 || { fail "hf-train (train.log)"; return; }
-    say "hf-train on $TRAIN_DEVICE: $((SECONDS - start)) s; last $(grep 'throughput/samples_per_sec' "$OUT_DIR/train.log" | tail -1 | tr -s ' \t' ' ')"
-    ls "$OUT_DIR"/checkpoints/*.pt >/dev/null 2>&1 || fail "no checkpoint written"
-    rm -rf "$OUT_DIR/checkpoints"
-}
-
-step_launch() {
-    local gpus start=$SECONDS
-    gpus=$(nvidia-smi -L | grep -c '^GPU ')
+# The job both training steps run, as site.yml writes train-JOB.yaml from hf_loader_train_config.
+write_train_config() {
     cat >"$OUT_DIR/train-check.yaml" <<EOF
 dataset: ILSVRC/imagenet-1k
 batch_size: $BATCH_SIZE
@@ -156,13 +148,33 @@ warmup: 4ba
 speed_window: 5
 device: $TRAIN_DEVICE
 EOF
+}
+
+last_throughput() { grep 'throughput/samples_per_sec' "$1" | tail -1 | tr -s ' \t' ' '; }
+
+step_train() {
+    local start=$SECONDS
+    write_train_config
+    # 8 workers here, 16 in the launch step: a loader-bound job would show the difference.
+    offline_env "$PYTHON" -m hf_loader.train --config-file "$OUT_DIR/train-check.yaml" --workers 8 \
+        --save-folder "$OUT_DIR/checkpoints" --save-interval "$TRAIN_DURATION" \
+        >"$OUT_DIR/train.log" 2>&1 || { fail "hf-train (train.log)"; return; }
+    say "hf-train on $TRAIN_DEVICE: $((SECONDS - start)) s; last $(last_throughput "$OUT_DIR/train.log")"
+    ls "$OUT_DIR"/checkpoints/*.pt >/dev/null 2>&1 || fail "no checkpoint written"
+    rm -rf "$OUT_DIR/checkpoints"
+}
+
+step_launch() {
+    local gpus start=$SECONDS
+    gpus=$(gpu_count)
+    write_train_config
     # The command line of hf-train@.service, its variables from the environment file train.yml writes.
     offline_env NPROC_PER_NODE="$gpus" WORLD_SIZE="$gpus" NODE_RANK=0 MASTER_ADDR=127.0.0.1 MASTER_PORT=7501 \
         sh -c 'exec composer -n "$NPROC_PER_NODE" --world_size "$WORLD_SIZE" --node_rank "$NODE_RANK" \
             --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT" -m hf_loader.train --config-file "$1"' \
         launch "$OUT_DIR/train-check.yaml" >"$OUT_DIR/launch.log" 2>&1 || { fail "composer launcher (launch.log)"; return; }
     grep -q 'hf-train: done' "$OUT_DIR/launch.log" || fail "the launched job did not say it was done"
-    say "launcher on $gpus GPU(s): $((SECONDS - start)) s; last $(grep 'throughput/samples_per_sec' "$OUT_DIR/launch.log" | tail -1 | tr -s ' \t' ' ')"
+    say "launcher on $gpus GPU(s): $((SECONDS - start)) s; last $(last_throughput "$OUT_DIR/launch.log")"
 }
 
 say "host: $(. /etc/os-release; echo "$PRETTY_NAME"), kernel $(uname -r), $(nvidia-smi -L 2>&1 | head -1)"
