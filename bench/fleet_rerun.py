@@ -7,10 +7,11 @@ project's settings, in the same run, several repetitions, medians and their rati
 
 Configurations (each an ansible.cfg written under the bench's lab folder):
 - defaults: Ansible's own defaults for everything that costs time: forks 5, no pipelining,
-  facts gathered on every play (`gathering = implicit`, no fact cache), linear strategy,
+  facts gathered on every play (`gathering = implicit`, no fact cache) and injected as top-level
+  variables, linear strategy,
   Ansible's default ssh_args. Everything else (roles_path, output) as in ansible.cfg.
 - project: ansible.cfg as it is (forks 20, pipelining, jsonfile fact cache + smart gathering,
-  ControlPersist) plus the mitogen strategy `mitogen_linear` unless ansible.cfg already
+  facts not injected, ControlPersist) plus the mitogen strategy `mitogen_linear` unless ansible.cfg already
   names a strategy.
 - knobs (with --configs): ansible.cfg without mitogen, to show what the usual knobs give.
 
@@ -46,6 +47,7 @@ PERF_KEYS = {
         "fact_caching",
         "fact_caching_connection",
         "fact_caching_timeout",
+        "inject_facts_as_vars",
         "strategy",
         "strategy_plugins",
     },

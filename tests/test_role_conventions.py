@@ -112,3 +112,33 @@ def test_bool_options_are_read_through_the_bool_filter(role):
                 if re.search(rf"(?<![\w|])(?<!\|\s){name}\b(?!\s*\|\s*bool)", code):
                     found.append(f"{path.relative_to(ROOT)}: {name} in {expr.strip()[:80]!r}")
     assert not found, "\n".join(found)
+
+
+def task_lists(role: str):
+    """Every task file of the role, with the tasks of its blocks flattened in."""
+    for path in sorted((ROOT / "roles" / role / "tasks").glob("*.yml")):
+
+        def flat(tasks):
+            for task in tasks or []:
+                yield task
+                for key in ("block", "rescue", "always"):
+                    yield from flat(task.get(key))
+
+        yield path, list(flat(load(path)))
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_included_task_files_keep_their_tags(role):
+    # include_tasks (chosen where one decision replaces a skip per task) gives its tags to the
+    # include only: `apply` must hand the same tags to the included tasks, or --tags runs the
+    # include and then nothing in it. (Handlers run when notified, whatever the tags.)
+    found = []
+    for path, tasks in task_lists(role):
+        for task in tasks:
+            include = task.get("ansible.builtin.include_tasks")
+            if include is None:
+                continue
+            applied = include.get("apply", {}).get("tags") if isinstance(include, dict) else None
+            if not task.get("tags") or applied != task["tags"]:
+                found.append(f"{path.relative_to(ROOT)}: {task.get('name')!r} tags {task.get('tags')} apply {applied}")
+    assert not found, "\n".join(found)

@@ -1,0 +1,64 @@
+"""The hf_loader role's decisions: which pins a venv lacks, whether a host's wheelhouse is in step.
+
+Which pins of the loader's lock a virtual environment lacks, as pip decides.
+
+The role compares the lock with what the venv holds instead of asking pip,
+whose check mode reports a change for every requirements file. The comparison
+follows pip: names are compared as PEP 503 normalises them (ruamel.yaml is
+ruamel_yaml), and a pin without a local version label (torch==2.7.0) is met by
+a build that carries one (torch==2.7.0+cpu, torch==2.7.0+cu126); a pin with a
+label must match it exactly.
+
+Whether a host's wheelhouse is in step with the controller's: the same wheel
+names, sizes and whole-second modification times (rsync's own quick check; the
+sync preserves times). Nothing here imports Ansible, so tests import this file
+directly.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+_SEPARATORS = re.compile(r"[-_.]+")
+
+
+def _normalised(requirement: str) -> str | None:
+    """'Ruamel.Yaml == 0.19' -> 'ruamel-yaml==0.19'; None for what is not a name==version pin."""
+    name, sep, version = requirement.strip().partition("==")
+    if not sep or not name.strip() or not version.strip():
+        return None
+    return _SEPARATORS.sub("-", name.strip().lower()) + "==" + version.strip().lower()
+
+
+def missing_pins(lock_text: str, held: list[str]) -> list[str]:
+    """The lock's name==version lines (comments, blanks and options skipped) that `held` does not meet.
+
+    `held` is what the venv lists (name==version a line, as pip freeze prints it).
+    """
+    have = {pin for pin in map(_normalised, held) if pin}
+    have |= {pin.split("+", 1)[0] for pin in have}
+    missing = []
+    for line in lock_text.splitlines():
+        pin = _normalised(line.split("#", 1)[0])
+        if pin and pin not in have:
+            missing.append(line.strip())
+    return missing
+
+
+def same_wheels(host_files: list[dict], controller_wheels: list[dict]) -> bool:
+    """Whether a host's `find` result (path, size, mtime) lists exactly the controller's wheels.
+
+    `controller_wheels` is what the hf_loader_wheels lookup returns (name, size, mtime).
+    """
+
+    def key(wheel: dict) -> tuple:
+        return (wheel["name"], int(wheel["size"]), int(wheel["mtime"]))
+
+    host = [{"name": PurePosixPath(f["path"]).name, "size": f["size"], "mtime": f["mtime"]} for f in host_files]
+    return sorted(map(key, host)) == sorted(map(key, controller_wheels))
+
+
+class FilterModule:
+    def filters(self):
+        return {"hf_loader_missing_pins": missing_pins, "hf_loader_same_wheels": same_wheels}
