@@ -51,12 +51,8 @@ def same_wheels(host_files: list[dict], controller_wheels: list[dict]) -> bool:
 
     `controller_wheels` is what the hf_loader_wheels lookup returns (name, size, mtime).
     """
-
-    def key(wheel: dict) -> tuple:
-        return (wheel["name"], int(wheel["size"]), int(wheel["mtime"]))
-
-    host = [{"name": PurePosixPath(f["path"]).name, "size": f["size"], "mtime": f["mtime"]} for f in host_files]
-    return sorted(map(key, host)) == sorted(map(key, controller_wheels))
+    host = sorted((PurePosixPath(f["path"]).name, int(f["size"]), int(f["mtime"])) for f in host_files)
+    return host == sorted((w["name"], int(w["size"]), int(w["mtime"])) for w in controller_wheels)
 
 
 class FilterModule:
