@@ -3,6 +3,7 @@
 Stages: environment (cache variables, paths, offline mode) -> cache (resolution and
 completeness) -> loading (N batches through the real DataLoader, images/s).
 All findings are reported; the exit code is that of the first failing stage.
+The test never writes into a cache: the libraries' locks go to a folder of its own.
 """
 
 from __future__ import annotations
@@ -14,36 +15,50 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
+import yaml
+
+from . import report
 from .env import OFFLINE_VARS, CachePaths, force_offline, offline_disabled_by_user
 from .errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
+    EXIT_NOT_CACHED,
     EXIT_READY,
-    EXIT_USAGE,
+    ConfigError,
     HFLoaderError,
     LoadingFailedError,
 )
 
 DEFAULT_DATASET = "ILSVRC/imagenet-1k"
+# The loader's own streaming shuffle buffer (rows); the test keeps it below the split's size.
+STREAM_SHUFFLE_BUFFER = 10_000
 
 EXIT_CODES_HELP = """exit codes:
   0  ready: environment sane, a complete copy found, batches loaded
+     (warnings, e.g. a broken copy passed over, do not change it)
   1  internal error (a bug: please report it with the output)
-  2  usage error (bad arguments)
+  2  usage error (bad arguments, config file or dataset id)
   3  not cached: no copy of the dataset id in the Arrow or hub cache
   4  incomplete or corrupt: a copy exists but files are missing, truncated,
-     dangling, unreadable, or an interrupted (*.incomplete) prepare only
+     dangling, unreadable, not regular files, or its metadata is malformed
   5  environment misconfigured: cache variables point to missing/unreadable
-     folders, or offline mode is switched off (a false HF_DATASETS_OFFLINE)
+     folders (while the dataset is in no other), HF_HOME is not a folder,
+     or offline mode is switched off (a false HF_DATASETS_OFFLINE)
   6  loading failed: the cache looked complete but the DataLoader failed
-when several stages fail, the code is that of the first: environment, cache, loading"""
+  7  --require-ready only: no report at FILE, or not a valid one
+     (a report that is not ready gives its own exit code, 1 or 3-6)
+when several stages fail, the code is that of the first: environment, cache, loading
+--json prints one JSON object in every case, usage and internal errors included"""
+
+STAGE_ORDER = {"usage": 0, "environment": 1, "cache": 2, "loading": 3, "internal": 4}
 
 
 @dataclass
 class Finding:
-    level: str  # "ok", "warn", "fail"
-    stage: str  # "environment", "cache", "loading"
+    level: str  # "ok", "note" (done or not done, nothing to fix), "warn", "fail"
+    stage: str  # "usage", "environment", "cache", "loading", "internal"
     message: str
     path: str | None = None
     remedy: str | None = None
@@ -69,16 +84,23 @@ class Result:
 
     @property
     def exit_code(self) -> int:
-        order = {"environment": 0, "cache": 1, "loading": 2, "internal": 3}
         fails = sorted(
-            (f for f in self.findings if f.level == "fail"), key=lambda f: order[f.stage]
+            (f for f in self.findings if f.level == "fail"), key=lambda f: STAGE_ORDER[f.stage]
         )
         return fails[0].exit_code if fails else EXIT_READY
 
+    @property
+    def verdict(self) -> str:
+        if self.exit_code != EXIT_READY:
+            return "not_ready"
+        return "ready_with_warnings" if any(f.level == "warn" for f in self.findings) else "ready"
+
     def to_dict(self) -> dict:
         return {
+            "schema_version": report.SCHEMA_VERSION,
             "dataset": self.dataset,
             "ready": self.exit_code == EXIT_READY,
+            "verdict": self.verdict,
             "exit_code": self.exit_code,
             "paths": self.paths,
             "findings": [f.to_dict() for f in self.findings],
@@ -101,7 +123,7 @@ def _probe_dir(path) -> str | None:
     return None
 
 
-def check_environment(result: Result, paths: CachePaths) -> None:
+def _check_offline_mode(result: Result, paths: CachePaths) -> None:
     env = os.environ
     disabled = offline_disabled_by_user()
     if disabled:
@@ -141,7 +163,24 @@ def check_environment(result: Result, paths: CachePaths) -> None:
             remedy="set HF_HOME (or HF_DATASETS_CACHE and HF_HUB_CACHE) to the mounted cache "
             "volume",
         )
-    present = []
+
+
+def check_environment(result: Result, paths: CachePaths) -> list[Finding]:
+    """Offline mode and the cache folders. Returns the warnings about a missing cache folder:
+    they become failures only if the dataset is then found in no cache (see `run`)."""
+    _check_offline_mode(result, paths)
+    home = paths.hf_home
+    if home.exists() and not home.is_dir():
+        result.add(
+            "fail",
+            "environment",
+            f"HF_HOME {home} ({paths.sources['HF_HOME']}) is a file, not a folder",
+            path=str(home),
+            remedy="point HF_HOME at the cache folder on the mounted volume",
+            exit_code=EXIT_ENVIRONMENT,
+        )
+        return []
+    present, missing = [], []
     for label, p, var in (
         ("Arrow cache", paths.datasets_cache, paths.sources["datasets_cache"]),
         ("hub cache", paths.hub_cache, paths.sources["hub_cache"]),
@@ -150,12 +189,17 @@ def check_environment(result: Result, paths: CachePaths) -> None:
         if why is None:
             present.append(p)
             result.add("ok", "environment", f"{label} folder {p} ({var})", path=str(p))
-        elif why == "does not exist" and var == "default":
-            result.add("warn", "environment", f"{label} folder {p} {why}", path=str(p))
+        elif why == "does not exist":
+            remedy = f"mount the cache volume or fix {var}" if var != "default" else None
+            missing.append(
+                result.add(
+                    "warn", "environment", f"{label} folder {p} ({var}) {why}", str(p), remedy
+                )
+            )
         else:
             remedy = (
-                f"mount the cache volume or fix {var}"
-                if why == "does not exist"
+                f"fix {var}: it must name a folder"
+                if why == "is not a folder"
                 else "give the training user read and search (x) permission on the folder"
             )
             result.add(
@@ -175,6 +219,8 @@ def check_environment(result: Result, paths: CachePaths) -> None:
             remedy="mount the cache volume and set HF_HOME (or HF_DATASETS_CACHE/HF_HUB_CACHE)",
             exit_code=EXIT_ENVIRONMENT,
         )
+        return []
+    return missing
 
 
 def _error_finding(result: Result, stage: str, err: HFLoaderError) -> None:
@@ -184,11 +230,10 @@ def _error_finding(result: Result, stage: str, err: HFLoaderError) -> None:
     result.error = err.to_dict()
 
 
-def run(args: argparse.Namespace) -> Result:
-    result = Result(dataset=args.dataset)
+def run(args: argparse.Namespace, result: Result) -> None:
     paths = CachePaths.from_env()
     result.paths = paths.to_dict()
-    check_environment(result, paths)
+    missing_folders = check_environment(result, paths)
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         force_offline()  # before datasets/huggingface_hub are imported below
@@ -196,45 +241,42 @@ def run(args: argparse.Namespace) -> Result:
     from .resolve import load_split, resolve
 
     try:
-        res = resolve(
-            args.dataset,
-            args.config,
-            args.revision,
-            paths=paths,
-            allow_convert=args.allow_convert,
-            deep=args.deep,
-            progress=args.progress,
-        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # every warning is also in the resolution's notes
+            res = resolve(
+                args.dataset,
+                args.config,
+                args.revision,
+                paths=paths,
+                allow_convert=args.allow_convert,
+                deep=args.deep,
+                progress=args.progress,
+            )
     except HFLoaderError as e:
-        _error_finding(result, "cache", e)
-        return result
+        stage = "usage" if isinstance(e, ConfigError) else "cache"
+        _error_finding(result, stage, e)
+        if e.exit_code == EXIT_NOT_CACHED:
+            for finding in missing_folders:  # the missing folder is the likely cause
+                finding.level, finding.exit_code = "fail", EXIT_ENVIRONMENT
+        return
     result.resolution = res.to_dict()
     for s in res.skipped:
-        result.add(
-            "warn",
-            "cache",
-            f"skipped {s.reason}",
-            path=s.path,
-            remedy="delete or repair it so plain `datasets` loads cannot pick it",
+        remedy = (
+            "give the training user read access to it (chmod -R a+rX, or chown): its files "
+            "are there, only unreadable"
+            if s.permissions_only
+            else "repair it (restore the files named), or move it out of the cache, so that "
+            "plain `datasets` loads cannot pick it"
         )
+        result.add("warn", "cache", f"passed over a broken copy: {s.reason}", s.path, remedy)
     for note in res.notes:
         result.add("warn", "cache", note, path=res.path)
-    result.add(
-        "ok",
-        "cache",
-        f"complete {res.source} copy ({res.mode}), config '{res.config}', splits "
-        f"{', '.join(res.splits)}, {res.report.files_checked} files checked"
-        + (
-            " (deep: rows "
-            + ", ".join(f"{n}={s.rows_found}" for n, s in res.report.splits.items())
-            + ")"
-            if args.deep
-            else ""
-        ),
-        path=res.path,
-    )
-    if args.batches <= 0:
-        return result
+    for info in res.infos:
+        result.add("note", "cache", info, path=res.path)
+    _report_copy(result, res, args.deep)
+    if args.batches == 0:
+        result.add("note", "loading", "--batches 0: no batch loaded")
+        return
     try:
         result.loading = load_batches(res, args, load_split)
         result.add(
@@ -242,7 +284,8 @@ def run(args: argparse.Namespace) -> Result:
             "loading",
             f"{result.loading['batches']} batches of {args.split}: "
             f"{result.loading['images_per_s']:.0f} images/s, first batch after "
-            f"{result.loading['first_batch_s']:.2f} s",
+            f"{result.loading['first_batch_s']:.2f} s ({result.loading['decoder']} decode, "
+            f"{result.loading['workers']} workers)",
             path=res.path,
         )
     except HFLoaderError as e:
@@ -255,11 +298,50 @@ def run(args: argparse.Namespace) -> Result:
             "the shards it names, or check that the workers have enough shared memory (/dev/shm)",
         )
         _error_finding(result, "loading", err)
-    return result
+
+
+def _report_copy(result: Result, res, deep: bool) -> None:
+    check = res.report
+    detail = ""
+    if deep:
+        rows = ", ".join(f"{n}={s.rows_found}" for n, s in check.splits.items())
+        detail = f" (deep: rows {rows}; {check.files_hashed} files hashed)"
+    result.add(
+        "ok",
+        "cache",
+        f"complete {res.source} copy ({res.mode}), config '{res.config}', splits "
+        f"{', '.join(res.splits)}, {check.files_checked} files checked{detail}",
+        path=res.path,
+    )
+    if deep and check.unverified:
+        result.add(
+            "warn",
+            "cache",
+            f"{len(check.unverified)} data files are plain copies with no blob beside them, so "
+            "no hash to check them against (row counts were checked)",
+            path=check.unverified[0],
+            remedy="copy the snapshot with its blobs/ folder (rsync -a, cp -a: keep the links)",
+        )
+
+
+def _shuffle_buffer(res, args: argparse.Namespace) -> int:
+    """A streaming shuffle buffer that leaves rows unread in each worker's shards after the
+    batches the test takes: when a stream ends, `datasets` sleeps ~5 s at thread shutdown
+    (its SLEEP_TIME_ON_THREADS_SHUTDOWN) before the rows still in the buffer come out, and
+    that sleep would be timed as the first batch. Datasets too small for that get none."""
+    split_report = res.report.splits.get(args.split)
+    rows = split_report.rows_expected if split_report else None
+    if not rows:
+        return STREAM_SHUFFLE_BUFFER
+    streams = max(1, min(args.workers, len(split_report.files)))
+    batches_per_stream = -(-args.batches // max(1, args.workers))
+    unread = rows // streams - batches_per_stream * args.batch_size - 1
+    return max(0, min(STREAM_SHUFFLE_BUFFER, unread))
 
 
 def load_batches(res, args, load_split) -> dict:
     from .data import LoaderConfig, build_dataloader
+    from .transforms import DECODER
 
     ds = load_split(res, args.split)
     cfg = LoaderConfig(
@@ -267,6 +349,7 @@ def load_batches(res, args, load_split) -> dict:
         workers=args.workers,
         persistent_workers=False,
         drop_last_train=False,
+        shuffle_buffer=_shuffle_buffer(res, args),
     )
     t0 = time.perf_counter()
     loader = build_dataloader(ds, train=args.split == "train", cfg=cfg, rank=0, world_size=1)
@@ -285,6 +368,8 @@ def load_batches(res, args, load_split) -> dict:
             )
         n_images += x.shape[0]
         n_batches += 1
+        # timed here: leaving the loop finalizes the stream, and `datasets` may sleep then
+        last = time.perf_counter()
         if n_batches >= args.batches:
             break
     if n_batches == 0:
@@ -293,7 +378,7 @@ def load_batches(res, args, load_split) -> dict:
             path=res.path,
             remedy="the split is empty: check the copy with --deep",
         )
-    steady = time.perf_counter() - t1
+    steady = last - t1
     later = n_images - shape[0] if n_batches > 1 else n_images
     return {
         "split": args.split,
@@ -304,11 +389,12 @@ def load_batches(res, args, load_split) -> dict:
         "first_batch_s": first,
         "images_per_s": later / steady if n_batches > 1 and steady > 0 else n_images / first,
         "workers": args.workers,
+        "decoder": DECODER,
     }
 
 
 def render(result: Result) -> str:
-    mark = {"ok": "OK  ", "warn": "WARN", "fail": "FAIL"}
+    mark = {"ok": "OK  ", "note": "NOTE", "warn": "WARN", "fail": "FAIL"}
     lines = [f"hf-cache-test {result.dataset}"]
     for f in result.findings:
         lines.append(f"[{mark[f.level]}] {f.stage}: {f.message}")
@@ -323,12 +409,38 @@ def render(result: Result) -> str:
                 lines.append(f"       {key.replace('_', ' ')}:")
                 lines.extend(f"         - {i}" for i in items[:20])
     code = result.exit_code
-    lines.append("READY (exit 0)" if code == 0 else f"NOT READY (exit {code})")
+    verdict = {"ready": "READY", "ready_with_warnings": "READY, with warnings"}
+    lines.append(f"{verdict.get(result.verdict, 'NOT READY')} (exit {code})")
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------- arguments
+
+
+class UsageError(ConfigError):
+    """A bad flag, config file or value; argparse's own errors arrive as this too."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print and exit; --json must still answer
+        raise UsageError(message, remedy=f"see {self.prog} --help")
+
+
+def _count(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below {minimum}")
+        return value
+
+    return parse
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="hf-cache-test",
         description="Check offline that this host can load a Hugging Face image dataset: "
         "environment, cache completeness, and real batches through the DataLoader.",
@@ -344,37 +456,171 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="dataset config name (default: 'default' or the only one)")
     p.add_argument("--revision", help="commit sha of the hub snapshot / Arrow hash folder")
     p.add_argument("--split", default="train", help="split to pull batches from")
-    p.add_argument("--batches", type=int, default=3, help="batches to load (0: no loading)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers")
+    p.add_argument(
+        "--batches", type=_count(0), default=3, help="batches to load (0: check the cache only)"
+    )
+    p.add_argument("--batch-size", type=_count(1), default=32)
+    p.add_argument(
+        "--workers",
+        type=_count(0),
+        default=2,
+        help="DataLoader workers (capped at this host's CPUs, with a note)",
+    )
     p.add_argument(
         "--deep",
         action="store_true",
-        help="also count rows in parquet/Arrow metadata and hash LFS blobs",
+        help="also count rows in parquet/Arrow metadata and hash hub files against their blobs",
     )
     p.add_argument(
         "--allow-convert",
         action="store_true",
-        help="convert a hub snapshot to Arrow once if free space covers it",
+        help="convert a hub snapshot to Arrow once if free space covers it and the cache is "
+        "writable (else stream it, with a note)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
     p.add_argument(
         "--no-progress", dest="progress", action="store_false", help="no progress bar for --deep"
     )
+    p.add_argument(
+        "--config-file",
+        type=Path,
+        metavar="FILE",
+        help="YAML mapping of these options (long names, '_' for '-'); flags override it",
+    )
+    p.add_argument(
+        "--report",
+        type=Path,
+        metavar="FILE",
+        help="also write the report (the --json object with host, time, command) atomically",
+    )
+    p.add_argument(
+        "--metrics-dir",
+        type=Path,
+        metavar="DIR",
+        help="also write DIR/hf_cache_test.prom for node_exporter's textfile collector",
+    )
+    p.add_argument(
+        "--require-ready",
+        type=Path,
+        metavar="FILE",
+        help="run no test: exit 0 if the report FILE says ready (the training unit's gate)",
+    )
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+CONFIG_FILE_KEYS = (
+    "dataset",
+    "config",
+    "revision",
+    "split",
+    "batches",
+    "batch_size",
+    "workers",
+    "deep",
+    "allow_convert",
+    "report",
+    "metrics_dir",
+)
+
+
+def _config_file_defaults(p: argparse.ArgumentParser, path: Path) -> dict:
+    """The config file's options, each checked as its flag would be."""
     try:
-        args = parser().parse_args(argv)
-    except SystemExit as e:  # argparse: 0 for --help, 2 for usage errors
-        return int(e.code or 0) if e.code in (0, None) else EXIT_USAGE
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise UsageError(
+            f"cannot read the config file: {e.strerror or e}",
+            path=str(path),
+            remedy="pass an existing, readable --config-file",
+        ) from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"the config file is not valid YAML: {e}", path=str(path)) from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise UsageError("the config file must be a YAML mapping of options", path=str(path))
+    unknown = sorted(set(doc) - set(CONFIG_FILE_KEYS))
+    if unknown:
+        raise UsageError(
+            f"unknown option(s) {', '.join(map(str, unknown))} in the config file",
+            path=str(path),
+            remedy=f"use only: {', '.join(CONFIG_FILE_KEYS)}",
+        )
+    actions = {a.dest: a for a in p._actions}
+    values = {}
+    for key, value in doc.items():
+        action = actions[key]
+        if isinstance(action, argparse._StoreTrueAction):
+            if not isinstance(value, bool):
+                raise UsageError(f"'{key}' must be true or false, not {value!r}", path=str(path))
+        elif value is not None:
+            if isinstance(value, (bool, dict, list)):
+                raise UsageError(f"'{key}' must be a single value, not {value!r}", path=str(path))
+            try:
+                value = action.type(str(value)) if action.type else str(value)
+            except argparse.ArgumentTypeError as e:
+                raise UsageError(f"'{key}': {e}", path=str(path)) from None
+        values[key] = value
+    return values
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = parser()
+    args = p.parse_args(argv)
+    if args.config_file:
+        p.set_defaults(**_config_file_defaults(p, args.config_file))
+        args = p.parse_args(argv)
     if args.json:
         args.progress = False
+    return args
+
+
+def _cap_workers(args: argparse.Namespace, result: Result) -> None:
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cpus and args.workers > cpus:
+        result.add(
+            "note",
+            "loading",
+            f"--workers {args.workers} capped at {cpus}, the CPUs this process may use",
+        )
+        args.workers = cpus
+
+
+def emit(result: Result, args: argparse.Namespace | None, argv: list[str], as_json: bool) -> None:
+    doc = result.to_dict()
+    if as_json:
+        print(json.dumps(doc, indent=2, default=str))
+    else:
+        print(render(result))
+    if args is None:
+        return
+    stored = report.stamp(doc, [parser().prog, *argv])
+    if args.report:
+        report.write_atomic(args.report, json.dumps(stored, indent=2, default=str) + "\n")
+    if args.metrics_dir:
+        report.write_atomic(args.metrics_dir / report.METRICS_FILE, report.metrics_text(stored))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    result = Result(dataset=os.environ.get("HF_LOADER_DATASET", DEFAULT_DATASET))
     try:
-        result = run(args)
+        args = parse_args(argv)
+    except SystemExit as e:  # --help
+        return int(e.code or 0)
+    except UsageError as e:
+        _error_finding(result, "usage", e)
+        emit(result, None, argv, "--json" in argv)
+        return result.exit_code
+    if args.require_ready:
+        code, line = report.require_ready(args.require_ready)
+        print(line, file=sys.stdout if code == EXIT_READY else sys.stderr)
+        return code
+    result.dataset = args.dataset
+    try:
+        _cap_workers(args, result)
+        run(args, result)
     except Exception as e:  # noqa: BLE001 - report, never a bare traceback
-        result = Result(dataset=args.dataset)
         result.add(
             "fail",
             "internal",
@@ -382,10 +628,15 @@ def main(argv: list[str] | None = None) -> int:
             remedy="report this with the full output",
             exit_code=EXIT_INTERNAL,
         )
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2, default=str))
-    else:
-        print(render(result))
+    try:
+        emit(result, args, argv, args.json)
+    except OSError as e:
+        print(
+            f"hf-cache-test: cannot write {e.filename}: {e.strerror}; fix: make the report and "
+            "metrics folders writable by this user",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL if result.exit_code == EXIT_READY else result.exit_code
     return result.exit_code
 
 

@@ -21,6 +21,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,10 +50,22 @@ def arrow_split_files(directory: Path, dataset_name: str, split: str, shard_leng
     return [directory / f"{prefix}.arrow"]
 
 
+# Problem kinds, which decide the remedy: a copy whose only problems are permissions is
+# fixed with chmod/chown, never deleted or re-synced.
+MISSING, PERMISSION, CORRUPT, SPECIAL, METADATA = (
+    "missing",
+    "permission",
+    "corrupt",
+    "special",
+    "metadata",
+)
+
+
 @dataclass
 class Problem:
     path: str
     message: str
+    kind: str = CORRUPT
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}"
@@ -80,13 +93,16 @@ class CheckReport:
     # splits the dataset card records but whose files were never downloaded (a snapshot
     # fetched with allow_patterns); usable for the other splits, reported as a warning
     missing_splits: list[str] = field(default_factory=list)
+    files_hashed: int = 0
+    # deep mode: plain data files (not blob links) with no blob or manifest to hash against
+    unverified: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
-    def add(self, path, message: str) -> None:
-        self.problems.append(Problem(str(path), message))
+    def add(self, path, message: str, kind: str = CORRUPT) -> None:
+        self.problems.append(Problem(str(path), message, kind))
 
     def to_dict(self) -> dict:
         return {
@@ -95,6 +111,8 @@ class CheckReport:
             "ok": self.ok,
             "deep": self.deep,
             "files_checked": self.files_checked,
+            "files_hashed": self.files_hashed,
+            "unverified": list(self.unverified),
             "splits": {
                 n: {
                     "files": len(s.files),
@@ -109,30 +127,70 @@ class CheckReport:
         }
 
 
+class NotRegularFileError(OSError):
+    """A FIFO, device, socket or folder where a file belongs (reading it could block)."""
+
+
+_FILE_TYPES = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def open_regular(path) -> int:
+    """A read-only descriptor of a regular file; anything else raises before a read.
+
+    O_NONBLOCK makes opening a FIFO return at once instead of waiting for a writer; the
+    type is then checked on the descriptor itself, so nothing can be swapped in between.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = _FILE_TYPES.get(stat.S_IFMT(mode), "not a regular file")
+        raise NotRegularFileError(f"is {what}, not a regular file")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def read_regular(path) -> bytes:
+    with os.fdopen(open_regular(path), "rb") as f:
+        return f.read()
+
+
 def _tail(path: Path, n: int) -> tuple[int, bytes]:
     """Size and last n bytes of a file (opens it: an unreadable file raises here)."""
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:
         size = os.fstat(f.fileno()).st_size
         if size >= n:
             f.seek(size - n)
         return size, f.read(n)
 
 
+def add_os_error(report: CheckReport, path, error: OSError, what: str) -> None:
+    """One problem for a file that could not be read, of the kind that decides the fix."""
+    if isinstance(error, FileNotFoundError):
+        if os.path.islink(path):
+            report.add(path, f"dangling symlink to {os.readlink(path)} (blob missing)", MISSING)
+        else:
+            report.add(path, f"missing {what}", MISSING)
+    elif isinstance(error, PermissionError):
+        report.add(path, "not readable by this user (permission denied)", PERMISSION)
+    elif isinstance(error, NotRegularFileError):
+        report.add(path, f"{error}; expected {what}", SPECIAL)
+    else:
+        report.add(path, f"cannot read: {error.strerror or error}")
+
+
 def _check_file(report: CheckReport, path: Path, magic: bytes, what: str) -> int | None:
     report.files_checked += 1
     try:
         size, tail = _tail(path, len(magic))
-    except FileNotFoundError:
-        if os.path.islink(path):
-            report.add(path, f"dangling symlink to {os.readlink(path)} (blob missing)")
-        else:
-            report.add(path, f"missing {what}")
-        return None
-    except PermissionError:
-        report.add(path, "not readable by this user (permission denied)")
-        return None
     except OSError as e:
-        report.add(path, f"cannot read: {e.strerror or e}")
+        add_os_error(report, path, e, what)
         return None
     if size == 0:
         report.add(path, f"empty {what}")
@@ -180,7 +238,7 @@ def _parquet_rows(path: Path) -> int:
 
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with os.fdopen(open_regular(path), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
@@ -190,17 +248,59 @@ def _sha256(path: Path) -> str:
 
 
 def read_dataset_info(directory: Path, report: CheckReport) -> dict | None:
+    """The parsed `dataset_info.json`, or None with a problem naming the file.
+
+    Valid JSON of the wrong shape (`null`, a list, a split that is `null`, a count that is
+    not an integer) is a problem too: `datasets` would fail on it later, or worse, not.
+    """
     info_path = directory / "dataset_info.json"
     report.files_checked += 1
     try:
-        return json.loads(info_path.read_text(encoding="utf-8"))
+        info = json.loads(read_regular(info_path).decode("utf-8"))
     except FileNotFoundError:
-        report.add(info_path, "missing dataset_info.json (split list and shard counts unknown)")
-    except PermissionError:
-        report.add(info_path, "not readable by this user (permission denied)")
-    except (OSError, ValueError) as e:
-        report.add(info_path, f"unreadable or invalid JSON: {e}")
-    return None
+        report.add(
+            info_path, "missing dataset_info.json (split list and shard counts unknown)", MISSING
+        )
+        return None
+    except OSError as e:
+        add_os_error(report, info_path, e, "dataset_info.json")
+        return None
+    except ValueError as e:
+        report.add(info_path, f"invalid JSON: {e}", METADATA)
+        return None
+    shape_problems = dataset_info_shape_problems(info)
+    for problem in shape_problems:
+        report.add(info_path, f"malformed metadata: {problem}", METADATA)
+    return None if shape_problems else info
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def dataset_info_shape_problems(info) -> list[str]:
+    """What is wrong with the shape of a parsed `dataset_info.json` ([] when nothing)."""
+    if not isinstance(info, dict):
+        return [f"the top level is {type(info).__name__}, not an object"]
+    problems = []
+    for key in ("dataset_name", "builder_name"):
+        if info.get(key) is not None and not isinstance(info[key], str):
+            problems.append(f"'{key}' is {type(info[key]).__name__}, not a string")
+    splits = info.get("splits")
+    if not isinstance(splits, dict):
+        return problems + [f"'splits' is {type(splits).__name__}, not an object of splits"]
+    for name, split in splits.items():
+        if not isinstance(split, dict):
+            problems.append(f"split '{name}' is {type(split).__name__}, not an object")
+            continue
+        if split.get("num_examples") is not None and not _is_count(split["num_examples"]):
+            problems.append(f"split '{name}': num_examples is not a count")
+        lengths = split.get("shard_lengths")
+        if lengths is not None and not (
+            isinstance(lengths, list) and all(_is_count(n) for n in lengths)
+        ):
+            problems.append(f"split '{name}': shard_lengths is not a list of counts")
+    return problems
 
 
 def check_arrow_dir(
@@ -215,18 +315,22 @@ def check_arrow_dir(
     try:
         os.listdir(directory)
     except PermissionError:
-        report.add(directory, "folder not readable/searchable by this user (permission denied)")
+        report.add(
+            directory,
+            "folder not readable/searchable by this user (permission denied)",
+            PERMISSION,
+        )
         return report
     except FileNotFoundError:
-        report.add(directory, "folder does not exist")
+        report.add(directory, "folder does not exist", MISSING)
         return report
     info = read_dataset_info(directory, report)
     if info is None:
         return report
     name = info.get("dataset_name") or info.get("builder_name") or ""
-    splits = info.get("splits") or {}
+    splits = info["splits"]
     if not splits:
-        report.add(directory / "dataset_info.json", "records no splits")
+        report.add(directory / "dataset_info.json", "records no splits", METADATA)
     rows_jobs = []
     for split_name, s in splits.items():
         sr = SplitReport(name=split_name, rows_expected=s.get("num_examples"))
@@ -275,14 +379,14 @@ def read_card(snapshot: Path, report: CheckReport | None = None) -> dict:
     """YAML header of the dataset card (README.md), {} if none."""
     path = snapshot / "README.md"
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular(path).decode("utf-8", errors="replace")
     except FileNotFoundError:
         if report is not None and os.path.islink(path):
-            report.add(path, f"dangling symlink to {os.readlink(path)} (blob missing)")
+            add_os_error(report, path, FileNotFoundError(), "dataset card")
         return {}
-    except PermissionError:
+    except OSError as e:
         if report is not None:
-            report.add(path, "not readable by this user (permission denied)")
+            add_os_error(report, path, e, "dataset card")
         return {}
     if not text.startswith("---"):
         return {}
@@ -293,9 +397,13 @@ def read_card(snapshot: Path, report: CheckReport | None = None) -> dict:
         data = yaml.safe_load(text[3:end]) or {}
     except yaml.YAMLError as e:
         if report is not None:
-            report.add(path, f"dataset card YAML invalid: {e}")
+            report.add(path, f"dataset card YAML invalid: {e}", METADATA)
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict):
+        if report is not None:
+            report.add(path, "malformed metadata: the card's header is not a mapping", METADATA)
+        return {}
+    return data
 
 
 def card_config(card: dict, config: str | None) -> tuple[dict | None, dict | None]:
@@ -304,7 +412,10 @@ def card_config(card: dict, config: str | None) -> tuple[dict | None, dict | Non
     def pick(entries):
         if isinstance(entries, dict):
             entries = [entries]
-        if not isinstance(entries, list) or not entries:
+        if not isinstance(entries, list):
+            return None
+        entries = [e for e in entries if isinstance(e, dict)]
+        if not entries:
             return None
         for e in entries:
             if (e.get("config_name") or "default") == (config or "default"):
@@ -333,7 +444,9 @@ def _walk(root: Path, report: CheckReport) -> list[str]:
         try:
             entries = list(os.scandir(d))
         except PermissionError:
-            report.add(d, "folder not readable/searchable by this user (permission denied)")
+            report.add(
+                d, "folder not readable/searchable by this user (permission denied)", PERMISSION
+            )
             continue
         for e in entries:
             if e.name in (".git", ".cache", ".huggingface"):
@@ -365,8 +478,11 @@ def split_data_files(card: dict, config: str | None, files: list[str]) -> dict[s
         elif isinstance(spec, dict):
             spec = [{"split": k, "path": v} for k, v in spec.items()]
         for entry in spec:
+            if not isinstance(entry, dict):
+                continue
             pats = entry.get("path")
-            pats = [pats] if isinstance(pats, str) else list(pats or [])
+            pats = [pats] if isinstance(pats, str) else pats or []
+            pats = [p for p in pats if isinstance(p, str)]
             matched = sorted({f for f in data for p in pats if fnmatch.fnmatchcase(f, p)})
             result[entry.get("split", "train")] = matched
         return result
@@ -377,6 +493,40 @@ def split_data_files(card: dict, config: str | None, files: list[str]) -> dict[s
                 result[split] = matched
                 break
     return result
+
+
+def card_recorded_splits(info: dict | None, report: CheckReport, card_path: Path) -> dict:
+    """split name -> the card's record of it; records of the wrong shape are problems."""
+    if not info:
+        return {}
+    splits = info.get("splits")
+    if splits is None:
+        return {}
+    if isinstance(splits, dict):
+        entries = [dict(s, name=n) if isinstance(s, dict) else (n, s) for n, s in splits.items()]
+    elif isinstance(splits, list):
+        entries = splits
+    else:
+        report.add(card_path, "malformed metadata: dataset_info.splits is not a list", METADATA)
+        return {}
+    recorded = {}
+    for entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            if entry.get("num_examples") is not None and not _is_count(entry["num_examples"]):
+                report.add(
+                    card_path,
+                    f"malformed metadata: split '{entry['name']}' num_examples is not a count",
+                    METADATA,
+                )
+                continue
+            recorded[entry["name"]] = entry
+        else:
+            report.add(
+                card_path,
+                f"malformed metadata: dataset_info.splits entry {entry!r} is not a named split",
+                METADATA,
+            )
+    return recorded
 
 
 def check_hub_snapshot(
@@ -395,11 +545,7 @@ def check_hub_snapshot(
     report.card = card
     _, info = card_config(card, config)
     by_split = split_data_files(card, config, files)
-    recorded = {}
-    if info and isinstance(info.get("splits"), list):
-        recorded = {s.get("name"): s for s in info["splits"] if isinstance(s, dict)}
-    elif info and isinstance(info.get("splits"), dict):
-        recorded = info["splits"]
+    recorded = card_recorded_splits(info, report, snapshot / "README.md")
     if not card:
         report.add(snapshot / "README.md", "no dataset card with dataset_info: splits unverifiable")
     for split in recorded:
@@ -460,19 +606,51 @@ def check_hub_snapshot(
                 lambda job: _parquet_rows(job[1]), jobs, "rows (parquet)", workers, progress
             )
             _apply_row_counts(report, jobs, results)
-        blobs = [
-            snapshot / rel
-            for rel in files
-            if os.path.islink(snapshot / rel)
-            and _SHA256_RE.match(os.path.basename(os.readlink(snapshot / rel)))
-            and os.path.exists(snapshot / rel)
-        ]
-        if blobs:
-            digests = _parallel(_sha256, blobs, "sha256 (blobs)", workers, progress)
-            for p, d in zip(blobs, digests, strict=True):
-                expected = os.path.basename(os.readlink(p))
-                if isinstance(d, Exception):
-                    report.add(p, f"cannot hash: {d}")
-                elif d != expected:
-                    report.add(p, f"sha256 {d} does not match its blob name {expected}")
+        _hash_snapshot_files(report, snapshot, files, data_set, workers, progress)
     return report
+
+
+def _expected_sha256(snapshot: Path, rel: str, blob_names: set[str]) -> str | set[str] | None:
+    """What a snapshot file must hash to: its blob's name when it links to an LFS blob; for a
+    plain copy (`cp -rL`, `rsync -L`), one of the LFS blob names beside the snapshot."""
+    path = snapshot / rel
+    if os.path.islink(path):
+        name = os.path.basename(os.readlink(path))
+        return name if _SHA256_RE.match(name) and os.path.exists(path) else None
+    return blob_names or None
+
+
+def _hash_snapshot_files(
+    report: CheckReport, snapshot: Path, files: list[str], data_set: set, workers, progress
+) -> None:
+    blobs_dir = snapshot.parent.parent / "blobs"
+    blob_names = {n for n in _listdir_quiet(blobs_dir) if _SHA256_RE.match(n)}
+    jobs = []
+    for rel in files:
+        expected = _expected_sha256(snapshot, rel, blob_names)
+        if expected is not None:
+            jobs.append((snapshot / rel, expected))
+        elif rel in data_set and not os.path.islink(snapshot / rel):
+            report.unverified.append(str(snapshot / rel))
+    digests = _parallel(lambda job: _sha256(job[0]), jobs, "sha256", workers, progress)
+    for (path, expected), digest in zip(jobs, digests, strict=True):
+        report.files_hashed += 1
+        if isinstance(digest, OSError):
+            add_os_error(report, path, digest, "data file")
+        elif isinstance(digest, Exception):
+            report.add(path, f"cannot hash: {digest}")
+        elif isinstance(expected, str) and digest != expected:
+            report.add(path, f"sha256 {digest} does not match its blob name {expected}")
+        elif isinstance(expected, set) and digest not in expected:
+            report.add(
+                path,
+                f"plain copy with sha256 {digest}, which no LFS blob in {blobs_dir} has: "
+                "changed or truncated since it was copied",
+            )
+
+
+def _listdir_quiet(path: Path) -> list[str]:
+    try:
+        return os.listdir(path)
+    except OSError:
+        return []

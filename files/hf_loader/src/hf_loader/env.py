@@ -7,8 +7,11 @@ off and no token is ever used.
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +80,24 @@ def _patch_imported_modules() -> None:
         for attr in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
             if hasattr(ds_config, attr):
                 setattr(ds_config, attr, True)
+
+
+_SCRATCH: Path | None = None
+
+
+def scratch_dir() -> Path:
+    """This process's own writable folder for the libraries' locks and temporary files.
+
+    `datasets` takes a FileLock in its cache folder even to stream a hub snapshot; on a
+    read-only or foreign cache that is EROFS/EACCES. Readers give it this folder instead
+    (under TMPDIR, private per unit with PrivateTmp), so they never write into a cache.
+    Removed when the process exits.
+    """
+    global _SCRATCH
+    if _SCRATCH is None or not _SCRATCH.is_dir():
+        _SCRATCH = Path(tempfile.mkdtemp(prefix="hf-loader-"))
+        atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
+    return _SCRATCH
 
 
 def _hf_home(environ: dict) -> Path:

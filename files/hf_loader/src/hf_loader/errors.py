@@ -10,6 +10,7 @@ EXIT_NOT_CACHED = 3
 EXIT_INCOMPLETE = 4
 EXIT_ENVIRONMENT = 5
 EXIT_LOADING = 6
+EXIT_GATE_CLOSED = 7  # --require-ready: no valid report, or the last test was not ready
 
 
 class HFLoaderError(Exception):
@@ -134,3 +135,18 @@ class ConfigError(HFLoaderError):
 
     exit_code = EXIT_USAGE
     kind = "usage"
+
+
+class InvalidDatasetIdError(ConfigError):
+    """The dataset id cannot be a Hub id at all; suggests a cached id that looks like it."""
+
+    def __init__(
+        self, message: str, *, remedy: str = "", near_misses: list[str] | None = None
+    ) -> None:
+        self.near_misses = list(near_misses or [])
+        super().__init__(message, remedy=remedy)
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["near_misses"] = self.near_misses
+        return d

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .check import (
+    PERMISSION,
     CheckReport,
     card_config,
     card_config_names,
@@ -26,8 +27,8 @@ from .check import (
     check_hub_snapshot,
     read_card,
 )
-from .env import CachePaths, force_offline
-from .errors import IncompleteCacheError, NotCachedError
+from .env import CachePaths, force_offline, scratch_dir
+from .errors import IncompleteCacheError, InvalidDatasetIdError, NotCachedError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ def hub_repo_dir(paths: CachePaths, dataset_id: str) -> Path:
 class Skipped:
     path: str
     reason: str
+    permissions_only: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}: {self.reason}"
@@ -71,7 +73,8 @@ class Resolution:
     report: CheckReport
     skipped: list[Skipped] = field(default_factory=list)
     looked: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings: something to fix
+    infos: list[str] = field(default_factory=list)  # what was done or not done, nothing to fix
 
     @property
     def splits(self) -> list[str]:
@@ -89,6 +92,7 @@ class Resolution:
             "skipped": [str(s) for s in self.skipped],
             "looked": self.looked,
             "notes": self.notes,
+            "infos": self.infos,
             "check": self.report.to_dict(),
         }
 
@@ -182,12 +186,18 @@ def resolve(
 ) -> Resolution:
     """Find a complete local copy of `dataset_id`. Raises NotCachedError/IncompleteCacheError."""
     force_offline()
-    if not _ID_RE.match(dataset_id):
-        raise NotCachedError(
-            f"'{dataset_id}' is not a valid dataset id",
-            remedy="pass an id like 'ILSVRC/imagenet-1k' (namespace/name) or 'name'",
-        )
     paths = paths or CachePaths.from_env()
+    if not _ID_RE.match(dataset_id):
+        misses = near_misses(paths, dataset_id)
+        raise InvalidDatasetIdError(
+            f"'{dataset_id}' is not a valid dataset id",
+            near_misses=misses,
+            remedy=(
+                f"did you mean '{misses[0].split(chr(39))[1]}'? "
+                if misses
+                else "pass an id like 'ILSVRC/imagenet-1k' (namespace/name) or 'name'"
+            ),
+        )
     looked: list[str] = []
     skipped: list[Skipped] = []
     broken: list[CheckReport] = []
@@ -223,7 +233,13 @@ def resolve(
                 skipped=skipped,
                 looked=looked,
             )
-        skipped.append(Skipped(str(d), "; ".join(str(p) for p in rep.problems[:5])))
+        skipped.append(
+            Skipped(
+                str(d),
+                "; ".join(str(p) for p in rep.problems[:5]),
+                permissions_only=all(p.kind == PERMISSION for p in rep.problems),
+            )
+        )
         broken.append(rep)
 
     # (b) hub snapshot
@@ -233,6 +249,10 @@ def resolve(
         f"({paths.sources.get('hub_cache', 'given')})"
     )
     snapshot = _snapshot(dataset_id, revision, paths)
+    if snapshot is None:
+        dangling = _dangling_ref(repo_dir, revision)
+        if dangling:
+            broken.append(dangling)
     if snapshot is not None and config is not None:
         names = card_config_names(read_card(snapshot))
         if names and config not in names:
@@ -272,7 +292,7 @@ def resolve(
             if allow_convert and rep.missing_splits:
                 msg = "conversion to Arrow needs every split of the card; streaming instead"
                 warnings.warn(msg, ConversionSkippedWarning, stacklevel=2)
-                res.notes.append(msg)
+                res.infos.append(msg)
             elif allow_convert:
                 _maybe_convert(res, paths, convert_headroom, progress)
             return res
@@ -286,11 +306,7 @@ def resolve(
             f"({len(problems)} problem(s) in {len(broken)} copy/copies)",
             path=worst.path,
             problems=problems + [f"skipped {s}" for s in skipped if "incomplete" in s.reason],
-            remedy=(
-                "restore the missing/unreadable files named above from the source volume "
-                "(or re-sync the cache), fix permissions for the training user, then rerun "
-                "hf-cache-test; the loader never downloads"
-            ),
+            remedy=incomplete_remedy(problems),
         )
     misses = near_misses(paths, dataset_id)
     if skipped and not candidates:
@@ -320,6 +336,46 @@ def resolve(
     )
 
 
+def incomplete_remedy(problems) -> str:
+    """The fix for a copy's problems; permission problems alone never call for a new copy."""
+    kinds = {getattr(p, "kind", None) for p in problems}
+    chmod = (
+        "give the training user read access, keeping the files: e.g. chmod -R a+rX on the "
+        "copy named above (or chown it to the training user)"
+    )
+    if kinds == {PERMISSION}:
+        return chmod + ", then rerun hf-cache-test"
+    restore = (
+        "restore the missing, corrupt or malformed files named above from the source volume "
+        "(or re-sync the cache)"
+    )
+    if PERMISSION in kinds:
+        restore += "; for the files marked 'permission denied', " + chmod
+    return restore + ", then rerun hf-cache-test; the loader never downloads"
+
+
+def _dangling_ref(repo_dir: Path, revision: str | None) -> CheckReport | None:
+    """A ref (refs/main) that names a snapshot folder that is not there, as a broken copy."""
+    ref_name = revision or "main"
+    ref = repo_dir / "refs" / ref_name
+    try:
+        commit = ref.read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    snapshots = repo_dir / "snapshots"
+    if (snapshots / commit).is_dir():
+        return None
+    present = _listdir(snapshots)
+    report = CheckReport(kind="hub", path=str(snapshots / commit))
+    report.add(
+        ref,
+        f"ref '{ref_name}' points to snapshot {commit}, which is not in {snapshots} "
+        f"(snapshots there: {', '.join(present) or 'none'})",
+        "missing",
+    )
+    return report
+
+
 def _snapshot(dataset_id: str, revision: str | None, paths: CachePaths) -> Path | None:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
@@ -347,19 +403,29 @@ def _arrow_size_estimate(report: CheckReport, config: str) -> int:
 
 
 def _maybe_convert(res: Resolution, paths: CachePaths, headroom: float, progress: bool) -> None:
+    target = writable_target(paths.datasets_cache)
+    if target is None:
+        msg = (
+            f"conversion of {res.path} to Arrow skipped: {paths.datasets_cache} is not writable "
+            "by this user (read-only volume or another owner); reading the hub snapshot in "
+            "streaming mode"
+        )
+        warnings.warn(msg, ConversionSkippedWarning, stacklevel=3)
+        res.infos.append(msg)
+        return
     need = int(_arrow_size_estimate(res.report, res.config) * headroom)
-    paths.datasets_cache.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(paths.datasets_cache).free
+    free = shutil.disk_usage(target).free
     if free < need:
         msg = (
             f"conversion of {res.path} to Arrow skipped: needs about {need} bytes, "
             f"{free} free in {paths.datasets_cache}; reading the hub snapshot in streaming mode"
         )
         warnings.warn(msg, ConversionSkippedWarning, stacklevel=3)
-        res.notes.append(msg)
+        res.infos.append(msg)
         return
+    paths.datasets_cache.mkdir(parents=True, exist_ok=True)
     out = convert_to_arrow(res, paths)
-    res.notes.append(f"converted hub snapshot {res.path} to Arrow at {out}")
+    res.infos.append(f"converted hub snapshot {res.path} to Arrow at {out}")
     res.source, res.path, res.mode = "arrow", str(out), "converted"
     res.report = check_arrow_dir(out)
     if not res.report.ok:
@@ -370,6 +436,18 @@ def _maybe_convert(res: Resolution, paths: CachePaths, headroom: float, progress
             remedy="check free space and permissions of HF_DATASETS_CACHE, delete the folder "
             "and rerun",
         )
+
+
+def writable_target(folder: Path) -> Path | None:
+    """The folder, or its nearest existing parent, if this user may write there; else None.
+
+    access(2) answers EROFS for a read-only mount as well as EACCES, without writing.
+    """
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            ok = candidate.is_dir() and os.access(candidate, os.W_OK | os.X_OK)
+            return candidate if ok else None
+    return None
 
 
 def convert_to_arrow(res: Resolution, paths: CachePaths) -> Path:
@@ -416,8 +494,12 @@ def load_split(res: Resolution, split: str):
             for f in res.report.splits[split].files
         ]
         return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts, info=info)
+    # cache_dir: the lock `datasets` takes even to stream goes to this process's own folder,
+    # so a read-only or foreign cache is read without a single write into it.
     if not res.report.missing_splits:
-        return datasets.load_dataset(res.path, name=res.config, split=split, streaming=True)
+        return datasets.load_dataset(
+            res.path, name=res.config, split=split, streaming=True, cache_dir=str(scratch_dir())
+        )
     # `datasets` refuses a snapshot folder with a card split missing; read the checked
     # (complete) files of this split directly, with the card's features
     _, info = card_config(res.report.card, res.config)
@@ -430,4 +512,5 @@ def load_split(res: Resolution, split: str):
         split=split,
         streaming=True,
         features=features,
+        cache_dir=str(scratch_dir()),
     )

@@ -28,6 +28,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 OUTPUTS = ("uint8", "float")
 
+# Named in the cache test's report and metrics: which JPEG decoder the workers use.
+DECODER = "simplejpeg" if simplejpeg is not None else "pil"
 _MEAN255 = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255.0
 _STD255 = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255.0
 
