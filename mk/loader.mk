@@ -7,9 +7,11 @@ LOADER_VENV := .venvs/loader
 LOADER_BIN := $(LOADER_VENV)/bin
 LOADER_LOCK := requirements/loader-prod.txt
 LOADER_BENCH_LOCK := requirements/loader-bench.txt
+LOADER_TEST_LOCK := requirements/loader-test.txt
 # Reinstall only when the lock or the package metadata changed.
 LOADER_STAMP := $(LOADER_VENV)/.installed-$(shell cat $(LOADER_LOCK) $(LOADER_DIR)/pyproject.toml 2>/dev/null | sha256sum | cut -c1-12)
 LOADER_BENCH_STAMP := $(LOADER_VENV)/.bench-$(shell cat $(LOADER_BENCH_LOCK) 2>/dev/null | sha256sum | cut -c1-12)
+LOADER_TEST_STAMP := $(LOADER_VENV)/.test-$(shell cat $(LOADER_TEST_LOCK) 2>/dev/null | sha256sum | cut -c1-12)
 LOADER_RUFF := $(if $(wildcard .venvs/controller/bin/ruff),.venvs/controller/bin/ruff,$(LOADER_BIN)/ruff)
 LOADER_RUFF_DEP := $(if $(wildcard .venvs/controller/bin/ruff),,$(LOADER_STAMP))
 LOADER_BENCH_ARGS ?=
@@ -30,7 +32,12 @@ loader-lint: $(LOADER_RUFF_DEP) ## ruff check + format check of files/hf_loader 
 	$(LOADER_RUFF) check $(LOADER_DIR) bench
 	$(LOADER_RUFF) format --check $(LOADER_DIR) bench
 
-loader-test: $(LOADER_STAMP) ## hf_loader tests incl. the Composer ResNet-50 smoke (production pins)
+$(LOADER_TEST_STAMP): $(LOADER_TEST_LOCK) $(LOADER_STAMP)
+	$(LOADER_BIN)/pip install --quiet --no-deps -r $(LOADER_TEST_LOCK)
+	$(LOADER_BIN)/pip check
+	touch $@
+
+loader-test: $(LOADER_TEST_STAMP) ## hf_loader tests incl. the Composer ResNet-50 smoke (production pins)
 	cd $(LOADER_DIR) && $(CURDIR)/$(LOADER_BIN)/python -m pytest -q -p no:cacheprovider tests
 
 $(LOADER_BENCH_STAMP): $(LOADER_BENCH_LOCK) $(LOADER_STAMP)

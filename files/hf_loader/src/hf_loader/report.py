@@ -42,7 +42,9 @@ def summary_message(doc: dict) -> str:
         for finding in doc.get("findings", []):
             if finding.get("level") == level:
                 prefix = "" if level == "fail" else "ready, with a warning: "
-                return prefix + _one_line(finding)
+                problems = (doc.get("error") or {}).get("problems") or []
+                first = f" (first problem: {problems[0]})" if level == "fail" and problems else ""
+                return prefix + _one_line(finding) + first
     return "ready" if doc.get("ready") else f"not ready (exit {doc.get('exit_code')})"
 
 
