@@ -89,6 +89,28 @@ def test_read_only_allow_convert_streams_with_a_note(hub_only):
     assert tree_state(hub_only) == before
 
 
+@needs_root_namespaces
+def test_training_reads_a_read_only_hub_snapshot(hub_only, tmp_path):
+    """hf-train on the same read-only mount: the stream's lock must not go into the cache."""
+    before = tree_state(hub_only)
+    mount = f"mount --bind -o ro {hub_only} {hub_only}"
+    train = [sys.executable, "-m", "hf_loader.train", "--dataset", DATASET, "--device", "cpu"]
+    train += ["--batch-size", "2", "--workers", "0", "--eval-split", "", "--warmup", "0ba"]
+    train += ["--max-duration", "2ba", "--crop-size", "64", "--log-to-console", "false"]
+    env = dict(os.environ, HF_HOME=str(hub_only), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-c", f'{mount} && exec "$@"', "sh", *train],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "a stream of the hub snapshot, 2 batches" in done.stdout
+    assert tree_state(hub_only) == before
+
+
 def test_foreign_owner_without_override_caps_is_ready_and_unchanged(hub_only):
     """A cache owned by another user, readable but not writable, as root without the
     capabilities that bypass permissions: the lock `datasets` takes would be EACCES."""

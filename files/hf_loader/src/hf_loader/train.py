@@ -255,9 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     sampler = getattr(trainer.state.train_dataloader, "sampler", None)
+    # a streamed hub snapshot has no sampler with a length: the stream is split by node
+    source = (
+        f"{type(sampler).__name__} with {len(sampler)} samples"
+        if hasattr(sampler, "__len__")
+        else "a stream of the hub snapshot"
+    )
     print(
-        f"hf-train: done (rank {rank} of {world}, {type(sampler).__name__} with "
-        f"{len(sampler) if sampler is not None else '?'} samples, "
+        f"hf-train: done (rank {rank} of {world}, {source}, "
         f"{int(trainer.state.timestamp.batch)} batches)"
     )
     return 0
