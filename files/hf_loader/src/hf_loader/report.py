@@ -104,7 +104,7 @@ def require_ready(path: Path) -> tuple[int, str]:
     except FileNotFoundError:
         return EXIT_GATE_CLOSED, (
             f"no cache test report at {path}: run the cache test first "
-            "(systemctl start hf-cache-test.service, or hf-cache-test --report FILE)"
+            "(hf-cache-test --report FILE, or the unit that runs it)"
         )
     except (OSError, ValueError) as e:
         return EXIT_GATE_CLOSED, f"cache test report {path} is unreadable: {e}"
