@@ -300,7 +300,7 @@ def test_captured_h200_vm_preinstalled_driver_needs_no_reboot():
     state = nv.host_state(fixture(f"{H200_VM}_probe.txt"))
     # nvidia_driver_preinstalled takes the loaded version as the installed one, and defers.
     decision = nv.reboot_decision(state, installed_version=state["loaded_version"], defer=True)
-    assert decision == {"required": False, "reasons": [], "action": "none"}
+    assert decision == {"required": False, "reasons": [], "action": "none", "busy_units": [], "stop_units": []}
     assert nv.reboot_decision(state)["action"] == "none"  # nothing on disk to compare with
 
 
@@ -327,6 +327,8 @@ def test_reboot_when_installed_differs_from_loaded():
         "required": True,
         "reasons": ["driver 580.95.05 is installed but 580.82.07 is loaded"],
         "action": "reboot",
+        "busy_units": [],
+        "stop_units": [],
     }
 
 
@@ -360,6 +362,8 @@ def test_never_a_reboot_without_a_gpu():
         "required": False,
         "reasons": [],
         "action": "none",
+        "busy_units": [],
+        "stop_units": [],
     }
 
 
@@ -508,3 +512,233 @@ def test_filters_are_exported_with_the_role_prefix():
 )
 def test_controller_is_recognised(connection, host_id, controller_id, expected):
     assert nv.is_controller(connection, host_id, controller_id) is expected
+
+
+# ------------------------------------------------- pins in the form apt/dnf match
+
+
+@pytest.mark.parametrize(
+    ("pin", "valid"),
+    [
+        ("580.95.05", True),
+        ("580.105.08", True),
+        ("535.261.03", True),
+        ("390.157", True),
+        # apt's `Pin: version 580.95.5-*` and dnf's `name-580.95.5` compare text: no package is 580.95.5.
+        ("580.95.5", False),
+        ("580.095.05", False),
+        ("580.95.005", False),
+        ("580.95.05-1", False),
+        ("580.95.05.1", False),
+    ],
+)
+def test_pins_only_in_the_spelling_package_managers_match(pin, valid):
+    assert nv.valid_pin(pin) is valid
+
+
+# ----------------------------------------------------- kernel headers (DKMS)
+
+
+def test_headers_for_every_kernel_to_build_for():
+    # linux-headers-<uname -r> on Debian/Ubuntu; kernel-devel-<uname -r> and kernel-headers on RHEL
+    # (NVIDIA driver installation guide, "Pre-installation Actions" and the RHEL pages).
+    kernels = ["6.1.0-50-amd64", "6.1.0-49-amd64"]
+    assert nv.kernel_header_packages(platform("Debian-12"), kernels, "dkms") == [
+        "linux-headers-6.1.0-50-amd64",
+        "linux-headers-6.1.0-49-amd64",
+    ]
+    assert nv.kernel_header_packages(platform("RedHat-9"), ["5.14.0-427.13.1.el9_4.x86_64"], "dkms") == [
+        "kernel-devel-5.14.0-427.13.1.el9_4.x86_64",
+        "kernel-headers",
+    ]
+    assert nv.kernel_header_packages(platform("Ubuntu-24"), ["6.8.0-88-generic"], "precompiled") == []
+
+
+@pytest.mark.parametrize("name", ["Debian-12", "Debian-13", "Ubuntu-22", "Ubuntu-24", "RedHat-8", "RedHat-9"])
+def test_every_platform_names_its_header_packages(name):
+    assert nv.kernel_header_packages(platform(name), ["6.1.0-50-amd64"], "dkms")
+
+
+@pytest.mark.parametrize("kernel", ["", "latest", "6", "6.1.0 amd64", "../../etc"])
+def test_a_kernel_that_is_no_release_is_refused(kernel):
+    assert not nv.valid_kernel(kernel)
+    with pytest.raises(ValueError, match="nvidia_driver_kernels"):
+        nv.kernel_header_packages(platform("Debian-12"), [kernel], "dkms")
+
+
+def test_missing_header_packages_from_the_probe():
+    text = "linux-headers-6.1.0-50-amd64 present\nlinux-headers-6.18.0-test missing\n"
+    assert nv.missing_packages(text) == ["linux-headers-6.18.0-test"]
+
+
+def test_modules_built_for_each_kernel():
+    text = "6.1.0-50-amd64 535.261.03\n6.1.0-49-amd64 none\n6.1.0-48-amd64 535.247.01\n"
+    assert nv.unbuilt_kernels(text, "535.261.03") == [
+        "6.1.0-49-amd64 (no module)",
+        "6.1.0-48-amd64 (module 535.247.01)",
+    ]
+    assert nv.unbuilt_kernels("6.1.0-50-amd64 535.261.03\n", "535.261.03-1") == []
+
+
+# ------------------------------------------ what the configured source carries
+
+# `apt-cache madison` rows as apt prints them for the Molecule mirror (stand-in
+# packages of 570, 580 and 590) and for Debian 12's archive with contrib/non-free.
+MIRROR_MADISON = """\
+nvidia-driver-cuda | 590.44.01-1 | file:/srv/nvidia-mirror/debian12/x86_64  Packages
+nvidia-driver-cuda | 580.95.05-1 | file:/srv/nvidia-mirror/debian12/x86_64  Packages
+nvidia-driver-cuda | 580.82.07-1 | file:/srv/nvidia-mirror/debian12/x86_64  Packages
+nvidia-driver-cuda | 570.172.08-1 | file:/srv/nvidia-mirror/debian12/x86_64  Packages
+"""
+BOOKWORM_MADISON = """\
+nvidia-kernel-dkms | 535.261.03-1 | http://archive.invalid/debian bookworm/non-free amd64 Packages
+nvidia-graphics-drivers | 535.261.03-1 | http://archive.invalid/debian bookworm/non-free Sources
+"""
+
+
+def test_versions_carried_by_nvidias_repository_oldest_first():
+    carried = nv.carried_versions(MIRROR_MADISON, platform("Debian-12"), "cuda", "open", "dkms", "headless")
+    assert carried == ["570.172.08", "580.82.07", "580.95.05", "590.44.01"]
+
+
+def test_versions_carried_by_debians_archive_without_source_rows():
+    carried = nv.carried_versions(
+        BOOKWORM_MADISON, platform("Debian-12"), "distribution", "proprietary", "dkms", "headless"
+    )
+    assert carried == ["535.261.03"]
+
+
+def test_ubuntu_names_carry_the_branch():
+    text = (
+        "nvidia-headless-580-open | 580.95.05-0ubuntu0.24.04.2 | http://archive.invalid noble-updates Packages\n"
+        "nvidia-headless-570-open | 570.195.03-0ubuntu0.24.04.1 | http://archive.invalid noble-updates Packages\n"
+        "nvidia-headless-580-server-open | 580.95.05-0ubuntu0.24.04.1 | http://archive.invalid noble Packages\n"
+    )
+    data = platform("Ubuntu-24")
+    assert nv.marker_prefix(data, "distribution", "open", "dkms", "headless") == "nvidia-headless-"
+    assert nv.carried_versions(text, data, "distribution", "open", "dkms", "headless") == ["570.195.03", "580.95.05"]
+    # Precompiled sets: the marker is the driver package, not linux-modules-* (versioned like the kernel).
+    assert (
+        nv.driver_marker(data, "distribution", "open", "precompiled", "headless")
+        == "nvidia-headless-no-dkms-{branch}-open"
+    )
+
+
+def test_a_branch_the_repository_does_not_carry_is_refused_listing_what_it_carries():
+    # NVIDIA's debian13 repository opened without the 580 branch (NVIDIA/cuda-repo-management issue #38).
+    errors = nv.availability_errors(["590.44.01", "590.48.01"], "580", "", "NVIDIA's repository X")
+    assert errors and "nvidia_driver_branch 580 is not carried by NVIDIA's repository X" in errors[0]
+    assert "branch(es) 590 (newest 590.48.01)" in errors[0]
+
+
+def test_a_pin_the_repository_does_not_carry_is_refused_listing_the_branch_versions():
+    carried = ["570.172.08", "580.82.07", "580.95.05"]
+    errors = nv.availability_errors(carried, "580", "580.95.04", "R")
+    assert errors == [
+        "nvidia_driver_version 580.95.04 is not carried by R: branch 580 there has 580.82.07, 580.95.05. "
+        "Set nvidia_driver_version to one of them, or leave it empty for the newest"
+    ]
+    assert nv.availability_errors(carried, "580", "580.95.05", "R") == []
+    assert nv.availability_errors(carried, "580", "", "R") == []
+
+
+def test_an_empty_index_says_what_to_enable():
+    hint = platform("Debian-12")["sources"]["distribution"]["missing_hint"]
+    errors = nv.availability_errors([], "535", "", "the package sources of Debian 12", hint)
+    assert "carries no NVIDIA driver package" in errors[0]
+    assert "contrib, non-free and non-free-firmware" in errors[0]
+
+
+# ------------------------------------------------ no reboot under training jobs
+
+
+def test_reboot_is_deferred_while_training_runs():
+    state = state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")
+    decision = nv.reboot_decision(state, "580.95.05", busy_units=["hf-train@resnet50.service"])
+    assert decision["required"]
+    assert decision["action"] == "busy"
+    assert decision["busy_units"] == ["hf-train@resnet50.service"]
+    assert decision["stop_units"] == []
+
+
+def test_reboot_stops_training_only_when_asked():
+    state = state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")
+    decision = nv.reboot_decision(state, "580.95.05", busy_units=["hf-train@a.service"], stop_busy=True)
+    assert decision["action"] == "reboot"
+    assert decision["stop_units"] == ["hf-train@a.service"]
+    # Deferral and the controller win over stopping anything.
+    assert nv.reboot_decision(state, "580.95.05", True, False, ["hf-train@a.service"], True)["stop_units"] == []
+
+
+def test_no_reboot_needed_ignores_training():
+    state = state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")
+    decision = nv.reboot_decision(state, "580.82.07", busy_units=["hf-train@a.service"])
+    assert decision["action"] == "none"
+
+
+def test_active_units_from_systemctl():
+    text = (
+        "hf-train@resnet50.service loaded active running hf-train resnet50\n"
+        "hf-train@vit.service      loaded activating start hf-train vit\n"
+    )
+    assert nv.parse_units(text) == ["hf-train@resnet50.service", "hf-train@vit.service"]
+    assert nv.parse_units("") == []
+
+
+# ------------------------------------------------------- kernel module type
+
+
+def gpus(*device_ids):
+    return {"gpu_present": True, "gpu_device_ids": list(device_ids)}
+
+
+@pytest.mark.parametrize(
+    ("device_ids", "modules", "branch", "named"),
+    [
+        (["0x1db1"], "open", "580", "open cannot drive GPU(s) 0x1db1"),  # V100 SXM2 (Volta)
+        (["0x15f8"], "open", "535", "open cannot drive GPU(s) 0x15f8"),  # P100 (Pascal)
+        (["0x1db1"], "proprietary", "590", "nvidia_driver_branch 590 does not support GPU(s) 0x1db1"),
+        (["0x2901"], "proprietary", "580", "proprietary cannot drive GPU(s) 0x2901"),  # B200 (Blackwell)
+    ],
+)
+def test_a_module_type_or_branch_the_gpus_cannot_run_is_refused(device_ids, modules, branch, named):
+    errors = nv.module_type_errors(gpus(*device_ids), modules, branch)
+    assert any(named in error for error in errors), errors
+
+
+@pytest.mark.parametrize(
+    ("device_ids", "modules", "branch"),
+    [
+        (["0x1e02"], "open", "580"),  # TITAN RTX, the first Turing id of the open modules' list
+        (["0x2335"], "open", "590"),  # H200
+        (["0x1db1"], "proprietary", "580"),  # V100 on the last branch for Volta
+        (["0x2684"], "proprietary", "580"),  # RTX 4090 (Ada) still has proprietary modules
+    ],
+)
+def test_module_types_the_gpus_can_run_pass(device_ids, modules, branch):
+    assert nv.module_type_errors(gpus(*device_ids), modules, branch) == []
+
+
+def test_recorded_trees_pass_with_their_module_types():
+    assert nv.module_type_errors(state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"), "open", "580") == []
+    assert nv.module_type_errors(state_of("recorded_tree_rtx4090_nouveau_no_driver"), "open", "580") == []
+
+
+# -------------------------------------------------------------- Secure Boot
+
+
+def test_secure_boot_from_the_efi_variable():
+    on = nv.host_state("#pci\n0000:ca:00.0 0x10de 0x2335 0x030200\n#secure_boot\n   1\n")
+    off = nv.host_state("#pci\n0000:ca:00.0 0x10de 0x2335 0x030200\n#secure_boot\n   0\n")
+    assert on["secure_boot"] and not off["secure_boot"]
+    assert not state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")["secure_boot"]  # no efivars: BIOS boot
+
+
+def test_unsigned_dkms_modules_under_secure_boot_are_refused_with_the_fix():
+    state = {"gpu_present": True, "secure_boot": True}
+    errors = nv.secure_boot_errors(state, "dkms")
+    assert errors and "mokutil --import /var/lib/dkms/mok.pub" in errors[0]
+    assert "nvidia_driver_secure_boot_key_enrolled" in errors[0]
+    assert nv.secure_boot_errors(state, "dkms", key_enrolled=True) == []
+    assert nv.secure_boot_errors(state, "precompiled") == []  # signed by the distribution
+    assert nv.secure_boot_errors({"secure_boot": False}, "dkms") == []

@@ -2,6 +2,7 @@
 
 import fnmatch
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -113,3 +114,34 @@ def test_specs_list_every_supported_platform_name():
     description = " ".join(OPTIONS["nvidia_driver_platform"]["description"])
     for name in SUPPORTED:
         assert f"C({name})" in description
+
+
+@pytest.mark.parametrize("name", ["Ubuntu-22", "Ubuntu-24"])
+def test_ubuntu_turns_persistence_mode_on_with_a_drop_in(name):
+    # Ubuntu's nvidia-persistenced.service runs `--no-persistence-mode` and is started by udev
+    # (canonical/nvidia-graphics-drivers): enabling it changes nothing, a drop-in does.
+    data = platform(name)
+    assert data["persistence_dropin"].startswith("/etc/systemd/system/nvidia-persistenced.service.d/")
+    assert data["persistence_enable"] is False
+    dropin = (ROLE / "templates" / "nvidia-persistenced-persistence-mode.conf.j2").read_text()
+    assert "ExecStart=\nExecStart=/usr/bin/nvidia-persistenced --user nvidia-persistenced --persistence-mode" in dropin
+    assert "--no-persistence-mode" not in dropin.split("[Service]", 1)[1]
+
+
+def test_debian_13_uses_its_own_repository_key():
+    # NVIDIA signs debian13 with a new key (NVIDIA/cuda-repo-management README "GPG keys", issue #39);
+    # the older repositories keep 3bf863cc (RPM: D42D0685).
+    assert platform("Debian-13")["repo_key_name"] == "8793F200.pub"
+    assert {platform(name)["repo_key_name"] for name in ["Debian-12", "Ubuntu-22", "Ubuntu-24"]} == {"3bf863cc.pub"}
+    assert {platform(name)["repo_key_name"] for name in ["RedHat-8", "RedHat-9"]} == {"D42D0685.pub"}
+
+
+def test_every_documented_tag_is_a_tag_of_the_role_and_back():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("### nvidia_driver", 1)[1].split("\n### ", 1)[0]
+    documented = set(re.findall(r"`(nvidia_driver\w*)`", section.split("\nTags: ", 1)[1].split("\n\n", 1)[0]))
+    used = set()
+    for task in yaml.safe_load((ROLE / "tasks" / "main.yml").read_text()):
+        used.update(task.get("tags", []))
+        used.update(((task.get("ansible.builtin.include_tasks") or {}).get("apply") or {}).get("tags", []))
+    assert documented == used

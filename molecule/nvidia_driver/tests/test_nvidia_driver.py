@@ -7,6 +7,7 @@ carries 570, two 580 releases and 590, signed with a key made there.
 """
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,10 @@ from playbook_run import run_playbook
 
 testinfra_hosts = ["ansible://all"]
 
-CONVERGE = str(Path(__file__).resolve().parents[1] / "converge.yml")
+SCENARIO = Path(__file__).resolve().parents[1]
+CONVERGE = str(SCENARIO / "converge.yml")
+DEFAULTS = str(SCENARIO / "defaults.yml")
+README = SCENARIO.parents[1] / "README.md"
 SOURCES = "/etc/apt/sources.list.d/nvidia-cuda.sources"
 KEYRING = "/etc/apt/keyrings/nvidia-cuda.asc"
 PREFERENCES = "/etc/apt/preferences.d/nvidia-driver.pref"
@@ -43,9 +47,22 @@ def expected(host):
     }
 
 
-def run_converge(host, *extra_args):
+def run_converge(host, *extra_args, playbook=CONVERGE):
     """Run the scenario's converge play against this one host; return (rc, output)."""
-    return run_playbook(CONVERGE, *extra_args, limit=host.backend.host)
+    return run_playbook(playbook, *extra_args, limit=host.backend.host)
+
+
+def debian_kernel(host):
+    """The kernel whose headers Debian's archive carries (converge builds for it)."""
+    depends = host.check_output("apt-cache depends --important linux-headers-amd64")
+    return re.search(r"Depends: linux-headers-(\S+)", depends).group(1)
+
+
+def documented_tags():
+    """The tags the README lists for nvidia_driver."""
+    section = README.read_text().split("### nvidia_driver", 1)[1].split("\n### ", 1)[0]
+    tags_paragraph = section.split("\nTags: ", 1)[1].split("\n\n", 1)[0]
+    return re.findall(r"`(nvidia_driver\w*)`", tags_paragraph)
 
 
 def checksums(host):
@@ -163,11 +180,40 @@ def test_initramfs_is_rebuilt_when_the_blacklist_changes(host):
 
 def test_no_gpu_action_skip_touches_nothing_more(host):
     before = checksums(host)
-    # Without the local fact too: the report would say "skip", a change of its own.
-    rc, output = run_converge(host, "-e", "nvidia_driver_no_gpu_action=skip", "-e", "nvidia_driver_local_facts=false")
+    rc, output = run_converge(host, "-e", "nvidia_driver_no_gpu_action=skip")
     assert rc == 0, output
     assert "nvidia_driver_no_gpu_action=skip" in output
     assert "changed=0" in output
+    assert checksums(host) == before
+
+
+def test_the_defaults_change_nothing_on_a_host_without_a_gpu(host):
+    # Item 11 of issue 11: a CPU host in the GPU group gets no source, pin, blacklist, initramfs
+    # rebuild or fact, and the role reads no package source there.
+    before = checksums(host)
+    rc, output = run_converge(host, playbook=DEFAULTS)
+    assert rc == 0, output
+    assert "changed=0" in output
+    assert "(nvidia_driver_no_gpu_action=skip)" in output
+    assert "Read what the package sources carry" not in output
+    assert checksums(host) == before
+
+
+def test_headers_of_the_kernel_to_build_for_are_in_the_package_set(host):
+    facts = report(host)
+    kernel = debian_kernel(host)
+    assert facts["kernels"] == [kernel]
+    assert f"linux-headers-{kernel}" in {package["name"] for package in facts["package_set"]}
+
+
+@pytest.mark.parametrize("tag", documented_tags())
+def test_every_documented_tag_runs_alone_in_check_mode(host, tag):
+    if is_trixie(host):
+        pytest.skip("tags do not depend on the platform; one platform runs them")
+    before = checksums(host)
+    rc, output = run_converge(host, "--check", "--tags", tag)
+    assert rc == 0, output
+    assert "undefined" not in output.lower(), output
     assert checksums(host) == before
 
 
@@ -200,6 +246,14 @@ def test_preinstalled_driver_is_left_to_the_image(host):
         ('{"nvidia_driver_repo_key": "not a key"}', "nvidia_driver_repo_key"),
         ('{"nvidia_driver_brnach": "580"}', "nvidia_driver_brnach"),
         ('{"nvidia_driver_require_gpu": true}', "nvidia_driver_require_gpu"),
+        # apt and dnf match the text of the version: 580.95.5 names no package (item 12).
+        ('{"nvidia_driver_version": "580.95.5"}', "last number with two digits"),
+        # A branch or pin the repository does not carry, with what it carries (item 3).
+        ('{"nvidia_driver_branch": "575"}', "carries the branch(es) 570, 580, 590"),
+        ('{"nvidia_driver_version": "580.95.04"}', "branch 580 there has 580.82.07, 580.95.05"),
+        # A kernel without packaged headers: DKMS would skip it (item 1).
+        ('{"nvidia_driver_kernels": ["6.18.0-no-such-kernel"]}', "linux-headers-6.18.0-no-such-kernel"),
+        ('{"nvidia_driver_kernels": ["not a kernel"]}', "nvidia_driver_kernels must list kernel releases"),
     ],
 )
 def test_bad_variables_fail_before_any_change(host, extra_vars, named):

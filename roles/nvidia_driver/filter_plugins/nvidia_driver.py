@@ -24,8 +24,14 @@ CLASS_3D = 0x0302
 CLASS_BRIDGE_OTHER = 0x0680  # NVSwitch reports 0x068000
 
 BRANCH_RE = re.compile(r"^[1-9][0-9]{2}$")
-# NVIDIA driver versions: 580.95.05, 535.183.01, 550.54.14; some old ones 390.157.
-PIN_RE = re.compile(r"^[1-9][0-9]{2}\.[0-9]{1,3}(\.[0-9]{1,3})?$")
+# NVIDIA driver versions as NVIDIA spells them (580.95.05, 580.105.08, 535.261.03,
+# 550.54.14; the older two-part 390.157): the minor number without a leading zero,
+# the third number always two digits. apt's `Pin: version 580.95.05-*` and dnf's
+# `name-580.95.05` compare these digits as text, so `580.95.5` would match no
+# package: only this spelling is accepted. Source: the version lists of NVIDIA's
+# Unix driver archive and the package versions in NVIDIA's CUDA repositories
+# (e.g. nvidia-driver-cuda 580.95.05-1, kmod-nvidia-open-dkms 3:580.95.05-1.el9).
+PIN_RE = re.compile(r"^[1-9][0-9]{2}\.(0|[1-9][0-9]{0,2})(\.[0-9]{2})?$")
 VERSION_RE = re.compile(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?")
 
 
@@ -189,6 +195,7 @@ def host_state(probe_text: str) -> dict:
         "nvidia_loaded": "nvidia" in modules or bool(loaded["version"]),
         "nouveau_loaded": "nouveau" in modules,
         "module_on_disk_version": on_disk[0].strip() if on_disk else "",
+        "secure_boot": (sections.get("secure_boot", "") or "").strip() == "1",
     }
 
 
@@ -370,6 +377,151 @@ def fabric_manager(inventory: dict, mode, platform: dict, source, branch, driver
     }
 
 
+def kernel_header_packages(platform: dict, kernels, build) -> list[str]:
+    """The header packages DKMS needs to build the module for each kernel.
+
+    DKMS builds only for kernels whose headers are installed, and with recommends
+    off the driver packages pull in none (Debian's nvidia-kernel-dkms only
+    recommends linux-headers-*). NVIDIA's driver installation guide, "Pre-installation
+    Actions": "the kernel headers and development packages for the running version
+    of the kernel [must] be installed at the time of the driver installation, as well
+    as whenever the driver is rebuilt". Precompiled modules need none.
+    """
+    if build != "dkms":
+        return []
+    names: list[str] = []
+    for kernel in kernels:
+        if not valid_kernel(kernel):
+            raise ValueError(
+                f"nvidia_driver_kernels: {kernel!r} is not a kernel release such as '6.1.0-50-amd64' (uname -r)"
+            )
+        for template in platform.get("kernel_headers", []):
+            name = template.replace("{kernel}", str(kernel))
+            if name not in names:
+                names.append(name)
+    return names
+
+
+KERNEL_RE = re.compile(r"^[0-9]+\.[0-9]+[A-Za-z0-9._+~-]*$")
+
+
+def valid_kernel(kernel) -> bool:
+    """A kernel release as `uname -r` prints it (6.1.0-50-amd64, 5.14.0-427.13.1.el9_4.x86_64)."""
+    return isinstance(kernel, str) and bool(KERNEL_RE.match(kernel))
+
+
+def driver_marker(platform: dict, source, kernel_modules, build, flavour) -> str:
+    """The package (template) whose version is the driver's version.
+
+    Not linux-modules-* (versioned like the kernel), and not every package of the
+    set: Debian's nvidia-persistenced has its own numbering (bookworm:
+    535.171.04-1~deb12u1 beside driver 535.261.03-1).
+    """
+    templates = platform["sources"][source]["packages"][kernel_modules][build][flavour]
+    return next(template for template in templates if not template.startswith("linux-modules-"))
+
+
+def marker_prefix(platform: dict, source, kernel_modules, build, flavour) -> str:
+    """What a package-name listing starts from: the marker up to its branch, if any."""
+    return driver_marker(platform, source, kernel_modules, build, flavour).split("{branch}", 1)[0]
+
+
+def parse_package_rows(text: str) -> list[tuple[str, str]]:
+    """(name, version) rows of `apt-cache madison` ('name | version | origin') or of
+    `dnf repoquery --qf '%{name} | %{epoch}:%{version}-%{release} | %{repoid}'`.
+    Source-package rows of madison (origin '... Sources') are not installable."""
+    rows = []
+    for line in (text or "").splitlines():
+        parts = [part.strip() for part in line.split("|")]
+        if len(parts) != 3 or not parts[0] or not parts[1] or parts[2].endswith("Sources"):
+            continue
+        rows.append((parts[0], parts[1]))
+    return rows
+
+
+def carried_versions(text: str, platform: dict, source, kernel_modules, build, flavour) -> list[str]:
+    """Driver versions ('580.95.05') a package index carries for this package set, oldest first."""
+    marker = driver_marker(platform, source, kernel_modules, build, flavour)
+    pattern = re.compile("^" + re.escape(marker).replace(re.escape("{branch}"), "[1-9][0-9]{2}") + "$")
+    found = {}
+    for name, version in parse_package_rows(text):
+        if not pattern.match(name):
+            continue
+        try:
+            key = version_tuple(version)
+        except ValueError:
+            continue
+        found[key] = upstream_version(version)
+    return [found[key] for key in sorted(found)]
+
+
+def availability_errors(carried: list[str], branch, pin, where: str, hint: str = "") -> list[str]:
+    """Why the branch or pin cannot come from this package index ([] when it can).
+
+    apt installs whatever version its preferences allow when the pinned one is
+    missing, and NVIDIA's repositories do not carry every branch (debian13 had no
+    580 when it opened: NVIDIA/cuda-repo-management issue #38), so the role checks
+    the index itself before it changes anything.
+    """
+    if not carried:
+        return [f"{where} carries no NVIDIA driver package for this package set{hint}"]
+    branches = sorted({version_tuple(version)[0] for version in carried})
+    of_branch = [version for version in carried if version_tuple(version)[0] == int(str(branch))]
+    if not of_branch:
+        return [
+            f"nvidia_driver_branch {branch} is not carried by {where}: it carries the branch(es) "
+            f"{', '.join(str(number) for number in branches)} (newest {carried[-1]}). Set nvidia_driver_branch to one "
+            "of them, or nvidia_driver_repo_url / nvidia_driver_source to a source that carries it"
+        ]
+    if pin and not any(version_tuple(version) == version_tuple(pin) for version in of_branch):
+        return [
+            f"nvidia_driver_version {pin} is not carried by {where}: branch {branch} there has "
+            f"{', '.join(of_branch)}. Set nvidia_driver_version to one of them, or leave it empty for the newest"
+        ]
+    return []
+
+
+def missing_packages(text: str) -> list[str]:
+    """Names the probe marked 'NAME missing' (neither installed nor available)."""
+    missing = []
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1] == "missing":
+            missing.append(parts[0])
+    return missing
+
+
+def unbuilt_kernels(text: str, version) -> list[str]:
+    """Kernels whose nvidia module on disk is absent or not the installed driver.
+
+    text: lines 'KERNEL VERSION' ('KERNEL none' when modinfo -k finds no module).
+    Debian's own packages name the module nvidia-current; the probe asks for both.
+    """
+    unbuilt = []
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if not parts:
+            continue
+        found = parts[1] if len(parts) > 1 else "none"
+        try:
+            same = found != "none" and version_tuple(found) == version_tuple(version)
+        except ValueError:
+            same = False
+        if not same:
+            unbuilt.append(f"{parts[0]} ({'no module' if found == 'none' else 'module ' + found})")
+    return unbuilt
+
+
+def parse_units(text: str) -> list[str]:
+    """Unit names from `systemctl list-units --plain --no-legend` lines."""
+    units = []
+    for line in (text or "").splitlines():
+        parts = line.split()
+        if parts and "." in parts[0]:
+            units.append(parts[0])
+    return sorted(set(units))
+
+
 def resolved_packages(text: str) -> list[dict]:
     """Packages the package manager would install, from a dry run.
 
@@ -444,6 +596,66 @@ def installed_package_set(package_versions: dict, names: list[str]) -> list[dict
     return found
 
 
+# ------------------------------------------------------------ kernel module type
+
+# GPUs without a GSP (Maxwell, Pascal, Volta) have PCI device ids below 0x1E00:
+# the open modules' list of compatible GPUs starts at Turing's 0x1E02
+# (NVIDIA/open-gpu-kernel-modules README, "Compatible GPUs"), and the open
+# modules refuse the others ("not supported by open nvidia.ko because it does
+# not include the required GPU System Processor").
+FIRST_TURING_DEVICE = 0x1E00
+# Blackwell (GB100 0x29xx, GB20x 0x2Bxx-0x2Fxx) and later run only the open modules
+# (NVIDIA driver installation guide, "Kernel Modules").
+FIRST_BLACKWELL_DEVICE = 0x2900
+# R580 is the last branch for Maxwell, Pascal and Volta (NVIDIA's "CUDA toolkit,
+# driver and architecture matrix"; NVIDIA/yum-packaging-precompiled-kmod issue #68:
+# "590 does not function with Maxwell, Pascal, Volta GPUs").
+LAST_PRE_TURING_BRANCH = 580
+
+
+def module_type_errors(state: dict, kernel_modules, branch) -> list[str]:
+    """Why these GPUs cannot run this module type and branch ([] when they can)."""
+    ids = [int(device, 16) for device in state.get("gpu_device_ids", [])]
+    old = sorted(f"0x{device:04x}" for device in ids if device < FIRST_TURING_DEVICE)
+    new = sorted(f"0x{device:04x}" for device in ids if device >= FIRST_BLACKWELL_DEVICE)
+    errors = []
+    if kernel_modules == "open" and old:
+        errors.append(
+            f"nvidia_driver_kernel_modules open cannot drive GPU(s) {', '.join(old)} (older than Turing, no GSP): "
+            f"set nvidia_driver_kernel_modules: proprietary and a branch up to {LAST_PRE_TURING_BRANCH}"
+        )
+    if kernel_modules == "proprietary" and new:
+        errors.append(
+            f"nvidia_driver_kernel_modules proprietary cannot drive GPU(s) {', '.join(new)} (Blackwell or newer): "
+            "set nvidia_driver_kernel_modules: open"
+        )
+    if old and valid_branch(branch) and int(str(branch)) > LAST_PRE_TURING_BRANCH:
+        errors.append(
+            f"nvidia_driver_branch {branch} does not support GPU(s) {', '.join(old)} (Maxwell, Pascal or Volta): "
+            f"set nvidia_driver_branch to {LAST_PRE_TURING_BRANCH} or older, with proprietary modules"
+        )
+    return errors
+
+
+def secure_boot_errors(state: dict, build, key_enrolled=False) -> list[str]:
+    """Why a DKMS module would be refused at boot ([] when it would load).
+
+    With Secure Boot on the kernel loads only modules signed with a key it
+    trusts. DKMS signs with its own key (/var/lib/dkms/mok.pub), which the
+    firmware trusts only once enrolled as a Machine Owner Key; Ubuntu's
+    precompiled modules are signed by Canonical (NVIDIA driver installation
+    guide, "Secure Boot"; Ubuntu's "UEFI Secure Boot" notes on DKMS).
+    """
+    if not state.get("secure_boot") or build != "dkms" or key_enrolled:
+        return []
+    return [
+        "Secure Boot is on and DKMS builds modules the kernel refuses until their signing key is trusted: enroll "
+        "DKMS's key (mokutil --import /var/lib/dkms/mok.pub, confirm in the MOK manager at the next boot) and set "
+        "nvidia_driver_secure_boot_key_enrolled: true, use nvidia_driver_build: precompiled where offered (signed "
+        "modules), or turn Secure Boot off"
+    ]
+
+
 # ------------------------------------------------------------------- rebooting
 
 
@@ -459,15 +671,20 @@ def is_controller(connection, host_machine_id="", controller_machine_id="") -> b
     return bool(host_id) and host_id == str(controller_machine_id or "").strip()
 
 
-def reboot_decision(state: dict, installed_version="", defer=False, is_controller=False) -> dict:
+def reboot_decision(
+    state: dict, installed_version="", defer=False, is_controller=False, busy_units=(), stop_busy=False
+) -> dict:
     """Whether the host must reboot to run the installed driver, and what to do.
 
     Needed when nouveau is loaded (it holds the GPUs), or when the installed
     module's version differs from the loaded one (or none is loaded yet).
     Never on hosts without a GPU. Never on the controller; deferred on request.
+    Never while a training unit (busy_units) runs, unless stop_busy: then the
+    reboot stops them first (they are listed in stop_units).
     """
     loaded = state.get("loaded_version") or ""
     installed = installed_version or state.get("module_on_disk_version") or ""
+    busy = sorted(set(busy_units or []))
     reasons = []
     if state.get("gpu_present"):
         if state.get("nouveau_loaded"):
@@ -483,9 +700,17 @@ def reboot_decision(state: dict, installed_version="", defer=False, is_controlle
         action = "controller"
     elif defer:
         action = "deferred"
+    elif busy and not stop_busy:
+        action = "busy"
     else:
         action = "reboot"
-    return {"required": required, "reasons": reasons, "action": action}
+    return {
+        "required": required,
+        "reasons": reasons,
+        "action": action,
+        "busy_units": busy,
+        "stop_units": busy if action == "reboot" else [],
+    }
 
 
 class FilterModule:
@@ -501,6 +726,7 @@ class FilterModule:
             "pin_in_branch": pin_in_branch,
             "version_matches": version_matches,
             "host_state": host_state,
+            "parse_probe": parse_probe,
             "parse_nvidia_smi_csv": parse_nvidia_smi_csv,
             "parse_proc_version": parse_proc_version,
             "verify": verify,
@@ -515,6 +741,17 @@ class FilterModule:
             "upstream_version": upstream_version,
             "reboot_decision": reboot_decision,
             "is_controller": is_controller,
+            "kernel_header_packages": kernel_header_packages,
+            "valid_kernel": valid_kernel,
+            "driver_marker": driver_marker,
+            "marker_prefix": marker_prefix,
+            "carried_versions": carried_versions,
+            "availability_errors": availability_errors,
+            "missing_packages": missing_packages,
+            "unbuilt_kernels": unbuilt_kernels,
+            "parse_units": parse_units,
+            "module_type_errors": module_type_errors,
+            "secure_boot_errors": secure_boot_errors,
         }
         return {f"nvidia_driver_{name}": _wrap(function) for name, function in functions.items()}
 
