@@ -1,23 +1,85 @@
 #!/usr/bin/env python3
 """Render the fleet readiness report from the per-host summaries.
 
-Reads REPORT_DIR/hosts/*.json (stored by the hf_loader role's cache test)
-and writes REPORT_DIR/fleet.html and REPORT_DIR/fleet.md. Files are only
-rewritten when their content changes, so a no-change Ansible run stays
-unchanged. Prints the fleet summary line, then `written` or `unchanged`.
+Reads REPORT_DIR/hosts/*.json (stored by the hf_loader role after each cache
+test: the host's report, as the package wrote it, plus driver and volume facts)
+and writes REPORT_DIR/fleet.html and REPORT_DIR/fleet.md. Each report is
+validated against the package's JSON Schema; an invalid one is shown as such
+and never counted as ready.
+
+The run that renders the report says what it saw (playbooks/report.yml):
+--run-hosts, the hosts it was for; --reached-hosts, those neither unreachable
+nor failed before the report; --checked-hosts, those whose cache test ran in
+it. A host of the run that was not reached and not checked is unreachable:
+shown with the time of its last good check, never counted as ready. Without
+these options every stored summary is shown as it is.
+
+Files are only rewritten when their content changes, so a no-change Ansible
+run stays unchanged. Prints the fleet summary line, then `written` or
+`unchanged`.
 """
 
+from __future__ import annotations
+
 import argparse
+import datetime
 import html
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-COLUMNS = ["host", "verdict", "driver", "GPUs", "reboot pending", "volume", "free", "cache", "images/s", "message"]
+import jsonschema
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = ROOT / "files" / "hf_loader" / "src" / "hf_loader" / "report.schema.json"
+
+COLUMNS = [
+    "host",
+    "verdict",
+    "checked at",
+    "driver",
+    "GPUs",
+    "reboot pending",
+    "volume",
+    "free",
+    "cache",
+    "images/s",
+    "message",
+]
+# State of a row -> its verdict text; only the first two count as ready.
+VERDICTS = {
+    "ready": "ready",
+    "warning": "ready, with a warning",
+    "not-ready": "NOT READY",
+    "invalid": "invalid report",
+    "unreachable": "unreachable",
+    "not-in-run": "not in this run",
+}
+READY_STATES = {"ready", "warning"}
+
+
+@dataclass
+class Run:
+    """What the rendering run saw; None: nothing known (every summary shown as stored)."""
+
+    hosts: list[str] | None = None
+    reached: set[str] | None = None
+    checked: set[str] | None = None
+
+    @classmethod
+    def from_args(cls, run_hosts, reached_hosts, checked_hosts) -> Run:
+        if run_hosts is None:
+            return cls()
+        return cls(split(run_hosts), set(split(reached_hosts or "")), set(split(checked_hosts or "")))
+
+
+def split(names: str) -> list[str]:
+    return [name for name in names.split(",") if name]
 
 
 def human_bytes(value) -> str:
-    if value in (None, "", "None"):
+    if value in (None, ""):
         return "-"
     size = float(value)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -28,64 +90,133 @@ def human_bytes(value) -> str:
 
 
 def text(value, default="-") -> str:
-    return default if value in (None, "", "None", {}) else str(value)
+    return default if value in (None, "", {}) else str(value)
 
 
-def cache_state(summary: dict) -> str:
-    resolution = summary.get("resolution") or {}
-    if isinstance(resolution, dict) and resolution:
-        kind = resolution.get("kind") or resolution.get("source") or resolution.get("layout")
-        return text(kind, "found")
-    return {3: "not cached", 4: "incomplete", 5: "environment", 6: "loading failed"}.get(
-        int(summary.get("exit_code") or 0), "-"
-    )
+def report_problems(report, validator) -> list[str]:
+    """Why `report` is not a valid report ([] when it is): the schema, then what it cannot say."""
+    problems = []
+    for error in sorted(validator.iter_errors(report), key=lambda e: list(e.absolute_path)):
+        where = "/".join(str(part) for part in error.absolute_path) or "(top)"
+        problems.append(f"{where}: {error.message}")
+    if problems:
+        return problems
+    if report["ready"] != (report["exit_code"] == 0):
+        problems.append(f"ready is {report['ready']} but exit_code is {report['exit_code']}")
+    if report["ready"] != (report["verdict"] in ("ready", "ready_with_warnings")):
+        problems.append(f"ready is {report['ready']} but verdict is {report['verdict']}")
+    for key in ("checked_at", "message"):
+        if key not in report:
+            problems.append(f"{key} missing: not a stored report (hf-cache-test --report)")
+    if "checked_at" in report:
+        # jsonschema checks the date-time format only with an optional library.
+        try:
+            stamped = datetime.datetime.fromisoformat(report["checked_at"].replace("Z", "+00:00"))
+        except ValueError:
+            stamped = None
+        if stamped is None or stamped.tzinfo is None:
+            problems.append(f"checked_at: {report['checked_at']!r} is not an ISO 8601 time with its zone")
+    return problems
 
 
-def images_per_second(summary: dict) -> str:
-    loading = summary.get("loading") or {}
-    if not isinstance(loading, dict):
-        return "-"
-    for key in ("images_per_s", "images_per_second", "throughput"):
-        if loading.get(key) not in (None, ""):
-            return f"{float(loading[key]):,.0f}"
-    return "-"
+def cache_state(report: dict) -> str:
+    resolution = report.get("resolution")
+    if resolution:
+        return f"{resolution['source']} ({resolution['mode']})"
+    return {3: "not cached", 4: "incomplete", 5: "environment", 6: "loading failed"}.get(report.get("exit_code"), "-")
 
 
-def row(summary: dict) -> dict:
+def images_per_second(report: dict) -> str:
+    loading = report.get("loading")
+    return f"{loading['images_per_s']:,.0f}" if loading else "-"
+
+
+def row(summary: dict, validator, run: Run) -> dict:
+    host = str(summary.get("host"))
     driver = summary.get("driver") or {}
     volume = summary.get("volume") or {}
-    ready = str(summary.get("ready")).lower() == "true"
+    report = summary.get("report")
     reboot = driver.get("reboot_required")
-    return {
-        "host": text(summary.get("host")),
-        "verdict": "ready" if ready else "NOT READY",
+    cells = {
+        "host": host,
+        "checked at": "-",
         "driver": text(driver.get("driver_version") or driver.get("installed_version"), "none"),
         "GPUs": text(driver.get("gpu_count"), "0"),
-        "reboot pending": "-" if reboot is None else ("yes" if str(reboot).lower() == "true" else "no"),
+        "reboot pending": "-" if reboot is None else ("yes" if reboot is True else "no"),
         "volume": text(volume.get("mount_point")),
         "free": human_bytes(volume.get("free_bytes")),
-        "cache": cache_state(summary),
-        "images/s": images_per_second(summary),
-        "message": text(summary.get("message")),
-        "ready": ready,
+        "cache": "-",
+        "images/s": "-",
     }
+    problems = report_problems(report, validator) if report is not None else []
+    if report is not None and not problems:
+        cells.update(
+            {
+                "checked at": report["checked_at"],
+                "cache": cache_state(report),
+                "images/s": images_per_second(report),
+            }
+        )
+    last_good = summary.get("last_ready_at") or "none on record"
+
+    if run.hosts is not None and host not in run.hosts:
+        state, message = "not-in-run", f"not part of this run; last good check: {last_good}"
+    elif run.hosts is not None and host not in run.checked and host not in run.reached:
+        state = "unreachable"
+        message = f"not reached this run (unreachable, or failed before its check); last good check: {last_good}"
+    elif report is None:
+        state, message = "not-ready", text(summary.get("problem"), "no report stored")
+    elif problems:
+        state, message = "invalid", "report does not match the schema: " + "; ".join(problems[:3])
+    else:
+        state = {"ready": "ready", "ready_with_warnings": "warning"}.get(report["verdict"], "not-ready")
+        message = report["message"]
+    return cells | {"verdict": VERDICTS[state], "message": message, "state": state}
 
 
-def load(report_dir: Path) -> list[dict]:
-    rows = []
+def unreadable(host: str, error: str) -> dict:
+    """The row of a summary that is not even JSON."""
+    return {"host": host, "report": None, "problem": f"unreadable summary: {error}"}
+
+
+def load(report_dir: Path, run: Run | None = None, schema_file: Path = SCHEMA) -> list[dict]:
+    run = run or Run()
+    schema = json.loads(schema_file.read_text(encoding="utf-8"))
+    validator_class = jsonschema.validators.validator_for(schema)
+    validator = validator_class(schema, format_checker=validator_class.FORMAT_CHECKER)
+    summaries = {}
     for path in sorted((report_dir / "hosts").glob("*.json")):
         try:
-            rows.append(row(json.loads(path.read_text(encoding="utf-8"))))
+            summary = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(summary, dict):
+                raise ValueError(f"a {type(summary).__name__}, not an object")
         except (OSError, ValueError) as error:
-            rows.append(row({"host": path.stem, "ready": False, "message": f"unreadable summary {path}: {error}"}))
-    return rows
+            summary = unreadable(path.stem, f"{path}: {error}")
+        summaries[path.stem] = summary | {"host": path.stem}
+    # A host of this run that never stored a summary (never checked) still gets a row.
+    for host in run.hosts or []:
+        summaries.setdefault(host, {"host": host, "report": None, "problem": "never checked: no summary stored"})
+    # By name (the inventory's order can change between runs), hosts outside the run last.
+    in_run = set(run.hosts or summaries)
+    hosts = sorted(summaries, key=lambda host: (host not in in_run, host))
+    return [row(summaries[host], validator, run) for host in hosts]
 
 
 def summary_line(rows: list[dict]) -> str:
-    ready = sum(row["ready"] for row in rows)
-    return f"fleet: {ready} of {len(rows)} hosts ready to train" + (
-        "" if ready == len(rows) else f"; not ready: {', '.join(r['host'] for r in rows if not r['ready'])}"
-    )
+    in_run = [row for row in rows if row["state"] != "not-in-run"]
+    ready = sum(row["state"] in READY_STATES for row in in_run)
+    line = f"fleet: {ready} of {len(in_run)} hosts ready to train"
+    for state, label in (
+        ("warning", "with a warning"),
+        ("not-ready", "not ready"),
+        ("invalid", "invalid report"),
+        ("unreachable", "unreachable"),
+        ("not-in-run", "not in this run"),
+    ):
+        hosts = [row["host"] for row in rows if row["state"] == state]
+        if hosts:
+            line += f"; {label}: {', '.join(hosts)}"
+    return line
 
 
 def render_markdown(rows: list[dict]) -> str:
@@ -100,17 +231,19 @@ def render_html(rows: list[dict]) -> str:
     head = "".join(f"<th>{html.escape(column)}</th>" for column in COLUMNS)
     body = []
     for row in rows:
-        state = "ready" if row["ready"] else "not-ready"
         cells = "".join(f"<td>{html.escape(row[column])}</td>" for column in COLUMNS)
-        body.append(f'<tr class="{state}" data-host="{html.escape(row["host"])}">{cells}</tr>')
+        body.append(f'<tr class="{row["state"]}" data-host="{html.escape(row["host"])}">{cells}</tr>')
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>Fleet readiness</title>
 <style>
 body {{ font-family: sans-serif; margin: 2em; }}
 table {{ border-collapse: collapse; }}
 th, td {{ border: 1px solid #999; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }}
-tr.ready td:nth-child(2) {{ color: #060; font-weight: bold; }}
-tr.not-ready td:nth-child(2) {{ color: #b00; font-weight: bold; }}
+tr td:nth-child(2) {{ font-weight: bold; }}
+tr.ready td:nth-child(2) {{ color: #060; }}
+tr.warning td:nth-child(2) {{ color: #a60; }}
+tr.not-ready td:nth-child(2), tr.invalid td:nth-child(2), tr.unreachable td:nth-child(2) {{ color: #b00; }}
+tr.not-in-run td {{ color: #777; }}
 </style></head>
 <body><h1>Fleet readiness</h1>
 <p id="summary">{html.escape(summary_line(rows))}</p>
@@ -131,8 +264,12 @@ def write_if_changed(path: Path, content: str) -> bool:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report_dir", type=Path, help="folder holding hosts/*.json; the report is written here")
+    parser.add_argument("--schema", type=Path, default=SCHEMA, help="the report's JSON Schema (default: %(default)s)")
+    parser.add_argument("--run-hosts", help="comma-separated hosts this run was for")
+    parser.add_argument("--reached-hosts", help="comma-separated hosts of the run not unreachable nor failed")
+    parser.add_argument("--checked-hosts", help="comma-separated hosts whose cache test ran in this run")
     args = parser.parse_args(argv)
-    rows = load(args.report_dir)
+    rows = load(args.report_dir, Run.from_args(args.run_hosts, args.reached_hosts, args.checked_hosts), args.schema)
     args.report_dir.mkdir(parents=True, exist_ok=True)
     changed = write_if_changed(args.report_dir / "fleet.html", render_html(rows))
     changed |= write_if_changed(args.report_dir / "fleet.md", render_markdown(rows))

@@ -1,13 +1,17 @@
-"""Verify the whole site: the stored cache test reports, the units, the training
-runbook (one two-node job, then each host alone), and that a broken cache fails
-its host with the cache test's own message while the other host finishes and
-trains."""
+"""Verify the whole site: the cache test's reports (the package's schema), the
+sandboxed units and their exposure, the training runbook (one three-node job,
+then each host alone), the read-only hub-only host, and the fleet report as a
+run saw the fleet: a host it did not reach is unreachable, a broken Arrow copy
+passed over is a warning, a cache broken everywhere fails its host with the
+cache test's own message while the others finish and train."""
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
+import jsonschema
 import pytest
 import testinfra
 from playbook_run import run_playbook
@@ -15,15 +19,26 @@ from playbook_run import run_playbook
 testinfra_hosts = ["ansible://all"]
 
 ROOT = Path(__file__).resolve().parents[3]
+SCHEMA = json.loads((ROOT / "files/hf_loader/src/hf_loader/report.schema.json").read_text())
 REPORT = "/var/lib/hf-loader/validation.json"
+METRICS = "/var/lib/node-exporter/hf_cache_test.prom"
 REPORT_DIR = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "reports"
 LAUNCH_ENV = "/etc/hf-loader/launch-default.env"
-# Inventory order: bookworm is node rank 0 of the two-node job.
-NODE_RANK = {"default-bookworm": 0, "default-trixie": 1}
+HOSTS = ["default-bookworm", "default-trixie", "default-readonly"]
+# Its volume is mounted read-only and holds only the hub snapshot (molecule.yml).
+READ_ONLY_HOST = "default-readonly"
+# systemd-analyze security: the most exposure each unit may have (issue 12).
+EXPOSURE_LIMITS = {"hf-cache-validate.service": 2.0, "hf-train@default.service": 5.0}
 
 
 def stored_report(host):
-    return json.loads(host.file(REPORT).content_string)
+    report = json.loads(host.file(REPORT).content_string)
+    jsonschema.validate(report, SCHEMA)
+    return report
+
+
+def recap(output):
+    return {line.split()[0]: line for line in output.splitlines() if " : ok=" in line}
 
 
 def test_cache_test_passed_as_the_training_user(host):
@@ -31,21 +46,85 @@ def test_cache_test_passed_as_the_training_user(host):
     assert report["ready"] is True, report["message"]
     assert report["exit_code"] == 0
     assert report["loading"]["batches"] == 2
-    assert report["resolution"]["source"]
+    assert report["command"][1:] == ["--config-file", "/etc/hf-loader/cache-test.yaml"]
     assert host.file(REPORT).user == "trainer"
+    if host.backend.host == READ_ONLY_HOST:
+        # No Arrow copy and no datasets/ folder beside the snapshot: a warning, still ready.
+        assert (report["resolution"]["source"], report["resolution"]["mode"]) == ("hub", "streaming")
+        assert report["verdict"] in ("ready", "ready_with_warnings")
+    else:
+        assert (report["verdict"], report["resolution"]["source"]) == ("ready", "arrow"), report["message"]
 
 
 def test_volume_is_mounted_from_the_image_that_holds_the_cache(host):
     mount = host.mount_point("/data/hf")
     assert mount.exists
     assert mount.filesystem == "ext4"
-    assert host.file("/data/hf/datasets").is_directory
+    assert host.file("/data/hf/hub").is_directory
+    if host.backend.host == READ_ONLY_HOST:
+        assert "ro" in mount.options
+        # Neither the roles, nor the cache test, nor training created anything in the cache.
+        assert not host.file("/data/hf/datasets").exists
+    else:
+        assert host.file("/data/hf/datasets").is_directory
 
 
-def test_units_are_installed_and_the_training_unit_refuses_nothing_here(host):
-    assert host.file("/etc/systemd/system/hf-cache-validate.service").contains("EnvironmentFile=/etc/hf-cache/hf.env")
-    assert host.file("/etc/systemd/system/hf-train@.service").contains("--require-ready")
-    assert host.run("/usr/local/libexec/hf-cache-validate --require-ready").rc == 0
+def test_the_cache_test_runs_from_its_settings_and_gates_training(host):
+    settings = host.file("/etc/hf-loader/cache-test.yaml").content_string
+    assert "report: " + json.dumps(REPORT) in settings
+    assert 'metrics_dir: "/var/lib/node-exporter"' in settings
+    validate_unit = host.file("/etc/systemd/system/hf-cache-validate.service").content_string
+    assert (
+        "ExecStart=/opt/hf-loader/venv/bin/hf-cache-test --config-file /etc/hf-loader/cache-test.yaml" in validate_unit
+    )
+    train_unit = host.file("/etc/systemd/system/hf-train@.service").content_string
+    assert f"ExecStartPre=/opt/hf-loader/venv/bin/hf-cache-test --require-ready {REPORT}" in train_unit
+    assert not host.file("/usr/local/libexec/hf-cache-validate").exists
+    done = host.run(f"runuser -u trainer -- /opt/hf-loader/venv/bin/hf-cache-test --require-ready {REPORT}")
+    assert done.rc == 0, done.stdout + done.stderr
+
+
+def unit_properties(host, unit, *names):
+    lines = host.check_output(f"systemctl show {unit} " + " ".join(f"--property={name}" for name in names))
+    return dict(line.split("=", 1) for line in lines.splitlines())
+
+
+def test_units_enforce_a_reader_never_writes_never_calls_out(host):
+    validate = unit_properties(
+        host,
+        "hf-cache-validate.service",
+        "ProtectSystem",
+        "ReadOnlyPaths",
+        "ReadWritePaths",
+        "PrivateNetwork",
+        "RestrictAddressFamilies",
+        "IPAddressDeny",
+        "NoNewPrivileges",
+        "PrivateTmp",
+        "ProtectHome",
+    )
+    assert validate["ProtectSystem"] == "strict"
+    assert validate["ReadOnlyPaths"] == "-/data/hf"
+    assert validate["ReadWritePaths"].split() == ["/var/lib/hf-loader", "/var/lib/node-exporter"]
+    assert (validate["PrivateNetwork"], validate["RestrictAddressFamilies"]) == ("yes", "AF_UNIX")
+    assert validate["IPAddressDeny"] in ("0.0.0.0/0 ::/0", "::/0 0.0.0.0/0")
+    assert (validate["NoNewPrivileges"], validate["PrivateTmp"], validate["ProtectHome"]) == ("yes", "yes", "yes")
+    train = unit_properties(host, "hf-train@default.service", "KillSignal", "KillMode", "TimeoutStopUSec")
+    assert (train["KillSignal"], train["KillMode"], train["TimeoutStopUSec"]) == ("15", "mixed", "10min")
+
+
+@pytest.mark.parametrize("unit", sorted(EXPOSURE_LIMITS))
+def test_exposure_of_the_units(host, unit):
+    output = host.check_output(f"systemd-analyze security --no-pager {unit}")
+    exposure = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", output).group(1))
+    print(f"{host.backend.host} {unit}: exposure {exposure}")
+    assert exposure <= EXPOSURE_LIMITS[unit], output
+
+
+def test_cache_test_writes_its_metrics_for_node_exporter(host):
+    metrics = host.file(METRICS)
+    assert metrics.user == "trainer" and metrics.mode == 0o644
+    assert re.search(r'^hf_cache_test_ready\{[^}]*dataset="ILSVRC/imagenet-1k"[^}]*\} 1', metrics.content_string, re.M)
 
 
 def test_cache_test_script_is_on_the_path_for_login_shells(host):
@@ -55,17 +134,19 @@ def test_cache_test_script_is_on_the_path_for_login_shells(host):
 
 def test_controller_holds_each_hosts_summary_and_the_fleet_report(host):
     summary = json.loads((REPORT_DIR / "hosts" / f"{host.backend.host}.json").read_text())
-    assert summary["ready"] in (True, "True", "true")
+    jsonschema.validate(summary["report"], SCHEMA)
+    assert summary["report"]["ready"] is True
+    assert summary["last_ready_at"] == summary["report"]["checked_at"]
     html = (REPORT_DIR / "fleet.html").read_text()
     assert f'data-host="{host.backend.host}"' in html
 
 
-def run_site_playbook(playbook, *extra):
-    return run_playbook(ROOT / playbook, *extra, timeout=900)
+def run_site_playbook(playbook, *extra, limit=""):
+    return run_playbook(ROOT / playbook, *extra, limit=limit, timeout=900)
 
 
-def bookworm_host():
-    return testinfra.get_host(f"ansible://default-bookworm?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}")
+def inventory_host(name):
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={os.environ['MOLECULE_INVENTORY_FILE']}")
 
 
 def launch_env(host):
@@ -81,26 +162,108 @@ def last_job_line(host, timeout=600):
     ):
         assert time.monotonic() < deadline, host.check_output("journalctl -u hf-train@default --no-pager -n 30")
         time.sleep(3)
-    assert host.check_output("systemctl show -p Result --value hf-train@default.service") == "success"
+    assert host.check_output("systemctl show -p Result --value hf-train@default.service") == "success", (
+        host.check_output("journalctl -u hf-train@default --no-pager -n 30")
+    )
     done = host.check_output("journalctl -u hf-train@default.service --no-pager -o cat | grep 'hf-train: done' || true")
     return done.splitlines()[-1] if done else ""
 
 
 @pytest.fixture(scope="module")
-def two_node_job():
-    """playbooks/train.yml once for both hosts: one job, ranks in inventory order."""
-    return run_site_playbook("playbooks/train.yml")
-
-
-def test_train_runbook_starts_one_job_across_the_ready_hosts(host, two_node_job):
-    rc, output = two_node_job
+def train_jobs():
+    """playbooks/train.yml once for every host: the hosts of each job, by rank. Ranks follow
+    the inventory order, which Molecule does not keep from one run to the next."""
+    rc, output = run_site_playbook("playbooks/train.yml")
     assert rc == 0, output
-    rank = NODE_RANK[host.backend.host]
+    jobs = {}
+    for name in HOSTS:
+        env = launch_env(inventory_host(name))
+        jobs.setdefault(env["MASTER_ADDR"], {})[name] = int(env["NODE_RANK"])
+    return jobs
+
+
+def test_train_runbook_starts_a_job_per_kind_of_copy(host, train_jobs):
+    """The two Arrow hosts train as one two-node job; the read-only host streams its hub
+    snapshot and trains alone (a job cannot mix a stream with a DistributedSampler)."""
+    assert sorted(sorted(job.values()) for job in train_jobs.values()) == [[0], [0, 1]]
+    job = next(job for job in train_jobs.values() if host.backend.host in job)
+    rank = job[host.backend.host]
     env = launch_env(host)
-    assert (env["WORLD_SIZE"], env["NODE_RANK"], env["NPROC_PER_NODE"]) == ("2", str(rank), "1")
-    assert env["MASTER_ADDR"] in bookworm_host().interface.default().addresses
-    # A real Composer job over gloo: each rank trained on its half of the 48 images.
-    assert last_job_line(host) == f"hf-train: done (rank {rank} of 2, DistributedSampler with 24 samples, 2 batches)"
+    assert (env["WORLD_SIZE"], env["NPROC_PER_NODE"]) == (str(len(job)), "1")
+    master = next(name for name, node_rank in job.items() if node_rank == 0)
+    assert env["MASTER_ADDR"] in inventory_host(master).interface.default().addresses
+    line = last_job_line(host)
+    if host.backend.host == READ_ONLY_HOST:
+        assert set(job) == {READ_ONLY_HOST}
+        assert line == "hf-train: done (rank 0 of 1, a stream of the hub snapshot, 2 batches)"
+    else:
+        assert set(job) == {"default-bookworm", "default-trixie"}
+        # A real Composer job over gloo: each rank trained on its half of the 48 images.
+        assert line == f"hf-train: done (rank {rank} of 2, DistributedSampler with 24 samples, 2 batches)"
+
+
+def trixie_only(host):
+    if host.backend.host != "default-trixie":
+        pytest.skip("the trixie host's cache is broken; the others must go on")
+
+
+@pytest.fixture
+def trixie_arrow_copy_broken(host):
+    """Move the train Arrow file away on the trixie host (its hub snapshot stays intact); put it back after."""
+    trixie_only(host)
+    arrow = host.check_output("find /data/hf/datasets -name '*-train*.arrow' | sort | head -n1")
+    host.check_output(f"mv {arrow} /var/lib/removed.arrow")
+    yield arrow
+    host.check_output(f"mv /var/lib/removed.arrow {arrow}")
+
+
+def test_fleet_report_shows_an_unreachable_host_and_a_broken_copy_as_this_run_saw_them(
+    host, trixie_arrow_copy_broken, tmp_path
+):
+    # The bookworm host becomes unreachable for this run only: a container name that does
+    # not exist, from an inventory layered over Molecule's (its container keeps running,
+    # so its loop-backed volume stays as the later tests need it).
+    extra = tmp_path / "unreachable.yml"
+    extra.write_text(json.dumps({"all": {"hosts": {"default-bookworm": {"ansible_host": "default-bookworm-gone"}}}}))
+    last_good = json.loads((REPORT_DIR / "hosts" / "default-bookworm.json").read_text())["last_ready_at"]
+    assert last_good
+
+    rc, output = run_site_playbook("playbooks/validate.yml", "-i", str(extra))
+    assert rc == 4, output
+    hosts = recap(output)
+    assert "unreachable=1" in hosts["default-bookworm"]
+    assert "failed=0" in hosts["default-trixie"] and "failed=0" in hosts[READ_ONLY_HOST]
+
+    # The Arrow copy is passed over, the hub snapshot streamed: ready, with a warning naming the copy.
+    arrow_copy = str(Path(trixie_arrow_copy_broken).parent)
+    report = stored_report(host)
+    assert (report["ready"], report["verdict"], report["exit_code"]) == (True, "ready_with_warnings", 0)
+    assert report["resolution"]["source"] == "hub"
+    assert report["message"].startswith("ready, with a warning: ") and arrow_copy in report["message"]
+    journal = host.check_output("journalctl -u hf-cache-validate.service --no-pager -o cat -n 40")
+    assert re.search(rf"\[WARN\] cache: .*{re.escape(arrow_copy)}", journal), journal
+
+    fleet = (REPORT_DIR / "fleet.md").read_text()
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in fleet.splitlines() if line.startswith("| default-")}
+    assert rows["default-bookworm"].startswith("| default-bookworm | unreachable | ")
+    assert f"last good check: {last_good}" in rows["default-bookworm"]
+    assert rows["default-trixie"].startswith("| default-trixie | ready, with a warning | ")
+    assert arrow_copy in rows["default-trixie"]
+    summary_line = fleet.splitlines()[2]
+    assert summary_line.startswith("fleet: 2 of 3 hosts ready to train"), summary_line
+    assert "unreachable: default-bookworm" in summary_line
+    # Every row shows when its check ran: this run's for the hosts it reached.
+    assert report["checked_at"] in rows["default-trixie"]
+
+    # No host reached at all: Ansible would end the playbook before the report;
+    # validate.yml keeps localhost in its play so that the report still says so.
+    extra.write_text(json.dumps({"all": {"hosts": {name: {"ansible_host": f"{name}-gone"} for name in HOSTS}}}))
+    rc, output = run_site_playbook("playbooks/validate.yml", "-i", str(extra))
+    assert rc == 4, output
+    fleet = (REPORT_DIR / "fleet.md").read_text()
+    assert fleet.splitlines()[2] == (
+        "fleet: 0 of 3 hosts ready to train; unreachable: default-bookworm, default-readonly, default-trixie"
+    )
 
 
 @pytest.fixture
@@ -108,8 +271,7 @@ def broken_trixie_cache(host):
     """Break both copies on the trixie host (with one intact copy the loader
     rightly falls back to it): the train Arrow file and the blob of the hub's
     first train shard. Put both back afterwards."""
-    if host.system_info.codename != "trixie":
-        pytest.skip("one host is broken; the other must finish")
+    trixie_only(host)
     arrow = host.check_output("find /data/hf/datasets -name '*-train*.arrow' | sort | head -n1")
     blob = host.check_output("readlink -f $(find /data/hf/hub -path '*/snapshots/*/data/train-*' | sort | head -n1)")
     host.check_output(f"mv {arrow} /var/lib/removed.arrow && mv {blob} /var/lib/removed.blob")
@@ -119,28 +281,29 @@ def broken_trixie_cache(host):
     assert rc == 0, output
 
 
-def test_broken_cache_fails_its_host_with_the_scripts_message(host, broken_trixie_cache):
+def test_broken_cache_fails_its_host_with_the_cache_tests_message(host, broken_trixie_cache):
     rc, output = run_site_playbook("playbooks/validate.yml")
     assert rc != 0, output
     broken = stored_report(host)
-    assert broken["ready"] is False
+    assert (broken["ready"], broken["verdict"]) == (False, "not_ready")
     assert broken["exit_code"] == 4, broken["message"]
     # The play's failure carries the cache test's own message, path and fix.
     assert broken["message"] in output.replace("\n", " ") or broken["message"][:60] in output
     assert "/data/hf/" in broken["message"]
     assert "fix:" in broken["message"]
-    recap = {line.split()[0]: line for line in output.splitlines() if " : ok=" in line}
-    assert "failed=0" in recap["default-bookworm"]
-    assert "failed=1" in recap["default-trixie"]
+    hosts = recap(output)
+    assert "failed=0" in hosts["default-bookworm"] and "failed=0" in hosts[READ_ONLY_HOST]
+    assert "failed=1" in hosts["default-trixie"]
     fleet = (REPORT_DIR / "fleet.md").read_text()
-    assert "1 of 2 hosts ready" in fleet
+    assert "2 of 3 hosts ready" in fleet and "not ready: default-trixie" in fleet
 
     # Training refuses the broken host with its last test's message; the other trains alone.
-    rc, output = run_site_playbook("playbooks/train.yml", "-e", "hf_loader_train_multi_node=false")
+    rc, output = run_site_playbook(
+        "playbooks/train.yml", "-e", "hf_loader_train_multi_node=false", limit="default-bookworm,default-trixie"
+    )
     assert rc != 0, output
     assert "Not starting training on default-trixie" in output
-    recap = {line.split()[0]: line for line in output.splitlines() if " : ok=" in line}
-    assert "failed=0" in recap["default-bookworm"]
-    bookworm = bookworm_host()
+    assert "failed=0" in recap(output)["default-bookworm"]
+    bookworm = inventory_host("default-bookworm")
     assert launch_env(bookworm)["WORLD_SIZE"] == "1"
     assert last_job_line(bookworm) == "hf-train: done (rank 0 of 1, RandomSampler with 48 samples, 2 batches)"
