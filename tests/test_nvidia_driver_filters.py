@@ -382,25 +382,57 @@ def test_nothing_installed_nothing_loaded_is_no_reboot():
 # ------------------------------------------------------------ fabric manager
 
 
+# Names per branch as NVIDIA's driver container installs them (NVIDIA/gpu-driver-container
+# ubuntu24.04/precompiled/nvidia-driver fabricmanager_install/nscq_install, rhel9/precompiled/Dockerfile).
 @pytest.mark.parametrize(
-    ("platform_name", "package"),
+    ("platform_name", "branch", "version", "specs"),
     [
-        ("Debian-12", "nvidia-fabricmanager-580"),
-        ("Ubuntu-24", "nvidia-fabricmanager-580"),
-        ("RedHat-9", "nvidia-fabric-manager"),
+        ("Debian-12", "580", "580.95.05-1", ["nvidia-fabricmanager=580.95.05-*", "libnvidia-nscq=580.95.05-*"]),
+        ("Ubuntu-24", "590", "590.48.01-0ubuntu1", ["nvidia-fabricmanager=590.48.01-*", "libnvidia-nscq=590.48.01-*"]),
+        (
+            "Ubuntu-24",
+            "570",
+            "570.195.03-1",
+            ["nvidia-fabricmanager-570=570.195.03-*", "libnvidia-nscq-570=570.195.03-*"],
+        ),
+        ("RedHat-9", "580", "3:580.95.05-1.el9", ["nvidia-fabricmanager-580.95.05", "libnvidia-nscq-580.95.05"]),
+        (
+            "RedHat-9",
+            "570",
+            "3:570.195.03-1.el9",
+            ["nvidia-fabric-manager-570.195.03", "libnvidia-nscq-570-570.195.03"],
+        ),
     ],
 )
-def test_fabric_manager_on_nvswitch_hosts_at_the_driver_version(platform_name, package):
+def test_fabric_manager_and_nscq_at_the_driver_version_named_per_branch(platform_name, branch, version, specs):
     state = state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
-    choice = nv.fabric_manager(state, "auto", platform(platform_name), "cuda", "580", "3:580.95.05-1.el9")
+    choice = nv.fabric_manager(state, "auto", platform(platform_name), "cuda", branch, version)
     assert choice["needed"]
-    assert choice["package"] == package
-    assert choice["version"] == "580.95.05"  # exactly the driver's, without epoch or revision
+    assert choice["specs"] == specs
+    assert choice["version"] == nv.upstream_version(version)  # exactly the driver's, without epoch or revision
     assert choice["service"] == "nvidia-fabricmanager"
+    assert not choice["nvlink5"]
+
+
+def test_nvlink5_switch_tray_found_as_nvidia_driver_container_does():
+    # HGX B200: no NVSwitch PCI function; a ConnectX port whose VPD holds SW_MNG (_assert_nvlink5_system).
+    state = state_of("recorded_tree_hgx_b200_8gpu_nvlink5_580.95.05_open")
+    assert state["gpu_count"] == 8 and state["nvswitch_count"] == 0
+    assert state["nvlink5_present"] and state["nvlink5_devices"] == ["mlx5_0"]
+    choice = nv.fabric_manager(state, "auto", platform("Ubuntu-24"), "cuda", "580", "580.95.05-1")
+    assert choice["needed"] and choice["nvlink5"]
+    assert choice["specs"] == [
+        "nvidia-fabricmanager=580.95.05-*",
+        "libnvidia-nscq=580.95.05-*",
+        "nvlsm",
+        "infiniband-diags",
+    ]
+    assert choice["held"] == ["nvidia-fabricmanager", "libnvidia-nscq"]
 
 
 def test_no_fabric_manager_without_nvswitch():
     state = state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")
+    assert not state["nvlink5_present"]
     assert not nv.fabric_manager(state, "auto", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
     assert nv.fabric_manager(state, "always", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
     hgx = state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
@@ -409,20 +441,65 @@ def test_no_fabric_manager_without_nvswitch():
 
 def test_fabric_manager_from_a_source_without_one_is_refused():
     hgx = state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
+    errors = nv.fabric_manager_errors(hgx, "auto", platform("Debian-12"), "distribution", "535", "headless")
+    assert len(errors) == 1 and "nvidia_driver_source: cuda" in errors[0]
     with pytest.raises(ValueError, match="carries no fabric manager"):
         nv.fabric_manager(hgx, "auto", platform("Debian-12"), "distribution", "535", "535.247.01")
+
+
+def test_ubuntu_archive_fabric_manager_needs_the_server_line():
+    # Ubuntu's nvidia-fabricmanager-580 depends on nvidia-kernel-common-580-server-<version>.
+    hgx = state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
+    errors = nv.fabric_manager_errors(hgx, "auto", platform("Ubuntu-24"), "distribution", "580", "headless")
+    assert len(errors) == 1 and "nvidia_driver_flavour: server" in errors[0]
+    assert nv.fabric_manager_errors(hgx, "auto", platform("Ubuntu-24"), "distribution", "580", "server") == []
+    choice = nv.fabric_manager(
+        hgx, "auto", platform("Ubuntu-24"), "distribution", "580", "580.159.03-0ubuntu0.24.04.1", "server"
+    )
+    assert choice["specs"] == ["nvidia-fabricmanager-580=580.159.03-*", "libnvidia-nscq-580=580.159.03-*"]
 
 
 # ---------------------------------------------------------- package choices
 
 
-def test_package_names_fill_in_the_branch():
-    names = nv.package_names(platform("Ubuntu-24"), "distribution", "580", "open", "precompiled", "server")
+def test_package_names_fill_in_the_branch_and_the_running_kernel():
+    names = nv.package_names(
+        platform("Ubuntu-24"), "distribution", "580", "open", "precompiled", "server", ["6.8.0-1015-aws"]
+    )
+    # The precompiled modules of the running kernel's flavour (aws), not -generic's.
     assert names == [
-        "linux-modules-nvidia-580-server-open-generic",
+        "linux-modules-nvidia-580-server-open-6.8.0-1015-aws",
         "nvidia-headless-no-dkms-580-server-open",
         "nvidia-utils-580-server",
     ]
+
+
+@pytest.mark.parametrize(
+    ("branch", "expected"),
+    [
+        ("580", ["nvidia-headless-580-open", "nvidia-utils-580"]),
+        # NVIDIA driver installation guide, "Ubuntu 590 and later packages": the branch leaves the names.
+        ("590", ["nvidia-headless-open", "nvidia-utils"]),
+        ("595", ["nvidia-headless-open", "nvidia-utils"]),
+    ],
+)
+def test_ubuntu_names_from_nvidias_repository_lose_the_branch_from_590(branch, expected):
+    assert nv.package_names(platform("Ubuntu-24"), "cuda", branch, "open", "dkms", "headless") == expected
+    # Ubuntu's own archive keeps it (canonical/nvidia-graphics-drivers 595: nvidia-utils-595).
+    assert (
+        nv.package_names(platform("Ubuntu-24"), "distribution", "580", "open", "dkms", "headless")[1]
+        == "nvidia-utils-580"
+    )
+
+
+def test_versions_of_branch_less_names_are_carried_too():
+    madison = (
+        "nvidia-headless-open | 590.48.01-0ubuntu1 | file:/m ubuntu2404/x86_64 Packages\n"
+        "nvidia-headless-580-open | 580.95.05-0ubuntu1 | file:/m ubuntu2404/x86_64 Packages\n"
+        "nvidia-headless-no-dkms-open | 590.48.01-0ubuntu1 | file:/m ubuntu2404/x86_64 Packages\n"
+    )
+    carried = nv.carried_versions(madison, platform("Ubuntu-24"), "cuda", "open", "dkms", "headless")
+    assert carried == ["580.95.05", "590.48.01"]
 
 
 def test_dnf_specs_carry_the_pin_apt_uses_preferences():
@@ -460,6 +537,94 @@ def test_package_names_refuse_what_the_platform_does_not_offer():
 
 
 # ---------------------------------------------------- resolved package sets
+
+
+CUDA_KEYRING_SOURCES = """#file /etc/apt/sources.list
+deb http://deb.debian.org/debian bookworm main
+#file /etc/apt/sources.list.d/cuda-debian12-x86_64.list
+deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] https://mirror.invalid/cuda/repos/debian12/x86_64/ /
+#file /etc/apt/sources.list.d/nvidia-cuda.sources
+Types: deb
+URIs: https://mirror.invalid/cuda/repos/debian12/x86_64/
+Suites: /
+Signed-By: /etc/apt/keyrings/nvidia-cuda.asc
+"""
+OWN = "/etc/apt/sources.list.d/nvidia-cuda.sources"
+URI = "https://mirror.invalid/cuda/repos/debian12/x86_64/"
+
+
+def test_cuda_keyring_source_is_found_and_reused():
+    # cuda-keyring's file, as NVIDIA/cuda-repo-management SIGNATURES.md writes it.
+    plan = nv.existing_source_plan(CUDA_KEYRING_SOURCES, URI, OWN, "reuse")
+    assert plan == {
+        "found": ["/etc/apt/sources.list.d/cuda-debian12-x86_64.list"],
+        "reuse": True,
+        "remove": [],
+        "errors": [],
+    }
+
+
+def test_cuda_keyring_source_is_replaced_only_where_its_file_holds_nothing_else():
+    plan = nv.existing_source_plan(CUDA_KEYRING_SOURCES, URI.rstrip("/"), OWN, "replace")
+    assert plan["remove"] == ["/etc/apt/sources.list.d/cuda-debian12-x86_64.list"] and not plan["reuse"]
+    mixed = CUDA_KEYRING_SOURCES.replace("bookworm main", "bookworm main\ndeb [signed-by=/k.gpg] " + URI + " /")
+    plan = nv.existing_source_plan(mixed, URI, OWN, "replace")
+    assert "/etc/apt/sources.list" in plan["errors"][0] and "nvidia_driver_existing_source: reuse" in plan["errors"][0]
+
+
+def test_only_the_roles_own_source_is_no_conflict():
+    lines = CUDA_KEYRING_SOURCES.splitlines()
+    own_only = "\n".join(line for line in lines if "cuda-debian12" not in line and "signed-by=/usr" not in line)
+    assert nv.existing_source_plan(own_only, URI, OWN, "reuse")["found"] == []
+    disabled = CUDA_KEYRING_SOURCES.replace("Suites: /", "Suites: /\nEnabled: no").replace(
+        OWN, "/etc/apt/sources.list.d/x.sources"
+    )
+    assert nv.existing_source_plan(disabled, URI, OWN)["found"] == ["/etc/apt/sources.list.d/cuda-debian12-x86_64.list"]
+
+
+REPOLIST_ROCKY9 = (
+    "repo id                 repo name\n"
+    "appstream               Rocky Linux 9 - AppStream\n"
+    "baseos                  Rocky Linux 9 - BaseOS\n"
+)
+
+
+def test_rhel9_dkms_from_epel_with_crb():
+    plan = nv.rhel_repo_plan(platform("RedHat-9"), "Rocky", "x86_64", REPOLIST_ROCKY9, False, "dkms")
+    assert plan == {"install_epel": True, "enable": ["crb"], "tool": "dnf", "errors": []}
+    plan = nv.rhel_repo_plan(platform("RedHat-9"), "RedHat", "aarch64", "", False, "dkms")
+    assert plan["enable"] == ["codeready-builder-for-rhel-9-aarch64-rpms"] and plan["tool"] == "subscription-manager"
+    enabled = REPOLIST_ROCKY9 + "crb   Rocky Linux 9 - CRB\nepel  Extra Packages for Enterprise Linux 9\n"
+    assert nv.rhel_repo_plan(platform("RedHat-9"), "Rocky", "x86_64", enabled, False, "dkms")["enable"] == []
+    assert not nv.rhel_repo_plan(platform("RedHat-9"), "Rocky", "x86_64", enabled, False, "dkms")["install_epel"]
+
+
+def test_rhel8_needs_epel_only_and_nothing_when_dkms_is_there():
+    plan = nv.rhel_repo_plan(platform("RedHat-8"), "Rocky", "x86_64", "", False, "dkms")
+    assert plan["install_epel"] and plan["enable"] == []
+    assert nv.rhel_repo_plan(platform("RedHat-8"), "Rocky", "x86_64", "", True, "dkms")["install_epel"] is False
+    assert nv.rhel_repo_plan(platform("Debian-12"), "Debian", "x86_64", "", False, "dkms")["install_epel"] is False
+
+
+def test_epel_refused_by_the_variable_fails_with_the_reason():
+    plan = nv.rhel_repo_plan(platform("RedHat-9"), "RedHat", "x86_64", "", False, "dkms", False)
+    assert len(plan["errors"]) == 1
+    assert "nvidia_driver_enable_epel" in plan["errors"][0] and "EPEL" in plan["errors"][0]
+    assert "codeready-builder-for-rhel-9-x86_64-rpms" in plan["errors"][0]
+
+
+def test_versionlock_drops_other_versions_and_adds_the_pin():
+    # `dnf versionlock list` lines (NVIDIA driver installation guide, "Version locking", DNF 4).
+    listing = "nvidia-driver-cuda-3:580.82.07-1.el9.*\nkmod-nvidia-open-dkms-3:580.95.05-1.el9.*\n"
+    names = ["nvidia-driver-cuda", "kmod-nvidia-open-dkms", "nvidia-persistenced"]
+    assert nv.versionlock_plan(listing, names, "580.95.05") == {
+        "delete": ["nvidia-driver-cuda"],
+        "add": ["nvidia-driver-cuda-580.95.05", "nvidia-persistenced-580.95.05"],
+    }
+    held = "\n".join(f"{name}-3:580.95.05-1.el9.*" for name in names)
+    assert nv.versionlock_plan(held, names, "580.95.05") == {"delete": [], "add": []}
+    # "nvidia-driver" is not "nvidia-driver-cuda": no lock is mistaken for another package's.
+    assert nv.versionlock_plan(listing, ["nvidia-driver"], "580.95.05")["add"] == ["nvidia-driver-580.95.05"]
 
 
 def test_apt_simulation_captured_from_the_molecule_mirror():

@@ -71,7 +71,7 @@ def test_every_offered_combination_gives_packages(name, source, modules, build, 
     assert build in OPTIONS["nvidia_driver_build"]["choices"]
     assert flavour in OPTIONS["nvidia_driver_flavour"]["choices"]
     assert nv.plan_errors(data, source, branch, "", modules, build, flavour) == []
-    names = nv.package_names(data, source, branch, modules, build, flavour)
+    names = nv.package_names(data, source, branch, modules, build, flavour, ["6.8.0-45-generic"])
     assert names and all("{" not in package for package in names)
     if data["family"] == "apt":
         # the preferences file must hold every driver package at the branch or pin
@@ -145,3 +145,42 @@ def test_every_documented_tag_is_a_tag_of_the_role_and_back():
         used.update(task.get("tags", []))
         used.update(((task.get("ansible.builtin.include_tasks") or {}).get("apply") or {}).get("tags", []))
     assert documented == used
+
+
+# NVIDIA driver installation guide, "Recent Updates", table "Ubuntu 590 package renames": the
+# names the driver packages keep from 590 on (and those that keep theirs). The apt preferences
+# file must hold every one of them, or apt moves them to another branch on its own.
+UBUNTU_590_NAMES = [
+    "cuda-drivers",
+    "libnvidia-cfg1",
+    "libnvidia-common",
+    "libnvidia-compute",
+    "libnvidia-decode",
+    "libnvidia-encode",
+    "libnvidia-extra",
+    "libnvidia-fbc1",
+    "libnvidia-gl",
+    "libnvidia-gpucomp",
+    "libnvidia-nscq",
+    "libnvsdm",
+    "libxnvctrl0",
+    "libxnvctrl-dev",
+    "nvidia-dkms",
+    "nvidia-dkms-open",
+]
+# NVIDIA/gpu-driver-container ubuntu24.04/install.sh holds these at the driver's version too.
+FABRIC_NAMES = ["nvidia-fabricmanager", "nvidia-fabricmanager-dev", "nvidia-imex", "nvidia-modprobe"]
+
+
+@pytest.mark.parametrize("name", UBUNTU_590_NAMES + FABRIC_NAMES)
+def test_the_apt_pin_holds_every_driver_package_also_without_the_branch(name):
+    assert any(fnmatch.fnmatch(name, pattern) for pattern in ROLE_VARS["__nvidia_driver_apt_pinned"]), name
+
+
+@pytest.mark.parametrize("name", ["Ubuntu-22", "Ubuntu-24"])
+def test_ubuntu_precompiled_modules_follow_the_running_kernel(name):
+    data = platform(name)
+    for modules in ("open", "proprietary"):
+        for flavour, templates in data["sources"]["distribution"]["packages"][modules]["precompiled"].items():
+            modules_packages = [template for template in templates if template.startswith("linux-modules-")]
+            assert modules_packages and all(template.endswith("-{kernel}") for template in modules_packages), flavour

@@ -265,3 +265,37 @@ def test_bad_variables_fail_before_any_change(host, extra_vars, named):
     assert named in output
     assert "changed=0" in output
     assert checksums(host) == before
+
+
+def test_a_cuda_keyring_source_for_the_same_uri_is_reused_then_replaced(host):
+    # Item 7 of issue 11: cuda-keyring writes its own one-line source with another Signed-By
+    # (NVIDIA/cuda-repo-management SIGNATURES.md); both together break apt for the whole host.
+    if is_trixie(host):
+        pytest.skip("the apt sources logic does not depend on the platform; one platform runs it")
+    uri = f"file:///srv/nvidia-mirror/{expected(host)['platform']}/x86_64/"
+    keyring_list = "/etc/apt/sources.list.d/cuda-debian12-x86_64.list"
+    before = checksums(host)
+    # A host that has only cuda-keyring's source (the role's own would already conflict with it).
+    host.run_test(
+        f"rm -f {SOURCES} && "
+        "gpg --dearmor < /srv/nvidia-mirror/test-key.asc > /usr/share/keyrings/cuda-archive-keyring.gpg && "
+        f"echo 'deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] {uri} /' > {keyring_list}"
+    )
+    try:
+        rc, output = run_converge(host)
+        assert rc == 0, output
+        assert "nvidia_driver_existing_source=reuse" in output
+        assert not host.file(SOURCES).exists and host.file(keyring_list).exists
+        update = host.run("LC_ALL=C apt-get update")
+        assert update.rc == 0 and "Conflicting values" not in update.stderr, update.stderr
+        assert f"Candidate: {expected(host)['version']}" in host.check_output(
+            "LC_ALL=C apt-cache policy nvidia-driver-cuda"
+        )
+
+        rc, output = run_converge(host, "-e", "nvidia_driver_existing_source=replace")
+        assert rc == 0, output
+        assert not host.file(keyring_list).exists and host.file(SOURCES).exists
+        assert host.run("LC_ALL=C apt-get update").rc == 0
+    finally:
+        host.run(f"rm -f {keyring_list} /usr/share/keyrings/cuda-archive-keyring.gpg")
+    assert checksums(host) == before

@@ -102,7 +102,7 @@ def parse_probe(text: str) -> dict[str, str]:
     sections: dict[str, list[str]] = {}
     current = None
     for line in (text or "").splitlines():
-        if line.startswith("#") and re.fullmatch(r"#[a-z_]+", line.strip()):
+        if line.startswith("#") and re.fullmatch(r"#[a-z0-9_]+", line.strip()):
             current = line.strip()[1:]
             sections.setdefault(current, [])
         elif current is not None:
@@ -196,6 +196,11 @@ def host_state(probe_text: str) -> dict:
         "nouveau_loaded": "nouveau" in modules,
         "module_on_disk_version": on_disk[0].strip() if on_disk else "",
         "secure_boot": (sections.get("secure_boot", "") or "").strip() == "1",
+        # NVLink 5 (HGX/DGX B200, B300): the switch trays show no NVSwitch PCI function; NVIDIA's driver
+        # container finds them as InfiniBand devices whose VPD holds SW_MNG (NVIDIA/gpu-driver-container
+        # ubuntu24.04/nvidia-driver, _assert_nvlink5_system), and then runs the fabric manager with nvlsm.
+        "nvlink5_present": bool((sections.get("nvlink5", "") or "").split()),
+        "nvlink5_devices": sorted((sections.get("nvlink5", "") or "").split()),
     }
 
 
@@ -268,7 +273,17 @@ def verify(rows: list[dict], pin="", branch="", expected_count=0) -> dict:
 # ------------------------------------------------------------ package choices
 
 
-def _fmt(template: str, branch) -> str:
+def _fmt(template: str, branch, unbranched_from="") -> str:
+    """Fill in the branch; from `unbranched_from` on the names carry no branch.
+
+    NVIDIA's Ubuntu repositories rename the driver packages from 590 on by
+    removing the branch (NVIDIA driver installation guide, "Recent Updates",
+    "Ubuntu 590 and later packages": nvidia-dkms-580-open -> nvidia-dkms-open,
+    libnvidia-compute-580 -> libnvidia-compute, ...). Ubuntu's own archive keeps
+    the branch (canonical/nvidia-graphics-drivers, branch 595: nvidia-utils-595).
+    """
+    if unbranched_from and valid_branch(branch) and int(str(branch)) >= int(str(unbranched_from)):
+        return template.replace("-{branch}", "").replace("{branch}", "")
     return template.replace("{branch}", str(branch))
 
 
@@ -324,13 +339,27 @@ def plan_errors(platform: dict, source, branch, pin, kernel_modules, build, flav
     return errors
 
 
-def package_names(platform: dict, source, branch, kernel_modules, build, flavour) -> list[str]:
-    """The packages to install, branch filled in; versions are pinned separately."""
+def package_names(platform: dict, source, branch, kernel_modules, build, flavour, kernels=()) -> list[str]:
+    """The packages to install, branch filled in; versions are pinned separately.
+
+    Templates with {kernel} (Ubuntu's precompiled modules) give one package per
+    kernel to build for: linux-modules-nvidia-580-open-6.8.0-1015-aws follows the
+    running kernel's flavour (aws, lowlatency, nvidia, ...), where the -generic
+    metapackage would pull in a generic kernel beside it.
+    """
     errors = plan_errors(platform, source, branch, "", kernel_modules, build, flavour)
     if errors:
         raise ValueError("; ".join(errors))
-    templates = platform["sources"][source]["packages"][kernel_modules][build][flavour]
-    return [_fmt(template, branch) for template in templates]
+    offer = platform["sources"][source]
+    templates = offer["packages"][kernel_modules][build][flavour]
+    names = []
+    for template in templates:
+        name = _fmt(template, branch, offer.get("unbranched_from", ""))
+        if "{kernel}" in name:
+            names.extend(name.replace("{kernel}", str(kernel)) for kernel in kernels)
+        else:
+            names.append(name)
+    return names
 
 
 def package_specs(names: list[str], family: str, pin="") -> list[str]:
@@ -349,31 +378,99 @@ def apt_pin_version(branch, pin="") -> str:
     return f"{branch}.*"
 
 
-def fabric_manager(inventory: dict, mode, platform: dict, source, branch, driver_version) -> dict:
-    """Whether and which fabric manager to install: exactly the driver's version.
+def _branch_entry(table: dict, branch):
+    """The entry of {first branch: value} that applies to this branch."""
+    keys = sorted((int(str(key)) for key in table), reverse=True)
+    for key in keys:
+        if int(str(branch)) >= key:
+            return table.get(key, table.get(str(key)))
+    return None
 
-    mode: 'auto' (only where an NVSwitch is present), 'always', 'never'.
+
+def fabric_manager_wanted(inventory: dict, mode) -> bool:
+    """auto: where sysfs shows an NVSwitch (NVLink 4 and older) or an NVLink 5
+    switch tray's management port (HGX/DGX B200, B300: no NVSwitch PCI function)."""
+    present = bool(inventory.get("nvswitch_present")) or bool(inventory.get("nvlink5_present"))
+    return mode == "always" or (mode == "auto" and present)
+
+
+def fabric_manager_errors(inventory: dict, mode, platform: dict, source, branch, flavour) -> list[str]:
+    """Why the fabric manager cannot be installed from this source ([] when it can)."""
+    if not fabric_manager_wanted(inventory, mode) or not valid_branch(branch):
+        return []
+    name = platform.get("name", "this platform")
+    offer = platform.get("sources", {}).get(source, {}).get("fabric_manager") or {}
+    if not offer or _branch_entry(offer.get("packages", {}), branch) is None:
+        return [
+            f"nvidia_driver_source {source} on {name} carries no fabric manager for branch {branch}, and this host "
+            "needs one (NVSwitch or NVLink 5): set nvidia_driver_source: cuda, or nvidia_driver_fabric_manager: never"
+        ]
+    needed_flavour = offer.get("requires_flavour", "")
+    if needed_flavour and flavour != needed_flavour:
+        return [
+            f"the fabric manager of {name}'s archive runs only with the -{needed_flavour} driver line (it depends on "
+            f"nvidia-kernel-common-{branch}-{needed_flavour}): set nvidia_driver_flavour: {needed_flavour}, or "
+            "nvidia_driver_source: cuda"
+        ]
+    return []
+
+
+def fabric_manager(inventory: dict, mode, platform: dict, source, branch, driver_version, flavour="") -> dict:
+    """Whether and which fabric manager packages to install: exactly the driver's version.
+
+    mode: 'auto' (only where an NVSwitch or NVLink 5 is present), 'always', 'never'.
     driver_version: the installed driver's version (or the pin); the fabric
-    manager must equal it, or it refuses to start.
+    manager and libnvidia-nscq must equal it, or the fabric manager refuses to
+    start. Names per branch, as NVIDIA's driver container installs them
+    (NVIDIA/gpu-driver-container ubuntu24.04/precompiled/nvidia-driver and
+    rhel9/precompiled/Dockerfile): from 580 nvidia-fabricmanager and
+    libnvidia-nscq (apt and dnf), before it nvidia-fabricmanager-<branch> and
+    libnvidia-nscq-<branch> on apt, nvidia-fabric-manager and
+    libnvidia-nscq-<branch> on dnf. NVLink 5 systems also need nvlsm and
+    infiniband-diags (NVIDIA/gpu-driver-container ubuntu24.04/install.sh,
+    nvlink5_pkgs_install), which carry versions of their own.
     """
-    wanted = mode == "always" or (mode == "auto" and bool(inventory.get("nvswitch_present")))
-    template = platform.get("sources", {}).get(source, {}).get("fabric_manager", "")
-    if not wanted:
-        return {"needed": False, "package": "", "version": "", "service": "", "reason": "no NVSwitch"}
-    if not template:
-        raise ValueError(
-            f"nvidia_driver_source {source} on {platform.get('name', 'this platform')} carries no fabric manager; "
-            "NVSwitch hosts need nvidia_driver_source: cuda"
-        )
+    none = {
+        "needed": False,
+        "package": "",
+        "packages": [],
+        "specs": [],
+        "held": [],
+        "version": "",
+        "service": "",
+        "nvlink5": False,
+        "reason": "no NVSwitch or NVLink 5",
+    }
+    if not fabric_manager_wanted(inventory, mode):
+        return none
+    errors = fabric_manager_errors(inventory, mode, platform, source, branch, flavour)
+    if errors:
+        raise ValueError("; ".join(errors))
     if not driver_version:
         raise ValueError("the fabric manager version follows the driver's, and no driver version is known yet")
     version = upstream_version(driver_version)
+    offer = platform["sources"][source]["fabric_manager"]
+    versioned = [_fmt(template, branch) for template in _branch_entry(offer["packages"], branch)]
+    nvlink5 = bool(inventory.get("nvlink5_present"))
+    unversioned = list(offer.get("nvlink5_packages", [])) if nvlink5 else []
+    if platform.get("family") == "dnf":
+        specs = [f"{name}-{version}" for name in versioned]
+    else:
+        specs = [f"{name}={version}-*" for name in versioned]
     return {
         "needed": True,
-        "package": _fmt(template, branch),
+        "package": versioned[0],
+        "packages": versioned + unversioned,
+        "specs": specs + unversioned,
+        "held": versioned,
         "version": version,
         "service": platform.get("fabric_manager_service", "nvidia-fabricmanager"),
-        "reason": "NVSwitch present" if inventory.get("nvswitch_present") else "nvidia_driver_fabric_manager is always",
+        "nvlink5": nvlink5,
+        "reason": "NVLink 5 present"
+        if nvlink5
+        else "NVSwitch present"
+        if inventory.get("nvswitch_present")
+        else "nvidia_driver_fabric_manager is always",
     }
 
 
@@ -442,7 +539,12 @@ def parse_package_rows(text: str) -> list[tuple[str, str]]:
 def carried_versions(text: str, platform: dict, source, kernel_modules, build, flavour) -> list[str]:
     """Driver versions ('580.95.05') a package index carries for this package set, oldest first."""
     marker = driver_marker(platform, source, kernel_modules, build, flavour)
-    pattern = re.compile("^" + re.escape(marker).replace(re.escape("{branch}"), "[1-9][0-9]{2}") + "$")
+    if platform["sources"][source].get("unbranched_from"):
+        # 590 and later carry no branch in the name: nvidia-headless-580-open and nvidia-headless-open.
+        regex = re.escape(marker).replace(re.escape("-{branch}"), "(?:-[1-9][0-9]{2})?")
+    else:
+        regex = re.escape(marker)
+    pattern = re.compile("^" + regex.replace(re.escape("{branch}"), "[1-9][0-9]{2}") + "$")
     found = {}
     for name, version in parse_package_rows(text):
         if not pattern.match(name):
@@ -656,6 +758,156 @@ def secure_boot_errors(state: dict, build, key_enrolled=False) -> list[str]:
     ]
 
 
+# ------------------------------------------------------- existing apt sources
+
+
+def _norm_uri(uri) -> str:
+    return str(uri or "").strip().rstrip("/")
+
+
+def apt_sources(text: str) -> list[dict]:
+    """Entries of the host's apt sources, from '#file PATH' followed by the file.
+
+    One-line (.list: 'deb [signed-by=K] URI SUITE ...') and deb822 (.sources:
+    'Types/URIs/Suites/Signed-By' stanzas). Each entry: file, uris, signed_by.
+    """
+    entries = []
+    current = ""
+    stanza: dict = {}
+
+    def close_stanza():
+        if stanza.get("uris"):
+            entries.append({"file": current, "uris": stanza["uris"], "signed_by": stanza.get("signed-by", "")})
+        stanza.clear()
+
+    for raw in (text or "").splitlines():
+        if raw.startswith("#file "):
+            close_stanza()
+            current = raw[len("#file ") :].strip()
+            continue
+        line = raw.split("#", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if current.endswith(".sources"):
+            if not line.strip():
+                close_stanza()
+                continue
+            if ":" in line and not line[0].isspace():
+                key, value = line.split(":", 1)
+                key = key.strip().lower()
+                if key == "uris":
+                    stanza["uris"] = [_norm_uri(uri) for uri in value.split()]
+                elif key == "signed-by":
+                    stanza["signed-by"] = value.strip()
+                elif key == "enabled" and value.strip().lower() == "no":
+                    stanza["uris"] = []
+            continue
+        match = re.match(r"^\s*deb\s+(?:\[([^\]]*)\]\s+)?(\S+)", line)
+        if match:
+            options = dict(option.split("=", 1) for option in (match.group(1) or "").split() if "=" in option)
+            entries.append(
+                {"file": current, "uris": [_norm_uri(match.group(2))], "signed_by": options.get("signed-by", "")}
+            )
+    close_stanza()
+    return entries
+
+
+def existing_source_plan(text: str, uri, own_file, mode="reuse") -> dict:
+    """What to do about sources of NVIDIA's repository that are not the role's.
+
+    Two sources for the same URI with different Signed-By break apt for the whole
+    host ("Conflicting values set for option Signed-By"; NVIDIA/cuda-repo-management
+    issue #4), and cuda-keyring writes exactly such a source
+    (/etc/apt/sources.list.d/cuda-<distro>-<arch>.list, signed-by
+    /usr/share/keyrings/cuda-archive-keyring.gpg; NVIDIA/cuda-repo-management
+    SIGNATURES.md). reuse: keep theirs, write none of the role's own;
+    replace: remove their files (only files that hold nothing else) and write the role's.
+    """
+    target = _norm_uri(uri)
+    entries = apt_sources(text)
+    others = [entry for entry in entries if entry["file"] != own_file and target in entry["uris"]]
+    files = sorted({entry["file"] for entry in others})
+    plan = {"found": files, "reuse": False, "remove": [], "errors": []}
+    if not others:
+        return plan
+    if mode == "reuse":
+        plan["reuse"] = True
+        return plan
+    for file in files:
+        foreign = [entry for entry in entries if entry["file"] == file and target not in entry["uris"]]
+        if foreign or file == "/etc/apt/sources.list":
+            plan["errors"].append(
+                f"{file} carries NVIDIA's repository {target}/ beside other sources, so "
+                "nvidia_driver_existing_source: replace cannot remove it: delete that line yourself, or set "
+                "nvidia_driver_existing_source: reuse"
+            )
+        else:
+            plan["remove"].append(file)
+    return plan
+
+
+# ------------------------------------------------------------ RHEL: EPEL, CRB, versionlock
+
+
+def rhel_repo_plan(platform: dict, distribution, arch, enabled_repos: str, dkms_available, build, allow=True) -> dict:
+    """Which repositories dkms needs on RHEL and its rebuilds, and whether they may be enabled.
+
+    NVIDIA's packages for RHEL 8/9 build with dkms, which comes from EPEL; EPEL on
+    9 builds against CodeReady Builder (crb on Rocky/Alma, codeready-builder-for-rhel-9-ARCH-rpms
+    on RHEL) (NVIDIA driver installation guide, Red Hat Enterprise Linux, "Enable
+    the network repository" / "Satisfy third-party package dependency"; NVIDIA/gpu-driver-container
+    rhel9/install.sh enables crb on Rocky and installs EPEL).
+    """
+    plan = {"install_epel": False, "enable": [], "tool": "", "errors": []}
+    if platform.get("family") != "dnf" or build != "dkms" or dkms_available:
+        return plan
+    enabled = {
+        line.split()[0]
+        for line in (enabled_repos or "").splitlines()
+        if line.strip() and not line.startswith("repo id")
+    }
+    rhel = str(distribution) == "RedHat"
+    crb = platform.get("crb_repo", {})
+    crb_id = (crb.get("rhel", "") if rhel else crb.get("rebuild", "")).replace("{arch}", str(arch))
+    plan["install_epel"] = not any(repo == "epel" or repo.startswith("epel-") for repo in enabled)
+    plan["enable"] = [crb_id] if crb_id and crb_id not in enabled else []
+    plan["tool"] = "subscription-manager" if rhel else "dnf"
+    if (plan["install_epel"] or plan["enable"]) and not allow:
+        wanted = (["EPEL"] if plan["install_epel"] else []) + plan["enable"]
+        plan["errors"].append(
+            f"dkms is neither installed nor available on {platform.get('name', 'this host')}: it comes from EPEL"
+            f"{' (which needs ' + crb_id + ')' if crb_id else ''}, and nvidia_driver_enable_epel is false, so the role "
+            f"may not enable {', '.join(wanted)}. Enable them yourself (or mirror dkms into an enabled repository), "
+            "or set nvidia_driver_enable_epel: true"
+        )
+    return plan
+
+
+def versionlock_plan(list_text: str, names, pin) -> dict:
+    """`dnf versionlock` entries to delete (other versions of these names) and to add.
+
+    Lines of `dnf versionlock list` look like 'kmod-nvidia-open-dkms-3:580.95.05-1.el9.*'
+    (NVIDIA driver installation guide, "Version locking", DNF 4). A lock at another
+    version makes dnf refuse the pinned one, so stale locks go before the install.
+    """
+    locked: dict[str, set] = {}
+    for line in (list_text or "").splitlines():
+        text = line.strip()
+        for name in names:
+            match = re.match(rf"^{re.escape(name)}-(?:\d+:)?(\d[\w.]*)-[^-]+$", text)
+            if match:
+                locked.setdefault(name, set()).add(match.group(1))
+    delete, add = [], []
+    for name in names:
+        versions = locked.get(name, set())
+        if not pin:
+            continue
+        stale = [version for version in versions if version_tuple(version) != version_tuple(pin)]
+        if stale:
+            delete.append(name)
+        if stale or not versions:
+            add.append(f"{name}-{pin}")
+    return {"delete": delete, "add": add}
+
+
 # ------------------------------------------------------------------- rebooting
 
 
@@ -735,6 +987,11 @@ class FilterModule:
             "package_specs": package_specs,
             "apt_pin_version": apt_pin_version,
             "fabric_manager": fabric_manager,
+            "fabric_manager_errors": fabric_manager_errors,
+            "apt_sources": apt_sources,
+            "existing_source_plan": existing_source_plan,
+            "rhel_repo_plan": rhel_repo_plan,
+            "versionlock_plan": versionlock_plan,
             "resolved_packages": resolved_packages,
             "installed_driver_version": installed_driver_version,
             "installed_package_set": installed_package_set,
