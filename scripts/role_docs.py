@@ -40,7 +40,7 @@ def table(role: str) -> str:
     for name, option in role_options(role).items():
         default = option.get("default", "(required)" if option.get("required") else "")
         if not isinstance(default, str):
-            default = yaml.safe_dump(default, default_flow_style=True).strip().removesuffix("...").strip()
+            default = yaml.safe_dump(default, default_flow_style=True, width=1000).strip().removesuffix("...").strip()
         default = f"`{cell(default)}`" if default != "" else '`""`'
         rows.append(f"| `{name}` | {option.get('type', 'str')} | {default} | {describe(option)} |")
     return "\n".join(rows) + "\n"
