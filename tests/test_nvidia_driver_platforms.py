@@ -184,3 +184,33 @@ def test_ubuntu_precompiled_modules_follow_the_running_kernel(name):
         for flavour, templates in data["sources"]["distribution"]["packages"][modules]["precompiled"].items():
             modules_packages = [template for template in templates if template.startswith("linux-modules-")]
             assert modules_packages and all(template.endswith("-{kernel}") for template in modules_packages), flavour
+
+
+MIRROR_TABLE = ROOT / "molecule" / "nvidia_driver" / "files" / "mirror-packages.tsv"
+
+
+def mirror_rows():
+    rows = {}
+    for line in MIRROR_TABLE.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, first, last, depends, source = line.split("\t")
+            rows[name] = (int(first), int(last), depends, source)
+    return rows
+
+
+def test_stand_in_mirror_rows_are_sourced_and_consistent():
+    rows = mirror_rows()
+    for name, (first, last, depends, source) in rows.items():
+        assert first <= last and source.strip(), name
+        for dependency in re.findall(r"([a-z0-9.+-]+) \(= \{v\}\)", depends):
+            assert dependency in rows, f"{name} depends on {dependency}, which the table lacks"
+
+
+@pytest.mark.parametrize("name", [n for n in SUPPORTED if n.startswith("Debian")])
+def test_stand_in_mirror_carries_every_package_the_role_takes_from_nvidias_debian_repository(name):
+    """The Molecule mirror stands in for NVIDIA's Debian repository: every name the role
+    installs from it (driver sets and fabric manager names per branch) must be a row."""
+    offer = platform(name)["sources"]["cuda"]
+    wanted = {p for builds in offer["packages"].values() for fl in builds.values() for ps in fl.values() for p in ps}
+    wanted |= {p for ps in offer["fabric_manager"]["packages"].values() for p in ps}
+    assert wanted <= set(mirror_rows())

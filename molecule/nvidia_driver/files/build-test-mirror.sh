@@ -3,10 +3,12 @@
 # (BASE/<platform>/x86_64/) with stand-in packages: same names, versions and
 # dependencies between them as the real driver packages, but empty. apt
 # resolves the role's package set against it for real; nothing is a kernel
-# module. Usage: build-test-mirror.sh BASE PLATFORM (e.g. /srv/nvidia-mirror debian12)
+# module. Usage: build-test-mirror.sh BASE PLATFORM TABLE
+# (e.g. /srv/nvidia-mirror debian12 /usr/local/share/mirror-packages.tsv)
 set -eu
 base=$1
 platform=$2
+table=$3
 repo="$base/$platform/x86_64"
 work=$(mktemp -d)
 export GNUPGHOME="$work/gnupg"
@@ -31,17 +33,16 @@ package() { # name version depends
     dpkg-deb --build -Zgzip "$dir" "$repo/$1_$2_amd64.deb" > /dev/null
 }
 
+# The names, branch ranges and dependencies come from TABLE, each row citing its source.
+tab=$(printf '\t')
 for version in 570.172.08 580.82.07 580.95.05 590.44.01; do
     v="$version-1"
     branch=${version%%.*}
-    for name in nvidia-smi libcuda1 nvidia-kernel-support nvidia-persistenced xserver-xorg-video-nvidia; do
-        package "$name" "$v" ""
+    grep -v '^#' "$table" | while IFS="$tab" read -r name first last depends _source; do
+        [ "$branch" -ge "$first" ] && [ "$branch" -le "$last" ] || continue
+        [ "$depends" = - ] && depends=
+        package "$(echo "$name" | sed "s/{branch}/$branch/")" "$v" "$(echo "$depends" | sed "s/{v}/$v/g")"
     done
-    package nvidia-driver-cuda "$v" "nvidia-smi (= $v), libcuda1 (= $v), nvidia-kernel-support (= $v)"
-    package nvidia-driver "$v" "nvidia-driver-cuda (= $v), xserver-xorg-video-nvidia (= $v)"
-    package nvidia-kernel-open-dkms "$v" "dkms, nvidia-kernel-support (= $v)"
-    package nvidia-kernel-dkms "$v" "dkms, nvidia-kernel-support (= $v)"
-    package "nvidia-fabricmanager-$branch" "$v" ""
 done
 
 gpg --batch --quiet --passphrase '' --quick-gen-key 'gpu-fleet test mirror <mirror@gpu-fleet.invalid>' ed25519 sign never
