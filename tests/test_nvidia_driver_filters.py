@@ -540,7 +540,7 @@ def test_package_names_refuse_what_the_platform_does_not_offer():
 
 
 CUDA_KEYRING_SOURCES = """#file /etc/apt/sources.list
-deb http://deb.debian.org/debian bookworm main
+deb https://debian.invalid/debian bookworm main
 #file /etc/apt/sources.list.d/cuda-debian12-x86_64.list
 deb [signed-by=/usr/share/keyrings/cuda-archive-keyring.gpg] https://mirror.invalid/cuda/repos/debian12/x86_64/ /
 #file /etc/apt/sources.list.d/nvidia-cuda.sources
