@@ -147,11 +147,11 @@ def test_config_file_supplies_options_and_flags_override(arrow_only, tmp_path, c
 @pytest.mark.parametrize(
     "content, why",
     [
-        ("batches: 1\nbogus: 2\n", "unknown option(s) bogus"),
+        ("batches: 1\nbogus: 2\n", "unknown config keys: bogus"),
         ("batch_size: 0\n", "'batch_size': 0 is below 1"),
         ("workers: 1.5\n", "'workers'"),
         ("deep: yes please\n", "'deep' must be true or false"),
-        ("- a list\n", "must be a YAML mapping"),
+        ("- a list\n", "config file must hold a mapping"),
     ],
 )
 def test_bad_config_file_is_a_usage_error(tmp_path, capsys, content, why):

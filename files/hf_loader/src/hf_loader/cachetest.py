@@ -17,9 +17,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from . import report
+from .configfile import load_config_file
 from .env import OFFLINE_VARS, CachePaths, force_offline, offline_disabled_by_user
 from .errors import (
     EXIT_ENVIRONMENT,
@@ -32,8 +31,6 @@ from .errors import (
 )
 
 DEFAULT_DATASET = "ILSVRC/imagenet-1k"
-# The loader's own streaming shuffle buffer (rows); the test keeps it below the split's size.
-STREAM_SHUFFLE_BUFFER = 10_000
 
 EXIT_CODES_HELP = """exit codes:
   0  ready: environment sane, a complete copy found, batches loaded
@@ -324,7 +321,7 @@ def _report_copy(result: Result, res, deep: bool) -> None:
         )
 
 
-def _shuffle_buffer(res, args: argparse.Namespace) -> int:
+def _shuffle_buffer(res, args: argparse.Namespace, default: int) -> int:
     """A streaming shuffle buffer that leaves rows unread in each worker's shards after the
     batches the test takes: when a stream ends, `datasets` sleeps ~5 s at thread shutdown
     (its SLEEP_TIME_ON_THREADS_SHUTDOWN) before the rows still in the buffer come out, and
@@ -332,11 +329,11 @@ def _shuffle_buffer(res, args: argparse.Namespace) -> int:
     split_report = res.report.splits.get(args.split)
     rows = split_report.rows_expected if split_report else None
     if not rows:
-        return STREAM_SHUFFLE_BUFFER
+        return default
     streams = max(1, min(args.workers, len(split_report.files)))
     batches_per_stream = -(-args.batches // max(1, args.workers))
     unread = rows // streams - batches_per_stream * args.batch_size - 1
-    return max(0, min(STREAM_SHUFFLE_BUFFER, unread))
+    return max(0, min(default, unread))
 
 
 def load_batches(res, args, load_split) -> dict:
@@ -349,7 +346,7 @@ def load_batches(res, args, load_split) -> dict:
         workers=args.workers,
         persistent_workers=False,
         drop_last_train=False,
-        shuffle_buffer=_shuffle_buffer(res, args),
+        shuffle_buffer=_shuffle_buffer(res, args, LoaderConfig.shuffle_buffer),
     )
     t0 = time.perf_counter()
     loader = build_dataloader(ds, train=args.split == "train", cfg=cfg, rank=0, world_size=1)
@@ -417,13 +414,9 @@ def render(result: Result) -> str:
 # --------------------------------------------------------------------------- arguments
 
 
-class UsageError(ConfigError):
-    """A bad flag, config file or value; argparse's own errors arrive as this too."""
-
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # argparse would print and exit; --json must still answer
-        raise UsageError(message, remedy=f"see {self.prog} --help")
+        raise ConfigError(message, remedy=f"see {self.prog} --help")
 
 
 def _count(minimum: int):
@@ -525,41 +518,20 @@ CONFIG_FILE_KEYS = (
 
 def _config_file_defaults(p: argparse.ArgumentParser, path: Path) -> dict:
     """The config file's options, each checked as its flag would be."""
-    try:
-        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as e:
-        raise UsageError(
-            f"cannot read the config file: {e.strerror or e}",
-            path=str(path),
-            remedy="pass an existing, readable --config-file",
-        ) from None
-    except yaml.YAMLError as e:
-        raise UsageError(f"the config file is not valid YAML: {e}", path=str(path)) from None
-    if doc is None:
-        return {}
-    if not isinstance(doc, dict):
-        raise UsageError("the config file must be a YAML mapping of options", path=str(path))
-    unknown = sorted(set(doc) - set(CONFIG_FILE_KEYS))
-    if unknown:
-        raise UsageError(
-            f"unknown option(s) {', '.join(map(str, unknown))} in the config file",
-            path=str(path),
-            remedy=f"use only: {', '.join(CONFIG_FILE_KEYS)}",
-        )
-    actions = {a.dest: a for a in p._actions}
     values = {}
-    for key, value in doc.items():
+    actions = {a.dest: a for a in p._actions}
+    for key, value in load_config_file(str(path), CONFIG_FILE_KEYS).items():
         action = actions[key]
         if isinstance(action, argparse._StoreTrueAction):
             if not isinstance(value, bool):
-                raise UsageError(f"'{key}' must be true or false, not {value!r}", path=str(path))
+                raise ConfigError(f"'{key}' must be true or false, not {value!r}", path=str(path))
         elif value is not None:
             if isinstance(value, (bool, dict, list)):
-                raise UsageError(f"'{key}' must be a single value, not {value!r}", path=str(path))
+                raise ConfigError(f"'{key}' must be a single value, not {value!r}", path=str(path))
             try:
                 value = action.type(str(value)) if action.type else str(value)
             except argparse.ArgumentTypeError as e:
-                raise UsageError(f"'{key}': {e}", path=str(path)) from None
+                raise ConfigError(f"'{key}': {e}", path=str(path)) from None
         values[key] = value
     return values
 
@@ -608,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except SystemExit as e:  # --help
         return int(e.code or 0)
-    except UsageError as e:
+    except ConfigError as e:  # the parser's, the config file's
         _error_finding(result, "usage", e)
         emit(result, None, argv, "--json" in argv)
         return result.exit_code

@@ -380,9 +380,9 @@ def read_card(snapshot: Path, report: CheckReport | None = None) -> dict:
     path = snapshot / "README.md"
     try:
         text = read_regular(path).decode("utf-8", errors="replace")
-    except FileNotFoundError:
+    except FileNotFoundError as e:  # no card at all is reported by the caller
         if report is not None and os.path.islink(path):
-            add_os_error(report, path, FileNotFoundError(), "dataset card")
+            add_os_error(report, path, e, "dataset card")
         return {}
     except OSError as e:
         if report is not None:
@@ -625,7 +625,7 @@ def _hash_snapshot_files(
     report: CheckReport, snapshot: Path, files: list[str], data_set: set, workers, progress
 ) -> None:
     blobs_dir = snapshot.parent.parent / "blobs"
-    blob_names = {n for n in _listdir_quiet(blobs_dir) if _SHA256_RE.match(n)}
+    blob_names = {n for n in listdir_or_empty(blobs_dir) if _SHA256_RE.match(n)}
     jobs = []
     for rel in files:
         is_link = os.path.islink(snapshot / rel)
@@ -653,8 +653,9 @@ def _hash_snapshot_files(
             )
 
 
-def _listdir_quiet(path: Path) -> list[str]:
+def listdir_or_empty(path: Path) -> list[str]:
+    """Sorted names in a folder; [] when it cannot be listed (the callers report that)."""
     try:
-        return os.listdir(path)
+        return sorted(os.listdir(path))
     except OSError:
         return []

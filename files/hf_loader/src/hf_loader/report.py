@@ -17,6 +17,7 @@ import tempfile
 from importlib import resources
 from pathlib import Path
 
+from .check import read_regular
 from .errors import EXIT_GATE_CLOSED, EXIT_READY
 
 SCHEMA_VERSION = 1
@@ -99,8 +100,7 @@ def schema_problems(doc) -> list[str]:
 def require_ready(path: Path) -> tuple[int, str]:
     """(exit code, one line) for the training unit's gate: 0 only for a valid, ready report."""
     try:
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), encoding="utf-8") as handle:
-            doc = json.load(handle)
+        doc = json.loads(read_regular(path))
     except FileNotFoundError:
         return EXIT_GATE_CLOSED, (
             f"no cache test report at {path}: run the cache test first "

@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .check import (
+    MISSING,
     PERMISSION,
     CheckReport,
     card_config,
     card_config_names,
     check_arrow_dir,
     check_hub_snapshot,
+    listdir_or_empty,
     read_card,
 )
 from .env import CachePaths, force_offline, scratch_dir
@@ -104,22 +106,15 @@ def _mtime(p: Path) -> float:
         return 0.0
 
 
-def _listdir(p: Path) -> list[str]:
-    try:
-        return sorted(os.listdir(p))
-    except OSError:
-        return []
-
-
 def cached_ids(paths: CachePaths) -> dict[str, list[str]]:
     """Every dataset id present in either cache -> the folders holding it."""
     found: dict[str, list[str]] = {}
-    for name in _listdir(paths.datasets_cache):
+    for name in listdir_or_empty(paths.datasets_cache):
         p = paths.datasets_cache / name
         if name.startswith((".", "_")) or name in _NOT_DATASETS or not p.is_dir():
             continue
         found.setdefault(name.replace("___", "/", 1), []).append(str(p))
-    for name in _listdir(paths.hub_cache):
+    for name in listdir_or_empty(paths.hub_cache):
         if name.startswith("datasets--"):
             found.setdefault(name[len("datasets--") :].replace("--", "/", 1), []).append(
                 str(paths.hub_cache / name)
@@ -129,6 +124,11 @@ def cached_ids(paths: CachePaths) -> dict[str, list[str]]:
 
 def _norm(s: str) -> str:
     return re.sub(r"[^a-z0-9]", "", s.lower())
+
+
+def cached_id(near_miss: str) -> str:
+    """The id of a `near_misses` entry ("'ns/name' at FOLDERS")."""
+    return near_miss.split("'")[1]
 
 
 def near_misses(paths: CachePaths, dataset_id: str) -> list[str]:
@@ -149,16 +149,16 @@ def _arrow_candidates(
 ) -> tuple[list[Path], list[Skipped], list[str]]:
     root = arrow_root(paths, dataset_id)
     candidates, skipped = [], []
-    configs = [config] if config else _listdir(root)
+    configs = [config] if config else listdir_or_empty(root)
     for cfg in configs:
         cfg_dir = root / cfg
         if not cfg_dir.is_dir():
             continue
-        for ver in _listdir(cfg_dir):
+        for ver in listdir_or_empty(cfg_dir):
             vdir = cfg_dir / ver
             if not vdir.is_dir():
                 continue
-            for h in _listdir(vdir):
+            for h in listdir_or_empty(vdir):
                 d = vdir / h
                 if not d.is_dir():
                     continue
@@ -193,7 +193,7 @@ def resolve(
             f"'{dataset_id}' is not a valid dataset id",
             near_misses=misses,
             remedy=(
-                f"did you mean '{misses[0].split(chr(39))[1]}'? "
+                f"did you mean '{cached_id(misses[0])}'? "
                 if misses
                 else "pass an id like 'ILSVRC/imagenet-1k' (namespace/name) or 'name'"
             ),
@@ -290,9 +290,9 @@ def resolve(
                     "but were not downloaded into this snapshot; the others are usable"
                 )
             if allow_convert and rep.missing_splits:
-                msg = "conversion to Arrow needs every split of the card; streaming instead"
-                warnings.warn(msg, ConversionSkippedWarning, stacklevel=2)
-                res.infos.append(msg)
+                _stream_instead(
+                    res, "conversion to Arrow needs every split of the card; streaming instead", 3
+                )
             elif allow_convert:
                 _maybe_convert(res, paths, convert_headroom, progress)
             return res
@@ -312,7 +312,7 @@ def resolve(
     if skipped and not candidates:
         looked.extend(f"skipped {s}" for s in skipped)
     remedy = (
-        f"use the id it is cached under (e.g. '{misses[0].split(chr(39))[1]}')"
+        f"use the id it is cached under (e.g. '{cached_id(misses[0])}')"
         if misses
         else (
             "copy the dataset into HF_DATASETS_CACHE (Arrow, as written by datasets) or "
@@ -365,13 +365,13 @@ def _dangling_ref(repo_dir: Path, revision: str | None) -> CheckReport | None:
     snapshots = repo_dir / "snapshots"
     if (snapshots / commit).is_dir():
         return None
-    present = _listdir(snapshots)
+    present = listdir_or_empty(snapshots)
     report = CheckReport(kind="hub", path=str(snapshots / commit))
     report.add(
         ref,
         f"ref '{ref_name}' points to snapshot {commit}, which is not in {snapshots} "
         f"(snapshots there: {', '.join(present) or 'none'})",
-        "missing",
+        MISSING,
     )
     return report
 
@@ -402,6 +402,12 @@ def _arrow_size_estimate(report: CheckReport, config: str) -> int:
     return sum(s.bytes for s in report.splits.values()) * 2  # parquet compresses ~2x at most
 
 
+def _stream_instead(res: Resolution, msg: str, stacklevel: int) -> None:
+    """Conversion allowed but not done: warn `resolve`'s caller and note it in the result."""
+    warnings.warn(msg, ConversionSkippedWarning, stacklevel=stacklevel)
+    res.infos.append(msg)
+
+
 def _maybe_convert(res: Resolution, paths: CachePaths, headroom: float, progress: bool) -> None:
     target = writable_target(paths.datasets_cache)
     if target is None:
@@ -410,8 +416,7 @@ def _maybe_convert(res: Resolution, paths: CachePaths, headroom: float, progress
             "by this user (read-only volume or another owner); reading the hub snapshot in "
             "streaming mode"
         )
-        warnings.warn(msg, ConversionSkippedWarning, stacklevel=3)
-        res.infos.append(msg)
+        _stream_instead(res, msg, 4)
         return
     need = int(_arrow_size_estimate(res.report, res.config) * headroom)
     free = shutil.disk_usage(target).free
@@ -420,8 +425,7 @@ def _maybe_convert(res: Resolution, paths: CachePaths, headroom: float, progress
             f"conversion of {res.path} to Arrow skipped: needs about {need} bytes, "
             f"{free} free in {paths.datasets_cache}; reading the hub snapshot in streaming mode"
         )
-        warnings.warn(msg, ConversionSkippedWarning, stacklevel=3)
-        res.infos.append(msg)
+        _stream_instead(res, msg, 4)
         return
     paths.datasets_cache.mkdir(parents=True, exist_ok=True)
     out = convert_to_arrow(res, paths)

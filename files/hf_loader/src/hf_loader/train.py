@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
-from pathlib import Path
 
+from .configfile import load_config_file
 from .env import force_offline
 from .errors import ConfigError, HFLoaderError
 
@@ -58,42 +57,6 @@ DEFAULTS = {
 }
 
 
-def load_config_file(path: str) -> dict:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(
-            f"cannot read config file: {e.strerror}",
-            path=path,
-            remedy="pass an existing YAML or JSON file",
-        ) from e
-    import yaml
-
-    try:
-        data = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as e:
-        raise ConfigError(
-            f"invalid config file: {e}", path=path, remedy="fix the syntax (a YAML or JSON mapping)"
-        ) from e
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(
-            "config file must hold a mapping",
-            path=path,
-            remedy="write key: value pairs, e.g. 'batch_size: 256'",
-        )
-    unknown = sorted(set(data) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(
-            f"unknown config keys: {', '.join(unknown)}",
-            path=path,
-            remedy=f"use only: {', '.join(sorted(DEFAULTS))}",
-        )
-    return data
-
-
 def _parse_value(text: str):
     import yaml
 
@@ -125,7 +88,7 @@ def build_config(argv: list[str] | None = None) -> dict:
     args = vars(p.parse_args(argv))
     cfg = dict(DEFAULTS)
     if args.get("config_file"):
-        cfg.update(load_config_file(args.pop("config_file")))
+        cfg.update(load_config_file(args.pop("config_file"), DEFAULTS))
     args.pop("config_file", None)
     cfg.update(args)
     for key in ("max_duration", "eval_interval", "warmup", "save_interval"):
