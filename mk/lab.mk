@@ -1,10 +1,10 @@
 # The lab (scripts/lab.py): LAB_HOSTS simulated GPU hosts on this machine, privileged
 # systemd containers with sshd on 127.0.0.1:<2200+i>, each with a loop-backed dataset
-# volume holding a small ImageNet-shaped cache; then site.yml and the validate runbook
+# volume holding a small ImageNet-shaped cache; then site.yml and the cache test runbook
 # against inventory/lab, exactly as against a real fleet. Included by the Makefile.
 LAB_HOSTS ?= 3
 LAB_SITE ?= site.yml
-LAB_VALIDATE ?= playbooks/validate.yml
+LAB_CACHE_TEST ?= playbooks/cache-test.yml
 # The cache on the volumes is built by the production libraries (hf_loader.fixtures).
 LAB_PYTHON ?= $(if $(wildcard .venvs/prod/bin/python),.venvs/prod/bin/python,$(LOADER_BIN)/python)
 LAB_PYTHON_DEP := $(if $(wildcard .venvs/prod/bin/python),,loader-venv)
@@ -17,9 +17,9 @@ BENCH_FLEET_ARGS ?=
 lab-up: venv $(LAB_PYTHON_DEP) ## lab hosts only (engine, containers, volumes, inventory/lab/hosts.yml)
 	LAB_PYTHON=$(LAB_PYTHON) $(PYTHON) scripts/lab.py up --hosts $(LAB_HOSTS)
 
-lab: lab-up wheelhouse ## LAB_HOSTS (3) simulated GPU hosts, site.yml + validate over SSH, fleet report
+lab: lab-up wheelhouse ## LAB_HOSTS (3) simulated GPU hosts, site.yml + cache test over SSH, fleet report
 	$(BIN)/ansible-playbook -i inventory/lab $(LAB_SITE)
-	$(BIN)/ansible-playbook -i inventory/lab $(LAB_VALIDATE)
+	$(BIN)/ansible-playbook -i inventory/lab $(LAB_CACHE_TEST)
 	@echo "[lab] fleet report: $(CURDIR)/reports/fleet.html (Markdown: reports/fleet.md)"
 	@echo "[lab] log in: ssh -i lab/ssh/id_ed25519 -p 2201 ansible@127.0.0.1; remove: make lab-down"
 

@@ -43,7 +43,7 @@ fail() { say "FAIL: $*"; failed=$((failed + 1)); }
 driver_play() {
     local log=$OUT_DIR/$1
     shift
-    ANSIBLE_FORCE_COLOR=0 ansible-playbook -i localhost, -c local playbooks/driver.yml \
+    ANSIBLE_FORCE_COLOR=0 ansible-playbook -i localhost, -c local site.yml --tags driver --skip-tags report \
         -e fleet_hosts=localhost -e ansible_become=false \
         -e "ansible_python_interpreter=$(command -v "$PYTHON")" \
         -e nvidia_driver_preinstalled=true -e nvidia_driver_require_gpu=true \

@@ -216,7 +216,7 @@ def test_an_invalid_report_is_shown_as_invalid_and_never_counted_ready(tmp_path,
 
 
 def test_a_run_that_left_no_report_is_not_ready_with_the_roles_message(tmp_path):
-    problem = "hf-cache-validate.service ended with result timeout (status 0) and left no report of this run"
+    problem = "hf-cache-test.service ended with result timeout (status 0) and left no report of this run"
     report_dir = write_summaries(tmp_path, summary("gpu-01", None, problem=problem))
     row = rows_by_host(report_dir)["gpu-01"]
     assert (row["verdict"], row["message"], row["checked at"]) == ("NOT READY", problem, "-")

@@ -20,7 +20,7 @@ testinfra_hosts = ["ansible://all"]
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMA = json.loads((ROOT / "files/hf_loader/src/hf_loader/report.schema.json").read_text())
-REPORT = "/var/lib/hf-loader/validation.json"
+REPORT = "/var/lib/hf-loader/cache-test.json"
 METRICS = "/var/lib/node-exporter/hf_cache_test.prom"
 REPORT_DIR = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "reports"
 LAUNCH_ENV = "/etc/hf-loader/launch-default.env"
@@ -28,7 +28,7 @@ HOSTS = ["default-bookworm", "default-trixie", "default-readonly"]
 # Its volume is mounted read-only and holds only the hub snapshot (molecule.yml).
 READ_ONLY_HOST = "default-readonly"
 # systemd-analyze security: the most exposure each unit may have (issue 12).
-EXPOSURE_LIMITS = {"hf-cache-validate.service": 2.0, "hf-train@default.service": 5.0}
+EXPOSURE_LIMITS = {"hf-cache-test.service": 2.0, "hf-train@default.service": 5.0}
 
 
 def stored_report(host):
@@ -73,9 +73,9 @@ def test_the_cache_test_runs_from_its_settings_and_gates_training(host):
     settings = host.file("/etc/hf-loader/cache-test.yaml").content_string
     assert "report: " + json.dumps(REPORT) in settings
     assert 'metrics_dir: "/var/lib/node-exporter"' in settings
-    validate_unit = host.file("/etc/systemd/system/hf-cache-validate.service").content_string
+    cache_test_unit = host.file("/etc/systemd/system/hf-cache-test.service").content_string
     assert (
-        "ExecStart=/opt/hf-loader/venv/bin/hf-cache-test --config-file /etc/hf-loader/cache-test.yaml" in validate_unit
+        "ExecStart=/opt/hf-loader/venv/bin/hf-cache-test --config-file /etc/hf-loader/cache-test.yaml" in cache_test_unit
     )
     train_unit = host.file("/etc/systemd/system/hf-train@.service").content_string
     assert f"ExecStartPre=/opt/hf-loader/venv/bin/hf-cache-test --require-ready {REPORT}" in train_unit
@@ -90,9 +90,9 @@ def unit_properties(host, unit, *names):
 
 
 def test_units_enforce_a_reader_never_writes_never_calls_out(host):
-    validate = unit_properties(
+    cache_test = unit_properties(
         host,
-        "hf-cache-validate.service",
+        "hf-cache-test.service",
         "ProtectSystem",
         "ReadOnlyPaths",
         "ReadWritePaths",
@@ -103,12 +103,12 @@ def test_units_enforce_a_reader_never_writes_never_calls_out(host):
         "PrivateTmp",
         "ProtectHome",
     )
-    assert validate["ProtectSystem"] == "strict"
-    assert validate["ReadOnlyPaths"] == "-/data/hf"
-    assert validate["ReadWritePaths"].split() == ["/var/lib/hf-loader", "/var/lib/node-exporter"]
-    assert (validate["PrivateNetwork"], validate["RestrictAddressFamilies"]) == ("yes", "AF_UNIX")
-    assert validate["IPAddressDeny"] in ("0.0.0.0/0 ::/0", "::/0 0.0.0.0/0")
-    assert (validate["NoNewPrivileges"], validate["PrivateTmp"], validate["ProtectHome"]) == ("yes", "yes", "yes")
+    assert cache_test["ProtectSystem"] == "strict"
+    assert cache_test["ReadOnlyPaths"] == "-/data/hf"
+    assert cache_test["ReadWritePaths"].split() == ["/var/lib/hf-loader", "/var/lib/node-exporter"]
+    assert (cache_test["PrivateNetwork"], cache_test["RestrictAddressFamilies"]) == ("yes", "AF_UNIX")
+    assert cache_test["IPAddressDeny"] in ("0.0.0.0/0 ::/0", "::/0 0.0.0.0/0")
+    assert (cache_test["NoNewPrivileges"], cache_test["PrivateTmp"], cache_test["ProtectHome"]) == ("yes", "yes", "yes")
     train = unit_properties(host, "hf-train@default.service", "KillSignal", "KillMode", "TimeoutStopUSec")
     assert (train["KillSignal"], train["KillMode"], train["TimeoutStopUSec"]) == ("15", "mixed", "10min")
 
@@ -228,7 +228,7 @@ def test_fleet_report_shows_an_unreachable_host_and_a_broken_copy_as_this_run_sa
     last_good = json.loads((REPORT_DIR / "hosts" / "default-bookworm.json").read_text())["last_ready_at"]
     assert last_good
 
-    rc, output = run_site_playbook("playbooks/validate.yml", "-i", str(extra))
+    rc, output = run_site_playbook("playbooks/cache-test.yml", "-i", str(extra))
     assert rc == 4, output
     hosts = recap(output)
     assert "unreachable=1" in hosts["default-bookworm"]
@@ -240,7 +240,7 @@ def test_fleet_report_shows_an_unreachable_host_and_a_broken_copy_as_this_run_sa
     assert (report["ready"], report["verdict"], report["exit_code"]) == (True, "ready_with_warnings", 0)
     assert report["resolution"]["source"] == "hub"
     assert report["message"].startswith("ready, with a warning: ") and arrow_copy in report["message"]
-    journal = host.check_output("journalctl -u hf-cache-validate.service --no-pager -o cat -n 40")
+    journal = host.check_output("journalctl -u hf-cache-test.service --no-pager -o cat -n 40")
     assert re.search(rf"\[WARN\] cache: .*{re.escape(arrow_copy)}", journal), journal
 
     fleet = (REPORT_DIR / "fleet.md").read_text()
@@ -256,9 +256,9 @@ def test_fleet_report_shows_an_unreachable_host_and_a_broken_copy_as_this_run_sa
     assert report["checked_at"] in rows["default-trixie"]
 
     # No host reached at all: Ansible would end the playbook before the report;
-    # validate.yml keeps localhost in its play so that the report still says so.
+    # cache-test.yml keeps localhost in its play so that the report still says so.
     extra.write_text(json.dumps({"all": {"hosts": {name: {"ansible_host": f"{name}-gone"} for name in HOSTS}}}))
-    rc, output = run_site_playbook("playbooks/validate.yml", "-i", str(extra))
+    rc, output = run_site_playbook("playbooks/cache-test.yml", "-i", str(extra))
     assert rc == 4, output
     fleet = (REPORT_DIR / "fleet.md").read_text()
     assert fleet.splitlines()[2] == (
@@ -277,12 +277,12 @@ def broken_trixie_cache(host):
     host.check_output(f"mv {arrow} /var/lib/removed.arrow && mv {blob} /var/lib/removed.blob")
     yield [arrow, blob]
     host.check_output(f"mv /var/lib/removed.arrow {arrow} && mv /var/lib/removed.blob {blob}")
-    rc, output = run_site_playbook("playbooks/validate.yml")
+    rc, output = run_site_playbook("playbooks/cache-test.yml")
     assert rc == 0, output
 
 
 def test_broken_cache_fails_its_host_with_the_cache_tests_message(host, broken_trixie_cache):
-    rc, output = run_site_playbook("playbooks/validate.yml")
+    rc, output = run_site_playbook("playbooks/cache-test.yml")
     assert rc != 0, output
     broken = stored_report(host)
     assert (broken["ready"], broken["verdict"]) == (False, "not_ready")
