@@ -39,14 +39,14 @@ wheelhouse: venv ## wheels of the production lock per target Python, built once 
 browser: ## Debian's chromium, for the test that opens the fleet report
 	command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
 
-# The roles' Python that runs on the controller (modules in library/ follow Ansible's layout instead).
-ROLE_PLUGINS := $(wildcard roles/*/filter_plugins roles/*/lookup_plugins)
+# All the project's Python, the roles' shared collection included.
+PYTHON_SOURCES := scripts scripts/capfilter-runc tests molecule collections
 
 lint: venv ## yamllint, ansible-lint (production profile), ruff
 	$(BIN)/yamllint --strict .
 	$(BIN)/ansible-lint
-	$(BIN)/ruff check scripts scripts/capfilter-runc tests molecule $(ROLE_PLUGINS)
-	$(BIN)/ruff format --check scripts scripts/capfilter-runc tests molecule $(ROLE_PLUGINS)
+	$(BIN)/ruff check $(PYTHON_SOURCES)
+	$(BIN)/ruff format --check $(PYTHON_SOURCES)
 
 pytest: venv browser ## unit tests of the roles' logic and the project's conventions
 	$(BIN)/pytest -q tests

@@ -95,12 +95,11 @@ print(",".join(role["__nvidia_driver_smi_fields"]))' roles/nvidia_driver/vars/ma
     nvidia-smi >"$OUT_DIR/nvidia-smi.txt" 2>&1
     cat /proc/driver/nvidia/version >"$OUT_DIR/proc-driver-nvidia-version.txt" 2>&1
     "$PYTHON" - "$OUT_DIR" "$fields" "$BRANCH" <<'EOF' || fail "the role's parsers on the captured output"
-import importlib.util, json, sys
+import json, sys
 from pathlib import Path
+sys.path.insert(0, "collections")
+from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as f
 out, fields, branch = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
-spec = importlib.util.spec_from_file_location("f", "roles/nvidia_driver/filter_plugins/nvidia_driver.py")
-f = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(f)
 state = f.host_state((out / "probe.txt").read_text())
 rows = f.parse_nvidia_smi_csv((out / "nvidia-smi.csv").read_text(), fields)
 result = {"host_state": state, "nvidia_smi": rows, "verify_branch": f.verify(rows, "", branch)}

@@ -4,25 +4,11 @@ The probe outputs below are what blkid -p, wipefs --no-act --json and lsblk --js
 Debian for the cases named (recorded on bookworm and trixie loop devices).
 """
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parent.parent
-LOGIC = ROOT / "roles" / "dataset_volume" / "module_utils" / "dataset_volume_logic.py"
-FILTERS = ROOT / "roles" / "dataset_volume" / "filter_plugins" / "dataset_volume.py"
-
-
-def load(path, name):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-logic = load(LOGIC, "dataset_volume_logic")
+from ansible_collections.gpu_fleet.common.plugins.filter.dataset_volume import FilterModule
+from ansible_collections.gpu_fleet.common.plugins.module_utils import dataset_volume_logic as logic
 
 # A fake /dev/disk/by-id of a Nitro instance with two EBS volumes and an instance store disk.
 BY_ID = [
@@ -103,6 +89,8 @@ SWAP = {
         ("/srv/hf-cache", "bind", "bind"),
         ("srv/hf-cache", "bind", "invalid"),
         ("/srv/a,b", "bind", "invalid"),
+        ("/srv/./hf-cache", "bind", "invalid"),
+        ("/srv/hf#cache", "bind", "invalid"),
         ("/dev/sdb", "lvm", "invalid"),
     ],
 )
@@ -208,9 +196,50 @@ def test_mount_options_for_each_kind():
     )
 
 
+MOUNTED_BLOCK = {"maj:min": "7:0", "fsroot": "/", "source": "/dev/loop0", "fstype": "ext4"}
+NFS_MOUNT = {"maj:min": "0:52", "fsroot": "/", "source": "nas01:/export/hf", "fstype": "nfs4"}
+FOLDER = {"exists": True, "isdir": True, "dev": 2049, "inode": 1234}
+NOTHING_THERE = {"exists": False, "isdir": False, "dev": None, "inode": None}
+
+
+@pytest.mark.parametrize(
+    ("probe_result", "volume_type", "source", "ours"),
+    [
+        ({"mounted": {}, "majmin": "7:0"}, "block", "/dev/loop0", False),
+        ({"mounted": MOUNTED_BLOCK, "majmin": "7:0"}, "block", "/dev/loop0", True),
+        # The same device by another name (UUID=, by-id) is still the same major:minor.
+        ({"mounted": MOUNTED_BLOCK, "majmin": "7:0"}, "block", "UUID=28ac67b5", True),
+        ({"mounted": MOUNTED_BLOCK, "majmin": "7:1"}, "block", "/dev/loop1", False),
+        # A bind mount of a folder on the device: same device, not its root.
+        ({"mounted": {**MOUNTED_BLOCK, "fsroot": "/srv"}, "majmin": "7:0"}, "block", "/dev/loop0", False),
+        ({"mounted": MOUNTED_BLOCK, "majmin": ""}, "block", "/dev/loop0", False),
+        ({"mounted": NFS_MOUNT}, "nfs", "nas01:/export/hf/", True),
+        ({"mounted": {**NFS_MOUNT, "source": "nas01:/export/hf//"}}, "nfs", "nas01:/export/hf", True),
+        ({"mounted": {**NFS_MOUNT, "source": "nas01:/"}}, "nfs", "nas01:/", True),
+        ({"mounted": NFS_MOUNT}, "nfs", "nas02:/export/hf", False),
+        ({"mounted": MOUNTED_BLOCK, "source_dir": FOLDER, "mount_point": FOLDER}, "bind", "/srv/hf", True),
+        (
+            {"mounted": MOUNTED_BLOCK, "source_dir": FOLDER, "mount_point": {**FOLDER, "inode": 99}},
+            "bind",
+            "/srv/hf",
+            False,
+        ),
+        # A missing source folder is never the mount point, whatever the two stats hold.
+        (
+            {"mounted": MOUNTED_BLOCK, "source_dir": NOTHING_THERE, "mount_point": NOTHING_THERE},
+            "bind",
+            "/srv/x",
+            False,
+        ),
+        ({"mounted": MOUNTED_BLOCK, "majmin": "7:0"}, "lvm", "/dev/loop0", False),
+    ],
+)
+def test_whether_the_mounted_volume_is_ours(probe_result, volume_type, source, ours):
+    assert logic.mounted_is_ours(probe_result, volume_type, source) is ours
+
+
 def test_filters_are_the_logic():
-    filters = load(FILTERS, "dataset_volume_filters").FilterModule().filters()
-    assert filters["dataset_volume_ebs_by_id_matches"](BY_ID, "vol-0fedcba9876543210") == [
-        "nvme-Amazon_Elastic_Block_Store_vol0fedcba9876543210"
-    ]
+    filters = FilterModule().filters()
     assert filters["dataset_volume_source_kind"]("LABEL=x") == "label"
+    assert filters["dataset_volume_assess"] is logic.assess
+    assert filters["dataset_volume_mounted_is_ours"] is logic.mounted_is_ours

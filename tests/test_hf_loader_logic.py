@@ -1,22 +1,12 @@
 """The hf_loader role's decisions: which pins a venv lacks, and whether a host's wheelhouse is in step."""
 
-import importlib.util
 import os
 from pathlib import Path
 
+from ansible_collections.gpu_fleet.common.plugins.filter import hf_loader as logic
+from ansible_collections.gpu_fleet.common.plugins.lookup import hf_loader_wheels as wheels_lookup
+
 ROOT = Path(__file__).resolve().parent.parent
-ROLE = ROOT / "roles" / "hf_loader"
-
-
-def load_plugin(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-logic = load_plugin("hf_loader_filters", ROLE / "filter_plugins" / "hf_loader.py")
-wheels_lookup = load_plugin("hf_loader_wheels", ROLE / "lookup_plugins" / "hf_loader_wheels.py")
 
 LOCK = """# Production lock
 # torch 2.7.0 from PyPI

@@ -8,21 +8,18 @@ scripts/gpu-host-check.sh on a single-H200 virtual machine (driver 580.159.04, o
 modules, from the image) with the role's own probe script and nvidia-smi query.
 """
 
-import importlib.util
 import json
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as nv
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = ROOT / "roles" / "nvidia_driver"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nvidia"
 
-spec = importlib.util.spec_from_file_location("nvidia_driver_filters", ROLE / "filter_plugins" / "nvidia_driver.py")
-nv = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(nv)
 
 ROLE_VARS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
 SMI_FIELDS = ROLE_VARS["__nvidia_driver_smi_fields"]

@@ -1,22 +1,18 @@
 """nvidia_driver's per-platform vars: complete, consistent with the specs, pinnable."""
 
 import fnmatch
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 import yaml
+from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as nv
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = ROOT / "roles" / "nvidia_driver"
 ROLE_VARS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
 SUPPORTED = ROLE_VARS["__nvidia_driver_supported"]
 OPTIONS = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
-
-spec = importlib.util.spec_from_file_location("nvidia_driver_filters", ROLE / "filter_plugins" / "nvidia_driver.py")
-nv = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(nv)
 
 
 def platform(name):
@@ -137,9 +133,8 @@ def test_debian_13_uses_its_own_repository_key():
 
 
 def test_every_documented_tag_is_a_tag_of_the_role_and_back():
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### nvidia_driver", 1)[1].split("\n### ", 1)[0]
-    documented = set(re.findall(r"`(nvidia_driver\w*)`", section.split("\nTags: ", 1)[1].split("\n\n", 1)[0]))
+    readme = (ROLE / "README.md").read_text()
+    documented = set(re.findall(r"`(nvidia_driver\w*)`", readme.split("\nTags: ", 1)[1].split("\n\n", 1)[0]))
     used = set()
     for task in yaml.safe_load((ROLE / "tasks" / "main.yml").read_text()):
         used.update(task.get("tags", []))

@@ -1,6 +1,7 @@
 """Conventions every role keeps: specs match defaults, README matches specs."""
 
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,14 +63,59 @@ def test_role_has_the_standard_files(role):
     assert (ROOT / "molecule" / scenario / "molecule.yml").is_file(), "each role has a Molecule scenario"
 
 
+ROLE_DOCS = ROOT / "scripts" / "role_docs.py"
+
+
+def role_docs(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROLE_DOCS), *args], check=False, capture_output=True, text=True)
+
+
+def hand_written(readme: str) -> str:
+    return readme.split("<!-- role-notes -->", 1)[1].split("<!-- /role-notes -->", 1)[0]
+
+
 @pytest.mark.parametrize("role", ROLES)
-def test_readme_documents_the_role(role):
-    assert f"<!-- role-vars:{role} -->" in (ROOT / "README.md").read_text()
+def test_each_role_has_a_readme_with_its_hand_written_part_and_every_variable(role):
+    readme = (ROOT / "roles" / role / "README.md").read_text()
+    notes = hand_written(readme)
+    for heading in ("## What it needs", "## What it does"):
+        assert heading in notes, f"roles/{role}/README.md: the hand-written part lacks {heading!r}"
+    for name in options(role):
+        assert f"| `{name}` |" in readme, f"roles/{role}/README.md lacks {name}"
+    assert f"[`{role}`](roles/{role}/README.md)" in (ROOT / "README.md").read_text(), "README.md lists every role"
 
 
-def test_readme_variable_tables_match_the_specs():
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "role_docs.py"), "--check"], check=False)
-    assert done.returncode == 0
+def test_role_readmes_match_the_specs_tags_and_handlers():
+    done = role_docs("--check")
+    assert done.returncode == 0, done.stderr
+
+
+def copy_of_the_roles(tmp_path: Path) -> Path:
+    """What role_docs.py reads and writes, copied: README.md, site.yml and the roles."""
+    for relative in ["README.md", "site.yml"]:
+        (tmp_path / relative).write_text((ROOT / relative).read_text())
+    shutil.copytree(ROOT / "roles", tmp_path / "roles", ignore=shutil.ignore_patterns("__pycache__"))
+    return tmp_path
+
+
+def test_check_fails_when_a_role_readme_is_out_of_date_and_a_rerun_keeps_the_hand_written_part(tmp_path):
+    root = copy_of_the_roles(tmp_path)
+    assert role_docs("--check", "--root", str(root)).returncode == 0
+    specs = root / "roles" / "hf_env" / "meta" / "argument_specs.yml"
+    specs.write_text(specs.read_text().replace("HF_HUB_CACHE, the hub's snapshot cache.", "The hub cache."))
+    tasks = root / "roles" / "hf_env" / "tasks" / "main.yml"
+    new_step = "\n- name: A new step\n  ansible.builtin.import_tasks: new.yml\n  tags: [hf_env_new]\n"
+    tasks.write_text(tasks.read_text() + new_step)
+    done = role_docs("--check", "--root", str(root))
+    assert done.returncode == 1 and "roles/hf_env/README.md" in done.stderr
+    notes = hand_written((root / "roles" / "hf_env" / "README.md").read_text())
+    assert role_docs("--root", str(root)).returncode == 0
+    readme = (root / "roles" / "hf_env" / "README.md").read_text()
+    assert "| `hf_env_hub_cache` | path | `{{ hf_env_cache_root }}/hub` | The hub cache. |" in readme
+    assert "`hf_env_new`" in readme and hand_written(readme) == notes
+    assert role_docs("--check", "--root", str(root)).returncode == 0
+    (root / "roles" / "dataset_volume" / "README.md").unlink()
+    assert role_docs("--check", "--root", str(root)).returncode == 1
 
 
 # Keys whose whole value is a Jinja expression; elsewhere only {{ ... }} and {% ... %} are.
@@ -109,7 +155,7 @@ def test_bool_options_are_read_through_the_bool_filter(role):
             code = QUOTED.sub("''", expr)  # names inside string literals are text
             for name in bools:
                 # A name after "|" is a filter (nvidia_driver_verify), not the variable.
-                if re.search(rf"(?<![\w|])(?<!\|\s){name}\b(?!\s*\|\s*bool)", code):
+                if re.search(rf"(?<![\w.|])(?<!\|\s){name}\b(?!\s*\|\s*bool)", code):
                     found.append(f"{path.relative_to(ROOT)}: {name} in {expr.strip()[:80]!r}")
     assert not found, "\n".join(found)
 
@@ -141,4 +187,36 @@ def test_included_task_files_keep_their_tags(role):
             applied = include.get("apply", {}).get("tags") if isinstance(include, dict) else None
             if not task.get("tags") or applied != task["tags"]:
                 found.append(f"{path.relative_to(ROOT)}: {task.get('name')!r} tags {task.get('tags')} apply {applied}")
+    assert not found, "\n".join(found)
+
+
+# The steps that only read and that later steps rely on: they run with every tag of the role,
+# so that any one tag works alone (Molecule runs each one in check mode). Not `always`: another
+# role's tags must not run them.
+READ_ONLY_STEPS = {"preflight.yml", "detect.yml", "probe.yml"}
+
+
+def main_tags(tasks) -> set[str]:
+    """Every tag a tasks/main.yml gives: on its tasks and in its includes' apply."""
+    found = set()
+    for task in tasks:
+        include = task.get("ansible.builtin.include_tasks")
+        applied = include.get("apply", {}).get("tags", []) if isinstance(include, dict) else []
+        for tags in (task.get("tags", []), applied):
+            found.update([tags] if isinstance(tags, str) else tags)
+    return found
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_preflight_runs_with_every_tag_of_the_role(role):
+    tasks = load(ROOT / "roles" / role / "tasks" / "main.yml")
+    every_tag = main_tags(tasks)
+    steps = {task.get("ansible.builtin.import_tasks"): task for task in tasks}
+    assert "preflight.yml" in steps, f"{role}: tasks/main.yml imports no preflight.yml"
+    found = []
+    for step in sorted(READ_ONLY_STEPS & set(steps)):
+        tags = steps[step].get("tags", [])
+        missing = every_tag - set([tags] if isinstance(tags, str) else tags)
+        if missing:
+            found.append(f"{role}: {step} lacks the tags {sorted(missing)}")
     assert not found, "\n".join(found)

@@ -47,7 +47,9 @@ attach() {
     if ! dev=$(losetup --find --show "$1" 2>/dev/null); then
         # The kernel may hand out a loop device created after this container
         # started, whose node is then missing here: create the node, retry.
-        dev=$(losetup --find)
+        # losetup names such a device "/dev/loopN (lost)": keep the path.
+        dev=$(losetup --find 2>/dev/null)
+        dev=${dev%% *}
         [ -e "$dev" ] || mknod -m 0660 "$dev" b 7 "${dev#/dev/loop}"
         dev=$(losetup --find --show "$1")
     fi

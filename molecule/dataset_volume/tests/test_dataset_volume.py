@@ -10,34 +10,35 @@ import json
 from pathlib import Path
 
 import pytest
-from playbook_run import run_playbook
+from verify_helpers import (
+    check_mode_changes_nothing,
+    every_tag_check_mode_test,
+    host_runner,
+    is_trixie,
+    refused_before_any_change,
+)
 
 testinfra_hosts = ["ansible://all"]
 
 STATE = "/var/lib/dataset-volume-molecule"
-CONVERGE = str(Path(__file__).resolve().parents[1] / "converge.yml")
+SCENARIO = Path(__file__).resolve().parents[1]
+# The YAML callback folds long messages over lines: compare with the whitespace collapsed.
+run_converge = host_runner(SCENARIO / "converge.yml", fold_whitespace=True)
+run_bad_inputs = host_runner(SCENARIO / "bad_inputs.yml", timeout=600)
 EBS_LINK = "/srv/fake-by-id/nvme-Amazon_Elastic_Block_Store_vol0123456789abcdef0"
-
-
-def is_trixie(host):
-    return host.system_info.codename == "trixie"
 
 
 def devices(host):
     return json.loads(host.file(f"{STATE}/devices.json").content_string)
 
 
-def run_converge(host, *extra_args):
-    """Run the scenario's converge play against this one host; return (rc, output with whitespace collapsed)."""
-    rc, output = run_playbook(CONVERGE, *extra_args, limit=host.backend.host)
-    # The YAML callback folds long messages over lines: compare with the whitespace collapsed.
-    return rc, " ".join(output.split())
+def custom(**role_vars):
+    """Extra variables that apply the role once with only these variables (the converge's 'custom' case)."""
+    return json.dumps({"molecule_cases": ["custom"], **{f"dataset_volume_{k}": v for k, v in role_vars.items()}})
 
 
 def run_custom(host, *extra_args, **role_vars):
-    """Apply the role once with only these variables (the converge's 'custom' case)."""
-    variables = {"molecule_cases": ["custom"], **{f"dataset_volume_{k}": v for k, v in role_vars.items()}}
-    return run_converge(host, *extra_args, "-e", json.dumps(variables))
+    return run_converge(host, *extra_args, "-e", custom(**role_vars))
 
 
 def mounted(host, target):
@@ -173,11 +174,11 @@ def test_nfs_entry_has_the_v41_options(host):
 
 
 def test_check_mode_diff_of_the_converge_changes_nothing(host):
-    before = snapshot(host)
-    rc, output = run_converge(host, "--check", "--diff")
-    assert rc == 0, output
+    output = check_mode_changes_nothing(host, run_converge, snapshot)
     assert "changed=0" in output
-    assert snapshot(host) == before
+
+
+test_every_documented_tag_runs_alone_in_check_mode = every_tag_check_mode_test("dataset_volume", run_converge, snapshot)
 
 
 @pytest.mark.parametrize(
@@ -267,9 +268,7 @@ def test_bad_inputs_fail_before_any_change(host, tmp_path):
     report = tmp_path / "refusals.json"
     before = snapshot(host)
     variables = {"molecule_cases": [{"name": n, "vars": v} for n, v, _ in cases], "molecule_report": str(report)}
-    rc, output = run_playbook(
-        Path(CONVERGE).with_name("bad_inputs.yml"), "-e", json.dumps(variables), limit=host.backend.host, timeout=600
-    )
+    rc, output = run_bad_inputs(host, "-e", json.dumps(variables))
     assert rc == 0, output[-5000:]
     assert "changed=0" in output, output[-5000:]
     refusals = json.loads(report.read_text())
@@ -284,10 +283,9 @@ def test_bad_inputs_fail_before_any_change(host, tmp_path):
 
 
 def test_unknown_variables_are_refused(host):
-    rc, output = run_custom(host, source=devices(host)["data"], mount_point="/data/x", fstpye="xfs")
-    assert rc != 0
+    variables = custom(source=devices(host)["data"], mount_point="/data/x", fstpye="xfs")
+    output = refused_before_any_change(host, run_converge, snapshot, "-e", variables)
     assert "dataset_volume_fstpye" in output
-    assert "changed=0" in output
 
 
 def test_too_small_after_mounting_is_reported(host):

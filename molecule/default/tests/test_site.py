@@ -14,7 +14,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import testinfra
-from playbook_run import run_playbook
+from verify_helpers import every_tag_check_mode_test, file_checksums, host_runner, run_playbook
 
 testinfra_hosts = ["ansible://all"]
 
@@ -29,6 +29,15 @@ HOSTS = ["default-bookworm", "default-trixie", "default-readonly"]
 READ_ONLY_HOST = "default-readonly"
 # systemd-analyze security: the most exposure each unit may have (issue 12).
 EXPOSURE_LIMITS = {"hf-cache-test.service": 2.0, "hf-train@default.service": 5.0}
+# What hf_loader writes on a host, and the cache test's report: a check-mode run leaves them as they are.
+LOADER_FILES = [
+    "/etc/hf-loader/cache-test.yaml",
+    "/etc/hf-loader/train-default.yaml",
+    "/etc/systemd/system/hf-cache-test.service",
+    "/etc/systemd/system/hf-train@.service",
+    "/opt/hf-loader/requirements.lock",
+    REPORT,
+]
 
 
 def stored_report(host):
@@ -75,7 +84,8 @@ def test_the_cache_test_runs_from_its_settings_and_gates_training(host):
     assert 'metrics_dir: "/var/lib/node-exporter"' in settings
     cache_test_unit = host.file("/etc/systemd/system/hf-cache-test.service").content_string
     assert (
-        "ExecStart=/opt/hf-loader/venv/bin/hf-cache-test --config-file /etc/hf-loader/cache-test.yaml" in cache_test_unit
+        "ExecStart=/opt/hf-loader/venv/bin/hf-cache-test --config-file /etc/hf-loader/cache-test.yaml"
+        in cache_test_unit
     )
     train_unit = host.file("/etc/systemd/system/hf-train@.service").content_string
     assert f"ExecStartPre=/opt/hf-loader/venv/bin/hf-cache-test --require-ready {REPORT}" in train_unit
@@ -307,3 +317,17 @@ def test_broken_cache_fails_its_host_with_the_cache_tests_message(host, broken_t
     bookworm = inventory_host("default-bookworm")
     assert launch_env(bookworm)["WORLD_SIZE"] == "1"
     assert last_job_line(bookworm) == "hf-train: done (rank 0 of 1, RandomSampler with 48 samples, 2 batches)"
+
+
+def loader_checksums(host):
+    return file_checksums(host, LOADER_FILES)
+
+
+# hf_loader's tags, each alone through the whole site in check mode (as an operator runs them) on one
+# converged host; without the fleet report, whose play would render this run's partial view of the fleet.
+test_every_documented_tag_runs_alone_in_check_mode = every_tag_check_mode_test(
+    "hf_loader",
+    host_runner(ROOT / "site.yml", "--skip-tags", "report", timeout=900),
+    loader_checksums,
+    runs_on=lambda host: host.backend.host == "default-bookworm",
+)

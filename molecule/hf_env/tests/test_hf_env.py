@@ -3,14 +3,21 @@
 from pathlib import Path
 
 import pytest
-from playbook_run import run_playbook
+from verify_helpers import (
+    bad_variables_test,
+    check_mode_changes_nothing,
+    every_tag_check_mode_test,
+    file_checksums,
+    host_runner,
+    is_trixie,
+)
 
 testinfra_hosts = ["ansible://all"]
 
 CACHE_ROOT = "/srv/hf"
 ENV_FILE = "/etc/hf-cache/hf.env"
 TOKEN_FILE = "/etc/hf-cache/token"
-CONVERGE = str(Path(__file__).resolve().parents[1] / "converge.yml")
+run_converge = host_runner(Path(__file__).resolve().parents[1] / "converge.yml")
 EXPECTED = {
     "HF_HOME": CACHE_ROOT,
     "HF_HUB_CACHE": f"{CACHE_ROOT}/hub",
@@ -26,17 +33,9 @@ def parse_env(text):
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def is_trixie(host):
-    return host.system_info.codename == "trixie"
-
-
-def run_converge(host, *extra_args):
-    """Run the scenario's converge play against this one host; return (rc, output)."""
-    return run_playbook(CONVERGE, *extra_args, limit=host.backend.host)
-
-
 def checksums(host):
-    return {path: host.file(path).sha256sum for path in MANAGED_FILES}
+    """The managed files, and whether a relative cache root landed in the remote working folder."""
+    return {**file_checksums(host, MANAGED_FILES), "relative": host.file("relative").exists}
 
 
 def test_login_shell_sees_the_environment(host):
@@ -108,16 +107,14 @@ def test_token_is_written_and_never_printed(host):
 
 
 def test_check_mode_changes_nothing_and_reports_the_change(host):
-    before = checksums(host)
-    rc, output = run_converge(host, "--check", "--diff", "-e", "hf_env_cache_root=/srv/elsewhere")
-    assert rc == 0, output
+    output = check_mode_changes_nothing(host, run_converge, checksums, "-e", "hf_env_cache_root=/srv/elsewhere")
     assert "/srv/elsewhere" in output  # the diff shows what would change
     assert not host.file("/srv/elsewhere").exists
-    assert checksums(host) == before
 
 
-@pytest.mark.parametrize(
-    ("extra_vars", "named"),
+test_bad_variables_fail_before_any_change = bad_variables_test(
+    run_converge,
+    checksums,
     [
         ('{"hf_env_cache_root": "relative/cache"}', "hf_env_cache_root"),
         ('{"hf_env_offline": "sometimes"}', "hf_env_offline"),
@@ -127,13 +124,5 @@ def test_check_mode_changes_nothing_and_reports_the_change(host):
         ('{"hf_env_owner": "nosuchuser"}', "hf_env_owner"),
     ],
 )
-def test_bad_variables_fail_before_any_change(host, extra_vars, named):
-    if is_trixie(host):
-        pytest.skip("preflight logic does not depend on the platform; bookworm covers it")
-    before = checksums(host)
-    rc, output = run_converge(host, "-e", extra_vars)
-    assert rc != 0, output
-    assert named in output
-    assert "changed=0" in output
-    assert checksums(host) == before
-    assert not host.file("relative").exists
+
+test_every_documented_tag_runs_alone_in_check_mode = every_tag_check_mode_test("hf_env", run_converge, checksums)

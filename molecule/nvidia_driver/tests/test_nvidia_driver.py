@@ -7,28 +7,31 @@ carries 570, two 580 releases and 590, signed with a key made there.
 """
 
 import json
-import re
 from pathlib import Path
 
 import pytest
-from playbook_run import run_playbook
+from verify_helpers import (
+    bad_variables_test,
+    changes_nothing,
+    check_mode_changes_nothing,
+    debian_kernel,
+    every_tag_check_mode_test,
+    file_checksums,
+    host_runner,
+    is_trixie,
+)
 
 testinfra_hosts = ["ansible://all"]
 
 SCENARIO = Path(__file__).resolve().parents[1]
-CONVERGE = str(SCENARIO / "converge.yml")
-DEFAULTS = str(SCENARIO / "defaults.yml")
-README = SCENARIO.parents[1] / "README.md"
+run_converge = host_runner(SCENARIO / "converge.yml")
+run_defaults = host_runner(SCENARIO / "defaults.yml")
 SOURCES = "/etc/apt/sources.list.d/nvidia-cuda.sources"
 KEYRING = "/etc/apt/keyrings/nvidia-cuda.asc"
 PREFERENCES = "/etc/apt/preferences.d/nvidia-driver.pref"
 BLACKLIST = "/etc/modprobe.d/nvidia-blacklist-nouveau.conf"
 FACTS = "/etc/ansible/facts.d/nvidia_driver.fact"
 MANAGED_FILES = [SOURCES, KEYRING, PREFERENCES, BLACKLIST, FACTS]
-
-
-def is_trixie(host):
-    return host.system_info.codename == "trixie"
 
 
 def expected(host):
@@ -47,26 +50,8 @@ def expected(host):
     }
 
 
-def run_converge(host, *extra_args, playbook=CONVERGE):
-    """Run the scenario's converge play against this one host; return (rc, output)."""
-    return run_playbook(playbook, *extra_args, limit=host.backend.host)
-
-
-def debian_kernel(host):
-    """The kernel whose headers Debian's archive carries (converge builds for it)."""
-    depends = host.check_output("apt-cache depends --important linux-headers-amd64")
-    return re.search(r"Depends: linux-headers-(\S+)", depends).group(1)
-
-
-def documented_tags():
-    """The tags the README lists for nvidia_driver."""
-    section = README.read_text().split("### nvidia_driver", 1)[1].split("\n### ", 1)[0]
-    tags_paragraph = section.split("\nTags: ", 1)[1].split("\n\n", 1)[0]
-    return re.findall(r"`(nvidia_driver\w*)`", tags_paragraph)
-
-
 def checksums(host):
-    return {path: host.file(path).sha256sum for path in MANAGED_FILES}
+    return file_checksums(host, MANAGED_FILES)
 
 
 def report(host):
@@ -160,11 +145,8 @@ def test_local_fact_is_read_by_later_plays(host):
 
 
 def test_check_mode_changes_nothing_and_shows_the_new_pin(host):
-    before = checksums(host)
-    rc, output = run_converge(host, "--check", "--diff", "-e", "nvidia_driver_version=580.95.05")
-    assert rc == 0, output
+    output = check_mode_changes_nothing(host, run_converge, checksums, "-e", "nvidia_driver_version=580.95.05")
     assert "580.95.05-*" in output  # the diff of the preferences file
-    assert checksums(host) == before
 
 
 def test_initramfs_is_rebuilt_when_the_blacklist_changes(host):
@@ -179,24 +161,16 @@ def test_initramfs_is_rebuilt_when_the_blacklist_changes(host):
 
 
 def test_no_gpu_action_skip_touches_nothing_more(host):
-    before = checksums(host)
-    rc, output = run_converge(host, "-e", "nvidia_driver_no_gpu_action=skip")
-    assert rc == 0, output
+    output = changes_nothing(host, run_converge, checksums, "-e", "nvidia_driver_no_gpu_action=skip")
     assert "nvidia_driver_no_gpu_action=skip" in output
-    assert "changed=0" in output
-    assert checksums(host) == before
 
 
 def test_the_defaults_change_nothing_on_a_host_without_a_gpu(host):
     # Item 11 of issue 11: a CPU host in the GPU group gets no source, pin, blacklist, initramfs
     # rebuild or fact, and the role reads no package source there.
-    before = checksums(host)
-    rc, output = run_converge(host, playbook=DEFAULTS)
-    assert rc == 0, output
-    assert "changed=0" in output
+    output = changes_nothing(host, run_defaults, checksums)
     assert "(nvidia_driver_no_gpu_action=skip)" in output
     assert "Read what the package sources carry" not in output
-    assert checksums(host) == before
 
 
 def test_headers_of_the_kernel_to_build_for_are_in_the_package_set(host):
@@ -206,36 +180,27 @@ def test_headers_of_the_kernel_to_build_for_are_in_the_package_set(host):
     assert f"linux-headers-{kernel}" in {package["name"] for package in facts["package_set"]}
 
 
-@pytest.mark.parametrize("tag", documented_tags())
-def test_every_documented_tag_runs_alone_in_check_mode(host, tag):
-    if is_trixie(host):
-        pytest.skip("tags do not depend on the platform; one platform runs them")
-    before = checksums(host)
-    rc, output = run_converge(host, "--check", "--tags", tag)
-    assert rc == 0, output
-    assert "undefined" not in output.lower(), output
-    assert checksums(host) == before
+test_every_documented_tag_runs_alone_in_check_mode = every_tag_check_mode_test("nvidia_driver", run_converge, checksums)
 
 
 def test_preinstalled_driver_is_left_to_the_image(host):
     # A pin other than the converged one and no blacklist: a managing run would rewrite the
     # preferences and remove the blacklist; with the image owning the driver nothing moves.
     other_pin = "580.95.05" if is_trixie(host) else "580.82.07"
-    before = checksums(host)
-    rc, output = run_converge(
+    changes_nothing(
         host,
+        run_converge,
+        checksums,
         "-e", "nvidia_driver_preinstalled=true",
         "-e", f"nvidia_driver_version={other_pin}",
         "-e", "nvidia_driver_blacklist_nouveau=false",
         "-e", "nvidia_driver_local_facts=false",
     )  # fmt: skip
-    assert rc == 0, output
-    assert "changed=0" in output
-    assert checksums(host) == before
 
 
-@pytest.mark.parametrize(
-    ("extra_vars", "named"),
+test_bad_variables_fail_before_any_change = bad_variables_test(
+    run_converge,
+    checksums,
     [
         ('{"nvidia_driver_branch": "58x"}', "nvidia_driver_branch"),
         ('{"nvidia_driver_version": "570.172.08"}', "nvidia_driver_version"),
@@ -256,15 +221,6 @@ def test_preinstalled_driver_is_left_to_the_image(host):
         ('{"nvidia_driver_kernels": ["not a kernel"]}', "nvidia_driver_kernels must list kernel releases"),
     ],
 )
-def test_bad_variables_fail_before_any_change(host, extra_vars, named):
-    if is_trixie(host):
-        pytest.skip("input checks do not depend on the platform; one platform runs them")
-    before = checksums(host)
-    rc, output = run_converge(host, "-e", extra_vars)
-    assert rc != 0, output
-    assert named in output
-    assert "changed=0" in output
-    assert checksums(host) == before
 
 
 def test_a_cuda_keyring_source_for_the_same_uri_is_reused_then_replaced(host):

@@ -9,16 +9,12 @@ nvidia-kernel-dkms installs nvidia-current*.ko under updates/dkms/).
 """
 
 import json
-import re
+
+from verify_helpers import debian_kernel
 
 testinfra_hosts = ["ansible://all"]
 
 FACTS = "/etc/ansible/facts.d/nvidia_driver.fact"
-
-
-def debian_kernel(host):
-    depends = host.check_output("apt-cache depends --important linux-headers-amd64")
-    return re.search(r"Depends: linux-headers-(\S+)", depends).group(1)
 
 
 def package_version(host, name):

@@ -1,10 +1,10 @@
 """The wheels of a folder on the controller, as rsync compares them: name, size, whole-second mtime.
 
-    lookup('hf_loader_wheels', '/path/to/wheelhouse/cp311')
+    query('gpu_fleet.common.hf_loader_wheels', '/path/to/wheelhouse/cp311')
       -> [{'name': 'anyio-4.16.0-py3-none-any.whl', 'size': 134521, 'mtime': 1795644632}, ...]
 
 The role compares this list with a `find` on the host (the filter
-hf_loader_same_wheels) and runs rsync only when they differ: a rerun then costs
+gpu_fleet.common.hf_loader_same_wheels) and runs rsync only when they differ: a rerun then costs
 one read-only listing a host instead of an rsync (a new SSH connection and a
 remote file list). A missing folder gives [].
 """
@@ -13,10 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-try:
-    from ansible.plugins.lookup import LookupBase
-except ImportError:  # the tests import this file without Ansible
-    LookupBase = object
+from ansible.plugins.lookup import LookupBase
 
 
 def wheels(folder: str) -> list[dict]:

@@ -10,7 +10,8 @@ decision and the verification of the running driver.
 
 The functions raise ValueError for input they cannot use; the FilterModule at the
 bottom turns that into AnsibleFilterError for Ansible. Nothing here imports
-Ansible at module level, so tests import this file directly.
+Ansible at module level: scripts/gpu-host-check.sh imports it on a GPU host
+with the loader's Python.
 """
 
 from __future__ import annotations
@@ -970,17 +971,11 @@ class FilterModule:
 
     def filters(self):
         functions = {
-            "version_tuple": version_tuple,
-            "version_compare": version_compare,
-            "version_branch": version_branch,
             "valid_branch": valid_branch,
-            "valid_pin": valid_pin,
             "pin_in_branch": pin_in_branch,
-            "version_matches": version_matches,
             "host_state": host_state,
             "parse_probe": parse_probe,
             "parse_nvidia_smi_csv": parse_nvidia_smi_csv,
-            "parse_proc_version": parse_proc_version,
             "verify": verify,
             "plan_errors": plan_errors,
             "package_names": package_names,
@@ -994,7 +989,6 @@ class FilterModule:
             "resolved_packages": resolved_packages,
             "installed_driver_version": installed_driver_version,
             "installed_package_set": installed_package_set,
-            "upstream_version": upstream_version,
             "reboot_decision": reboot_decision,
             "is_controller": is_controller,
             "kernel_header_packages": kernel_header_packages,

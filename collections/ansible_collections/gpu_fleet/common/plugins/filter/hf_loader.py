@@ -11,8 +11,7 @@ label must match it exactly.
 
 Whether a host's wheelhouse is in step with the controller's: the same wheel
 names, sizes and whole-second modification times (rsync's own quick check; the
-sync preserves times). Nothing here imports Ansible, so tests import this file
-directly.
+sync preserves times).
 """
 
 from __future__ import annotations
@@ -49,7 +48,7 @@ def missing_pins(lock_text: str, held: list[str]) -> list[str]:
 def same_wheels(host_files: list[dict], controller_wheels: list[dict]) -> bool:
     """Whether a host's `find` result (path, size, mtime) lists exactly the controller's wheels.
 
-    `controller_wheels` is what the hf_loader_wheels lookup returns (name, size, mtime).
+    `controller_wheels` is what the gpu_fleet.common.hf_loader_wheels lookup returns (name, size, mtime).
     """
     host = sorted((PurePosixPath(f["path"]).name, int(f["size"]), int(f["mtime"])) for f in host_files)
     return host == sorted((w["name"], int(w["size"]), int(w["mtime"])) for w in controller_wheels)

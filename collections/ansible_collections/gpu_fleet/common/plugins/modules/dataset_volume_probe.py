@@ -1,4 +1,3 @@
-#!/usr/bin/python
 """Read-only probe of a dataset volume source and its mount point."""
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ author: gpu-fleet maintainers
 
 EXAMPLES = r"""
 - name: Probe
-  dataset_volume_probe:
+  gpu_fleet.common.dataset_volume_probe:
     source: vol-0123456789abcdef0
     type: block
     mount_point: /data
@@ -32,8 +31,14 @@ EXAMPLES = r"""
 
 RETURN = r"""
 device: {description: The resolved /dev path; empty when the source was not found., type: str, returned: always}
-probe: {description: Raw output of the device probes, for the dataset_volume_assess filter., type: dict, returned: always}
-mounted: {description: What findmnt reports at the mount point; empty when nothing is mounted there., type: dict, returned: always}
+probe:
+  description: Raw output of the device probes, for the gpu_fleet.common.dataset_volume_assess filter.
+  type: dict
+  returned: always
+mounted:
+  description: What findmnt reports at the mount point; empty when nothing is mounted there.
+  type: dict
+  returned: always
 """
 
 import grp
@@ -41,20 +46,27 @@ import json
 import os
 import pwd
 import stat
+from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.dataset_volume_logic import ebs_by_id_matches, ebs_serial, source_kind
+from ansible_collections.gpu_fleet.common.plugins.module_utils.dataset_volume_logic import (
+    EBS_BY_ID_PREFIXES,
+    ebs_by_id_matches,
+    ebs_serial,
+    source_kind,
+)
 
-EBS_PREFIX = "nvme-Amazon_Elastic_Block_Store_"
 FINDMNT_COLUMNS = "TARGET,SOURCE,FSTYPE,OPTIONS,FSROOT,MAJ:MIN,SIZE,AVAIL"
 
 
 def describe(path):
     try:
-        info = os.stat(path)
+        info = Path(path).stat() if path else None
     except OSError:
+        info = None
+    if info is None:
         return {"exists": False, "isdir": False, "dev": None, "inode": None}
-    return {"exists": True, "isdir": os.path.isdir(path), "dev": info.st_dev, "inode": info.st_ino}
+    return {"exists": True, "isdir": stat.S_ISDIR(info.st_mode), "dev": info.st_dev, "inode": info.st_ino}
 
 
 def account_exists(lookup, name):
@@ -117,28 +129,38 @@ def main():
             )
         elif kind == "ebs":
             try:
-                names = sorted(os.listdir(params["by_id_dir"]))
+                names = sorted(entry.name for entry in Path(params["by_id_dir"]).iterdir())
             except OSError as error:
                 names = []
                 result["resolve_error"] = f"{params['by_id_dir']}: {error.strerror}"
             result["by_id_names"] = names
             matches = ebs_by_id_matches(names, source)
-            path = os.path.join(params["by_id_dir"], matches[0] if matches else EBS_PREFIX + ebs_serial(source))
-        if path and os.path.exists(path):
+            name = matches[0] if matches else EBS_BY_ID_PREFIXES[0] + ebs_serial(source)
+            path = str(Path(params["by_id_dir"]) / name)
+        if path and Path(path).exists():
             result["device"] = os.path.realpath(path)
             result["resolve_error"] = ""
         elif not result["resolve_error"]:
             result["resolve_error"] = f"{path}: no such file or device"
         if result["device"]:
-            result["isblk"] = stat.S_ISBLK(os.stat(result["device"]).st_mode)
+            result["isblk"] = stat.S_ISBLK(Path(result["device"]).stat().st_mode)
         if result["isblk"]:
             device = result["device"]
             blkid_rc, blkid_out, _ = run(["blkid", "--probe", "--output", "export", device])
             rc, wipefs_out, err = run(["wipefs", "--no-act", "--json", device])
             if rc != 0:
                 module.fail_json(msg=f"wipefs --no-act {device} failed: {err.strip()}", **result)
-            rc, lsblk_out, err = run(["lsblk", "--json", "--bytes", "--paths", "--output",
-                                      "NAME,PATH,TYPE,FSTYPE,MOUNTPOINT,SIZE,MAJ:MIN", device])
+            rc, lsblk_out, err = run(
+                [
+                    "lsblk",
+                    "--json",
+                    "--bytes",
+                    "--paths",
+                    "--output",
+                    "NAME,PATH,TYPE,FSTYPE,MOUNTPOINT,SIZE,MAJ:MIN",
+                    device,
+                ]
+            )
             if rc != 0:
                 module.fail_json(msg=f"lsblk {device} failed: {err.strip()}", **result)
             zero_rc, _, _ = run(["cmp", "--quiet", "--bytes=1048576", device, "/dev/zero"])
@@ -163,10 +185,10 @@ def main():
     mounted = (json.loads(out).get("filesystems") or [{}])[0] if rc == 0 and out.strip() else {}
     entries = []
     if point["isdir"] and not mounted:
-        entries = sorted(os.listdir(mount_point))[:20]
+        entries = sorted(entry.name for entry in Path(mount_point).iterdir())[:20]
     missing = []
     if mounted:
-        missing = [name for name in params["expected_dirs"] if not os.path.isdir(os.path.join(mount_point, name))]
+        missing = [name for name in params["expected_dirs"] if not (Path(mount_point) / name).is_dir()]
     result.update(mount_point=point, mounted=mounted, mount_point_entries=entries, expected_missing=missing)
     module.exit_json(**result)
 

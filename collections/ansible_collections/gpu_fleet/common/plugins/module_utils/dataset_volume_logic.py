@@ -1,15 +1,17 @@
 """Pure decision logic of the dataset_volume role, kept testable outside Ansible.
 
-The probe module (library/dataset_volume_probe.py) runs the system's tools on
-the target (blkid -p, wipefs, lsblk, cmp against /dev/zero) and the filters
-(filter_plugins/dataset_volume.py) classify their output on the controller.
-Nothing here touches a device.
+The probe module (gpu_fleet.common.dataset_volume_probe) runs the system's tools
+on the target (blkid -p, wipefs, lsblk, cmp against /dev/zero) and the filters
+(plugins/filter/dataset_volume.py) classify their output on the controller.
+Nothing here touches a device or imports Ansible.
 """
 
 from __future__ import annotations
 
 import json
 import re
+
+from ansible_collections.gpu_fleet.common.plugins.module_utils.preflight import PATH_UNSAFE, path_problem
 
 EBS_VOLUME_ID = re.compile(r"^vol-(?P<hex>[0-9a-f]{8}|[0-9a-f]{17})$")
 # Amazon's NVMe driver exposes the volume id without its dash as the serial.
@@ -23,16 +25,16 @@ def source_kind(source, volume_type="block"):
     """Classify a source: path, uuid, label, ebs (block); nfs; bind; or invalid."""
     if not isinstance(source, str) or not source or source != source.strip():
         return "invalid"
-    if re.search(r"[\s\"'$`\\,#]", source):
+    if PATH_UNSAFE.search(source):
         return "invalid"
     if volume_type == "nfs":
         return "nfs" if re.match(r"^[A-Za-z0-9.\-]+:/[^:]*$|^\[[0-9A-Fa-f:]+\]:/[^:]*$", source) else "invalid"
     if volume_type == "bind":
-        return "bind" if source.startswith("/") and "/../" not in source + "/" else "invalid"
+        return "invalid" if path_problem(source) else "bind"
     if volume_type != "block":
         return "invalid"
-    if source.startswith("/") and "/../" not in source + "/":
-        return "path"
+    if source.startswith("/"):
+        return "invalid" if path_problem(source) else "path"
     if re.match(r"^UUID=[0-9A-Fa-f-]{8,36}$", source):
         return "uuid"
     if re.match(r"^LABEL=[^/]{1,64}$", source):
@@ -183,6 +185,32 @@ def assess(probe, fstype, format_requested=False, confirmed=False):
             f" dataset_volume_format_confirm_device: {device}"
         )
     return result
+
+
+def _without_trailing_slashes(path):
+    return re.sub(r"(?<=.)/+$", "", str(path or ""))
+
+
+def mounted_is_ours(probe, volume_type, source):
+    """Whether what findmnt saw at the mount point (probe['mounted']) is this volume.
+
+    block: the same device (major:minor) from its root; nfs: the same export;
+    bind: the mount point is the source folder itself (same device and inode).
+    """
+    mounted = probe.get("mounted") or {}
+    if not mounted:
+        return False
+    if volume_type == "block":
+        return bool(probe.get("majmin")) and mounted.get("maj:min") == probe["majmin"] and mounted.get("fsroot") == "/"
+    if volume_type == "nfs":
+        return _without_trailing_slashes(mounted.get("source")) == _without_trailing_slashes(source)
+    if volume_type == "bind":
+        source_dir, point = probe.get("source_dir") or {}, probe.get("mount_point") or {}
+        return bool(source_dir.get("exists")) and (source_dir.get("dev"), source_dir.get("inode")) == (
+            point.get("dev"),
+            point.get("inode"),
+        )
+    return False
 
 
 def mount_options(volume_type, read_only=False, extra=None, nfs_options=None, timeout=30):

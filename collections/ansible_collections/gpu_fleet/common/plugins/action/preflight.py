@@ -1,0 +1,57 @@
+"""gpu_fleet.common.preflight: a role's variable checks on the controller, every failure in one message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from ansible.errors import AnsibleActionFail
+from ansible.plugins.action import ActionBase
+from ansible_collections.gpu_fleet.common.plugins.module_utils.preflight import failures, unknown_variables
+
+ARGUMENT_SPEC = {
+    "role": {"type": "str", "required": True},
+    "facts": {"type": "list", "elements": "str", "default": []},
+    "paths": {"type": "dict", "default": {}},
+    "relative_paths": {"type": "dict", "default": {}},
+    "words": {"type": "dict", "default": {}},
+    "checks": {
+        "type": "list",
+        "elements": "dict",
+        "default": [],
+        "options": {"ok": {"type": "bool", "required": True}, "msg": {"type": "str", "required": True}},
+    },
+}
+
+
+def role_options(role_path: str) -> list[str]:
+    """The variables the role's main entry point declares, in the spec's order."""
+    specs = yaml.safe_load((Path(role_path) / "meta" / "argument_specs.yml").read_text())
+    return list(specs["argument_specs"]["main"]["options"])
+
+
+class ActionModule(ActionBase):
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        task_vars = task_vars or {}
+        result = super().run(tmp, task_vars)
+        _, args = self.validate_argument_spec(argument_spec=ARGUMENT_SPEC)
+        if "role_path" not in task_vars:
+            raise AnsibleActionFail("gpu_fleet.common.preflight runs in a role's tasks (role_path is not set)")
+        known = role_options(task_vars["role_path"]) + args["facts"]
+        messages = failures(
+            args["role"],
+            unknown=unknown_variables(task_vars, args["role"], known),
+            known=known,
+            paths=args["paths"],
+            relative_paths=args["relative_paths"],
+            words=args["words"],
+            checks=args["checks"],
+        )
+        result["changed"] = False
+        if messages:
+            result.update(failed=True, msg=" ".join(messages))
+        else:
+            result["msg"] = f"The {args['role']} variables passed every check."
+        return result
