@@ -142,6 +142,22 @@ def test_cache_test_script_is_on_the_path_for_login_shells(host):
     assert done.rc == 0, done.stdout + done.stderr
 
 
+def test_the_hosts_copy_is_manifested_and_verifies_with_the_cache_unchanged(host):
+    # The seed runbook's tool, as the training user in a login shell, on each host's copy (the read-only
+    # host's too): the manifest is written outside the cache, verifies deep and strict, and nothing in
+    # the cache changes.
+    listing = "find /data/hf -printf '%p %y %s %T@ %m\\n' | sort | sha256sum"
+    before = host.check_output(listing)
+    manifest = "/var/lib/hf-loader/manifest.json"
+    write = host.run(f"su - trainer -c 'hf-cache-manifest write --output {manifest} --json --no-progress'")
+    assert write.rc == 0, write.stdout + write.stderr
+    doc = json.loads(host.file(manifest).content_string)
+    assert doc["dataset"] == "ILSVRC/imagenet-1k" and doc["totals"]["files"] > 0
+    verify = host.run(f"su - trainer -c 'hf-cache-manifest verify {manifest} --deep --strict --no-progress'")
+    assert verify.rc == 0, verify.stdout + verify.stderr
+    assert host.check_output(listing) == before
+
+
 def test_controller_holds_each_hosts_summary_and_the_fleet_report(host):
     summary = json.loads((REPORT_DIR / "hosts" / f"{host.backend.host}.json").read_text())
     jsonschema.validate(summary["report"], SCHEMA)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-# Exit codes of `hf-cache-test` (documented in README.md).
+# Exit codes of `hf-cache-test` and `hf-cache-manifest` (documented in README.md).
 EXIT_READY = 0
 EXIT_INTERNAL = 1
 EXIT_USAGE = 2
@@ -11,6 +11,7 @@ EXIT_INCOMPLETE = 4
 EXIT_ENVIRONMENT = 5
 EXIT_LOADING = 6
 EXIT_GATE_CLOSED = 7  # --require-ready: no valid report, or the last test was not ready
+EXIT_MANIFEST = 8  # hf-cache-manifest: the manifest file is missing/invalid or cannot be written
 
 
 class HFLoaderError(Exception):
@@ -150,3 +151,14 @@ class InvalidDatasetIdError(ConfigError):
         d = super().to_dict()
         d["near_misses"] = self.near_misses
         return d
+
+
+class ManifestError(HFLoaderError):
+    """A manifest file that is missing, unreadable, not a valid manifest, or not writable."""
+
+    exit_code = EXIT_MANIFEST
+    kind = "manifest"
+
+
+class ManifestLocationError(ConfigError):
+    """A manifest named inside a cache folder (a reader never writes there), or a folder."""

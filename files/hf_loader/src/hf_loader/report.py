@@ -60,13 +60,19 @@ def stamp(doc: dict, argv: list[str]) -> dict:
     }
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
-    """Readers see the old file or the new one, never half of one (rename in the folder)."""
+def write_atomic(path: Path, text: str, mode: int = 0o644, durable: bool = False) -> None:
+    """Readers see the old file or the new one, never half of one (rename in the folder).
+
+    durable: fsync the file before the rename, so a crash cannot leave an empty one.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
