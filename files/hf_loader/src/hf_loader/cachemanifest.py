@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from . import manifest as mf
-from .cachetest import DEFAULT_DATASET, Finding, _count, _Parser, render
+from .cachetest import Finding, _count, _Parser, add_dataset_arguments, render
 from .env import CachePaths, scratch_dir
 from .errors import (
     EXIT_INCOMPLETE,
@@ -317,17 +316,10 @@ def parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    w.add_argument(
-        "dataset",
-        nargs="?",
-        default=os.environ.get("HF_LOADER_DATASET", DEFAULT_DATASET),
-        help="dataset id, exactly as loaded (default: %(default)s)",
-    )
+    add_dataset_arguments(w)
     w.add_argument(
         "-o", "--output", type=Path, required=True, metavar="FILE", help="the manifest to write"
     )
-    w.add_argument("--config", help="dataset config name (default: 'default' or the only one)")
-    w.add_argument("--revision", help="commit sha of the hub snapshot / Arrow hash folder")
     w.add_argument(
         "--all-copies",
         action="store_true",

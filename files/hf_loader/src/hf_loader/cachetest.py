@@ -432,14 +432,8 @@ def _count(minimum: int):
     return parse
 
 
-def parser() -> argparse.ArgumentParser:
-    p = _Parser(
-        prog="hf-cache-test",
-        description="Check offline that this host can load a Hugging Face image dataset: "
-        "environment, cache completeness, and real batches through the DataLoader.",
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
+    """The dataset id, and the config and revision that pick its copy (both CLIs)."""
     p.add_argument(
         "dataset",
         nargs="?",
@@ -448,6 +442,17 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--config", help="dataset config name (default: 'default' or the only one)")
     p.add_argument("--revision", help="commit sha of the hub snapshot / Arrow hash folder")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="hf-cache-test",
+        description="Check offline that this host can load a Hugging Face image dataset: "
+        "environment, cache completeness, and real batches through the DataLoader.",
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_dataset_arguments(p)
     p.add_argument("--split", default="train", help="split to pull batches from")
     p.add_argument(
         "--batches", type=_count(0), default=3, help="batches to load (0: check the cache only)"
