@@ -12,6 +12,8 @@ EXIT_ENVIRONMENT = 5
 EXIT_LOADING = 6
 EXIT_GATE_CLOSED = 7  # --require-ready: no valid report, or the last test was not ready
 EXIT_MANIFEST = 8  # hf-cache-manifest: the manifest file is missing/invalid or cannot be written
+EXIT_TRANSFER = 9  # hf-cache-seed: rsync failed, or no progress for too long
+EXIT_UPSTREAM = 10  # hf-cache-seed: the upstream copy failed or is of another manifest
 
 
 class HFLoaderError(Exception):
@@ -162,3 +164,17 @@ class ManifestError(HFLoaderError):
 
 class ManifestLocationError(ConfigError):
     """A manifest named inside a cache folder (a reader never writes there), or a folder."""
+
+
+class TransferError(HFLoaderError):
+    """hf-cache-seed: rsync failed, or the copy made no progress for too long."""
+
+    exit_code = EXIT_TRANSFER
+    kind = "transfer"
+
+
+class UpstreamError(HFLoaderError):
+    """hf-cache-seed: the upstream copy failed, or holds another manifest's copy."""
+
+    exit_code = EXIT_UPSTREAM
+    kind = "upstream"
