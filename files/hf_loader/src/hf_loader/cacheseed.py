@@ -84,7 +84,14 @@ def pull(args, doc, out: dict) -> int:
 
 
 def push(args, doc, out: dict) -> int:
-    remote = sd.Remote(args.to, args.rsh, str(args.root), args.remote_manifest, args.remote_command)
+    remote = sd.Remote(
+        args.to,
+        args.rsh,
+        str(args.root),
+        args.remote_manifest,
+        args.remote_command,
+        args.rsync_path,
+    )
     result = sd.push(
         doc,
         args.source,
@@ -218,6 +225,11 @@ def parser() -> argparse.ArgumentParser:
                 "--remote-command",
                 default="sudo -n hf-cache-seed",
                 help="how to run hf-cache-seed there",
+            )
+            q.add_argument(
+                "--rsync-path",
+                default="sudo -n rsync",
+                help="how to run rsync there (rsync's --rsync-path)",
             )
         if name == "fail":
             q.add_argument("--message", required=True)

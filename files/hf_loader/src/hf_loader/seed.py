@@ -423,18 +423,21 @@ class Remote:
     """A host the controller reaches over SSH, running hf-cache-seed with sudo there."""
 
     dest: str  # user@address
-    rsh: str  # the ssh command line, port, key and options included
+    rsh: str  # the ssh command line (port, key, options), or `docker exec -i`
     root: str  # the cache root on that host
     manifest: str  # the manifest's path on that host
     command: str = "sudo -n hf-cache-seed"
+    rsync_path: str = "sudo -n rsync"
 
     def seed(self, *args: str) -> dict:
         """Run `hf-cache-seed ARGS --manifest M --root R --json` there; its JSON object."""
         remote = f"{self.command} {shlex.join(args)} --manifest {shlex.quote(self.manifest)} "
         remote += f"--root {shlex.quote(self.root)} --json"
-        proc = subprocess.run(
-            [*shlex.split(self.rsh), self.dest, remote], capture_output=True, text=True
-        )
+        rsh = shlex.split(self.rsh)
+        # ssh hands one command line to the remote shell; `docker exec` (Molecule's
+        # containers) runs an argv, so the line goes to sh -c.
+        shell = ["sh", "-c"] if Path(rsh[0]).name in ("docker", "podman") else []
+        proc = subprocess.run([*rsh, self.dest, *shell, remote], capture_output=True, text=True)
         try:
             return json.loads(proc.stdout)
         except ValueError:
@@ -475,7 +478,7 @@ def push(
         try:
             proc = sender.rsync(
                 *rsync_args(listing, Path(remote.root) / SEED_DIR / "partial"),
-                "--rsync-path=sudo -n rsync",
+                f"--rsync-path={remote.rsync_path}",
                 f"{source}/",
                 f"{remote.dest}:{staging}",
             )

@@ -1,0 +1,194 @@
+"""Verify hf_seed on the seeded containers: the copies, the rerun, and the fault tests.
+
+The fault tests run playbooks/seed.yml again the way an operator would and look at the
+hosts' disks afterwards: an incomplete source is refused before anything is copied, a
+flipped byte is named and only that file is copied again, a copy killed in the middle of a
+file resumes from the partial file and verifies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from verify_helpers import (
+    ANSI_CODES,
+    bad_variables_test,
+    every_tag_check_mode_test,
+    host_runner,
+    on_bookworm,
+    run_playbook,
+)
+
+testinfra_hosts = ["ansible://all"]
+
+SCENARIO = Path(__file__).resolve().parents[1]
+CONVERGE = SCENARIO / "converge.yml"
+ROOT = "/data/hf"
+MANIFEST = "/var/lib/hf-seed/manifest.json"
+EPHEMERAL = Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent"))
+SOURCE = EPHEMERAL / "cache" / "content"
+HOSTS = ["hf_seed-bookworm", "hf_seed-trixie", "hf_seed-bookworm-2"]
+run_converge = host_runner(CONVERGE, fold_whitespace=True)
+
+
+def seed_status(host, *extra: str) -> tuple[int, dict]:
+    done = host.run(f"hf-cache-seed status --manifest {MANIFEST} --root {ROOT} --json {' '.join(extra)}")
+    return done.rc, json.loads(done.stdout)
+
+
+def tree(host) -> str:
+    """Every path under the cache root and the role's folder, with type, size, mode, mtime."""
+    return host.check_output(f"find {ROOT} /var/lib/hf-seed /run/hf-seed -printf '%p %y %s %m %T@\\n' 2>/dev/null | sort || true")
+
+
+def manifest(host) -> dict:
+    return json.loads(host.file(MANIFEST).content_string)
+
+
+def first_arrow(host) -> str:
+    return next(e["path"] for e in manifest(host)["entries"] if e["path"].endswith(".arrow"))
+
+
+def test_every_host_holds_a_published_read_only_copy(host):
+    rc, answer = seed_status(host, "--deep")
+    assert rc == 0, answer
+    assert answer["state"]["state"] == "published"
+    for top in manifest(host)["roots"]:
+        folder = host.file(f"{ROOT}/{top}")
+        assert folder.is_directory and folder.user == "root" and folder.mode == 0o755
+        assert host.run(f"find {ROOT}/{top} -type f ! -perm 0644 -print -quit").stdout == ""
+        assert host.run(f"find {ROOT}/{top} ! -user root -print -quit").stdout == ""
+    assert not host.file(f"{ROOT}/.hf-seed/staging").exists
+    # The seed key's access and the key itself are gone after the run.
+    assert not host.file("/run/hf-seed").exists
+    keys = host.file("/var/lib/hf-seed/home/.ssh/authorized_keys")
+    assert not keys.exists or "hf-seed" not in keys.content_string
+
+
+def test_rerun_changes_nothing_and_copies_nothing(host):
+    if not on_bookworm(host) or host.backend.host != HOSTS[0]:
+        pytest.skip("one fleet-wide rerun is enough")
+    before = {h: tree(host.get_host(f"ansible://{h}")) for h in HOSTS}
+    rc, output = run_playbook(CONVERGE)
+    assert rc == 0, output
+    assert "changed=0" in output and "changed=1" not in output, output
+    assert {h: tree(host.get_host(f"ansible://{h}")) for h in HOSTS} == before
+
+
+test_every_documented_tag_runs_alone_in_check_mode = every_tag_check_mode_test("hf_seed", run_converge, tree)
+
+test_bad_variables_fail_before_any_change = bad_variables_test(
+    run_converge,
+    tree,
+    [
+        ("hf_seed_source_dir=relative/cache", "hf_seed_source_dir 'relative/cache' must be an absolute path"),
+        ("hf_seed_source_host=hf_seed-trixie", "Set exactly one of hf_seed_source_dir"),
+        ('{"hf_seed_source_dir": "", "hf_seed_source_host": "nowhere"}', "'nowhere' is not a host of this play"),
+        ('{"hf_seed_transfers_per_source": 0}', "hf_seed_transfers_per_source must be 1 or more"),
+        ("hf_seed_user=Bad!", "hf_seed_user 'Bad!' is not a valid user name"),
+    ],
+)
+
+
+def test_incomplete_source_is_refused_before_any_copy(host, tmp_path):
+    if host.backend.host != HOSTS[0]:
+        pytest.skip("one refusal is enough")
+    source = tmp_path / "incomplete"
+    shutil.copytree(SOURCE, source, symlinks=True)
+    arrow = next(source.glob("datasets/**/*.arrow"))
+    arrow.unlink()
+    hosts = {h: host.get_host(f"ansible://{h}") for h in HOSTS}
+    hosts[HOSTS[0]].check_output(f"rm -rf {ROOT}/datasets/* {ROOT}/hub/* {ROOT}/.hf-seed")  # needs a copy
+    before = {h: tree(x) for h, x in hosts.items()}
+    rc, output = run_playbook(
+        CONVERGE, "-e", f"hf_seed_source_dir={source}", "-e", f"hf_seed_controller_dir={tmp_path / 'seed'}"
+    )
+    output = " ".join(output.split())
+    assert rc != 0
+    assert f"The source {source} does not hold a complete copy of ILSVRC/imagenet-1k" in output
+    assert arrow.name in output, output
+    assert "nothing was copied" in output
+    assert {h: tree(x) for h, x in hosts.items()} == before
+    assert not (tmp_path / "seed" / "ILSVRC--imagenet-1k.json").exists()
+    # Put the host back for the tests after this one.
+    rc, output = run_playbook(CONVERGE)
+    assert rc == 0, output
+    assert seed_status(hosts[HOSTS[0]])[0] == 0
+
+
+def test_flipped_byte_is_named_and_only_that_file_is_copied_again(host):
+    if host.backend.host != HOSTS[1]:
+        pytest.skip("one host is damaged; the others serve it")
+    arrow = first_arrow(host)
+    path = f"{ROOT}/{arrow}"
+    size = host.file(path).size
+    host.check_output(
+        f"python3 -c \"f=open('{path}','r+b'); f.seek({size // 2}); b=f.read(1); f.seek({size // 2}); "
+        f"f.write(bytes([b[0] ^ 255]))\""
+    )
+    assert seed_status(host)[0] == 0  # sizes match: only --deep reads the bytes
+    rc, answer = seed_status(host, "--deep")
+    assert rc == 4 and [m["path"] for m in answer["verify"]["mismatches"]] == [arrow]
+
+    rc, output = run_playbook(CONVERGE, "-e", "hf_seed_verify_deep=true")
+    output = " ".join(output.split())
+    assert rc == 0, output
+    assert arrow in output  # the status step names the file
+    assert f"{HOSTS[1]} <- " in output and "verified: 1 files" in output, output
+    assert seed_status(host, "--deep")[0] == 0
+
+
+def test_copy_killed_mid_file_resumes_and_verifies(host):
+    """The host pulls from another host (hf_seed_source_host) at 64 KiB/s; the run and the
+    pull are stopped in the middle of a file; the rerun resumes from the partial file."""
+    if host.backend.host != HOSTS[2]:
+        pytest.skip("one host is interrupted")
+    doc = manifest(host)
+    biggest = max((e for e in doc["entries"] if e["type"] == "file"), key=lambda e: e["size"])
+    host.check_output(f"rm -rf {ROOT}/datasets/* {ROOT}/hub/* {ROOT}/.hf-seed")
+    seed_vars = ["-e", f'{{"hf_seed_source_dir": "", "hf_seed_source_host": "{HOSTS[0]}"}}']
+    command = [
+        "ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(CONVERGE),
+        "--limit", f"{HOSTS[0]},{HOSTS[2]}", "-e", "hf_seed_bwlimit_kbps=64", *seed_vars,
+    ]  # fmt: skip
+    run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    partial = f"{ROOT}/.hf-seed/partial"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        assert run.poll() is None, ANSI_CODES.sub("", run.communicate()[0])
+        # rsync writes into a temp file beside the final name; some bytes of it are in.
+        temp = host.run(f"find {ROOT}/.hf-seed/staging -name '.*' -type f -size +64k -print -quit").stdout.strip()
+        if temp:
+            break
+    else:
+        pytest.fail("the pull never got into a file")
+    host.run("pkill -TERM -f 'hf-cache-seed pull'")
+    os.killpg(run.pid, signal.SIGTERM)
+    run.communicate(timeout=60)
+    for _ in range(30):
+        if host.run("pgrep -f 'rsync'").rc != 0:
+            break
+        time.sleep(1)
+    kept = host.check_output(f"find {partial} -type f -printf '%s %f\\n'").split()
+    assert len(kept) == 2 and 0 < int(kept[0]), kept  # one partial file
+    # Nothing half-written under its final name: every file in staging has its full size.
+    staging = json.loads(
+        host.check_output(f"hf-cache-manifest verify {MANIFEST} --root {ROOT}/.hf-seed/staging --json || true")
+    )
+    assert all(m["kind"] == "missing" for m in staging["verify"]["mismatches"]), staging
+
+    rc, output = run_playbook(CONVERGE, *seed_vars, "--limit", f"{HOSTS[0]},{HOSTS[2]}")
+    assert rc == 0, output
+    assert seed_status(host, "--deep")[0] == 0
+    total = doc["totals"]["bytes"]
+    received = int(output.split(f"{HOSTS[2]} <- {HOSTS[0]}: verified: ")[1].split(" bytes")[0].split(", ")[1])
+    assert received < total, f"the rerun received {received} of {total} bytes: nothing was resumed"
+    assert biggest["size"] > 0
