@@ -203,6 +203,9 @@ def lab(cmd: str, n: int) -> None:
         LAB_BASE_PORT="2300",
         LAB_FACT_CACHE=":".join(f"{BENCH_LAB}/facts/{c}" for c in ("project", "knobs")),
         LAB_HOST_REPORTS=f"{BENCH_LAB}/reports/hosts",
+        # Seeded volumes whatever the shell exports: the rerun benchmark starts from a full cache.
+        LAB_SEED="full",
+        LAB_SHARDS="2",
     )
     args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
     if cmd == "up":

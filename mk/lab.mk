@@ -8,17 +8,33 @@ LAB_CACHE_TEST ?= playbooks/cache-test.yml
 # The cache on the volumes is built by the production libraries (hf_loader.fixtures).
 LAB_PYTHON ?= $(if $(wildcard .venvs/prod/bin/python),.venvs/prod/bin/python,$(LOADER_BIN)/python)
 LAB_PYTHON_DEP := $(if $(wildcard .venvs/prod/bin/python),,loader-venv)
+# LAB_SEED=empty: blank volumes (same size and label), filled by playbooks/seed.yml from the
+# controller's copy of the cache (lab/cache/content) between site.yml and the cache test.
+LAB_SEED ?= full
+LAB_SEED_PLAYBOOK ?= playbooks/seed.yml
+LAB_SEED_SOURCE ?= $(CURDIR)/$(or $(LAB_DIR),lab)/cache/content
+# The manifest and seed key of that cache live beside it (removed with it by lab-down).
+LAB_SEED_CONTROLLER_DIR ?= $(CURDIR)/$(or $(LAB_DIR),lab)/cache/seed
+LAB_SEED_ARGS ?=
+BENCH_SEED_ARGS ?=
 BENCH_FLEET_HOSTS ?= 10
 BENCH_FLEET_REPS ?= 3
 BENCH_FLEET_ARGS ?=
 
-.PHONY: lab lab-up lab-down lab-status bench-fleet
+.PHONY: lab lab-up lab-down lab-status bench-fleet bench-seed
 
 lab-up: venv $(LAB_PYTHON_DEP) ## lab hosts only (engine, containers, volumes, inventory/lab/hosts.yml)
-	LAB_PYTHON=$(LAB_PYTHON) $(PYTHON) scripts/lab.py up --hosts $(LAB_HOSTS)
+	LAB_PYTHON=$(LAB_PYTHON) $(PYTHON) scripts/lab.py up --hosts $(LAB_HOSTS) --seed $(LAB_SEED)
 
 lab: lab-up wheelhouse ## LAB_HOSTS (3) simulated GPU hosts, site.yml + cache test over SSH, fleet report
+ifeq ($(LAB_SEED),empty)
+	$(BIN)/ansible-playbook -i inventory/lab $(LAB_SITE) -e hf_loader_cache_test_on_change=false
+	$(BIN)/ansible-playbook -i inventory/lab $(LAB_SEED_PLAYBOOK) -e hf_seed_source_dir=$(LAB_SEED_SOURCE) \
+		-e hf_seed_controller_python=$(abspath $(LAB_PYTHON)) -e hf_seed_controller_dir=$(LAB_SEED_CONTROLLER_DIR) \
+		$(LAB_SEED_ARGS)
+else
 	$(BIN)/ansible-playbook -i inventory/lab $(LAB_SITE)
+endif
 	$(BIN)/ansible-playbook -i inventory/lab $(LAB_CACHE_TEST)
 	@echo "[lab] fleet report: $(CURDIR)/reports/fleet.html (Markdown: reports/fleet.md)"
 	@echo "[lab] log in: ssh -i lab/ssh/id_ed25519 -p 2201 ansible@127.0.0.1; remove: make lab-down"
@@ -32,3 +48,6 @@ lab-status: ## the lab hosts recorded in lab/state.json and whether they run
 bench-fleet: venv $(LAB_PYTHON_DEP) ## no-change rerun of site.yml on 10 lab hosts: defaults vs project settings
 	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python bench/fleet_rerun.py --hosts $(BENCH_FLEET_HOSTS) \
 		--reps $(BENCH_FLEET_REPS) $(BENCH_FLEET_ARGS)
+
+bench-seed: venv $(LAB_PYTHON_DEP) ## seed.yml on 1, 2, 4, 8 empty lab hosts: one source vs fan-out (issue 14)
+	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python bench/seed_fanout.py $(BENCH_SEED_ARGS)

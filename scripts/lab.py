@@ -4,14 +4,20 @@
 Each host is a privileged systemd container (the run settings Molecule uses) running
 sshd, published on 127.0.0.1:<2200+i>, with a user `ansible` (key the lab generates,
 passwordless sudo) and a loop-backed ext4 dataset volume (label `hfcache`) that holds a
-small ImageNet-shaped Hugging Face cache made by the real `datasets` library.
+small ImageNet-shaped Hugging Face cache made by the real `datasets` library, or with
+LAB_SEED=empty (--seed empty) a blank one of the same size and label, for playbooks/seed.yml
+to fill from the controller's copy of that cache (lab/cache/content, built either way).
 
-    lab.py up [--hosts N]   create or reuse the hosts, write inventory/lab/hosts.yml
+    lab.py up [--hosts N] [--seed full|empty]
+                            create or reuse the hosts, write inventory/lab/hosts.yml
     lab.py down             remove everything recorded in lab/state.json
     lab.py status           what state.json records and whether it is still there
 
 Everything created is recorded in lab/state.json as soon as it exists, so that `down`
-removes exactly that (containers, loop devices, image files, files) and nothing else.
+removes exactly that (containers, loop devices, image files, files) and nothing else. Each
+host's seed mode is recorded with its volume image: `up` with another mode recreates that
+host's image and container (a seeded "empty" host stays as it is on an `up` that asks empty
+again).
 Python 3.11 standard library only; run as root (losetup, docker).
 """
 
@@ -43,6 +49,8 @@ PREFIX = os.environ.get("LAB_PREFIX", "lab-gpu-")
 BASE_PORT = int(os.environ.get("LAB_BASE_PORT", "2200"))
 VOLUME_SIZE = os.environ.get("LAB_VOLUME_SIZE", "1536M")
 VOLUME_LABEL = "hfcache"
+# What a new volume holds: "full" (the cache below) or "empty" (a blank ext4, to be seeded).
+SEED_MODES = ("full", "empty")
 # The volume's root is the cache root: <volume>/{datasets,hub} (HF_DATASETS_CACHE and
 # HF_HUB_CACHE); mounted at /data/hf, the default hf_env_cache_root.
 DATASET = os.environ.get("LAB_DATASET", "ILSVRC/imagenet-1k")
@@ -50,6 +58,10 @@ DATASET = os.environ.get("LAB_DATASET", "ILSVRC/imagenet-1k")
 N_TRAIN = int(os.environ.get("LAB_TRAIN_IMAGES", "384"))
 N_VAL = int(os.environ.get("LAB_VAL_IMAGES", "96"))
 N_CLASSES = 10
+# Parquet shards per split, and about as many Arrow files: the real ImageNet-1k cache is
+# hundreds of files of about 0.5 GB each (the Hub's parquet shards, and `datasets`' Arrow
+# files cut at its 500 MB default max_shard_size); the seed benchmark wants that shape.
+N_SHARDS = int(os.environ.get("LAB_SHARDS", "2"))
 # A venv with the production pins and hf_loader (`make loader-venv`; mk/lab.mk passes it).
 PROD_PYTHON = ROOT / os.environ.get(
     "LAB_PYTHON",
@@ -71,10 +83,13 @@ BUILD_CACHE = r"""
 import sys
 from pathlib import Path
 from hf_loader import fixtures
-root, dataset, n_train, n_val, classes = Path(sys.argv[1]), sys.argv[2], *map(int, sys.argv[3:6])
+root, dataset = Path(sys.argv[1]), sys.argv[2]
+n_train, n_val, classes, shards = map(int, sys.argv[3:7])
 splits, names = fixtures.tiny_splits(n_train=n_train, n_val=n_val, classes=classes, size=(96, 80))
-snap = fixtures.make_hub_snapshot(root / "hub", dataset, splits, names, shards=2)
-fixtures.make_arrow_cache(root / "datasets", dataset, snap)
+snap = fixtures.make_hub_snapshot(root / "hub", dataset, splits, names, shards=shards)
+# Arrow files about as large as the train split's parquet shards (None: datasets' default).
+shard_bytes = sum(map(len, splits["train"][0])) // shards if shards > 2 else None
+fixtures.make_arrow_cache(root / "datasets", dataset, snap, max_shard_size=shard_bytes)
 """
 
 # Run inside a fresh container: per-host SSH host keys, the `ansible` user, sshd.
@@ -199,7 +214,7 @@ def ensure_cache(state: dict) -> Path:
     remember(state, "dirs", CACHE_BUILD)
     log(f"building the {DATASET} cache ({N_TRAIN}+{N_VAL} JPEGs) with the production libraries")
     t0 = time.monotonic()
-    run(PROD_PYTHON, "-c", BUILD_CACHE, root, DATASET, N_TRAIN, N_VAL, N_CLASSES, env=hf_env(root))
+    run(PROD_PYTHON, "-c", BUILD_CACHE, root, DATASET, N_TRAIN, N_VAL, N_CLASSES, N_SHARDS, env=hf_env(root))
     # The readiness test the hosts run: environment, cache completeness, real batches.
     proc = run(
         PROD_PYTHON,
@@ -234,20 +249,24 @@ def loop_of(image: Path) -> str | None:
     return out[0] if out else None
 
 
-def ensure_volume(state: dict, host: str, content: Path) -> str:
+def ensure_volume(state: dict, host: str, content: Path, seed: str) -> str:
     h = state["hosts"][host]
     image = VOLUMES / f"{host}.img"
     VOLUMES.mkdir(parents=True, exist_ok=True)
     remember(state, "dirs", VOLUMES)
     if not image.exists():
         h["image"] = str(image.relative_to(ROOT))
+        h["seed"] = seed
         save_state(state)
         tmp = image.with_suffix(".tmp")
         run("truncate", "-s", VOLUME_SIZE, tmp)  # sparse: only the cache takes blocks
-        run("mkfs.ext4", "-q", "-F", "-L", VOLUME_LABEL, "-E", "root_owner=0:0", "-d", content, tmp)
+        fill = ["-d", content] if seed == "full" else []
+        run("mkfs.ext4", "-q", "-F", "-L", VOLUME_LABEL, "-E", "root_owner=0:0", *fill, tmp)
         tmp.replace(image)
-        log(f"{host}: volume {image.relative_to(ROOT)} ({VOLUME_SIZE} sparse, ext4 label {VOLUME_LABEL})")
+        what = "the cache" if seed == "full" else "empty, to be seeded"
+        log(f"{host}: volume {image.relative_to(ROOT)} ({VOLUME_SIZE} sparse, ext4 label {VOLUME_LABEL}, {what})")
     h["image"] = str(image.relative_to(ROOT))
+    h.setdefault("seed", seed)  # an image from before seed modes were recorded (up() checked it)
     loop = loop_of(image)
     if not loop:
         loop = run("losetup", "--find", "--show", image).stdout.strip()
@@ -383,6 +402,7 @@ def write_inventory(state: dict, hosts: list[str]) -> None:
             f"      ansible_ssh_private_key_file: {KEY}",
             f"      ansible_ssh_common_args: {common}",
             f"      lab_volume_device: {h['loop']}",
+            f"      lab_seed: {h.get('seed', 'full')}",
         ]
     INVENTORY.parent.mkdir(parents=True, exist_ok=True)
     INVENTORY.write_text("\n".join(lines) + "\n")
@@ -392,7 +412,7 @@ def write_inventory(state: dict, hosts: list[str]) -> None:
 # --- commands ---------------------------------------------------------------------------
 
 
-def up(n: int, engine: bool) -> None:
+def up(n: int, engine: bool, seed: str) -> None:
     t0 = time.monotonic()
     if engine:
         run("make", "--no-print-directory", "-C", ROOT, "engine", capture=False)
@@ -406,14 +426,20 @@ def up(n: int, engine: bool) -> None:
     content = ensure_cache(state)
     hosts = [f"{PREFIX}{i:02d}" for i in range(1, n + 1)]
     for i, host in enumerate(hosts, start=1):
+        made = state["hosts"].get(host)
+        # Images made before seed modes were recorded hold the cache: "full".
+        if made is not None and made.get("seed", "full") != seed:
+            was = made.get("seed", "full")
+            log(f"{host}: its volume was made {was}, {seed} asked: recreating the volume and the container")
+            remove_host(state, host)
         state["hosts"].setdefault(host, {})
-        loop = ensure_volume(state, host, content)
+        loop = ensure_volume(state, host, content, seed)
         ensure_container(state, host, i, loop, pubkey)
     write_known_hosts(state)
     for host in hosts:
         wait_ssh(host, state["hosts"][host]["port"], state["hosts"][host]["loop"])
     write_inventory(state, hosts)
-    log(f"{n} hosts up in {time.monotonic() - t0:.0f} s; inventory: {INVENTORY.relative_to(ROOT)}")
+    log(f"{n} hosts up ({seed} volumes) in {time.monotonic() - t0:.0f} s; inventory: {INVENTORY.relative_to(ROOT)}")
     key = KEY.relative_to(ROOT)
     log(f"reach one: ssh -i {key} -p {BASE_PORT + 1} ansible@127.0.0.1 (or: docker exec -it {hosts[0]} bash)")
 
@@ -471,7 +497,10 @@ def status() -> None:
         info = container_info(h.get("container", host))
         running = bool(info and info["State"]["Running"])
         loop = loop_of(ROOT / h["image"]) if h.get("image") and (ROOT / h["image"]).exists() else None
-        print(f"{host}: container {'running' if running else 'absent/stopped'}, port {h.get('port')}, loop {loop}")
+        print(
+            f"{host}: container {'running' if running else 'absent/stopped'}, port {h.get('port')}, loop {loop}, "
+            f"volume made {h.get('seed', 'full')}"
+        )
 
 
 def main() -> None:
@@ -480,6 +509,13 @@ def main() -> None:
     u = sub.add_parser("up", help="create or reuse the lab hosts and write the inventory")
     u.add_argument("--hosts", type=int, default=int(os.environ.get("LAB_HOSTS", "3")))
     u.add_argument("--no-engine", action="store_true", help="skip `make engine`")
+    u.add_argument(
+        "--seed",
+        choices=SEED_MODES,
+        default=os.environ.get("LAB_SEED") or "full",
+        help="new volumes hold the cache (full, default) or nothing (empty: for playbooks/seed.yml); "
+        "a host whose volume was made otherwise is recreated (LAB_SEED)",
+    )
     sub.add_parser("down", help="remove everything lab/state.json records")
     sub.add_parser("status", help="show the recorded hosts")
     args = p.parse_args()
@@ -488,7 +524,9 @@ def main() -> None:
     if args.cmd == "up":
         if not 1 <= args.hosts <= 50:
             die("--hosts/LAB_HOSTS must be 1..50")
-        up(args.hosts, engine=not args.no_engine)
+        if args.seed not in SEED_MODES:  # a default from LAB_SEED is not checked by argparse
+            die(f"--seed/LAB_SEED must be one of {', '.join(SEED_MODES)}, not {args.seed!r}")
+        up(args.hosts, engine=not args.no_engine, seed=args.seed)
     elif args.cmd == "down":
         down()
     else:

@@ -153,7 +153,7 @@ def test_flipped_byte_is_named_and_only_that_file_is_copied_again(host):
 
 
 def test_copy_killed_mid_file_resumes_and_verifies(host):
-    """The host pulls from another host (hf_seed_source_host) at 16 KiB/s; the run and the
+    """The host pulls from another host (hf_seed_source_host) at 64 KiB/s; the run and the
     pull are stopped in the middle of a file; the rerun resumes from the partial file."""
     if host.backend.host != HOSTS[2]:
         pytest.skip("one host is interrupted")
@@ -163,7 +163,7 @@ def test_copy_killed_mid_file_resumes_and_verifies(host):
     seed_vars = ["-e", f'{{"hf_seed_source_dir": "", "hf_seed_source_host": "{HOSTS[0]}"}}']
     command = [
         "ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(CONVERGE),
-        "--limit", f"{HOSTS[0]},{HOSTS[2]}", "-e", "hf_seed_bwlimit_kbps=16", *seed_vars,
+        "--limit", f"{HOSTS[0]},{HOSTS[2]}", "-e", "hf_seed_bwlimit_kbps=64", *seed_vars,
     ]  # fmt: skip
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     partial = f"{ROOT}/.hf-seed/partial"
@@ -177,8 +177,8 @@ def test_copy_killed_mid_file_resumes_and_verifies(host):
         time.sleep(0.5)
     else:
         pytest.fail("the pull never got to the largest file")
-    time.sleep(biggest["size"] / 2 / (16 << 10))  # about half of it, at 16 KiB/s
-    host.run("pkill -TERM -f 'hf-cache-seed pull'")
+    time.sleep(biggest["size"] / 2 / (64 << 10))  # about half of it, at 64 KiB/s
+    host.run("pkill -TERM -f 'seed pull --manifest'")  # hf-cache-seed, or python -m hf_loader.cacheseed
     os.killpg(run.pid, signal.SIGTERM)
     run.communicate(timeout=60)
     for _ in range(30):
@@ -205,3 +205,27 @@ def test_copy_killed_mid_file_resumes_and_verifies(host):
     received = int(report.split(" bytes")[0].split(", ")[1])
     # The partial file was the basis of the resumed one: its bytes did not come again.
     assert received < left - partial_bytes // 2, (received, left, partial_bytes)
+
+
+def test_a_failed_transfer_is_reported_and_retried_from_another_source(host):
+    """Two hosts need a copy: the plan gives one the controller and the other the first host,
+    whose cache the seed user may not read (a broken upstream). That transfer fails, is
+    reported, and the next pass copies the host from another source."""
+    if host.backend.host != HOSTS[0]:
+        pytest.skip("one fleet-wide run")
+    hosts = {h: other(h) for h in HOSTS}
+    for name in HOSTS[1:]:
+        hosts[name].check_output(f"rm -rf {ROOT}/datasets/* {ROOT}/hub/* {ROOT}/.hf-seed")
+    host.check_output(f"chmod 0700 {ROOT}")
+    try:
+        rc, output = run_playbook(CONVERGE)
+    finally:
+        host.check_output(f"chmod 0755 {ROOT}")
+    output = " ".join(output.split())
+    assert rc == 0, output
+    assert f"pass 0, wave 0: {HOSTS[2]} <- __controller__, {HOSTS[1]} <- {HOSTS[0]}" in output, output
+    assert f"{HOSTS[1]} <- {HOSTS[0]}: FAILED from {HOSTS[0]}" in output, output
+    assert f"pass 1, wave 0: {HOSTS[1]} <- " in output
+    assert f"{HOSTS[1]} <- {HOSTS[0]}: verified" not in output
+    for name in HOSTS:
+        assert seed_status(hosts[name], "--deep")[0] == 0, name

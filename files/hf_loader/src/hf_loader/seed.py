@@ -251,21 +251,31 @@ class Upstream:
 
 
 def run_to_the_end(argv: list[str]) -> subprocess.CompletedProcess:
-    """Run rsync; when this process is interrupted, rsync is stopped with SIGTERM and waited
-    for (never killed outright), so it keeps the partial file a rerun resumes from."""
-    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as p:
+    """Run rsync; when this process is interrupted (SIGINT, SIGTERM), rsync is interrupted as
+    by Ctrl-C and waited for (never killed outright), so it keeps the partial file a rerun
+    resumes from."""
+    # Its own process group: rsync forks (a receiver, a generator, ssh), and Ctrl-C reaches
+    # all of them at once; that is the interruption after which rsync keeps a partial file.
+    with subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    ) as p:
         try:
             out, err = p.communicate()
         except BaseException:
-            p.send_signal(signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGINT)
             p.wait(timeout=60)
             raise
     return subprocess.CompletedProcess(argv, p.returncode, out, err)
 
 
 def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no message"
+    """rsync's first specific complaint (the file and why) and its closing summary."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    if not lines:
+        return "no message"
+    first = next((line for line in lines if not line.startswith("rsync error:")), None)
+    return lines[-1] if first in (None, lines[-1]) else f"{first} ... {lines[-1]}"
 
 
 def _files_from(paths: list[str]) -> str:
