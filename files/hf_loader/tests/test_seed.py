@@ -273,12 +273,12 @@ def test_killed_mid_file_resumes_and_verifies(manifest, tmp_path, capsys):
     assert proc.poll() is None, proc.communicate()
     os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: rsync keeps the partial file
     proc.communicate(timeout=30)
-    kept = list((target / ".hf-seed" / "partial").iterdir())
-    assert len(kept) == 1 and 0 < kept[0].stat().st_size < 1 << 20, kept
     staging = target / ".hf-seed" / "staging"
+    kept = list(staging.rglob(".hf-seed-partial/*"))
+    assert len(kept) == 1 and 0 < kept[0].stat().st_size < 1 << 20, kept
     assert not (staging / entry["path"]).exists()  # a downstream never sees half a file
 
     code, out = seed_cli(capsys, *args)
     assert code == 0, out
     assert mf.verify_manifest(one, mf.CacheRoots.under(staging), deep=True).ok
-    assert not list((target / ".hf-seed" / "partial").iterdir())
+    assert not list(staging.rglob(".hf-seed-partial"))  # removed once the file is complete

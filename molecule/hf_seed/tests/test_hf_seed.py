@@ -166,7 +166,6 @@ def test_copy_killed_mid_file_resumes_and_verifies(host):
         "--limit", f"{HOSTS[0]},{HOSTS[2]}", "-e", "hf_seed_bwlimit_kbps=64", *seed_vars,
     ]  # fmt: skip
     run = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    partial = f"{ROOT}/.hf-seed/partial"
     name = biggest["path"].rsplit("/", 1)[1]
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -185,7 +184,9 @@ def test_copy_killed_mid_file_resumes_and_verifies(host):
         if host.run("pgrep -f 'rsync'").rc != 0:
             break
         time.sleep(1)
-    kept = host.check_output(f"find {partial} -type f -printf '%s %f\\n'").split()
+    kept = host.check_output(
+        f"find {ROOT}/.hf-seed/staging -path '*/.hf-seed-partial/*' -type f -printf '%s %f\\n'"
+    ).split()
     assert len(kept) == 2 and int(kept[0]) > 0, kept  # one partial file
     # Nothing half-written under its final name: every file in staging has its full size.
     staging = json.loads(

@@ -6,7 +6,10 @@ paths). Seeding writes only under R/.hf-seed until the copy is verified:
     R/.hf-seed/staging/{datasets,hub}/...   the copy being received: complete files only
                                             (rsync writes each file to a temp name and
                                             renames it when its checksum matched)
-    R/.hf-seed/partial/                     rsync's partial files, the basis of a resume
+    R/.hf-seed/staging/.../.hf-seed-partial/  rsync's partial files beside the files they
+                                            belong to, the basis of a resume (rsync leaves
+                                            them out of every transfer and removes them
+                                            once the file is complete)
     R/.hf-seed/state.json                   where this host stands (`State`)
 
 States: `receiving` (staging is being filled), `verified` (staging matches the manifest),
@@ -88,7 +91,6 @@ class SeedRoot:
         self.root = Path(root)
         self.dir = self.root / SEED_DIR
         self.staging = self.dir / "staging"
-        self.partial = self.dir / "partial"
         self.state_file = self.dir / "state.json"
 
     def read_state(self) -> State | None:
@@ -128,7 +130,6 @@ class SeedRoot:
             shutil.rmtree(self.staging)
         for sub in (self.dir, self.staging):
             sub.mkdir(mode=0o755, exist_ok=True)
-        self.partial.mkdir(mode=0o700, exist_ok=True)
         for top in doc["roots"]:
             published, staged = self.root / top, self.staging / top
             if published.is_dir() and not staged.exists():
@@ -153,6 +154,8 @@ class SeedRoot:
         # hub first: a reader that finds the Arrow folder finds the hub files it was made from.
         for top in sorted(doc["roots"], key=lambda t: not t.startswith("hub/")):
             staged, target = self.staging / top, self.root / top
+            for leftover in staged.rglob(PARTIAL_DIR):  # of files completed from elsewhere
+                shutil.rmtree(leftover)
             _read_only_tree(staged)
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():
@@ -163,7 +166,6 @@ class SeedRoot:
             published.append(top)
         self.write_state("published", mid)
         shutil.rmtree(self.staging, ignore_errors=True)
-        shutil.rmtree(self.partial, ignore_errors=True)
         return published
 
 
@@ -300,7 +302,14 @@ class PullResult:
     seconds: float = 0.0
 
 
-def rsync_args(files_from: str, partial: Path) -> list[str]:
+# Relative: a folder beside each file. rsync 3.2.7 (Debian 12) fails the checksum of a file
+# resumed from an absolute --partial-dir when the sender is remote ("failed verification --
+# update put into partial-dir"), every time; a relative one resumes (found in the hf_seed
+# Molecule scenario, rsync 3.2.7 on both ends).
+PARTIAL_DIR = ".hf-seed-partial"
+
+
+def rsync_args(files_from: str) -> list[str]:
     # -a without owner and group: the receiver (root) owns the copy; --ignore-times: the
     # list holds only files that do not match, same size and mtime or not.
     return [
@@ -309,7 +318,7 @@ def rsync_args(files_from: str, partial: Path) -> list[str]:
         "--no-group",
         "--chmod=D755,F644",
         "--ignore-times",
-        f"--partial-dir={partial}",
+        f"--partial-dir={PARTIAL_DIR}",
         f"--files-from={files_from}",
         "--stats",
     ]
@@ -365,7 +374,7 @@ def pull(
             listing = _files_from(todo)
             try:
                 proc = upstream.rsync(
-                    *rsync_args(listing, seed.partial),
+                    *rsync_args(listing),
                     f"{upstream.base}{where.rstrip('/')}/",
                     f"{seed.staging}/",
                 )
@@ -487,7 +496,7 @@ def push(
         listing = _files_from(todo)
         try:
             proc = sender.rsync(
-                *rsync_args(listing, Path(remote.root) / SEED_DIR / "partial"),
+                *rsync_args(listing),
                 f"--rsync-path={remote.rsync_path}",
                 f"{source}/",
                 f"{remote.dest}:{staging}",
