@@ -298,7 +298,6 @@ class PullResult:
     passes: int = 0
     files_transferred: int = 0
     bytes_received: int = 0
-    repaired: list[str] | None = None
     seconds: float = 0.0
 
 
@@ -388,7 +387,10 @@ def pull(
             if len(todo) < before:
                 last_progress = time.monotonic()
             log(f"pass {result.passes}: rsync exit {proc.returncode}, {len(todo)} to go")
-            if proc.returncode not in (0, *RSYNC_PARTIAL) or (complete and proc.returncode):
+            # From a complete upstream a pass must end the copy (a file it lacks is a failure).
+            if proc.returncode not in (0, *RSYNC_PARTIAL) or (
+                complete and (proc.returncode or todo)
+            ):
                 failures += 1
                 if failures >= attempts:
                     raise TransferError(
@@ -407,7 +409,6 @@ def pull(
                 time.sleep(poll)
         final = seed.verify_staging(doc, deep=deep)
         if not final.ok:
-            result.repaired = _todo(final)
             raise TransferError(
                 f"the received copy does not match the manifest: {final.summary()}",
                 path=str(seed.staging),
