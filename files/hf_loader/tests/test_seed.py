@@ -282,3 +282,11 @@ def test_killed_mid_file_resumes_and_verifies(manifest, tmp_path, capsys):
     assert code == 0, out
     assert mf.verify_manifest(one, mf.CacheRoots.under(staging), deep=True).ok
     assert not list(staging.rglob(".hf-seed-partial"))  # removed once the file is complete
+
+
+def test_console_script_is_declared_and_usage_is_exit_2(capsys):
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    scripts = pyproject.split("[project.scripts]")[1].split("\n[")[0]
+    assert 'hf-cache-seed = "hf_loader.cacheseed:main"' in scripts
+    assert main(["pull", "--root", "/tmp"]) == 2  # --manifest and --from are required
+    assert "--manifest" in capsys.readouterr().err
