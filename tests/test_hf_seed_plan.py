@@ -2,7 +2,7 @@
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible_collections.gpu_fleet.common.plugins.filter.hf_seed import seed_plan, seed_unplanned
+from ansible_collections.gpu_fleet.common.plugins.filter.hf_seed import seed_plan
 
 HOSTS = [f"h{i}" for i in range(1, 9)]
 
@@ -60,7 +60,6 @@ def test_a_retry_avoids_the_upstream_that_failed():
     (plan,) = seed_plan(["h3"], ["src", "h1"], 1, True, {"h3": ["src"]})
     assert plan == {"h3": "h1"}
     assert seed_plan(["h3"], ["src"], 1, True, {"h3": ["src"]}) == []
-    assert seed_unplanned(["h3"], []) == ["h3"]
 
 
 def test_sources_and_duplicates_are_not_targets():

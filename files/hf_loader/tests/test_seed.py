@@ -42,6 +42,13 @@ def seed_cli(capsys, *args: str) -> tuple[int, dict]:
     return code, json.loads(capsys.readouterr().out)
 
 
+def pull_cli(capsys, manifest: Path, root: Path, upstream: str, *extra: str) -> tuple[int, dict]:
+    """hf-cache-seed pull --manifest MANIFEST --root ROOT --from UPSTREAM EXTRA... --json"""
+    return seed_cli(
+        capsys, "pull", "--manifest", str(manifest), "--root", str(root), "--from", upstream, *extra
+    )
+
+
 def copy_of(root: Path, doc: dict) -> dict[str, bytes | str]:
     """The manifest's files' bytes and symlinks' targets under root (what a copy is)."""
     out: dict[str, bytes | str] = {}
@@ -59,9 +66,7 @@ def test_pull_from_a_complete_source_then_publish_read_only(both, manifest, tmp_
     assert code == 4 and not out["ok"]
     assert {m["kind"] for m in out["verify"]["mismatches"]} == {"missing"}
 
-    code, out = seed_cli(
-        capsys, "pull", "--manifest", str(manifest), "--root", str(target), "--from", f"{both}/"
-    )
+    code, out = pull_cli(capsys, manifest, target, f"{both}/")
     assert code == 0, out
     assert out["result"]["files_transferred"] == doc["totals"]["files"]
     assert sd.SeedRoot(target).read_state().state == "verified"
@@ -157,17 +162,7 @@ def test_flipped_byte_is_named_and_only_that_file_is_copied_again(both, manifest
     assert code == 4
     assert [(m["path"], m["kind"]) for m in out["verify"]["mismatches"]] == [(arrow, "sha256")]
 
-    code, out = seed_cli(
-        capsys,
-        "pull",
-        "--manifest",
-        str(manifest),
-        "--root",
-        str(both),
-        "--from",
-        f"{source}/",
-        "--deep",
-    )
+    code, out = pull_cli(capsys, manifest, both, f"{source}/", "--deep")
     assert code == 0, out
     assert out["result"]["files_transferred"] == 1
     assert (both / arrow).stat().st_ino == bad_inode  # the published file was never written
@@ -190,9 +185,7 @@ def test_publish_keeps_what_else_the_dataset_folder_held(both, manifest, tmp_pat
     with open(both / truncated["path"], "r+b") as f:
         f.truncate(truncated["size"] // 2)
 
-    code, out = seed_cli(
-        capsys, "pull", "--manifest", str(manifest), "--root", str(both), "--from", f"{source}/"
-    )
+    code, out = pull_cli(capsys, manifest, both, f"{source}/")
     assert code == 0, out
     assert out["result"]["files_transferred"] == 1
     assert seed_cli(capsys, "publish", "--manifest", str(manifest), "--root", str(both))[0] == 0
@@ -206,20 +199,11 @@ def test_an_upstream_that_failed_or_holds_another_copy_is_refused(both, manifest
     upstream.root.mkdir()
     target = tmp_path / "target"
     target.mkdir()
-    args = (
-        "pull",
-        "--manifest",
-        str(manifest),
-        "--root",
-        str(target),
-        "--from",
-        f"{upstream.root}/",
-    )
     upstream.write_state("failed", sd.manifest_id(doc), "disk full")
-    code, out = seed_cli(capsys, *args)
+    code, out = pull_cli(capsys, manifest, target, f"{upstream.root}/")
     assert code == 10 and "disk full" in out["error"]["message"]
     upstream.write_state("verified", "0123456789abcdef")
-    code, out = seed_cli(capsys, *args)
+    code, out = pull_cli(capsys, manifest, target, f"{upstream.root}/")
     assert code == 10 and "another copy" in out["error"]["message"]
     assert sd.SeedRoot(target).read_state().state == "failed"
 
@@ -231,17 +215,8 @@ def test_publish_without_a_verified_copy_is_refused(manifest, tmp_path, capsys):
 
 def test_an_unreachable_upstream_fails_with_exit_9(manifest, tmp_path, capsys):
     (tmp_path / "t").mkdir()
-    code, out = seed_cli(
-        capsys,
-        "pull",
-        "--manifest",
-        str(manifest),
-        "--root",
-        str(tmp_path / "t"),
-        "--from",
-        f"{tmp_path}/does-not-exist/",
-        "--attempts",
-        "1",
+    code, out = pull_cli(
+        capsys, manifest, tmp_path / "t", f"{tmp_path}/does-not-exist/", "--attempts", "1"
     )
     assert code == 9, out
     assert out["error"]["kind"] == "transfer"

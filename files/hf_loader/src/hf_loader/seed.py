@@ -229,6 +229,14 @@ class Upstream:
             cmd.append(f"--bwlimit={self.bwlimit_kbps}")
         return run_to_the_end([*cmd, *args])
 
+    def copy(self, paths: list[str], src: str, dest: str, *extra: str):
+        """rsync exactly `paths` (relative to src) from src into dest."""
+        listing = _files_from(paths)
+        try:
+            return self.rsync(*rsync_args(listing), *extra, src, dest)
+        finally:
+            os.unlink(listing)
+
     def state(self) -> State | None:
         """The upstream's state.json; None when it has none (a plain source folder)."""
         with tempfile.TemporaryDirectory(prefix="hf-seed-state.") as tmp:
@@ -300,6 +308,12 @@ class PullResult:
     bytes_received: int = 0
     seconds: float = 0.0
 
+    def count(self, proc: subprocess.CompletedProcess, bytes_label: str) -> None:
+        """Add one rsync pass, from its --stats."""
+        self.passes += 1
+        self.files_transferred += _stat(proc.stdout, "Number of regular files transferred")
+        self.bytes_received += _stat(proc.stdout, bytes_label)
+
 
 # Relative: a folder beside each file. rsync 3.2.7 (Debian 12) fails the checksum of a file
 # resumed from an absolute --partial-dir when the sender is remote ("failed verification --
@@ -370,18 +384,8 @@ def pull(
                 )
             complete = st is None or st.state in COMPLETE
             where = st.where if st is not None else "."
-            listing = _files_from(todo)
-            try:
-                proc = upstream.rsync(
-                    *rsync_args(listing),
-                    f"{upstream.base}{where.rstrip('/')}/",
-                    f"{seed.staging}/",
-                )
-            finally:
-                os.unlink(listing)
-            result.passes += 1
-            result.files_transferred += _stat(proc.stdout, "Number of regular files transferred")
-            result.bytes_received += _stat(proc.stdout, "Total bytes received")
+            proc = upstream.copy(todo, f"{upstream.base}{where.rstrip('/')}/", f"{seed.staging}/")
+            result.count(proc, "Total bytes received")
             before = len(todo)
             todo = _todo(seed.verify_staging(doc))
             if len(todo) < before:
@@ -494,19 +498,10 @@ def push(
     staging = f"{remote.root}/{SEED_DIR}/staging/"
     failures = 0
     while todo:
-        listing = _files_from(todo)
-        try:
-            proc = sender.rsync(
-                *rsync_args(listing),
-                f"--rsync-path={remote.rsync_path}",
-                f"{source}/",
-                f"{remote.dest}:{staging}",
-            )
-        finally:
-            os.unlink(listing)
-        result.passes += 1
-        result.files_transferred += _stat(proc.stdout, "Number of regular files transferred")
-        result.bytes_received += _stat(proc.stdout, "Total bytes sent")
+        proc = sender.copy(
+            todo, f"{source}/", f"{remote.dest}:{staging}", f"--rsync-path={remote.rsync_path}"
+        )
+        result.count(proc, "Total bytes sent")  # what the host received
         log(f"pass {result.passes}: rsync exit {proc.returncode}")
         if proc.returncode == 0:
             break

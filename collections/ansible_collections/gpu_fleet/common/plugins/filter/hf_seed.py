@@ -70,12 +70,6 @@ def _take_slot(slots: deque, excluded: set) -> str | None:
     return None
 
 
-def seed_unplanned(targets: list[str], waves: list[dict[str, str]]) -> list[str]:
-    """Targets no wave gives an upstream (every source was avoided for them)."""
-    planned = {t for wave in waves for t in wave}
-    return [t for t in targets if t not in planned]
-
-
 class FilterModule:
     def filters(self):
-        return {"seed_plan": seed_plan, "seed_unplanned": seed_unplanned}
+        return {"seed_plan": seed_plan}
