@@ -1,0 +1,229 @@
+"""The rolling driver upgrade's decisions (playbooks/upgrade-driver.yml), as pure functions.
+
+- `host_plan`: from what a host runs before anything changes (its loaded driver, its active
+  training units), what the rollout does there: nothing (already on the target), skip it
+  (busy, with upgrade_driver_busy=skip), or drain and upgrade it.
+- `canary`: which hosts form the canary batch.
+- `batch_verdict`: after a batch, whether the rollout goes on (max_fail_percentage).
+- `report`: one row per host (its driver before and after, its state, why) and why the
+  rollout stopped, if it did; `report_markdown` renders it.
+The runbook gathers the inputs on the hosts and acts; nothing here touches a host.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ansible.errors import AnsibleFilterError
+from ansible_collections.gpu_fleet.common.plugins.filter.nvidia_driver import (
+    parse_proc_version,
+    parse_units,
+    pin_in_branch,
+    valid_branch,
+    valid_pin,
+    version_matches,
+)
+
+BUSY_POLICIES = ("drain", "skip")
+# A record's state, in the order the report sorts them (worst first).
+STATES = ("failed", "unreachable", "skipped", "not-reached", "upgraded", "current")
+SERIAL = re.compile(r"^(?:[1-9]\d*|(?:100|[1-9]\d?)%)$")
+
+
+def valid_serial(value) -> bool:
+    """A batch size as `serial` takes it: a host count (>= 1) or a percentage (1-100%)."""
+    return isinstance(value, int | str) and not isinstance(value, bool) and bool(SERIAL.match(str(value).strip()))
+
+
+def target_errors(branch, pin) -> list[str]:
+    """What is wrong with the target the rollout was given (empty: a valid target)."""
+    if not valid_branch(branch):
+        return [f'upgrade_driver_branch must be a driver branch of three digits, quoted, such as "580"; got {branch!r}']
+    if pin and not valid_pin(pin):
+        return [f'upgrade_driver_version must be an exact driver version such as "{branch}.95.05"; got {pin!r}']
+    if pin and not pin_in_branch(pin, branch):
+        fix = f"set the branch to {pin.split('.')[0]}"
+        return [f"upgrade_driver_version {pin} is not of upgrade_driver_branch {branch}: {fix}"]
+    return []
+
+
+def target_text(branch, pin="") -> str:
+    return pin or f"branch {branch} (newest)"
+
+
+def host_plan(proc_version_text: str, units_text: str, branch, pin="", busy_policy="drain") -> dict:
+    """What the rollout does on one host, from /proc/driver/nvidia/version and its active training units.
+
+    A host whose loaded driver already is the target is left alone; the others are drained
+    (their active training units stopped, started again after) and upgraded, or, with
+    busy_policy 'skip', skipped while a training unit is active.
+    """
+    if busy_policy not in BUSY_POLICIES:
+        raise ValueError(f"upgrade_driver_busy must be one of {', '.join(BUSY_POLICIES)}; got {busy_policy!r}")
+    loaded = parse_proc_version(proc_version_text)["version"]
+    busy = parse_units(units_text)
+    if loaded and version_matches(loaded, pin, branch):
+        action, reason = "current", f"already runs {loaded}"
+    elif busy and busy_policy == "skip":
+        action, reason = "skip", f"training runs ({', '.join(busy)}) and upgrade_driver_busy is skip"
+    else:
+        action = "upgrade"
+        reason = f"runs {loaded or 'no driver'}, wanted {target_text(branch, pin)}"
+    return {
+        "action": action,
+        "reason": reason,
+        "loaded_version": loaded,
+        "busy_units": busy,
+        "drain_units": busy if action == "upgrade" else [],
+    }
+
+
+def canary(hosts: list[str], spec, groups: dict) -> list[str]:
+    """The canary batch: 'first' (the first host), a group's hosts among `hosts`, or none ('')."""
+    hosts = list(hosts)
+    if spec in ("", None, "none"):
+        return []
+    if spec == "first":
+        return hosts[:1]
+    if spec not in groups:
+        raise ValueError(
+            f"upgrade_driver_canary {spec!r} is neither 'first', '' nor a group of the inventory "
+            f"(groups: {', '.join(sorted(g for g in groups if g not in ('all', 'ungrouped')))})"
+        )
+    members = set(groups[spec])
+    chosen = [host for host in hosts if host in members]
+    if not chosen:
+        raise ValueError(f"upgrade_driver_canary group {spec!r} has none of the hosts being upgraded")
+    return chosen
+
+
+def batch_verdict(batch: list[str], records: dict, max_fail_percentage, number=1) -> dict:
+    """Whether the rollout goes on after a batch.
+
+    `records` maps hosts to their rollout record; a host of the batch without one did not
+    finish its steps (unreachable, or an error the runbook could not rescue) and counts as
+    failed. The rollout stops when more than max_fail_percentage of the batch failed,
+    as Ansible's own max_fail_percentage counts.
+    """
+    batch = list(batch)
+    states = {host: (records.get(host) or {}).get("state", "unreachable") for host in batch}
+    failed = [host for host in batch if states[host] in ("failed", "unreachable")]
+    percent = 100.0 * len(failed) / len(batch) if batch else 0.0
+    stop = bool(failed) and percent > float(max_fail_percentage)
+    reason = ""
+    if stop:
+        why = "; ".join(
+            f"{host}: {(records.get(host) or {}).get('reason') or 'did not finish (unreachable?)'}" for host in failed
+        )
+        reason = (
+            f"batch {number} ({', '.join(batch)}): {len(failed)} of {len(batch)} host(s) failed ({percent:.0f}%), "
+            f"more than upgrade_driver_max_fail_percentage {max_fail_percentage}%. {why}"
+        )
+    return {"number": number, "hosts": batch, "failed": failed, "percent": percent, "stop": stop, "reason": reason}
+
+
+def report(hosts: list[str], before: dict, records: dict, batches: list[dict], target: dict, stopped="") -> dict:
+    """One row per host and the rollout's outcome.
+
+    `before`: each host's host_plan (read before anything changed; absent: unreachable at
+    the start). `records`: what the rollout did on the hosts it reached. `batches`: each
+    batch's verdict with its seconds. A host neither recorded nor unreachable was never
+    reached: it keeps its driver and its training.
+    """
+    rows = []
+    for host in hosts:
+        plan = before.get(host)
+        record = records.get(host)
+        if plan is None:
+            row = {"state": "unreachable", "before": "", "after": "", "detail": "unreachable when the rollout started"}
+        elif record is None:
+            reached = any(host in batch.get("hosts", []) for batch in batches)
+            row = {
+                "state": "unreachable" if reached else "not-reached",
+                "before": plan["loaded_version"],
+                "after": "" if reached else plan["loaded_version"],
+                "detail": "did not finish its steps (unreachable during the upgrade?)"
+                if reached
+                else "the rollout stopped before this host: its driver and training were not touched",
+            }
+        else:
+            row = {
+                "state": record["state"],
+                "before": plan["loaded_version"],
+                "after": record.get("loaded_version", ""),
+                "detail": record.get("reason", ""),
+            }
+        if record:
+            row["seconds"] = record.get("seconds")
+            row["drained"] = record.get("drained", [])
+            row["restarted"] = record.get("restarted", [])
+        rows.append({"host": host, **row})
+    counts = {state: sum(1 for row in rows if row["state"] == state) for state in STATES}
+    durations = [batch["seconds"] for batch in batches if batch.get("seconds") is not None]
+    return {
+        "target": target,
+        "rows": sorted(rows, key=lambda row: (STATES.index(row["state"]), hosts.index(row["host"]))),
+        "counts": {state: count for state, count in counts.items() if count},
+        "batches": batches,
+        "batch_seconds": durations,
+        "fleet_seconds": round(sum(durations), 1),
+        "stopped": stopped,
+        "ok": not stopped and counts["failed"] == 0 and counts["unreachable"] == 0,
+    }
+
+
+def report_markdown(doc: dict) -> str:
+    """The report as Markdown: the outcome, the batches with their times, one row per host."""
+    target = doc["target"]
+    lines = [
+        "# Driver rollout",
+        "",
+        f"Target: {target_text(target['branch'], target.get('version', ''))}.",
+        "",
+        (f"**Stopped:** {doc['stopped']}" if doc["stopped"] else "Every batch passed.")
+        + " "
+        + ", ".join(f"{count} {state}" for state, count in doc["counts"].items())
+        + ".",
+        "",
+        "| batch | hosts | failed | seconds |",
+        "| --- | --- | --- | --- |",
+    ]
+    for batch in doc["batches"]:
+        lines.append(
+            f"| {batch['number']} | {', '.join(batch['hosts'])} | {', '.join(batch['failed']) or '-'} "
+            f"| {batch.get('seconds', '')} |"
+        )
+    lines += [
+        f"| all | | | {doc['fleet_seconds']} |",
+        "",
+        "| host | state | driver before | driver after | detail |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in doc["rows"]:
+        detail = row["detail"]
+        if row.get("drained"):
+            left = sorted(set(row["drained"]) - set(row.get("restarted", [])))
+            after = f"; left stopped: {', '.join(left)}." if left else ", started again."
+            detail += f" Drained {', '.join(row['drained'])}{after}"
+        lines.append(
+            f"| {row['host']} | {row['state']} | {row['before'] or '-'} | {row['after'] or '-'} | {detail.strip()} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _wrap(function):
+    def wrapped(*args, **kwargs):
+        try:
+            return function(*args, **kwargs)
+        except (ValueError, KeyError, TypeError) as error:
+            raise AnsibleFilterError(f"driver_rollout_{function.__name__}: {error}") from error
+
+    return wrapped
+
+
+class FilterModule:
+    """Filters for playbooks/upgrade-driver.yml (prefix driver_rollout_)."""
+
+    def filters(self):
+        functions = [valid_serial, target_errors, host_plan, canary, batch_verdict, report, report_markdown]
+        return {f"driver_rollout_{function.__name__}": _wrap(function) for function in functions}

@@ -1,0 +1,192 @@
+"""The rolling driver upgrade's decisions (gpu_fleet.common.driver_rollout_*, playbooks/upgrade-driver.yml)."""
+
+import pytest
+from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout import (
+    FilterModule,
+    batch_verdict,
+    canary,
+    host_plan,
+    report,
+    report_markdown,
+    target_errors,
+    valid_serial,
+)
+
+# /proc/driver/nvidia/version as the open module writes it (the format parse_proc_version reads).
+PROC_580_82 = (
+    "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.82.07  Release Build  (dvs-builder@U16-I3-B03-4-3)"
+    "  Wed Aug 27 2025\nGCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n"
+)
+PROC_580_95 = PROC_580_82.replace("580.82.07", "580.95.05")
+# `systemctl list-units --plain --no-legend --state=active,... hf-train@*.service` lines.
+UNITS_BUSY = "hf-train@resnet50.service loaded active running Train resnet50 from the local cache\n"
+
+
+def test_filters_are_exported_with_the_prefix():
+    names = FilterModule().filters()
+    assert {"driver_rollout_host_plan", "driver_rollout_batch_verdict", "driver_rollout_report"} <= set(names)
+
+
+@pytest.mark.parametrize("value", [1, 2, "3", "20%", "100%", "1%"])
+def test_valid_serial(value):
+    assert valid_serial(value)
+
+
+@pytest.mark.parametrize("value", [0, -1, "0", "0%", "101%", "20 %", "x", True, None, 1.5, "", [1, 2]])
+def test_invalid_serial(value):
+    assert not valid_serial(value)
+
+
+def test_target_errors_name_the_variable_and_the_fix():
+    assert target_errors("580", "580.95.05") == []
+    assert target_errors("590", "") == []
+    (error,) = target_errors("580", "590.44.01")
+    assert "upgrade_driver_version 590.44.01 is not of upgrade_driver_branch 580" in error
+    assert "set the branch to 590" in error
+    assert "upgrade_driver_branch" in target_errors("58", "")[0]
+    assert "upgrade_driver_version" in target_errors("580", "580.95.5")[0]
+
+
+def test_host_already_on_the_pin_is_left_alone_even_when_busy():
+    plan = host_plan(PROC_580_95, UNITS_BUSY, "580", "580.95.05")
+    assert plan["action"] == "current"
+    assert plan["drain_units"] == []
+    assert plan["loaded_version"] == "580.95.05"
+
+
+def test_busy_host_is_drained_then_upgraded():
+    plan = host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05")
+    assert plan["action"] == "upgrade"
+    assert plan["drain_units"] == ["hf-train@resnet50.service"]
+    assert plan["reason"] == "runs 580.82.07, wanted 580.95.05"
+
+
+def test_busy_host_is_skipped_when_asked():
+    plan = host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05", "skip")
+    assert plan["action"] == "skip"
+    assert plan["drain_units"] == []
+    assert "hf-train@resnet50.service" in plan["reason"] and "upgrade_driver_busy is skip" in plan["reason"]
+
+
+def test_idle_host_without_a_loaded_driver_is_upgraded_without_a_drain():
+    plan = host_plan("", "", "590")
+    assert plan == {
+        "action": "upgrade",
+        "reason": "runs no driver, wanted branch 590 (newest)",
+        "loaded_version": "",
+        "busy_units": [],
+        "drain_units": [],
+    }
+
+
+def test_a_branch_target_is_met_by_any_version_of_the_branch():
+    assert host_plan(PROC_580_82, "", "580")["action"] == "current"
+    assert host_plan(PROC_580_82, "", "590")["action"] == "upgrade"
+
+
+def test_unknown_busy_policy_is_refused():
+    with pytest.raises(ValueError, match="upgrade_driver_busy"):
+        host_plan(PROC_580_82, "", "580", "", "kill")
+
+
+def test_canary():
+    groups = {"all": ["a", "b", "c"], "canaries": ["c", "x"], "ungrouped": []}
+    assert canary(["a", "b", "c"], "first", groups) == ["a"]
+    assert canary(["a", "b", "c"], "", groups) == []
+    assert canary(["a", "b", "c"], "canaries", groups) == ["c"]
+    with pytest.raises(ValueError, match=r"neither 'first'.*canaries"):
+        canary(["a"], "nope", groups)
+    with pytest.raises(ValueError, match="none of the hosts"):
+        canary(["a", "b"], "canaries", groups)
+
+
+def test_batch_goes_on_when_all_hosts_pass():
+    verdict = batch_verdict(["a", "b"], {"a": {"state": "upgraded"}, "b": {"state": "current"}}, 0, 2)
+    assert verdict == {"number": 2, "hosts": ["a", "b"], "failed": [], "percent": 0.0, "stop": False, "reason": ""}
+
+
+def test_one_failure_stops_at_zero_percent_and_says_why():
+    records = {"a": {"state": "upgraded"}, "b": {"state": "failed", "reason": "nvidia-smi lists 1 GPU(s)"}}
+    verdict = batch_verdict(["a", "b"], records, 0, 3)
+    assert verdict["stop"] and verdict["failed"] == ["b"]
+    assert verdict["reason"].startswith("batch 3 (a, b): 1 of 2 host(s) failed (50%)")
+    assert "b: nvidia-smi lists 1 GPU(s)" in verdict["reason"]
+
+
+def test_failures_up_to_the_limit_go_on_more_stop():
+    records = {"a": {"state": "failed"}, "b": {"state": "upgraded"}}
+    assert not batch_verdict(["a", "b"], records, 50)["stop"]  # 50% is not more than 50%
+    assert batch_verdict(["a", "b"], records, 49)["stop"]
+    assert not batch_verdict(["a", "b"], {"a": {"state": "failed"}, "b": {"state": "failed"}}, 100)["stop"]
+
+
+def test_a_host_without_a_record_counts_as_failed():
+    verdict = batch_verdict(["a", "b"], {"a": {"state": "upgraded"}}, 0)
+    assert verdict["failed"] == ["b"]
+    assert "b: did not finish (unreachable?)" in verdict["reason"]
+
+
+def test_report_rows_and_outcome():
+    hosts = ["h1", "h2", "h3", "h4", "h5"]
+    before = {
+        "h1": host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05"),
+        "h2": host_plan(PROC_580_82, "", "580", "580.95.05"),
+        "h3": host_plan(PROC_580_95, "", "580", "580.95.05"),
+        "h4": host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05"),
+    }
+    records = {
+        "h1": {
+            "state": "upgraded",
+            "loaded_version": "580.95.05",
+            "reason": "now runs 580.95.05",
+            "drained": ["hf-train@resnet50.service"],
+            "restarted": ["hf-train@resnet50.service"],
+            "seconds": 40.0,
+        },
+        "h2": {"state": "failed", "loaded_version": "580.95.05", "reason": "verify: 1 GPU", "seconds": 30},
+        "h3": {"state": "current", "loaded_version": "580.95.05", "reason": "already runs 580.95.05"},
+    }
+    batches = [
+        {"number": 1, "hosts": ["h1"], "failed": [], "seconds": 41.5},
+        {"number": 2, "hosts": ["h2", "h3"], "failed": ["h2"], "seconds": 33.0},
+    ]
+    doc = report(hosts, before, records, batches, {"branch": "580", "version": "580.95.05"}, "batch 2 ...")
+    rows = {row["host"]: row for row in doc["rows"]}
+    assert [row["host"] for row in doc["rows"]] == ["h2", "h5", "h4", "h1", "h3"]  # worst first
+    assert rows["h4"]["state"] == "not-reached"
+    assert rows["h4"]["before"] == rows["h4"]["after"] == "580.82.07"  # kept its driver
+    assert rows["h5"]["state"] == "unreachable" and "when the rollout started" in rows["h5"]["detail"]
+    assert rows["h1"]["after"] == "580.95.05"
+    assert doc["counts"] == {"failed": 1, "unreachable": 1, "not-reached": 1, "upgraded": 1, "current": 1}
+    assert doc["fleet_seconds"] == 74.5
+    assert not doc["ok"]
+    text = report_markdown(doc)
+    assert "**Stopped:** batch 2 ..." in text
+    row_h1 = "| h1 | upgraded | 580.82.07 | 580.95.05 | now runs 580.95.05 Drained hf-train@resnet50.service, started"
+    assert row_h1 in text
+    assert "| 2 | h2, h3 | h2 | 33.0 |" in text
+    assert "| all | | | 74.5 |" in text
+
+
+def test_report_of_a_full_rollout_is_ok():
+    before = {"h1": host_plan(PROC_580_82, "", "580", "580.95.05")}
+    records = {"h1": {"state": "upgraded", "loaded_version": "580.95.05", "reason": "ok"}}
+    batches = [{"number": 1, "hosts": ["h1"], "failed": [], "seconds": 10.0}]
+    doc = report(["h1"], before, records, batches, {"branch": "580", "version": "580.95.05"})
+    assert doc["ok"] and doc["counts"] == {"upgraded": 1}
+    assert "Every batch passed. 1 upgraded." in report_markdown(doc)
+
+
+def test_a_failed_host_that_was_drained_says_its_training_stays_stopped():
+    before = {"h1": host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05")}
+    records = {"h1": {"state": "failed", "reason": "x.", "drained": ["hf-train@resnet50.service"], "restarted": []}}
+    doc = report(["h1"], before, records, [{"number": 1, "hosts": ["h1"], "failed": ["h1"]}], {"branch": "580"}, "")
+    assert "left stopped: hf-train@resnet50.service" in report_markdown(doc)
+    assert not doc["ok"]
+
+
+def test_a_host_reached_without_a_record_is_unreachable_not_untouched():
+    before = {"h1": host_plan(PROC_580_82, "", "580", "580.95.05")}
+    doc = report(["h1"], before, {}, [{"number": 1, "hosts": ["h1"], "failed": ["h1"]}], {"branch": "580"}, "stop")
+    assert doc["rows"][0]["state"] == "unreachable"
+    assert doc["rows"][0]["after"] == ""
