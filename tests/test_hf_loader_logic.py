@@ -86,3 +86,43 @@ def test_a_rebuilt_missing_or_extra_wheel_puts_the_host_out_of_step(tmp_path):
     assert not logic.same_wheels(host[:1], listing)
     assert not logic.same_wheels([*host, {"path": "/x/old-0.9-py3-none-any.whl", "size": 5, "mtime": 1}], listing)
     assert not logic.same_wheels([], listing)
+
+
+def render_cache_test_settings(**overrides) -> dict:
+    """templates/cache-test.yaml.j2 as the role renders it (to_json is json.dumps for these values)."""
+    import ast
+    import json
+
+    import jinja2
+    import yaml
+
+    defaults = yaml.safe_load((ROOT / "roles" / "hf_loader" / "defaults" / "main.yml").read_text())
+    values = {
+        **{name: value for name, value in defaults.items() if not str(value).startswith("{{")},
+        "hf_loader_report_file": "/var/lib/hf-loader/cache-test.json",
+        "ansible_managed": "Ansible managed",
+        **overrides,
+    }
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True)
+    env.filters["to_json"] = json.dumps
+    text = env.from_string((ROOT / "roles" / "hf_loader" / "templates" / "cache-test.yaml.j2").read_text())
+    settings = yaml.safe_load(text.render(**values))
+    # Every key is one hf-cache-test --config-file accepts (its CONFIG_FILE_KEYS, read from the source).
+    source = (ROOT / "files" / "hf_loader" / "src" / "hf_loader" / "cachetest.py").read_text()
+    (keys,) = [
+        ast.literal_eval(node.value)
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign) and [t.id for t in node.targets] == ["CONFIG_FILE_KEYS"]
+    ]
+    assert set(settings) <= set(keys), set(settings) - set(keys)
+    return settings
+
+
+def test_the_cache_test_checks_no_mount_by_default():
+    assert render_cache_test_settings()["dataset"] == "ILSVRC/imagenet-1k"
+    assert "require_mount" not in render_cache_test_settings()
+
+
+def test_the_cache_mount_point_reaches_the_cache_test_as_require_mount():
+    settings = render_cache_test_settings(hf_loader_cache_mount_point="/data/my hf")
+    assert settings["require_mount"] == "/data/my hf"

@@ -82,6 +82,8 @@ def test_the_cache_test_runs_from_its_settings_and_gates_training(host):
     settings = host.file("/etc/hf-loader/cache-test.yaml").content_string
     assert "report: " + json.dumps(REPORT) in settings
     assert 'metrics_dir: "/var/lib/node-exporter"' in settings
+    # The volume's mount is required: an unmounted /data/hf fails the test naming the mount.
+    assert 'require_mount: "/data/hf"' in settings
     cache_test_unit = host.file("/etc/systemd/system/hf-cache-test.service").content_string
     assert (
         "ExecStart=/opt/hf-loader/venv/bin/hf-cache-test --config-file /etc/hf-loader/cache-test.yaml"

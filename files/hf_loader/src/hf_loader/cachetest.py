@@ -1,8 +1,10 @@
 """`hf-cache-test`: is this host ready to train offline? Exit 0 only when it is.
 
-Stages: environment (cache variables, paths, offline mode) -> cache (resolution and
-completeness) -> loading (N batches through the real DataLoader, images/s).
-All findings are reported; the exit code is that of the first failing stage.
+Stages: environment (the cache volume mounted, with --require-mount; cache variables,
+paths, offline mode) -> cache (resolution and completeness) -> loading (N batches through
+the real DataLoader, images/s). All findings are reported; the exit code is that of the
+first failing stage. A volume that is not mounted skips the cache and loading stages: what
+they would find is the folder beneath the mount point, not the dataset volume.
 The test never writes into a cache: the libraries' locks go to a folder of its own.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 import warnings
@@ -19,7 +22,16 @@ from pathlib import Path
 
 from . import report
 from .configfile import load_config_file
-from .env import OFFLINE_VARS, CachePaths, force_offline, offline_disabled_by_user
+from .env import (
+    OFFLINE_VARS,
+    CachePaths,
+    filesystem_of,
+    force_offline,
+    mount_unit_name,
+    mounted_at,
+    offline_disabled_by_user,
+    read_mounts,
+)
 from .errors import (
     EXIT_ENVIRONMENT,
     EXIT_INTERNAL,
@@ -36,13 +48,16 @@ EXIT_CODES_HELP = """exit codes:
   0  ready: environment sane, a complete copy found, batches loaded
      (warnings, e.g. a broken copy passed over, do not change it)
   1  internal error (a bug: please report it with the output)
-  2  usage error (bad arguments, config file or dataset id)
+  2  usage error (bad arguments, config file or dataset id; a --require-mount
+     PATH that is neither the cache root nor one of its parents)
   3  not cached: no copy of the dataset id in the Arrow or hub cache
   4  incomplete or corrupt: a copy exists but files are missing, truncated,
      dangling, unreadable, not regular files, or its metadata is malformed
-  5  environment misconfigured: cache variables point to missing/unreadable
-     folders (while the dataset is in no other), HF_HOME is not a folder,
-     or offline mode is switched off (a false HF_DATASETS_OFFLINE)
+  5  environment misconfigured: the --require-mount PATH is not a mount point
+     (the dataset volume is not mounted: reported first, cache not checked),
+     cache variables point to missing/unreadable folders (while the dataset is
+     in no other), HF_HOME is not a folder, or offline mode is switched off
+     (a false HF_DATASETS_OFFLINE)
   6  loading failed: the cache looked complete but the DataLoader failed
   7  --require-ready only: no report at FILE, or not a valid one
      (a report that is not ready gives its own exit code, 1 or 3-6)
@@ -220,6 +235,91 @@ def check_environment(result: Result, paths: CachePaths) -> list[Finding]:
     return missing
 
 
+def _within(folder: str, path: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def mount_holds_cache(mount: str, paths: CachePaths) -> str | None:
+    """The cache folder that the mount point `mount` holds (HF_HOME, or the Arrow cache when
+    both cache folders are below it but HF_HOME is not), or None: it is not the cache root or
+    above it. Compared as written and with symlinks resolved."""
+    for view in (os.path.abspath, os.path.realpath):
+        top = view(mount)
+        if _within(top, view(str(paths.hf_home))):
+            return str(paths.hf_home)
+        if all(_within(top, view(str(p))) for p in (paths.datasets_cache, paths.hub_cache)):
+            return str(paths.datasets_cache)
+    return None
+
+
+def _folder_state(path: str) -> str:
+    """What a plain folder holds, said for a message; reads only its names."""
+    try:
+        names = sorted(os.listdir(path))
+    except FileNotFoundError:
+        return "does not exist"
+    except NotADirectoryError:
+        return "is a file"
+    except PermissionError:
+        return "is a folder that this user may not read"
+    if not names:
+        return "is an empty folder"
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"is a plain folder (holding {shown})"
+
+
+def check_mount(result: Result, mount: str, cache: str) -> bool:
+    """--require-mount: True when `mount` is a mount point, else a failure (exit 5) that says
+    why the cache folder is not the volume's and how to mount it. Reads, never writes."""
+    mounts = read_mounts()
+    mounted, entry = mounted_at(mount, mounts)
+    if mounted:
+        what = f" ({entry.fstype} from {entry.source})" if entry else ""
+        result.add("ok", "environment", f"dataset volume mounted at {mount}{what}", path=mount)
+        return True
+    unit = shlex.quote(mount_unit_name(mount))
+    remedy = (
+        f"mount it (mount {shlex.quote(mount)}; see systemctl status {unit} and "
+        f"journalctl -b -u {unit}) or rerun the dataset_volume role"
+    )
+    state = _folder_state(mount)
+    if state == "does not exist":
+        message = (
+            f"{mount} does not exist, so it is not a mount point: the dataset volume is not "
+            "mounted (its mount point is missing too)"
+        )
+        remedy = (
+            f"rerun the dataset_volume role, which creates the mount point and mounts the volume "
+            f"(see systemctl status {unit} and journalctl -b -u {unit})"
+        )
+    elif state == "is a file":
+        message = f"{mount} is not a folder, so it is not a mount point: no volume is mounted there"
+        remedy = (
+            "set --require-mount (hf_loader_cache_mount_point) to the dataset volume's mount "
+            "point; if it is that, move the file away and rerun the dataset_volume role"
+        )
+    else:
+        where = filesystem_of(mount, mounts)
+        on = (
+            "the root filesystem"
+            if where == "/"
+            else f"the filesystem mounted at {where}"
+            if where
+            else "the filesystem of its parent folder"
+        )
+        if os.path.realpath(cache) == os.path.realpath(mount):
+            subject = f"the cache folder {state}"
+        else:
+            subject = f"the cache folder {cache} {_folder_state(cache)}"
+        message = (
+            f"{mount} is not a mount point: the dataset volume is not mounted, so {subject} on {on}"
+        )
+    result.add(
+        "fail", "environment", message, path=mount, remedy=remedy, exit_code=EXIT_ENVIRONMENT
+    )
+    return False
+
+
 def _error_finding(result: Result, stage: str, err: HFLoaderError) -> None:
     result.add(
         "fail", stage, err.message, path=err.path, remedy=err.remedy, exit_code=err.exit_code
@@ -230,7 +330,31 @@ def _error_finding(result: Result, stage: str, err: HFLoaderError) -> None:
 def run(args: argparse.Namespace, result: Result) -> None:
     paths = CachePaths.from_env()
     result.paths = paths.to_dict()
+    mount = getattr(args, "require_mount", None)
+    mounted = True
+    if mount:
+        cache = mount_holds_cache(mount, paths)
+        if cache is None:
+            err = ConfigError(
+                f"--require-mount {mount} is neither the cache root {paths.hf_home} "
+                f"({paths.sources['HF_HOME']}) nor one of its parents, so its mount says nothing "
+                "of the cache",
+                path=mount,
+                remedy=f"pass the dataset volume's mount point that holds {paths.hf_home} "
+                "(hf_loader_cache_mount_point), or fix HF_HOME",
+            )
+            _error_finding(result, "usage", err)
+            return
+        mounted = check_mount(result, mount, cache)  # first: the cause of what follows
     missing_folders = check_environment(result, paths)
+    if not mounted:
+        result.add(
+            "note",
+            "cache",
+            f"cache and loading not checked: until {mount} is mounted, the cache folder is not "
+            "the dataset volume's",
+        )
+        return
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
         force_offline()  # before datasets/huggingface_hub are imported below
@@ -432,6 +556,12 @@ def _count(minimum: int):
     return parse
 
 
+def _absolute_path(text: str) -> str:
+    if not text.startswith("/"):
+        raise argparse.ArgumentTypeError(f"'{text}' is not an absolute path")
+    return "/" + os.path.normpath(text).lstrip("/")
+
+
 def add_dataset_arguments(p: argparse.ArgumentParser) -> None:
     """The dataset id, and the config and revision that pick its copy (both CLIs)."""
     p.add_argument(
@@ -498,6 +628,13 @@ def parser() -> argparse.ArgumentParser:
         help="also write DIR/hf_cache_test.prom for node_exporter's textfile collector",
     )
     p.add_argument(
+        "--require-mount",
+        type=_absolute_path,
+        metavar="PATH",
+        help="fail (exit 5) unless PATH, the dataset volume's mount point (the cache root or a "
+        "folder above it), is a mount point; the cache is then not checked",
+    )
+    p.add_argument(
         "--require-ready",
         type=Path,
         metavar="FILE",
@@ -518,6 +655,7 @@ CONFIG_FILE_KEYS = (
     "allow_convert",
     "report",
     "metrics_dir",
+    "require_mount",
 )
 
 

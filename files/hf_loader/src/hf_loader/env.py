@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -144,3 +145,141 @@ class CachePaths:
             "hub_cache": str(self.hub_cache),
             "sources": dict(self.sources),
         }
+
+
+# --------------------------------------------------------------------------- mounts
+
+MOUNTINFO = "/proc/self/mountinfo"
+# What systemd keeps in a unit name as it is (its VALID_CHARS less '-' and '\\').
+_UNIT_NAME_PLAIN = frozenset(b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ:_.")
+
+
+def systemd_escape_path(path: str) -> str:
+    """The path as `systemd-escape --path` writes it: /data/hf -> data-hf, / -> -.
+
+    Repeated and trailing slashes and '.' components go; '/' becomes '-'; every byte outside
+    [A-Za-z0-9:_.], and a leading '.', becomes \\xNN. '..' is refused, as systemd refuses it.
+    """
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"{path!r} is not a normalized path (it holds '..')")
+    if not parts:
+        return "-"
+    out = []
+    for i, byte in enumerate(os.fsencode("/".join(parts))):
+        if byte == ord("/"):
+            out.append("-")
+        elif byte in _UNIT_NAME_PLAIN and not (i == 0 and byte == ord(".")):
+            out.append(chr(byte))
+        else:
+            out.append(f"\\x{byte:02x}")
+    return "".join(out)
+
+
+def mount_unit_name(path: str) -> str:
+    """systemd's mount unit for a mount point: /data/hf -> data-hf.mount."""
+    return systemd_escape_path(path) + ".mount"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One line of /proc/self/mountinfo (proc(5))."""
+
+    mount_id: int
+    parent_id: int
+    majmin: str
+    root: str  # the folder of the filesystem mounted here: "/" for a whole volume
+    mount_point: str
+    fstype: str
+    source: str
+
+
+def _unescape_mountinfo(field_text: str) -> str:
+    # The kernel writes space, tab, newline and backslash in paths as \040, \011, \012, \134.
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field_text)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """The mounts, in the kernel's order (a later mount at the same point is on top)."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            dash = fields.index("-", 6)  # optional fields end at the lone "-"
+            mounts.append(
+                Mount(
+                    mount_id=int(fields[0]),
+                    parent_id=int(fields[1]),
+                    majmin=fields[2],
+                    root=_unescape_mountinfo(fields[3]),
+                    mount_point=_unescape_mountinfo(fields[4]),
+                    fstype=fields[dash + 1],
+                    source=_unescape_mountinfo(fields[dash + 2]),
+                )
+            )
+        except (ValueError, IndexError):
+            continue  # not a mountinfo line
+    return mounts
+
+
+def read_mounts(path: str = MOUNTINFO) -> list[Mount] | None:
+    """This process's mounts, or None where there is no readable mountinfo (not Linux)."""
+    try:
+        with open(path, "rb") as f:
+            return parse_mountinfo(os.fsdecode(f.read()))
+    except OSError:
+        return None
+
+
+def _is_self_bind(mount: Mount, mounts: list[Mount]) -> bool:
+    """A folder bind-mounted onto itself: the same filesystem and folder as beneath it.
+
+    systemd does this for each ReadOnlyPaths= folder that is not a mount point (so it can
+    make it read-only); it is no volume. A bind mount of another folder is one.
+    """
+    parent = next((m for m in mounts if m.mount_id == mount.parent_id), None)
+    if parent is None or parent is mount or parent.majmin != mount.majmin:
+        return False
+    below = os.path.relpath(mount.mount_point, parent.mount_point)
+    return os.path.normpath(os.path.join(parent.root, below)) == os.path.normpath(mount.root)
+
+
+def mounted_at(path: str, mounts: list[Mount] | None = None) -> tuple[bool, Mount | None]:
+    """Whether something is mounted at the folder `path` (symlinks resolved), and its entry.
+
+    From mountinfo where there is one: the mount on top at that point, unless it is the folder
+    bind-mounted onto itself (what a sandbox's ReadOnlyPaths= does to a plain folder). Else
+    os.path.ismount (another device than the parent's). Reads, never writes.
+    """
+    real = os.path.realpath(path)
+    if mounts is None:
+        mounts = read_mounts()
+    if mounts:
+        here = [m for m in mounts if m.mount_point == real]
+        if here:
+            top = here[-1]
+            return (not _is_self_bind(top, mounts)), top
+        if any(m.mount_point == "/" for m in mounts):
+            return False, None
+    return os.path.ismount(real), None
+
+
+def filesystem_of(path: str, mounts: list[Mount] | None = None) -> str | None:
+    """The mount point of the filesystem holding `path` ('/' for the root filesystem),
+    looking through self-binds; None when mountinfo cannot say."""
+    real = os.path.realpath(path)
+    if mounts is None:
+        mounts = read_mounts()
+    if not mounts:
+        return None
+    best = None
+    for m in mounts:
+        inside = real == m.mount_point or real.startswith(m.mount_point.rstrip("/") + "/")
+        if inside and (best is None or len(m.mount_point) >= len(best.mount_point)):
+            best = m
+    by_id = {m.mount_id: m for m in mounts}
+    seen = set()
+    while best is not None and best.mount_id not in seen and _is_self_bind(best, mounts):
+        seen.add(best.mount_id)
+        best = by_id.get(best.parent_id)
+    return best.mount_point if best else None

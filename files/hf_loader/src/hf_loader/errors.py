@@ -47,7 +47,8 @@ class HFLoaderError(Exception):
 
 
 class EnvironmentMisconfiguredError(HFLoaderError):
-    """Cache variables point nowhere, are unreadable, or offline mode is switched off."""
+    """The dataset volume is not mounted (--require-mount), cache variables point nowhere or to
+    unreadable folders, or offline mode is switched off."""
 
     exit_code = EXIT_ENVIRONMENT
     kind = "environment"
