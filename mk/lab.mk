@@ -16,6 +16,14 @@ LAB_SEED_SOURCE ?= $(CURDIR)/$(or $(LAB_DIR),lab)/cache/content
 # The manifest and seed key of that cache live beside it (removed with it by lab-down).
 LAB_SEED_CONTROLLER_DIR ?= $(CURDIR)/$(or $(LAB_DIR),lab)/cache/seed
 LAB_SEED_ARGS ?=
+# LAB_GPU=sim: each host gets LAB_GPU_COUNT simulated NVIDIA GPUs and the lab a simulated
+# NVIDIA repository, so that the driver role installs, reboots and verifies there;
+# LAB_GPU_FAIL=HOST[,HOST]: one GPU fails there under the newest simulated driver
+# (docs/lab.md "Simulated GPUs and reboots"). LAB_GPU_DRIVER_VERSIONS is read from the
+# environment (default "580.82.07 580.95.05").
+LAB_GPU ?= none
+LAB_GPU_COUNT ?= 2
+LAB_GPU_FAIL ?=
 BENCH_SEED_ARGS ?=
 BENCH_FLEET_HOSTS ?= 10
 BENCH_FLEET_REPS ?= 3
@@ -24,7 +32,8 @@ BENCH_FLEET_ARGS ?=
 .PHONY: lab lab-up lab-down lab-status bench-fleet bench-seed
 
 lab-up: venv $(LAB_PYTHON_DEP) ## lab hosts only (engine, containers, volumes, inventory/lab/hosts.yml)
-	LAB_PYTHON=$(LAB_PYTHON) $(PYTHON) scripts/lab.py up --hosts $(LAB_HOSTS) --seed $(LAB_SEED)
+	LAB_PYTHON=$(LAB_PYTHON) $(PYTHON) scripts/lab.py up --hosts $(LAB_HOSTS) --seed $(LAB_SEED) \
+		--gpu $(LAB_GPU) --gpu-count $(LAB_GPU_COUNT) --gpu-fail '$(LAB_GPU_FAIL)'
 
 lab: lab-up wheelhouse ## LAB_HOSTS (3) simulated GPU hosts, site.yml + cache test over SSH, fleet report
 ifeq ($(LAB_SEED),empty)

@@ -8,7 +8,7 @@ small ImageNet-shaped Hugging Face cache made by the real `datasets` library, or
 LAB_SEED=empty (--seed empty) a blank one of the same size and label, for playbooks/seed.yml
 to fill from the controller's copy of that cache (lab/cache/content, built either way).
 
-    lab.py up [--hosts N] [--seed full|empty]
+    lab.py up [--hosts N] [--seed full|empty] [--gpu none|sim] [--gpu-count N] [--gpu-fail HOST,...]
                             create or reuse the hosts, write inventory/lab/hosts.yml
     lab.py down             remove everything recorded in lab/state.json
     lab.py status           what state.json records and whether it is still there
@@ -18,19 +18,35 @@ removes exactly that (containers, loop devices, image files, files) and nothing 
 host's seed mode is recorded with its volume image: `up` with another mode recreates that
 host's image and container (a seeded "empty" host stays as it is on an `up` that asks empty
 again).
+
+Every host is started with the restart policy unless-stopped, so that a reboot inside it
+(`systemctl reboot`, Ansible's reboot module) makes systemd exit and Docker start it again,
+and gets lab-boot.service (scripts/gpu_sim/payload/lab_boot.py: a new boot marker in
+/run/lab-boot-id, the dataset volume mounted again) and the training stand-in
+lab-train@.service (not started). With --gpu sim (LAB_GPU) the hosts also get N simulated
+NVIDIA H200 GPUs (--gpu-count, LAB_GPU_COUNT, default 2) and a simulated NVIDIA apt
+repository built once per lab by scripts/gpu_sim (<LAB_DIR>/gpu-sim), so that the real
+nvidia_driver role installs, reboots and verifies there; --gpu-fail (LAB_GPU_FAIL) names
+hosts where one GPU fails to initialise under the newest simulated driver. A host made with
+another GPU mode or count is recreated (its volume is kept). docs/lab.md, "Simulated GPUs
+and reboots".
 Python 3.11 standard library only; run as root (losetup, docker).
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
+
+from gpu_sim import build as gpu_build
 
 ROOT = Path(__file__).resolve().parent.parent
 # Another lab beside the default one (the fleet benchmark's) sets LAB_DIR, LAB_INVENTORY,
@@ -70,7 +86,15 @@ PROD_PYTHON = ROOT / os.environ.get(
         ".venvs/loader/bin/python",
     ),
 )
+# Simulated GPUs (scripts/gpu_sim): none, or sim (N simulated H200s and NVIDIA's repository
+# as a signed local apt repository, built once per lab under GPU_DIR).
+GPU_MODES = ("none", "sim")
+GPU_DIR = LAB / "gpu-sim"
+GPU_REPO_MOUNT = "/srv/gpu-sim/repo"  # the sim hosts' nvidia_driver_repo_url (hosts.yml)
+GPU_MAX = 8  # an HGX board's eight GPUs (the bus addresses in gpu_sim/payload/lab_boot.py)
+DRIVER_VERSIONS = os.environ.get("LAB_GPU_DRIVER_VERSIONS", " ".join(gpu_build.DEFAULT_VERSIONS))
 LABEL = "project.lab"
+RESTART_POLICY = "unless-stopped"
 # Ansible's jsonfile fact cache (ansible.cfg): a new container must not inherit the facts of
 # an earlier one of the same name (smart gathering would skip it for hours).
 FACT_CACHES = [ROOT / d for d in os.environ.get("LAB_FACT_CACHE", ".cache/facts").split(":") if d]
@@ -299,29 +323,53 @@ def forget_facts(host: str) -> None:
                 path.unlink(missing_ok=True)
 
 
-def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str) -> int:
+def gpu_labels(gpu: str, gpu_count: int) -> dict[str, str]:
+    """The container labels of a GPU mode (a container without them was made before GPU modes: none)."""
+    return {"lab.gpu": gpu, "lab.gpu_count": str(gpu_count if gpu == "sim" else 0)}
+
+
+def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str, gpu: str, gpu_count: int) -> int:
     h = state["hosts"][host]
     port = BASE_PORT + index
+    want_gpu = gpu_labels(gpu, gpu_count)
     info = container_info(host)
     if info is not None:
         labels = info["Config"]["Labels"] or {}
         ours = labels.get(LABEL) == str(ROOT)
         if not ours:
             die(f"a container named {host} exists that the lab did not make; remove or rename it")
+        made_gpu = {key: labels.get(key, default) for key, default in gpu_labels("none", 0).items()}
         if labels.get("lab.loop") != loop or labels.get("lab.port") != str(port):
             # The loop device changed (e.g. after a reboot): a privileged container only
             # sees the device nodes present when it was created.
             log(f"{host}: loop device or port changed, recreating the container")
             run("docker", "rm", "-f", host)
             info = None
-        elif not info["State"]["Running"]:
-            run("docker", "start", host)
-        elif h.get("host_key") and h.get("port") == port:
-            return port  # running as the lab left it: nothing to do
+        elif made_gpu != want_gpu:
+            # The simulated hardware and the repository mount are fixed when a container is made.
+            was = made_gpu["lab.gpu"] + (f" x{made_gpu['lab.gpu_count']}" if made_gpu["lab.gpu"] == "sim" else "")
+            now = gpu + (f" x{gpu_count}" if gpu == "sim" else "")
+            log(f"{host}: made with GPU mode {was}, {now} asked: recreating the container (the volume stays)")
+            run("docker", "rm", "-f", host)
+            info = None
+        else:
+            # Containers made before reboots were rehearsed have no restart policy: a reboot
+            # inside must bring them back.
+            if (info["HostConfig"].get("RestartPolicy") or {}).get("Name") != RESTART_POLICY:
+                run("docker", "update", "--restart", RESTART_POLICY, host)
+                log(f"{host}: restart policy set to {RESTART_POLICY}")
+            if not info["State"]["Running"]:
+                run("docker", "start", host)
+            elif h.get("host_key") and h.get("port") == port:
+                return port  # running as the lab left it: nothing to do
     if info is None:
         h["container"] = host
         save_state(state)
         forget_facts(host)
+        gpu_args = []
+        if gpu == "sim":
+            # The simulated NVIDIA repository, read-only (nvidia_driver_repo_url file:///srv/gpu-sim/repo).
+            gpu_args = ["--volume", f"{GPU_DIR / 'repo'}:{GPU_REPO_MOUNT}:ro"]
         run(
             "docker", "run", "--detach",
             "--name", host,
@@ -329,17 +377,22 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str)
             "--label", f"{LABEL}={ROOT}",
             "--label", f"lab.loop={loop}",
             "--label", f"lab.port={port}",
+            *(f"--label={key}={value}" for key, value in want_gpu.items()),
             "--privileged",
             "--cgroupns", "host",
             "--volume", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
+            *gpu_args,
             "--tmpfs", "/run",
             "--tmpfs", "/run/lock",
             "--publish", f"127.0.0.1:{port}:22",
             "--stop-signal", "SIGRTMIN+3",
+            # A reboot inside (systemd exits) starts the container again: /run is new, the disk stays.
+            "--restart", RESTART_POLICY,
             IMAGE,
             "/lib/systemd/systemd",
         )  # fmt: skip
-        log(f"{host}: container started, ssh on 127.0.0.1:{port}, volume {loop}")
+        gpus = f", {gpu_count} simulated GPU(s)" if gpu == "sim" else ""
+        log(f"{host}: container started, ssh on 127.0.0.1:{port}, volume {loop}{gpus}")
     h["container"] = host
     h["port"] = port
     save_state(state)
@@ -348,6 +401,126 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str)
     h["host_key"] = hostkey.strip().splitlines()[-1]
     save_state(state)
     return port
+
+
+# Run in each container at every `up`, lab files on stdin (a tar): lab-boot.service enabled.
+INSTALL_LAB_FILES = r"""
+set -eu
+tar -x -o -C /
+if [ "$LAB_GPU_FAIL" != yes ]; then rm -f /etc/gpu-sim/fail-version; fi
+systemctl daemon-reload
+systemctl enable --quiet lab-boot.service
+"""
+
+# Run in each --gpu sim container: what the host image would come with. The kernel's headers
+# (the stand-in package, dpkg -i), and initramfs-tools from Debian's archive (the role's
+# handler runs update-initramfs; the base image has none). initramfs-tools pulls in udev,
+# which must not run in a privileged container (it would see, and trigger events for, every
+# device of the machine): its units are masked, and policy-rc.d keeps apt from starting it.
+INSTALL_SIM_HOST = r"""
+set -eu
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q ' installed$'; }
+deb=/var/cache/lab-gpu-sim/$LAB_HEADERS_DEB
+if ! installed "$LAB_HEADERS_PKG"; then
+    dpkg -i "$deb" >/dev/null
+    echo "installed $LAB_HEADERS_PKG (lab stand-in)"
+fi
+rm -f "$deb"
+if ! installed initramfs-tools; then
+    for unit in systemd-udevd.service systemd-udevd-control.socket systemd-udevd-kernel.socket \
+        systemd-udev-trigger.service systemd-udev-settle.service; do
+        ln -sf /dev/null "/etc/systemd/system/$unit"
+    done
+    systemctl daemon-reload
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 0755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends initramfs-tools >/dev/null
+    echo "installed initramfs-tools from Debian's archive (udev masked)"
+fi
+"""
+
+
+def lab_files(gpu: str, gpu_count: int, fail_version: str, headers: Path | None) -> dict[str, tuple[bytes, int]]:
+    """What `up` puts into a container: path -> (bytes, mode)."""
+    payload = gpu_build.PAYLOAD
+    files = {
+        "/usr/local/sbin/lab-boot": ((payload / "lab_boot.py").read_bytes(), 0o755),
+        "/etc/systemd/system/lab-boot.service": ((payload / "lab-boot.service").read_bytes(), 0o644),
+        "/usr/local/bin/lab-train": ((payload / "lab_train.py").read_bytes(), 0o755),
+        "/etc/systemd/system/lab-train@.service": ((payload / "lab-train@.service").read_bytes(), 0o644),
+    }
+    if gpu == "sim":
+        files["/etc/gpu-sim/gpus-count"] = (f"{gpu_count}\n".encode(), 0o644)
+        if fail_version:
+            files["/etc/gpu-sim/fail-version"] = (f"{fail_version}\n".encode(), 0o644)
+        if headers is not None:
+            files[f"/var/cache/lab-gpu-sim/{headers.name}"] = (headers.read_bytes(), 0o644)
+    return files
+
+
+def tar_of(files: dict[str, tuple[bytes, int]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        for path, (data, mode) in sorted(files.items()):
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def docker_exec_input(host: str, what: str, script: str, data: bytes, env: dict[str, str]) -> str:
+    """Run sh -c SCRIPT in the container with DATA on stdin (bytes: a tar)."""
+    args = ["docker", "exec", "-i", *(f"--env={key}={value}" for key, value in env.items()), host, "sh", "-c", script]
+    proc = subprocess.run(args, input=data, capture_output=True, check=False, timeout=600)
+    if proc.returncode != 0:
+        die(f"{host}: {what} exited {proc.returncode}: {proc.stderr.decode()[-2000:]}")
+    return proc.stdout.decode()
+
+
+def setup_host(host: str, gpu: str, gpu_count: int, fail_version: str, headers: Path | None) -> None:
+    """lab-boot and lab-train@ on every host; on sim hosts also the simulated GPUs' settings,
+    the kernel headers stand-in and initramfs-tools; then lab-boot runs (a no-op when it has
+    run in this boot already: a oneshot that remains active)."""
+    files = lab_files(gpu, gpu_count, fail_version, headers)
+    env = {"LAB_GPU_FAIL": "yes" if fail_version else "no"}
+    docker_exec_input(host, "installing lab-boot and lab-train", INSTALL_LAB_FILES, tar_of(files), env)
+    if gpu == "sim" and headers is not None:
+        package = headers.name.split("_", 1)[0]
+        env = {"LAB_HEADERS_DEB": headers.name, "LAB_HEADERS_PKG": package}
+        out = docker_exec_input(host, "installing the headers stand-in and initramfs-tools", INSTALL_SIM_HOST, b"", env)
+        for line in out.strip().splitlines():
+            log(f"{host}: {line}")
+    proc = run("docker", "exec", host, "systemctl", "start", "lab-boot.service", check=False)
+    if proc.returncode != 0:
+        journal = run("docker", "exec", host, "journalctl", "-b", "-u", "lab-boot", "--no-pager", check=False)
+        die(f"{host}: lab-boot.service failed:\n{journal.stdout[-2000:]}")
+
+
+def ensure_gpu_repo(state: dict) -> tuple[list[str], Path]:
+    """The simulated NVIDIA repository of this lab (built once); its versions and the headers .deb."""
+    try:
+        versions = gpu_build.parse_versions(DRIVER_VERSIONS)
+    except gpu_build.BuildError as error:
+        die(f"LAB_GPU_DRIVER_VERSIONS: {error}")
+    if os.uname().machine != "x86_64":
+        die(f"--gpu sim simulates NVIDIA's x86_64 repository; this machine is {os.uname().machine}")
+    kernel = os.uname().release
+    GPU_DIR.mkdir(parents=True, exist_ok=True)
+    remember(state, "dirs", GPU_DIR)
+    if not gpu_build.is_built(GPU_DIR, versions, kernel):
+        log(f"building the simulated NVIDIA repository ({', '.join(versions)}) in {GPU_DIR.relative_to(ROOT)}")
+        t0 = time.monotonic()
+        try:
+            info = gpu_build.build(GPU_DIR, versions, kernel)
+        except (gpu_build.BuildError, RuntimeError, subprocess.CalledProcessError) as error:
+            detail = getattr(error, "stderr", "") or ""
+            die(f"building the simulated NVIDIA repository: {error} {detail}".strip())
+        log(f"repository built in {time.monotonic() - t0:.1f} s: {len(info['packages'])} packages, signed")
+    info = json.loads((GPU_DIR / "ready.json").read_text())
+    return versions, GPU_DIR / "host" / info["headers"]
 
 
 def ssh_base(port: int) -> list[str]:
@@ -403,7 +576,17 @@ def write_inventory(state: dict, hosts: list[str]) -> None:
             f"      ansible_ssh_common_args: {common}",
             f"      lab_volume_device: {h['loop']}",
             f"      lab_seed: {h.get('seed', 'full')}",
+            f"      lab_gpu: {h.get('gpu', 'none')}",
         ]
+        if h.get("gpu") == "sim":
+            # Read by the gpu-sim mapping of group_vars/gpu_hosts.yml.
+            lines += [
+                f"      nvidia_driver_repo_url: file://{GPU_REPO_MOUNT}",
+                f"      lab_gpu_count: {h['gpu_count']}",
+                f"      lab_gpu_fail: {'true' if h.get('gpu_fail') else 'false'}",
+                f"      lab_gpu_repo_key: {GPU_DIR / 'key.asc'}",
+                f'      lab_gpu_driver_version: "{h["gpu_driver_version"]}"',
+            ]
     INVENTORY.parent.mkdir(parents=True, exist_ok=True)
     INVENTORY.write_text("\n".join(lines) + "\n")
     remember(state, "files", INVENTORY)
@@ -412,19 +595,25 @@ def write_inventory(state: dict, hosts: list[str]) -> None:
 # --- commands ---------------------------------------------------------------------------
 
 
-def up(n: int, engine: bool, seed: str) -> None:
+def up(n: int, engine: bool, seed: str, gpu: str = "none", gpu_count: int = 2, gpu_fail: tuple = ()) -> None:
     t0 = time.monotonic()
+    hosts = [f"{PREFIX}{i:02d}" for i in range(1, n + 1)]
+    unknown = sorted(set(gpu_fail) - set(hosts))
+    if unknown:
+        die(f"--gpu-fail/LAB_GPU_FAIL names {', '.join(unknown)}, not among the hosts {hosts[0]}..{hosts[-1]}")
+    if gpu_fail and gpu != "sim":
+        die("--gpu-fail/LAB_GPU_FAIL needs --gpu sim (LAB_GPU=sim)")
     if engine:
         run("make", "--no-print-directory", "-C", ROOT, "engine", capture=False)
     state = load_state()
     save_state(state)
-    extra = sorted(set(state["hosts"]) - {f"{PREFIX}{i:02d}" for i in range(1, n + 1)})
+    extra = sorted(set(state["hosts"]) - set(hosts))
     for host in extra:  # LAB_HOSTS went down: remove the hosts beyond N
         remove_host(state, host)
     ensure_controller_tools()
     pubkey = ensure_key(state)
     content = ensure_cache(state)
-    hosts = [f"{PREFIX}{i:02d}" for i in range(1, n + 1)]
+    versions, headers = ensure_gpu_repo(state) if gpu == "sim" else ([], None)
     for i, host in enumerate(hosts, start=1):
         made = state["hosts"].get(host)
         # Images made before seed modes were recorded hold the cache: "full".
@@ -432,14 +621,27 @@ def up(n: int, engine: bool, seed: str) -> None:
             was = made.get("seed", "full")
             log(f"{host}: its volume was made {was}, {seed} asked: recreating the volume and the container")
             remove_host(state, host)
-        state["hosts"].setdefault(host, {})
+        h = state["hosts"].setdefault(host, {})
         loop = ensure_volume(state, host, content, seed)
-        ensure_container(state, host, i, loop, pubkey)
+        h.update(gpu=gpu, gpu_count=gpu_count if gpu == "sim" else 0, gpu_fail=host in gpu_fail)
+        if gpu == "sim":
+            h["gpu_driver_version"] = versions[0]  # the first converge installs the oldest
+        else:
+            h.pop("gpu_driver_version", None)
+        save_state(state)
+        ensure_container(state, host, i, loop, pubkey, gpu, gpu_count)
+        # The newest simulated driver fails one GPU on the --gpu-fail hosts (from their next boot).
+        setup_host(host, gpu, gpu_count, versions[-1] if host in gpu_fail else "", headers)
     write_known_hosts(state)
     for host in hosts:
         wait_ssh(host, state["hosts"][host]["port"], state["hosts"][host]["loop"])
     write_inventory(state, hosts)
-    log(f"{n} hosts up ({seed} volumes) in {time.monotonic() - t0:.0f} s; inventory: {INVENTORY.relative_to(ROOT)}")
+    gpus = f", {gpu_count} simulated GPUs each (drivers {', '.join(versions)})" if gpu == "sim" else ""
+    fails = f", one GPU fails under {versions[-1]} on {', '.join(sorted(gpu_fail))}" if gpu_fail else ""
+    log(
+        f"{n} hosts up ({seed} volumes{gpus}{fails}) in {time.monotonic() - t0:.0f} s; "
+        f"inventory: {INVENTORY.relative_to(ROOT)}"
+    )
     key = KEY.relative_to(ROOT)
     log(f"reach one: ssh -i {key} -p {BASE_PORT + 1} ansible@127.0.0.1 (or: docker exec -it {hosts[0]} bash)")
 
@@ -497,9 +699,12 @@ def status() -> None:
         info = container_info(h.get("container", host))
         running = bool(info and info["State"]["Running"])
         loop = loop_of(ROOT / h["image"]) if h.get("image") and (ROOT / h["image"]).exists() else None
+        gpu = h.get("gpu", "none")
+        if gpu == "sim":
+            gpu = f"sim x{h.get('gpu_count')}" + (" (one fails under the newest driver)" if h.get("gpu_fail") else "")
         print(
             f"{host}: container {'running' if running else 'absent/stopped'}, port {h.get('port')}, loop {loop}, "
-            f"volume made {h.get('seed', 'full')}"
+            f"volume made {h.get('seed', 'full')}, GPUs {gpu}"
         )
 
 
@@ -516,6 +721,25 @@ def main() -> None:
         help="new volumes hold the cache (full, default) or nothing (empty: for playbooks/seed.yml); "
         "a host whose volume was made otherwise is recreated (LAB_SEED)",
     )
+    u.add_argument(
+        "--gpu",
+        choices=GPU_MODES,
+        default=os.environ.get("LAB_GPU") or "none",
+        help="none (default): no GPU, the driver role skips the hosts; sim: simulated NVIDIA GPUs and "
+        "repository, the driver role installs, reboots and verifies (LAB_GPU)",
+    )
+    u.add_argument(
+        "--gpu-count",
+        type=int,
+        default=os.environ.get("LAB_GPU_COUNT") or "2",  # argparse converts a string default with type
+        help=f"simulated GPUs a host, 1..{GPU_MAX} (LAB_GPU_COUNT, default 2)",
+    )
+    u.add_argument(
+        "--gpu-fail",
+        default=os.environ.get("LAB_GPU_FAIL", ""),
+        metavar="HOST[,HOST]",
+        help="hosts where one GPU fails to initialise under the newest simulated driver (LAB_GPU_FAIL)",
+    )
     sub.add_parser("down", help="remove everything lab/state.json records")
     sub.add_parser("status", help="show the recorded hosts")
     args = p.parse_args()
@@ -526,7 +750,12 @@ def main() -> None:
             die("--hosts/LAB_HOSTS must be 1..50")
         if args.seed not in SEED_MODES:  # a default from LAB_SEED is not checked by argparse
             die(f"--seed/LAB_SEED must be one of {', '.join(SEED_MODES)}, not {args.seed!r}")
-        up(args.hosts, engine=not args.no_engine, seed=args.seed)
+        if args.gpu not in GPU_MODES:
+            die(f"--gpu/LAB_GPU must be one of {', '.join(GPU_MODES)}, not {args.gpu!r}")
+        if not 1 <= args.gpu_count <= GPU_MAX:
+            die(f"--gpu-count/LAB_GPU_COUNT must be 1..{GPU_MAX}")
+        fail = tuple(sorted({name.strip() for name in args.gpu_fail.split(",") if name.strip()}))
+        up(args.hosts, engine=not args.no_engine, seed=args.seed, gpu=args.gpu, gpu_count=args.gpu_count, gpu_fail=fail)
     elif args.cmd == "down":
         down()
     else:

@@ -1,0 +1,398 @@
+"""The lab's simulated GPUs and driver (scripts/gpu_sim): the pure parts, checked against the role.
+
+The module file, the apt indexes and the stand-in nvidia-smi are read back the way the
+real consumers read them: readelf (where installed) and a small ELF reader; apt's hash
+fields recomputed; nvidia-smi's CSV and /proc/driver/nvidia/version parsed by the
+nvidia_driver role's own filter, and the simulated sysfs tree read by the role's own
+probe script. The build itself (dpkg-deb, gpg) runs where those tools are installed.
+"""
+
+import gzip
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as nv
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+sys.path.insert(0, str(ROOT / "scripts" / "gpu_sim" / "payload"))
+
+import lab_boot  # noqa: E402
+import lab_train  # noqa: E402
+import nvidia_smi  # noqa: E402
+from gpu_sim import aptrepo, build, elf  # noqa: E402
+
+ROLE = ROOT / "roles" / "nvidia_driver"
+ROLE_VARS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+SMI_FIELDS = ROLE_VARS["__nvidia_driver_smi_fields"]
+DEBIAN_12 = yaml.safe_load((ROLE / "vars" / "Debian-12.yml").read_text())["__nvidia_driver_platform_data"]
+MIRROR_TABLE = ROOT / "molecule" / "nvidia_driver" / "files" / "mirror-packages.tsv"
+FIELDS = [("version", "580.95.05"), ("license", "NVIDIA"), ("name", "nvidia")]
+
+
+# ------------------------------------------------------------------ the module file
+
+
+def test_module_is_an_elf64_relocatable_with_the_modinfo_fields():
+    data = elf.module(FIELDS)
+    assert data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1  # ELF64, little-endian
+    assert int.from_bytes(data[16:18], "little") == 1  # ET_REL
+    assert int.from_bytes(data[18:20], "little") == 62  # EM_X86_64
+    found = elf.sections(data)
+    assert found[".modinfo"] == b"version=580.95.05\0license=NVIDIA\0name=nvidia\0"
+    assert set(found) == {".modinfo", ".symtab", ".strtab", ".shstrtab"}
+    assert elf.modinfo(data) == dict(FIELDS)
+
+
+@pytest.mark.skipif(not shutil.which("readelf"), reason="readelf (binutils) is not installed")
+def test_readelf_reads_the_module(tmp_path):
+    path = tmp_path / "nvidia.ko"
+    path.write_bytes(elf.module(FIELDS))
+    header = subprocess.run(["readelf", "-h", str(path)], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"Type:\s+REL", header) and "X86-64" in header
+    strings = subprocess.run(["readelf", "-p", ".modinfo", str(path)], capture_output=True, text=True, check=True)
+    assert re.findall(r"\]\s+(\S+)", strings.stdout) == ["version=580.95.05", "license=NVIDIA", "name=nvidia"]
+    assert "Warning" not in strings.stderr
+
+
+def test_modinfo_fields_refuse_what_the_section_cannot_hold():
+    for bad in [("", "x"), ("a=b", "x"), ("version", "5\0")]:
+        with pytest.raises(ValueError):
+            elf.modinfo_section([bad])
+
+
+# ------------------------------------------------------------------ apt indexes
+
+
+CONTROL = {
+    "Package": "nvidia-smi",
+    "Version": "580.95.05-1",
+    "Architecture": "amd64",
+    "Maintainer": "gpu-fleet lab <lab@gpu-fleet.invalid>",
+    "Depends": "libcuda1 (= 580.95.05-1)",
+    "Description": "NVIDIA System Management Interface (lab gpu-sim stand-in)\nBuilt by scripts/gpu_sim/build.py.",
+}
+
+
+def test_packages_stanza_carries_the_control_fields_filename_size_and_hashes():
+    data = b"not really a deb"
+    stanza = aptrepo.packages_stanza(CONTROL, "./nvidia-smi_580.95.05-1_amd64.deb", data)
+    fields = aptrepo.parse_control(stanza)
+    for key in ("Package", "Version", "Architecture", "Depends"):
+        assert fields[key] == CONTROL[key]
+    assert fields["Filename"] == "./nvidia-smi_580.95.05-1_amd64.deb"
+    assert fields["Size"] == str(len(data))
+    assert fields["MD5sum"] == hashlib.md5(data).hexdigest()
+    assert fields["SHA256"] == hashlib.sha256(data).hexdigest()
+    assert fields["SHA512"] == hashlib.sha512(data).hexdigest()
+    # Package first, Description last with its continuation line indented.
+    lines = stanza.splitlines()
+    assert lines[0] == "Package: nvidia-smi"
+    assert lines[-2:] == [
+        "Description: NVIDIA System Management Interface (lab gpu-sim stand-in)",
+        " Built by scripts/gpu_sim/build.py.",
+    ]
+
+
+def test_release_lists_every_index_with_size_and_each_hash():
+    indexes = {"Packages": b"Package: a\n", "Packages.gz": gzip.compress(b"Package: a\n")}
+    text = aptrepo.release_text(indexes, {"Origin": "gpu-fleet lab", "Architectures": "amd64"}, date=0)
+    assert text.startswith("Origin: gpu-fleet lab\nArchitectures: amd64\nDate: Thu, 01 Jan 1970 00:00:00 GMT\n")
+    sections = re.split(r"^(MD5Sum|SHA1|SHA256|SHA512):$", text, flags=re.M)[1:]
+    algorithms = {"MD5Sum": "md5", "SHA1": "sha1", "SHA256": "sha256", "SHA512": "sha512"}
+    assert sections[0::2] == list(algorithms)
+    for name, body in zip(sections[0::2], sections[1::2], strict=True):
+        rows = [line.split() for line in body.strip("\n").splitlines()]
+        assert rows == [
+            [hashlib.new(algorithms[name], data).hexdigest(), str(len(data)), index]
+            for index, data in sorted(indexes.items())
+        ]
+
+
+# ------------------------------------------------------------------ the package set
+
+
+def mirror_depends() -> dict[str, str]:
+    rows = {}
+    for line in MIRROR_TABLE.read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, _first, _last, depends, _source = line.split("\t")
+            rows[name] = "" if depends == "-" else depends
+    return rows
+
+
+def test_the_simulated_repository_carries_what_the_role_installs_from_nvidia_on_debian_12():
+    wanted = nv.package_names(DEBIAN_12, "cuda", "580", "open", "dkms", "headless")
+    rows = mirror_depends()
+    closure, todo = set(), list(wanted)
+    while todo:  # the packages apt pulls in with them
+        name = todo.pop()
+        closure.add(name)
+        todo += [dep for dep in re.findall(r"([a-z0-9.+-]+) \(= \{v\}\)", rows[name]) if dep not in closure]
+    assert set(build.PACKAGES) == closure
+
+
+def test_simulated_dependencies_are_the_mirror_tables_without_dkms():
+    rows = mirror_depends()
+    for name, depends in build.PACKAGES.items():
+        expected = ", ".join(dep for dep in rows[name].split(", ") if dep and dep != "dkms")
+        assert depends == expected, name
+    control = build.control("nvidia-driver-cuda", "580.82.07")
+    assert control["Version"] == "580.82.07-1"
+    assert (
+        control["Depends"]
+        == "nvidia-smi (= 580.82.07-1), libcuda1 (= 580.82.07-1), nvidia-kernel-support (= 580.82.07-1)"
+    )
+    assert build.control("nvidia-kernel-open-dkms", "580.82.07")["Conflicts"] == "nvidia-kernel-dkms"
+
+
+def test_driver_versions_are_spelled_as_nvidia_does():
+    assert build.parse_versions("580.95.05, 580.82.07") == ["580.82.07", "580.95.05"]
+    assert build.parse_versions(" ".join(build.DEFAULT_VERSIONS)) == list(build.DEFAULT_VERSIONS)
+    for bad in ["580.95.5", "580", "", "580.95.05-1"]:
+        with pytest.raises(build.BuildError):
+            build.parse_versions(bad)
+    assert all(nv.valid_pin(version) for version in build.DEFAULT_VERSIONS)
+
+
+def test_the_nvidia_smi_program_knows_its_version():
+    program = build.nvidia_smi_program("580.95.05").decode()
+    assert 'LIBRARY_VERSION = "580.95.05"' in program
+    assert 'LIBRARY_VERSION = ""' not in program
+
+
+# ------------------------------------------------------------------ nvidia-smi and /proc, read by the role
+
+
+def smi_lines(host="lab-gpu-01", count=2, loaded="580.95.05", fail="", persistence=True):
+    gpus = lab_boot.initialised(lab_boot.gpu_records(host, count), loaded, fail)
+    return nvidia_smi.query(nvidia_smi.records(gpus, loaded, persistence), SMI_FIELDS, header=False, units=False)
+
+
+def test_the_roles_filter_reads_the_simulated_nvidia_smi_and_verifies_it():
+    rows = nv.parse_nvidia_smi_csv("\n".join(smi_lines()), SMI_FIELDS)
+    assert [row["pci.bus_id"] for row in rows] == ["00000000:18:00.0", "00000000:2A:00.0"]
+    assert {row["name"] for row in rows} == {"NVIDIA H200"}
+    assert all(re.fullmatch(r"GPU-[0-9a-f-]{36}", row["uuid"]) for row in rows)
+    assert {row["memory.total"] for row in rows} == {"143771"}
+    assert all(re.fullmatch(r"\d{13}", row["serial"]) for row in rows)
+    result = nv.verify(rows, pin="580.95.05", branch="580", expected_count=2)
+    assert result["verified"], result["problems"]
+
+
+def test_the_fault_injection_fails_verification_by_the_gpu_count():
+    rows = nv.parse_nvidia_smi_csv("\n".join(smi_lines(fail="580.95.05")), SMI_FIELDS)
+    result = nv.verify(rows, pin="580.95.05", branch="580", expected_count=2)
+    assert result["problems"] == ["nvidia-smi lists 1 GPU(s), nvidia_driver_expected_gpu_count is 2"]
+    # Under another version every GPU comes up.
+    assert len(smi_lines(loaded="580.82.07", fail="580.95.05")) == 2
+
+
+def test_persistence_off_while_the_daemon_is_stopped_is_a_verification_problem():
+    rows = nv.parse_nvidia_smi_csv("\n".join(smi_lines(persistence=False)), SMI_FIELDS)
+    assert nv.verify(rows, pin="580.95.05", expected_count=2)["problems"] == ["persistence mode is off on GPU(s) 0, 1"]
+
+
+def test_query_with_header_and_units_is_the_real_shape():
+    lines = nvidia_smi.query(
+        nvidia_smi.records(lab_boot.gpu_records("h", 1), "580.95.05", True), ["index", "memory.total"], True, True
+    )
+    assert lines == ["index, memory.total [MiB]", "0, 143771 MiB"]
+
+
+def test_proc_version_is_read_by_the_role_as_the_open_module():
+    text = lab_boot.proc_version_text("580.95.05", 0)
+    parsed = nv.parse_proc_version(text)
+    assert parsed["version"] == "580.95.05"
+    assert parsed["kernel_modules"] == "open"
+    assert parsed["arch"] == "x86_64"
+    assert parsed["gcc"].startswith("gcc version")
+    assert nvidia_smi.loaded_version(text) == "580.95.05"
+
+
+def test_the_roles_probe_reads_the_simulated_tree(tmp_path):
+    """The role's own probe script on a tree shaped as lab-boot makes it."""
+    for gpu in lab_boot.gpu_records("lab-gpu-01", 2):
+        device = tmp_path / "sys" / "bus" / "pci" / "devices" / gpu["address"]
+        device.mkdir(parents=True)
+        for name, value in (("vendor", "0x10de"), ("device", "0x2335"), ("class", "0x030200")):
+            (device / name).write_text(value + "\n")
+    (tmp_path / "proc" / "driver" / "nvidia").mkdir(parents=True)
+    (tmp_path / "proc" / "driver" / "nvidia" / "version").write_text(lab_boot.proc_version_text("580.82.07", 0))
+    script = ROLE_VARS["__nvidia_driver_probe_script"]
+    out = subprocess.run(["sh", "-c", script, "probe", str(tmp_path)], capture_output=True, text=True, check=True)
+    state = nv.host_state(out.stdout)
+    assert state["gpu_count"] == 2 and state["gpu_device_ids"] == ["0x2335"]
+    assert state["loaded_version"] == "580.82.07" and state["loaded_kernel_modules"] == "open"
+    assert state["nvidia_loaded"] and not state["nouveau_loaded"]
+    assert nv.module_type_errors(state, "open", "580") == []
+
+
+def run_smi(monkeypatch, tmp_path, capsys, proc_text=None, library="580.95.05", gpus=None):
+    proc = tmp_path / "version"
+    if proc_text is not None:
+        proc.write_text(proc_text)
+    gpu_file = tmp_path / "gpus"
+    gpu_file.write_text(json.dumps(gpus if gpus is not None else lab_boot.gpu_records("h", 2)))
+    monkeypatch.setattr(nvidia_smi, "PROC_VERSION", proc)
+    monkeypatch.setattr(nvidia_smi, "GPUS", gpu_file)
+    monkeypatch.setattr(nvidia_smi, "LIBRARY_VERSION", library)
+    monkeypatch.setattr(nvidia_smi, "persistence_active", lambda: True)
+    code = nvidia_smi.main(["--query-gpu=" + ",".join(SMI_FIELDS), "--format=csv,noheader,nounits"])
+    return code, capsys.readouterr().out
+
+
+def test_nvidia_smi_without_a_loaded_driver_says_what_the_real_one_says(monkeypatch, tmp_path, capsys):
+    code, out = run_smi(monkeypatch, tmp_path, capsys, proc_text=None)
+    assert code == 9
+    assert out.strip() == (
+        "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
+        "Make sure that the latest NVIDIA driver is installed and running."
+    )
+
+
+def test_nvidia_smi_of_a_newer_package_before_the_reboot_is_a_version_mismatch(monkeypatch, tmp_path, capsys):
+    code, out = run_smi(monkeypatch, tmp_path, capsys, proc_text=lab_boot.proc_version_text("580.82.07", 0))
+    assert code == 18
+    assert out.splitlines() == [
+        "Failed to initialize NVML: Driver/library version mismatch",
+        "NVML library version: 580.95",
+    ]
+
+
+def test_nvidia_smi_with_its_driver_loaded(monkeypatch, tmp_path, capsys):
+    code, out = run_smi(monkeypatch, tmp_path, capsys, proc_text=lab_boot.proc_version_text("580.95.05", 0))
+    assert code == 0
+    rows = nv.parse_nvidia_smi_csv(out, SMI_FIELDS)
+    assert nv.verify(rows, pin="580.95.05", expected_count=2)["verified"]
+
+
+def test_nvidia_smi_refuses_an_unknown_field():
+    asked = nvidia_smi.parse_args(["--query-gpu=index,bogus", "--format=csv"])
+    assert asked["error"] == 'Field "bogus" is not a valid field to query.'
+    assert nvidia_smi.listing(nvidia_smi.records(lab_boot.gpu_records("h", 1), "580.95.05", True))[0].startswith(
+        "GPU 0: NVIDIA H200 (UUID: GPU-"
+    )
+
+
+# ------------------------------------------------------------------ lab-boot
+
+
+def test_simulated_gpus_are_the_same_at_every_boot_and_differ_between_hosts():
+    first, again, other = (lab_boot.gpu_records(host, 8) for host in ("lab-gpu-01", "lab-gpu-01", "lab-gpu-02"))
+    assert first == again
+    assert [gpu["uuid"] for gpu in first] != [gpu["uuid"] for gpu in other]
+    assert [gpu["address"] for gpu in first][:2] == ["0000:18:00.0", "0000:2a:00.0"]
+    assert len({gpu["uuid"] for gpu in first}) == 8
+
+
+FSTAB = """# /etc/fstab
+UUID=ce1c9d8f-c21c-4442-a188-58ac52cd8dd6 /data/hf ext4 noatime,rw,nofail,x-systemd.device-timeout=30s 0 2
+LABEL=hfcache /data/other ext4 defaults 0 2
+/dev/loop7 /mnt/with\\040blank ext4 noauto 0 0
+server:/export /data/nfs nfs4 defaults 0 0
+"""
+
+
+def test_fstab_entries_and_which_devices_lab_boot_mounts():
+    entries = lab_boot.fstab_entries(FSTAB)
+    assert [entry["target"] for entry in entries] == ["/data/hf", "/data/other", "/mnt/with blank", "/data/nfs"]
+    one = {"ce1c9d8f-c21c-4442-a188-58ac52cd8dd6": ["/dev/loop3"]}
+    assert lab_boot.resolve(entries[0]["spec"], lambda uuid: one.get(uuid, [])) == ("/dev/loop3", "")
+    # Never by label: every lab volume is labelled hfcache.
+    device, why = lab_boot.resolve("LABEL=hfcache", lambda uuid: ["/dev/loop3"])
+    assert device == "" and "label" in why
+    # A UUID on two devices (a copied image) or on a device that is not a loop device: not mounted.
+    assert lab_boot.resolve(entries[0]["spec"], lambda uuid: ["/dev/loop3", "/dev/loop4"])[0] == ""
+    assert lab_boot.resolve(entries[0]["spec"], lambda uuid: ["/dev/vdb"])[0] == ""
+    assert lab_boot.resolve("/dev/loop7", lambda uuid: [])[0] == "/dev/loop7"
+    assert lab_boot.resolve("server:/export", lambda uuid: [])[0] == ""
+    assert lab_boot.mounted_targets("/dev/loop3 /data/hf ext4 rw 0 0\nproc /proc proc rw 0 0\n") == {
+        "/data/hf",
+        "/proc",
+    }
+
+
+def test_the_boot_marker_changes_only_with_a_new_boot(tmp_path):
+    marker = tmp_path / "lab-boot-id"
+    first = lab_boot.write_boot_id(marker)
+    assert lab_boot.write_boot_id(marker) == first  # lab-boot run twice in one boot
+    marker.unlink()  # /run is new at the next boot
+    assert lab_boot.write_boot_id(marker) != first
+
+
+# ------------------------------------------------------------------ lab-train
+
+
+def test_lab_train_reads_and_checkpoints_on_sigterm(tmp_path):
+    data, state = tmp_path / "hf", tmp_path / "state"
+    (data / "datasets").mkdir(parents=True)
+    (data / "datasets" / "train.arrow").write_bytes(b"x" * 10)
+    env = dict(os.environ, LAB_TRAIN_DATA=str(data), STATE_DIRECTORY=str(state))
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "scripts" / "gpu_sim" / "payload" / "lab_train.py"), "demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert "reading 1 files" in proc.stdout.readline()
+    time.sleep(1.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 0
+    checkpoint = (state / "checkpoint").read_text()
+    assert "instance=demo\n" in checkpoint and re.search(r"^steps=[1-9]", checkpoint, re.M)
+    assert lab_train.checkpoint_text("x", 3, "f", 0).endswith("checkpointed_at=1970-01-01T00:00:00Z\n")
+
+
+def test_lab_train_fails_without_a_cache(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("LAB_TRAIN_DATA", str(tmp_path))
+    assert lab_train.main(["demo"]) == 1
+    assert "is the dataset volume mounted?" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------ the build (dpkg-deb, gpg)
+
+
+@pytest.mark.skipif(not (shutil.which("dpkg-deb") and shutil.which("gpg")), reason="needs dpkg-deb and gpg")
+def test_build_gives_a_signed_flat_repository_of_both_versions(tmp_path):
+    kernel = "6.1.0-50-amd64"
+    info = build.build(tmp_path, ["580.82.07", "580.95.05"], kernel)
+    assert build.is_built(tmp_path, ["580.82.07", "580.95.05"], kernel)
+    assert not build.is_built(tmp_path, ["580.95.05"], kernel)
+    pool = tmp_path / "repo" / "debian12" / "x86_64"
+    assert {"Packages", "Packages.gz", "Release", "InRelease", "Release.gpg", "3bf863cc.pub"} <= {
+        path.name for path in pool.iterdir()
+    }
+    assert len(info["packages"]) == 2 * len(build.PACKAGES)
+    # Release's hashes are those of the indexes, and apt's gpgv accepts both signatures with the exported key.
+    release = (pool / "Release").read_text()
+    assert hashlib.sha256((pool / "Packages").read_bytes()).hexdigest() in release
+    assert gzip.decompress((pool / "Packages.gz").read_bytes()) == (pool / "Packages").read_bytes()
+    keyring = tmp_path / "key.gpg"
+    subprocess.run(["gpg", "--batch", "--yes", "--dearmor", "-o", str(keyring), str(tmp_path / "key.asc")], check=True)
+    gpgv = ["gpgv", "--keyring", str(keyring)]
+    subprocess.run([*gpgv, str(pool / "InRelease")], check=True, capture_output=True)
+    subprocess.run([*gpgv, str(pool / "Release.gpg"), str(pool / "Release")], check=True, capture_output=True)
+    # Each stanza's hash is its file's; the DKMS stand-in carries a module of its own version.
+    stanzas = [aptrepo.parse_control(text) for text in (pool / "Packages").read_text().split("\n\n") if text.strip()]
+    for stanza in stanzas:
+        deb = pool / stanza["Filename"]
+        assert stanza["SHA256"] == hashlib.sha256(deb.read_bytes()).hexdigest()
+    dkms = pool / "nvidia-kernel-open-dkms_580.95.05-1_amd64.deb"
+    assert "dkms" not in aptrepo.deb_control(dkms)["Depends"]
+    unpacked = tmp_path / "unpacked"
+    subprocess.run(["dpkg-deb", "-x", str(dkms), str(unpacked)], check=True)
+    assert elf.modinfo((unpacked / "usr/src/nvidia-580.95.05/nvidia.ko").read_bytes())["version"] == "580.95.05"
+    headers = tmp_path / "host" / info["headers"]
+    assert aptrepo.deb_control(headers)["Package"] == f"linux-headers-{kernel}"
+    assert "gnupg" not in {path.name for path in (tmp_path / "repo").rglob("*")}
