@@ -25,6 +25,8 @@ UNITS_BUSY = "hf-train@resnet50.service loaded active running Train resnet50 fro
 def test_filters_are_exported_with_the_prefix():
     names = FilterModule().filters()
     assert {"driver_rollout_host_plan", "driver_rollout_batch_verdict", "driver_rollout_report"} <= set(names)
+    assert names["driver_rollout_loaded_version"](PROC_580_95) == "580.95.05"
+    assert names["driver_rollout_loaded_version"]("") == ""
 
 
 @pytest.mark.parametrize("value", [1, 2, "3", "20%", "100%", "1%"])
@@ -76,7 +78,18 @@ def test_idle_host_without_a_loaded_driver_is_upgraded_without_a_drain():
         "loaded_version": "",
         "busy_units": [],
         "drain_units": [],
+        "restart_units": [],
     }
+
+
+def test_units_an_earlier_rollout_left_stopped_start_once_the_host_passes():
+    left = "hf-train@old.service\n\n"
+    plan = host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05", "drain", left)
+    assert plan["drain_units"] == ["hf-train@resnet50.service"]
+    assert plan["restart_units"] == ["hf-train@old.service", "hf-train@resnet50.service"]
+    current = host_plan(PROC_580_95, "", "580", "580.95.05", "drain", left)
+    assert current["action"] == "current" and current["restart_units"] == ["hf-train@old.service"]
+    assert host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05", "skip", left)["restart_units"] == []
 
 
 def test_a_branch_target_is_met_by_any_version_of_the_branch():
@@ -162,7 +175,9 @@ def test_report_rows_and_outcome():
     assert not doc["ok"]
     text = report_markdown(doc)
     assert "**Stopped:** batch 2 ..." in text
-    row_h1 = "| h1 | upgraded | 580.82.07 | 580.95.05 | now runs 580.95.05 Drained hf-train@resnet50.service, started"
+    row_h1 = (
+        "| h1 | upgraded | 580.82.07 | 580.95.05 | now runs 580.95.05 Drained hf-train@resnet50.service. Started again:"
+    )
     assert row_h1 in text
     assert "| 2 | h2, h3 | h2 | 33.0 |" in text
     assert "| all | | | 74.5 |" in text
@@ -174,14 +189,15 @@ def test_report_of_a_full_rollout_is_ok():
     batches = [{"number": 1, "hosts": ["h1"], "failed": [], "seconds": 10.0}]
     doc = report(["h1"], before, records, batches, {"branch": "580", "version": "580.95.05"})
     assert doc["ok"] and doc["counts"] == {"upgraded": 1}
-    assert "Every batch passed. 1 upgraded." in report_markdown(doc)
+    assert "Every batch passed.\n\nHosts: 1 upgraded." in report_markdown(doc)
 
 
 def test_a_failed_host_that_was_drained_says_its_training_stays_stopped():
     before = {"h1": host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05")}
-    records = {"h1": {"state": "failed", "reason": "x.", "drained": ["hf-train@resnet50.service"], "restarted": []}}
+    units = ["hf-train@resnet50.service"]
+    records = {"h1": {"state": "failed", "reason": "x.", "drained": units, "restarted": [], "left_stopped": units}}
     doc = report(["h1"], before, records, [{"number": 1, "hosts": ["h1"], "failed": ["h1"]}], {"branch": "580"}, "")
-    assert "left stopped: hf-train@resnet50.service" in report_markdown(doc)
+    assert "Left stopped: hf-train@resnet50.service." in report_markdown(doc)
     assert not doc["ok"]
 
 

@@ -51,17 +51,25 @@ def target_text(branch, pin="") -> str:
     return pin or f"branch {branch} (newest)"
 
 
-def host_plan(proc_version_text: str, units_text: str, branch, pin="", busy_policy="drain") -> dict:
-    """What the rollout does on one host, from /proc/driver/nvidia/version and its active training units.
+def loaded_version(proc_version_text: str) -> str:
+    """The loaded driver's version from /proc/driver/nvidia/version ('' when none is loaded)."""
+    return parse_proc_version(proc_version_text)["version"]
 
-    A host whose loaded driver already is the target is left alone; the others are drained
-    (their active training units stopped, started again after) and upgraded, or, with
-    busy_policy 'skip', skipped while a training unit is active.
+
+def host_plan(proc_version_text: str, units_text: str, branch, pin="", busy_policy="drain", drained_text="") -> dict:
+    """What the rollout does on one host, from /proc/driver/nvidia/version, its active training
+    units and the units an earlier rollout drained there and did not start again (one a line).
+
+    A host whose loaded driver already is the target is only verified again, its training
+    left running ('current'); the others are drained (their active training units stopped)
+    and upgraded, or, with busy_policy 'skip', skipped while a training unit is active.
+    Once a host passes, the units drained now and those an earlier run left stopped start.
     """
     if busy_policy not in BUSY_POLICIES:
         raise ValueError(f"upgrade_driver_busy must be one of {', '.join(BUSY_POLICIES)}; got {busy_policy!r}")
-    loaded = parse_proc_version(proc_version_text)["version"]
+    loaded = loaded_version(proc_version_text)
     busy = parse_units(units_text)
+    left_stopped = sorted({line.strip() for line in (drained_text or "").splitlines() if line.strip()})
     if loaded and version_matches(loaded, pin, branch):
         action, reason = "current", f"already runs {loaded}"
     elif busy and busy_policy == "skip":
@@ -69,12 +77,14 @@ def host_plan(proc_version_text: str, units_text: str, branch, pin="", busy_poli
     else:
         action = "upgrade"
         reason = f"runs {loaded or 'no driver'}, wanted {target_text(branch, pin)}"
+    drain = busy if action == "upgrade" else []
     return {
         "action": action,
         "reason": reason,
         "loaded_version": loaded,
         "busy_units": busy,
-        "drain_units": busy if action == "upgrade" else [],
+        "drain_units": drain,
+        "restart_units": sorted(set(drain) | set(left_stopped)) if action != "skip" else [],
     }
 
 
@@ -155,8 +165,8 @@ def report(hosts: list[str], before: dict, records: dict, batches: list[dict], t
             }
         if record:
             row["seconds"] = record.get("seconds")
-            row["drained"] = record.get("drained", [])
-            row["restarted"] = record.get("restarted", [])
+            for key in ("drained", "restarted", "left_stopped"):
+                row[key] = record.get(key, [])
         rows.append({"host": host, **row})
     counts = {state: sum(1 for row in rows if row["state"] == state) for state in STATES}
     durations = [batch["seconds"] for batch in batches if batch.get("seconds") is not None]
@@ -180,10 +190,9 @@ def report_markdown(doc: dict) -> str:
         "",
         f"Target: {target_text(target['branch'], target.get('version', ''))}.",
         "",
-        (f"**Stopped:** {doc['stopped']}" if doc["stopped"] else "Every batch passed.")
-        + " "
-        + ", ".join(f"{count} {state}" for state, count in doc["counts"].items())
-        + ".",
+        f"**Stopped:** {doc['stopped']}" if doc["stopped"] else "Every batch passed.",
+        "",
+        "Hosts: " + ", ".join(f"{count} {state}" for state, count in doc["counts"].items()) + ".",
         "",
         "| batch | hosts | failed | seconds |",
         "| --- | --- | --- | --- |",
@@ -202,9 +211,11 @@ def report_markdown(doc: dict) -> str:
     for row in doc["rows"]:
         detail = row["detail"]
         if row.get("drained"):
-            left = sorted(set(row["drained"]) - set(row.get("restarted", [])))
-            after = f"; left stopped: {', '.join(left)}." if left else ", started again."
-            detail += f" Drained {', '.join(row['drained'])}{after}"
+            detail += f" Drained {', '.join(row['drained'])}."
+        if row.get("restarted"):
+            detail += f" Started again: {', '.join(row['restarted'])}."
+        if row.get("left_stopped"):
+            detail += f" Left stopped: {', '.join(row['left_stopped'])}."
         lines.append(
             f"| {row['host']} | {row['state']} | {row['before'] or '-'} | {row['after'] or '-'} | {detail.strip()} |"
         )
@@ -225,5 +236,14 @@ class FilterModule:
     """Filters for playbooks/upgrade-driver.yml (prefix driver_rollout_)."""
 
     def filters(self):
-        functions = [valid_serial, target_errors, host_plan, canary, batch_verdict, report, report_markdown]
+        functions = [
+            valid_serial,
+            target_errors,
+            loaded_version,
+            host_plan,
+            canary,
+            batch_verdict,
+            report,
+            report_markdown,
+        ]
         return {f"driver_rollout_{function.__name__}": _wrap(function) for function in functions}

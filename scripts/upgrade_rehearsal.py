@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""Rehearse the rolling driver upgrade (playbooks/upgrade-driver.yml) on lab hosts with a
+simulated GPU driver and real reboots, and check what it did on the hosts themselves.
+
+    make lab-upgrade          # 6 hosts, canary + batches of 2, the 4th host fails verification
+    make lab-upgrade-short    # 2 hosts, canary + a batch of 1, the 2nd host fails (in `make test`)
+    .venvs/controller/bin/python scripts/upgrade_rehearsal.py --hosts 6 --serial 2 --fail 4 [--keep]
+
+Steps, each checked:
+1. Its own lab (lab/upgrade, hosts upgrade-gpu-NN on 127.0.0.1:2601..): `scripts/lab.py up
+   --gpu sim` with the older simulated driver; site.yml converges it with the light software
+   stack (the fleet bench's) and reboots each host to load the driver. Every host must then run
+   the older driver with its dataset volume mounted again after the reboot.
+2. The cache test must catch a volume that did not come back: on the last host the volume is
+   unmounted, playbooks/cache-test.yml must fail there naming the mount point, and it is
+   mounted again.
+3. A stand-in training job (lab-train@rehearsal.service) starts on every host.
+4. The runbook rolls the newer simulated driver out. Expected: every host up to the failing
+   host's batch upgraded (newer driver loaded, its job drained with SIGTERM, checkpointed and
+   running again), the failing host failed on verification with its job left stopped, the
+   rollout stopped there, every later host never touched (older driver, job never stopped);
+   the runbook exits non-zero and its report says all of this.
+5. The runbook again with the same target: the upgraded hosts are verified again and left
+   alone ("current", their job not stopped), the failing host fails again, and the job its
+   first rollout left stopped is remembered on it for the rollout that passes there.
+The runbook's own summary (batches and their seconds, the whole fleet) is printed, with the
+time of each step. The lab is removed at the end unless --keep. Python 3.11 standard library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from fleet_rerun import BIN, light_stack  # noqa: E402  the bench's light software stack
+
+LAB = "lab/upgrade"
+PREFIX = "upgrade-gpu-"
+CACHE_ROOT = "/data/hf"  # inventory/lab/group_vars: lab_cache_root
+JOB = "lab-train@rehearsal.service"
+CHECKPOINT = "/var/lib/lab-train/rehearsal/checkpoint"  # what the stand-in writes on SIGTERM
+# Extra vars as JSON: a list given as key=value would reach the runbook as a string.
+TRAINING_UNITS = json.dumps({"upgrade_driver_training_units": ["hf-train@*.service", "lab-train@*.service"]})
+
+
+def log(msg: str) -> None:
+    print(f"[rehearsal] {msg}", flush=True)
+
+
+def lab_env(fail: list[str]) -> dict:
+    return dict(
+        os.environ,
+        LAB_DIR=LAB,
+        LAB_INVENTORY=f"{LAB}/inventory/hosts.yml",
+        LAB_PREFIX=PREFIX,
+        LAB_BASE_PORT="2600",
+        LAB_FACT_CACHE=f"{LAB}/facts",
+        LAB_HOST_REPORTS=f"{LAB}/reports/hosts",
+        LAB_SEED="full",
+        LAB_SHARDS="2",
+        LAB_GPU="sim",
+        LAB_GPU_FAIL=",".join(fail),
+    )
+
+
+def lab(cmd: str, n: int, fail: list[str]) -> None:
+    args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
+    if cmd == "up":
+        args += ["--hosts", str(n), "--gpu", "sim", "--gpu-fail", ",".join(fail)]
+    subprocess.run(args, cwd=ROOT, env=lab_env(fail), check=True)
+
+
+def playbook(name: str, inventory: Path, extra: list[str], logfile: Path, *more: str) -> tuple[int, float, str]:
+    env = dict(os.environ, ANSIBLE_CACHE_PLUGIN_CONNECTION=str(ROOT / LAB / "facts"), ANSIBLE_NOCOLOR="1")
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    cmd = [str(BIN / "ansible-playbook"), "-i", str(inventory), name, *more]
+    for e in extra:
+        cmd += ["-e", e]
+    t0 = time.monotonic()
+    with logfile.open("w") as out:
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+    return rc, round(time.monotonic() - t0, 1), logfile.read_text()
+
+
+def on(host: str, *argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", "exec", host, *argv], capture_output=True, text=True, check=False)
+
+
+def loaded_driver(host: str) -> str:
+    text = on(host, "cat", "/proc/driver/nvidia/version").stdout
+    fields = text.split("Kernel Module for x86_64", 1)[-1].split()
+    return fields[0] if text.startswith("NVRM version:") and fields else ""
+
+
+def mounted(host: str) -> bool:
+    return on(host, "mountpoint", "-q", CACHE_ROOT).returncode == 0
+
+
+def job_state(host: str) -> str:
+    return on(host, "systemctl", "is-active", JOB).stdout.strip()
+
+
+def checkpointed(host: str) -> bool:
+    return on(host, "test", "-s", CHECKPOINT).returncode == 0
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+
+    def expect(self, ok: bool, what: str) -> None:
+        log(f"{'ok  ' if ok else 'FAIL'} {what}")
+        if not ok:
+            self.failed.append(what)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hosts", type=int, default=6)
+    p.add_argument("--serial", default="2", help="upgrade_driver_serial (after the canary)")
+    p.add_argument(
+        "--fail", type=int, default=4, help="the host (1-based) whose new driver fails verification; 0: none"
+    )
+    p.add_argument("--versions", default=os.environ.get("LAB_GPU_DRIVER_VERSIONS", "580.82.07 580.95.05"))
+    p.add_argument("--keep", action="store_true", help="keep the lab hosts afterwards")
+    args = p.parse_args()
+    old, new = args.versions.split()[:2]
+    hosts = [f"{PREFIX}{i:02d}" for i in range(1, args.hosts + 1)]
+    fail = [hosts[args.fail - 1]] if args.fail else []
+    work = ROOT / LAB
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    inventory = work / "inventory"
+    inventory.mkdir(parents=True, exist_ok=True)
+    group_vars = inventory / "group_vars"
+    if not group_vars.is_symlink():
+        group_vars.symlink_to(os.path.relpath(ROOT / "inventory" / "lab" / "group_vars", inventory))
+    reports = work / "reports"
+    extra = [*light_stack(work), f"fleet_report_dir={reports}", f"hf_loader_fleet_report_dir={reports}/hosts"]
+    checks = Checks()
+    times: dict[str, float] = {}
+    try:
+        t0 = time.monotonic()
+        lab("up", args.hosts, fail)
+        times["lab up"] = round(time.monotonic() - t0, 1)
+
+        log(f"site.yml: first converge, driver {old} installed and loaded by a reboot")
+        rc, times["site.yml"], _ = playbook("site.yml", inventory, extra, logs / "site.log")
+        checks.expect(rc == 0, f"site.yml converged every host (log {logs / 'site.log'})")
+        for host in hosts:
+            checks.expect(loaded_driver(host) == old, f"{host} runs {old} after its first reboot")
+            checks.expect(mounted(host), f"{host} has its volume at {CACHE_ROOT} after the reboot")
+        if checks.failed:
+            return 1
+
+        probe = hosts[-1]
+        on(probe, "umount", CACHE_ROOT)
+        rc, times["cache test, volume unmounted"], text = playbook(
+            "playbooks/cache-test.yml", inventory, extra, logs / "cache-test-unmounted.log", "--limit", probe
+        )
+        checks.expect(
+            rc != 0 and f"{CACHE_ROOT} is not a mount point" in text,
+            f"the cache test fails on {probe} while its volume is not mounted, naming {CACHE_ROOT}",
+        )
+        on(probe, "mount", CACHE_ROOT)
+        checks.expect(mounted(probe), f"{probe}: volume mounted again")
+
+        for host in hosts:
+            on(host, "systemctl", "start", JOB)
+            checks.expect(job_state(host) == "active", f"{host}: training stand-in {JOB} runs")
+
+        log(f"upgrade-driver.yml: {old} -> {new}, canary then batches of {args.serial}, failing host: {fail or 'none'}")
+        runbook_vars = [
+            *extra,
+            f"upgrade_driver_version={new}",
+            f"upgrade_driver_serial={args.serial}",
+            TRAINING_UNITS,
+            f"upgrade_driver_report_dir={reports}",
+            "upgrade_driver_pause_after_canary=false",
+        ]
+        rc, times["upgrade-driver.yml"], text = playbook(
+            "playbooks/upgrade-driver.yml", inventory, runbook_vars, logs / "upgrade-driver.log"
+        )
+        report_file = reports / "upgrade-driver.json"
+        checks.expect(report_file.exists(), f"the runbook wrote its report (log {logs / 'upgrade-driver.log'})")
+        if not report_file.exists():
+            return 1
+        doc = json.loads(report_file.read_text())
+        rows = {row["host"]: row for row in doc["rows"]}
+        checks.expect((rc != 0) == bool(fail), f"the runbook exits {'non-zero' if fail else '0'} (rc {rc})")
+        stop_batch = next((b for b in doc["batches"] if b["stop"]), None)
+        reached = [h for b in doc["batches"] for h in b["hosts"]]
+        for host in hosts:
+            if host in fail:
+                checks.expect(rows[host]["state"] == "failed", f"{host}: failed ({rows[host]['detail'][:160]})")
+                checks.expect("GPU" in rows[host]["detail"], f"{host}: its report names the GPU count")
+                checks.expect(job_state(host) != "active", f"{host}: its training stays stopped")
+            elif host in reached:
+                checks.expect(rows[host]["state"] == "upgraded", f"{host}: upgraded ({rows[host]['detail'][:120]})")
+                checks.expect(loaded_driver(host) == new, f"{host} runs {new}")
+                checks.expect(mounted(host), f"{host} has its volume after the reboot")
+                checks.expect(checkpointed(host), f"{host}: the job got SIGTERM and wrote its checkpoint")
+                checks.expect(job_state(host) == "active", f"{host}: its training runs again")
+            else:
+                checks.expect(rows[host]["state"] == "not-reached", f"{host}: not reached")
+                checks.expect(loaded_driver(host) == old, f"{host} keeps {old}")
+                checks.expect(
+                    job_state(host) == "active" and not checkpointed(host), f"{host}: its training never stopped"
+                )
+        if fail:
+            checks.expect(
+                stop_batch is not None and fail[0] in stop_batch["hosts"] and bool(doc["stopped"]),
+                f"the rollout stopped at the failing host's batch: {doc['stopped'][:200]}",
+            )
+        print()
+        print((reports / "upgrade-driver.md").read_text())
+
+        log("upgrade-driver.yml again, same target: upgraded hosts are current, their training untouched")
+        upgraded = [host for host in hosts if rows[host]["state"] == "upgraded"]
+        stamps = {host: on(host, "stat", "-c", "%Y", CHECKPOINT).stdout.strip() for host in upgraded}
+        rc, times["upgrade-driver.yml again"], _ = playbook(
+            "playbooks/upgrade-driver.yml", inventory, runbook_vars, logs / "upgrade-driver-again.log"
+        )
+        again = {row["host"]: row for row in json.loads(report_file.read_text())["rows"]}
+        checks.expect((rc != 0) == bool(fail), f"the rerun exits {'non-zero' if fail else '0'} (rc {rc})")
+        for host in upgraded:
+            checks.expect(again[host]["state"] == "current", f"{host}: current ({again[host]['detail'][:80]})")
+            checks.expect(
+                job_state(host) == "active" and on(host, "stat", "-c", "%Y", CHECKPOINT).stdout.strip() == stamps[host],
+                f"{host}: its training was not stopped again",
+            )
+        for host in fail:
+            checks.expect(again[host]["state"] == "failed", f"{host}: failed again")
+            checks.expect(
+                on(host, "cat", "/var/lib/gpu-fleet/upgrade-driver-drained").stdout.strip() == JOB,
+                f"{host}: the unit its failed rollout left stopped is remembered for the next one",
+            )
+        print("Steps (wall seconds):")
+        for step, seconds in times.items():
+            print(f"  {step:32s} {seconds:7.1f}")
+        print(f"  batches (runbook's own timing): {doc['batch_seconds']}, fleet {doc['fleet_seconds']} s")
+        (work / "results.json").write_text(
+            json.dumps(
+                {"hosts": args.hosts, "serial": args.serial, "fail": fail, "times": times, "report": doc}, indent=2
+            )
+            + "\n"
+        )
+    finally:
+        if not args.keep:
+            group_vars.unlink(missing_ok=True)
+            lab("down", args.hosts, fail)
+    for what in checks.failed:
+        print(f"[rehearsal] FAILED: {what}", file=sys.stderr)
+    return 1 if checks.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
