@@ -194,6 +194,17 @@ def light_stack(work: Path) -> list[str]:
     return [f"hf_loader_lock_file={lock}", f"hf_loader_wheelhouse_dir={wheelhouse}"]
 
 
+def lab_inventory(work: Path) -> tuple[Path, Path]:
+    """A lab's own inventory folder under `work`: its hosts.yml (lab.py writes it) beside a link
+    to the lab's group_vars. Returns the folder and the link (unlink it when done)."""
+    inventory = work / "inventory"
+    inventory.mkdir(parents=True, exist_ok=True)
+    group_vars = inventory / "group_vars"
+    if not group_vars.is_symlink():
+        group_vars.symlink_to(os.path.relpath(ROOT / "inventory" / "lab" / "group_vars", inventory))
+    return inventory, group_vars
+
+
 def lab(cmd: str, n: int) -> None:
     env = dict(
         os.environ,
@@ -236,12 +247,7 @@ def main() -> int:
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     facts = work / "facts"
-    inv_dir = work / "inventory"
-    inv_dir.mkdir(parents=True, exist_ok=True)
-    # The bench's inventory: its own hosts.yml beside the lab's group_vars.
-    gv = inv_dir / "group_vars"
-    if not gv.is_symlink():
-        gv.symlink_to(os.path.relpath(ROOT / "inventory" / "lab" / "group_vars", inv_dir))
+    inv_dir, gv = lab_inventory(work)
     cfgs = {c: write_cfg(work / f"ansible-{c}.cfg", c, facts) for c in {*configs, "project"}}
     hosts = [f"bench-gpu-{i:02d}" for i in range(1, args.hosts + 1)]
     for opt in ("tags", "skip_tags"):

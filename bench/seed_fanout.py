@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 # bench/ is sys.path[0] when this file runs as a script.
-from fleet_rerun import light_stack, play, write_cfg
+from fleet_rerun import lab_inventory, light_stack, play, write_cfg
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_LAB = "lab/bench-seed"
@@ -166,12 +166,7 @@ def main() -> int:
     work = ROOT / BENCH_LAB
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    inv_dir = work / "inventory"
-    inv_dir.mkdir(parents=True, exist_ok=True)
-    # The bench's inventory: its own hosts.yml beside the lab's group_vars.
-    gv = inv_dir / "group_vars"
-    if not gv.is_symlink():
-        gv.symlink_to(os.path.relpath(ROOT / "inventory" / "lab" / "group_vars", inv_dir))
+    inv_dir, gv = lab_inventory(work)
     cfg = write_cfg(work / f"ansible-{CONFIG}.cfg", CONFIG, work / "facts")
     m = max(counts)
     hosts = [f"{PREFIX}{i:02d}" for i in range(1, m + 1)]

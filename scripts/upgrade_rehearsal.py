@@ -39,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from fleet_rerun import BIN, light_stack  # noqa: E402  the bench's light software stack
+from fleet_rerun import BIN, lab_inventory, light_stack  # noqa: E402  the fleet bench's lab helpers
 
 LAB = "lab/upgrade"
 PREFIX = "upgrade-gpu-"
@@ -137,11 +137,7 @@ def main() -> int:
     work = ROOT / LAB
     logs = work / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    inventory = work / "inventory"
-    inventory.mkdir(parents=True, exist_ok=True)
-    group_vars = inventory / "group_vars"
-    if not group_vars.is_symlink():
-        group_vars.symlink_to(os.path.relpath(ROOT / "inventory" / "lab" / "group_vars", inventory))
+    inventory, group_vars = lab_inventory(work)
     reports = work / "reports"
     extra = [*light_stack(work), f"fleet_report_dir={reports}", f"hf_loader_fleet_report_dir={reports}/hosts"]
     checks = Checks()
