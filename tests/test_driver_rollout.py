@@ -206,3 +206,13 @@ def test_a_host_reached_without_a_record_is_unreachable_not_untouched():
     doc = report(["h1"], before, {}, [{"number": 1, "hosts": ["h1"], "failed": ["h1"]}], {"branch": "580"}, "stop")
     assert doc["rows"][0]["state"] == "unreachable"
     assert doc["rows"][0]["after"] == ""
+
+
+def test_a_check_mode_report_says_nothing_was_changed():
+    before = {"h1": host_plan(PROC_580_82, "", "580", "580.95.05")}
+    records = {"h1": {"state": "upgraded", "loaded_version": "580.82.07", "reason": "now runs 580.82.07"}}
+    batches = [{"number": 1, "hosts": ["h1"], "failed": []}]
+    doc = report(["h1"], before, records, batches, {"branch": "580", "version": "580.95.05"}, "", True)
+    assert doc["check_mode"]
+    assert "Check mode: what the rollout would do; no host was changed." in report_markdown(doc)
+    assert "Check mode" not in report_markdown({**doc, "check_mode": False})

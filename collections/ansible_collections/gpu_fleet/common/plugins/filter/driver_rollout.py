@@ -132,7 +132,9 @@ def batch_verdict(batch: list[str], records: dict, max_fail_percentage, number=1
     return {"number": number, "hosts": batch, "failed": failed, "percent": percent, "stop": stop, "reason": reason}
 
 
-def report(hosts: list[str], before: dict, records: dict, batches: list[dict], target: dict, stopped="") -> dict:
+def report(
+    hosts: list[str], before: dict, records: dict, batches: list[dict], target: dict, stopped="", check_mode=False
+) -> dict:
     """One row per host and the rollout's outcome.
 
     `before`: each host's host_plan (read before anything changed; absent: unreachable at
@@ -178,6 +180,7 @@ def report(hosts: list[str], before: dict, records: dict, batches: list[dict], t
         "batch_seconds": durations,
         "fleet_seconds": round(sum(durations), 1),
         "stopped": stopped,
+        "check_mode": bool(check_mode),
         "ok": not stopped and counts["failed"] == 0 and counts["unreachable"] == 0,
     }
 
@@ -190,6 +193,7 @@ def report_markdown(doc: dict) -> str:
         "",
         f"Target: {target_text(target['branch'], target.get('version', ''))}.",
         "",
+        *(["Check mode: what the rollout would do; no host was changed.", ""] if doc.get("check_mode") else []),
         f"**Stopped:** {doc['stopped']}" if doc["stopped"] else "Every batch passed.",
         "",
         "Hosts: " + ", ".join(f"{count} {state}" for state, count in doc["counts"].items()) + ".",
