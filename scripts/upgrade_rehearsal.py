@@ -15,7 +15,8 @@ Steps, each checked:
    unmounted, playbooks/cache-test.yml must fail there naming the mount point, and it is
    mounted again.
 3. A stand-in training job (lab-train@rehearsal.service) starts on every host.
-4. The runbook rolls the newer simulated driver out. Expected: every host up to the failing
+4. The runbook in check mode changes nothing (every host keeps its driver and its job) and
+   writes a report that says so. Then it rolls the newer simulated driver out. Expected: every host up to the failing
    host's batch upgraded (newer driver loaded, its job drained with SIGTERM, checkpointed and
    running again), the failing host failed on verification with its job left stopped, the
    rollout stopped there, every later host never touched (older driver, job never stopped);
@@ -181,10 +182,21 @@ def main() -> int:
             f"upgrade_driver_report_dir={reports}",
             "upgrade_driver_pause_after_canary=false",
         ]
+        rc, times["upgrade-driver.yml --check"], _ = playbook(
+            "playbooks/upgrade-driver.yml", inventory, runbook_vars, logs / "upgrade-driver-check.log", "--check"
+        )
+        report_file = reports / "upgrade-driver.json"
+        checked = json.loads(report_file.read_text()) if report_file.exists() else {}
+        checks.expect(checked.get("check_mode") is True, "--check: the runbook wrote a report marked check mode")
+        checks.expect(
+            all(loaded_driver(h) == old and job_state(h) == "active" and not checkpointed(h) for h in hosts),
+            f"--check: every host still runs {old} and its training, never stopped",
+        )
+        report_file.unlink(missing_ok=True)
+
         rc, times["upgrade-driver.yml"], text = playbook(
             "playbooks/upgrade-driver.yml", inventory, runbook_vars, logs / "upgrade-driver.log"
         )
-        report_file = reports / "upgrade-driver.json"
         checks.expect(report_file.exists(), f"the runbook wrote its report (log {logs / 'upgrade-driver.log'})")
         if not report_file.exists():
             return 1
