@@ -99,6 +99,11 @@ test_bad_variables_fail_before_any_change = bad_variables_test(
         ('{"hf_seed_source_dir": "", "hf_seed_source_host": "nowhere"}', "'nowhere' is not a host of this play"),
         ('{"hf_seed_transfers_per_source": 0}', "hf_seed_transfers_per_source must be 1 or more"),
         ("hf_seed_user=Bad!", "hf_seed_user 'Bad!' is not a valid user name"),
+        ("hf_seed_source_mount=filer:/exports/hf", "hf_seed_source_dir and hf_seed_source_mount are set"),
+        (
+            '{"hf_seed_source_dir": "", "hf_seed_source_mount": "filer:/x", "hf_seed_source_mount_fstype": "nfs;"}',
+            "hf_seed_source_mount_fstype 'nfs;' is not a filesystem type",
+        ),
     ],
 )
 
@@ -232,3 +237,43 @@ def test_a_failed_transfer_is_reported_and_retried_from_another_source(host):
     assert f"{broken} <- {HOSTS[0]}: verified" not in output
     for name in HOSTS:
         assert seed_status(hosts[name], "--deep")[0] == 0, name
+
+
+def test_a_mounted_source_is_read_read_only_and_unmounted_everywhere(host, tmp_path):
+    """hf_seed_source_mount, with a read-only bind mount of a folder on each host standing in
+    for an NFS export (the test machine's kernel has no NFS client): the first host mounts it
+    to write the manifest, the hosts the plan gives it copy from it, the others from them;
+    afterwards no host has it mounted and the export is as it was."""
+    if host.backend.host != HOSTS[0]:
+        pytest.skip("one fleet-wide run")
+    export = "/srv/hf-export"
+    hosts = {h: other(h) for h in HOSTS}
+    for name, x in hosts.items():
+        x.check_output(f"rm -rf {export} && mkdir -p {export}")
+        subprocess.run(["docker", "cp", f"{SOURCE}/.", f"{name}:{export}/"], check=True)
+        x.check_output(f"rm -rf {ROOT}/datasets/* {ROOT}/hub/* {ROOT}/.hf-seed")
+    exported = {name: x.check_output(f"find {export} -printf '%p %s %m %T@\\n' | sort") for name, x in hosts.items()}
+    rc, output = run_playbook(
+        CONVERGE,
+        "-e",
+        json.dumps(
+            {
+                "hf_seed_source_dir": "",
+                "hf_seed_source_mount": export,
+                "hf_seed_source_mount_fstype": "none",
+                "hf_seed_source_mount_options": "bind",
+                "hf_seed_controller_dir": str(tmp_path / "seed"),
+            }
+        ),
+    )
+    output = " ".join(output.split())
+    assert rc == 0, output
+    plan = output.split("pass 0, wave 0: ")[1].split("'")[0]
+    assert f"{HOSTS[0]} <- __mount__" in plan, plan
+    assert f"{HOSTS[0]} <- __mount__: verified" in output, output
+    assert (tmp_path / "seed" / "ILSVRC--imagenet-1k.json").exists()
+    for name, x in hosts.items():
+        assert seed_status(x, "--deep")[0] == 0, name
+        assert x.run("findmnt /run/hf-seed-source").rc != 0, f"{name} still has the source mounted"
+        assert x.check_output(f"find {export} -printf '%p %s %m %T@\\n' | sort") == exported[name], name
+        x.check_output(f"rm -rf {export}")
