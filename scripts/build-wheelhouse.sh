@@ -6,6 +6,8 @@
 #
 #   WHEELHOUSE_DIR   where to build (default /var/cache/gpu-fleet/wheelhouse)
 #   WHEELHOUSE_PYTHONS  target Python versions (default "3.11 3.13": Debian 12, 13)
+#   WHEELHOUSE_LOCK  the lock (default requirements/loader-prod.txt)
+#   WHEELHOUSE_PACKAGE  no: only the lock's wheels, not the project's package (pull mode's toolchain)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -32,6 +34,10 @@ for version in $WHEELHOUSE_PYTHONS; do
             --abi "$tag" --abi abi3 --abi none "${PLATFORMS[@]}" -r "$LOCK" 2> >(grep -v "is ignored: it is neither" >&2)
         rm -f "$target"/.lock-*
         touch "$target/.lock-$LOCK_HASH"
+    fi
+    if [ "${WHEELHOUSE_PACKAGE:-yes}" = no ]; then
+        echo "[wheelhouse] $tag: $(find "$target" -name '*.whl' | wc -l) wheels, $(du -sh "$target" | cut -f1)"
+        continue
     fi
     # Reproducible bytes for an unchanged source, and the old file (and its
     # mtime) kept when the bytes are the same, so hosts resync and reinstall

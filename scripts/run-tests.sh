@@ -4,7 +4,7 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-declare -a STAGES=(venv engine lint pytest loader-lint loader-test molecule lab-upgrade-short)
+declare -a STAGES=(venv engine lint pytest loader-lint loader-test molecule lab-upgrade-short lab-pull-short)
 
 declare -a RESULTS=()
 failed=0

@@ -1,0 +1,244 @@
+"""Pull mode (roles/fleet_pull): the inventory built from instance data, the cloud-config, the
+runner's settings check, and the toolchain lock. The whole path runs for real in the pull lab
+(scripts/pull_lab.py: `make lab-pull-short` in make test)."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLE = ROOT / "roles" / "fleet_pull"
+BIN = Path(sys.executable).parent
+FIXTURES = Path(__file__).parent / "fixtures" / "instance_data"
+# Written by Debian's cloud-init 22.4 in the pull lab (NoCloud seed; meta-data tags in EC2's shape).
+NOCLOUD = json.loads((FIXTURES / "nocloud-lab.json").read_text())
+# EC2's shape, from cloud-init's documentation of instance-data.json (v1 keys) and its EC2 data
+# source with tags in instance metadata (ds.meta_data.tags.instance, cloud-init 22.2+): not
+# recorded on EC2 (no cloud is reachable from here).
+EC2 = {
+    "v1": {
+        "cloud_name": "aws",
+        "instance_id": "i-0123456789abcdef0",
+        "local_hostname": "ip-10-0-1-23",
+        "region": "us-east-1",
+        "availability_zone": "us-east-1b",
+    },
+    "ds": {
+        "meta_data": {
+            "instance-id": "i-0123456789abcdef0",
+            "tags": {
+                "instance": {
+                    "Name": "gpu-train",
+                    "gpu-fleet:dataset_volume_source": "vol-0abc",
+                    "gpu-fleet:groups": "h200, canary",
+                }
+            },
+        }
+    },
+}
+
+
+def load_plugin():
+    spec = importlib.util.spec_from_file_location("instance_data", ROLE / "files" / "instance_data.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+plugin = load_plugin()
+
+
+def test_the_lab_host_is_named_by_its_hostname_and_gets_its_tag_as_a_variable():
+    host = plugin.host_from_instance_data(NOCLOUD, {}, "gpu-fleet:", ["gpu_hosts"])
+    assert host.name == "pull-gpu-01"
+    assert host.groups == ["gpu_hosts"]
+    assert host.variables["lab_volume_device"] == "/dev/loop0"
+    assert host.variables["ansible_connection"] == "local"
+    assert host.variables["instance_id"] == NOCLOUD["v1"]["instance_id"]
+
+
+def test_ec2_tags_win_over_the_vars_file_and_add_groups():
+    file_vars = {"dataset_volume_source": "/dev/nvme1n1", "hf_loader_cache_test_batches": 2}
+    host = plugin.host_from_instance_data(EC2, file_vars, "gpu-fleet:", ["gpu_hosts"], {"ansible_become": False})
+    assert host.name == "ip-10-0-1-23"
+    assert host.groups == ["gpu_hosts", "h200", "canary"]
+    assert host.variables["dataset_volume_source"] == "vol-0abc"
+    assert host.variables["hf_loader_cache_test_batches"] == 2
+    assert host.variables["ansible_become"] is False
+    assert "Name" not in host.variables and host.variables["instance_region"] == "us-east-1"
+
+
+def test_flat_tags_are_read_too():
+    data = {"v1": {"local_hostname": "gpu-7"}, "ds": {"meta_data": {"tags": {"gpu-fleet:rank": "7"}}}}
+    assert plugin.host_from_instance_data(data, None, "gpu-fleet:", ["gpu_hosts"]).variables["rank"] == "7"
+
+
+@pytest.mark.parametrize(
+    ("data", "file_vars", "says"),
+    [
+        ({"v1": {}}, {}, "local_hostname"),
+        ({"v1": {"local_hostname": "bad host"}}, {}, "local_hostname"),
+        (
+            {"v1": {"local_hostname": "h1"}, "ds": {"meta_data": {"tags": {"instance": {"gpu-fleet:a-b": "1"}}}}},
+            {},
+            "'a-b' is not a variable name",
+        ),
+        (
+            {"v1": {"local_hostname": "h1"}, "ds": {"meta_data": {"tags": {"instance": {"gpu-fleet:groups": "x-y"}}}}},
+            {},
+            "group 'x-y'",
+        ),
+        ({"v1": {"local_hostname": "h1"}}, {"not ok": 1}, "vars file"),
+    ],
+)
+def test_bad_instance_data_is_refused_with_the_fix(data, file_vars, says):
+    with pytest.raises(plugin.InstanceDataError, match=says):
+        plugin.host_from_instance_data(data, file_vars, "gpu-fleet:", ["gpu_hosts"])
+
+
+def test_ansible_builds_the_inventory_with_the_plugin(tmp_path):
+    (tmp_path / "instance-data.json").write_text(json.dumps(EC2))
+    (tmp_path / "host_vars.yml").write_text("dataset_volume_source: /dev/nvme1n1\nhf_env_owner: trainer\n")
+    config = tmp_path / "instance_data.yml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "plugin": "instance_data",
+                "instance_data_file": str(tmp_path / "instance-data.json"),
+                "vars_file": str(tmp_path / "host_vars.yml"),
+                "host_vars": {"ansible_python_interpreter": "/usr/bin/python3"},
+            }
+        )
+    )
+    env = dict(os.environ, ANSIBLE_INVENTORY_PLUGINS=str(ROLE / "files"))
+    done = subprocess.run(
+        [BIN / "ansible-inventory", "-i", config, "--list"], capture_output=True, text=True, env=env, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    listing = json.loads(done.stdout)
+    # Every value is marked unsafe: instance data and tags are taken literally, never templated.
+    raw = listing["_meta"]["hostvars"]["ip-10-0-1-23"]
+    assert raw["dataset_volume_source"] == {"__ansible_unsafe": "vol-0abc"}
+    hostvars = {
+        key: value.get("__ansible_unsafe", value) if isinstance(value, dict) else value for key, value in raw.items()
+    }
+    assert hostvars["dataset_volume_source"] == "vol-0abc" and hostvars["hf_env_owner"] == "trainer"
+    assert hostvars["ansible_python_interpreter"] == "/usr/bin/python3"
+    assert listing["gpu_hosts"]["hosts"] == ["ip-10-0-1-23"] and listing["canary"]["hosts"] == ["ip-10-0-1-23"]
+
+
+def test_a_missing_instance_data_file_says_what_to_check(tmp_path):
+    config = tmp_path / "instance_data.yml"
+    config.write_text(f"plugin: instance_data\ninstance_data_file: {tmp_path / 'none.json'}\n")
+    env = dict(os.environ, ANSIBLE_INVENTORY_PLUGINS=str(ROLE / "files"))
+    done = subprocess.run(
+        [BIN / "ansible-inventory", "-i", config, "--list"], capture_output=True, text=True, env=env, check=False
+    )
+    assert "cloud-init status --long" in done.stderr
+
+
+def test_the_toolchain_lock_pins_what_the_controller_pins():
+    def pins(path):
+        lines = (ROOT / "requirements" / path).read_text().splitlines()
+        return dict(line.lower().split("==") for line in lines if "==" in line and not line.startswith("#"))
+
+    pull, controller = pins("pull.txt"), pins("controller.txt")
+    assert pull["ansible-core"] and pull["ansible"]
+    assert {name: controller.get(name) for name in pull} == pull
+
+
+def render_user_data(tmp_path, *extra):
+    out = tmp_path / "user-data.yml"
+    done = subprocess.run(
+        [BIN / "ansible-playbook", "playbooks/pull-user-data.yml", "-e", f"fleet_pull_user_data_file={out}", *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return done, out
+
+
+def test_the_cloud_config_carries_the_roles_files_and_fits_ec2s_limit(tmp_path):
+    ref = "0123456789abcdef0123456789abcdef01234567"
+    done, out = render_user_data(
+        tmp_path,
+        "-e",
+        "fleet_pull_repo_url=https://git.example.internal/gpu-fleet.git",
+        "-e",
+        f"fleet_pull_repo_ref={ref}",
+        "-e",
+        '{"fleet_pull_host_vars": {"dataset_volume_source": "/dev/nvme1n1"}}',
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = out.read_text()
+    assert text.startswith("#cloud-config\n") and len(text) <= 16384
+    document = yaml.safe_load(text)
+    files = {f["path"]: gzip.decompress(base64.b64decode(f["content"])).decode() for f in document["write_files"]}
+    assert files["/usr/local/sbin/gpu-fleet-pull"] == (ROLE / "files" / "gpu-fleet-pull").read_text()
+    assert files["/etc/gpu-fleet/pull-requirements.txt"] == (ROOT / "requirements" / "pull.txt").read_text()
+    assert f"GPU_FLEET_REPO_REF={ref}" in files["/etc/gpu-fleet/pull.env"]
+    host_vars = yaml.safe_load(files["/etc/gpu-fleet/host_vars.yml"])
+    assert host_vars["dataset_volume_source"] == "/dev/nvme1n1" and host_vars["fleet_pull_repo_ref"] == ref
+    assert "OnUnitActiveSec=30min" in files["/etc/systemd/system/gpu-fleet-pull.timer"]
+    assert document["runcmd"][-1] == ["systemctl", "start", "--no-block", "gpu-fleet-pull.service"]
+    # The same settings render the same bytes: the gzip header carries no time.
+    again, _ = render_user_data(
+        tmp_path,
+        "-e",
+        "fleet_pull_repo_url=https://git.example.internal/gpu-fleet.git",
+        "-e",
+        f"fleet_pull_repo_ref={ref}",
+        "-e",
+        '{"fleet_pull_host_vars": {"dataset_volume_source": "/dev/nvme1n1"}}',
+    )
+    assert "changed=0" in again.stdout
+
+
+def test_a_branch_instead_of_a_commit_is_refused_before_anything_is_written(tmp_path):
+    done, out = render_user_data(
+        tmp_path, "-e", "fleet_pull_repo_url=https://g/x.git", "-e", "fleet_pull_repo_ref=main"
+    )
+    assert done.returncode != 0 and "fleet_pull_repo_ref 'main' is not a full commit id" in done.stdout
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("setting", "code", "says"),
+    [
+        ("GPU_FLEET_REPO_REF=main", 2, "not a full commit id"),
+        ("GPU_FLEET_REPO_URL=", 2, "sets no GPU_FLEET_REPO_URL"),
+    ],
+)
+def test_the_runner_refuses_bad_settings_before_it_does_anything(tmp_path, setting, code, says):
+    settings = {
+        "GPU_FLEET_REPO_URL": "https://g/x.git",
+        "GPU_FLEET_REPO_REF": "0123456789abcdef0123456789abcdef01234567",
+        "GPU_FLEET_HOME": str(tmp_path / "home"),
+        "GPU_FLEET_VENV": str(tmp_path / "venv"),
+        "GPU_FLEET_CONFIG_DIR": str(tmp_path),
+        "GPU_FLEET_PLAYBOOK": "playbooks/pull.yml",
+    }
+    key, value = setting.split("=", 1)
+    settings[key] = value
+    (tmp_path / "pull.env").write_text("".join(f"{k}='{v}'\n" for k, v in settings.items()))
+    done = subprocess.run(
+        ["bash", ROLE / "files" / "gpu-fleet-pull"],
+        env=dict(os.environ, GPU_FLEET_CONFIG=str(tmp_path / "pull.env")),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == code and says in done.stderr
+    assert not (tmp_path / "home").exists()
