@@ -59,12 +59,14 @@ PLAIN_IMAGE = "local/debian-cloud:bookworm"
 BAKED_IMAGE = "local/debian-cloud-baked:bookworm"
 BAKE_HOST = "pull-bake"
 # The plain image: what a stock Debian cloud image has for this purpose, cloud-init, told to
-# look only for NoCloud (a container has no cloud metadata service to probe).
+# look only for NoCloud (a container has no cloud metadata service to probe) and to leave the
+# network alone (the engine configures a container's; a DHCP config would hold
+# network-online.target for two minutes on a baked image's boot).
 PLAIN_RECIPE = """FROM {base}
 RUN apt-get update -qq \\
  && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends cloud-init >/dev/null \\
  && rm -rf /var/cache/apt/archives/*.deb \\
- && printf 'datasource_list: [NoCloud, None]\\n' > /etc/cloud/cloud.cfg.d/90-lab.cfg
+ && printf 'datasource_list: [NoCloud, None]\\nnetwork: {{config: disabled}}\\n' > /etc/cloud/cloud.cfg.d/90-lab.cfg
 LABEL project.recipe={recipe}
 """
 WHEELHOUSE_MOUNT = "/var/cache/gpu-fleet/wheelhouse"
@@ -358,6 +360,23 @@ def rehearse_failure(host: str, short: bool) -> dict:
     return result
 
 
+def collect_report(host: str) -> None:
+    """playbooks/pull-collect.yml from the controller (over docker exec): the host's entry in the fleet report."""
+    reports = WORK / "reports"
+    proc = subprocess.run(
+        [BIN / "ansible-playbook", "-i", f"{host},", "-c", "community.docker.docker", "playbooks/pull-collect.yml",
+         "-e", f"fleet_hosts={host}", "-e", f"fleet_report_dir={reports}",
+         "-e", "ansible_python_interpreter=/usr/bin/python3"],
+        cwd=ROOT, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    rows = (
+        [ln for ln in (reports / "fleet.md").read_text().splitlines() if ln.startswith(f"| {host} |")]
+        if (proc.returncode == 0 and (reports / "fleet.md").exists())
+        else []
+    )
+    check(bool(rows) and "| ready |" in rows[0], f"pull-collect.yml puts it in the fleet report: {rows[:1]}", host)
+
+
 def run_host(host: str, image: str, loop: str, user_data: Path, short: bool) -> dict:
     seed = write_seed(host, loop, user_data)
     log(f"{host}: booting {image} with the NoCloud seed (no push run from here)")
@@ -386,6 +405,17 @@ def run_host(host: str, image: str, loop: str, user_data: Path, short: bool) -> 
         f"the drift run changes nothing but the cache test's run and report: {sorted(changed)}",
         host,
     )
+    collect_report(host)
+    if not short:
+        # Check mode and --diff through the whole pull playbook: nothing would change either.
+        proc = in_host(host, "/usr/local/sbin/gpu-fleet-pull", "--check", check=False, timeout=3600)
+        check_log = last_log(host)
+        would = changed_rows(check_log, host)
+        check(
+            proc.returncode == 0 and recap(check_log, host)["failed"] == 0 and would <= CACHE_TEST_ROWS,
+            f"a --check --diff run passes and would change nothing but the cache test's rows: {sorted(would)}",
+            host,
+        )
     result = {
         "image": image,
         "boot_to_ready_s": round(boot_to_ready, 1),
@@ -407,8 +437,11 @@ def bake(user_data_vars: Path) -> float:
     boot(BAKE_HOST, PLAIN_IMAGE, "", None)
     lab.wait_systemd(BAKE_HOST)
     log(f"baking {BAKED_IMAGE}: playbooks/bake-image.yml over the docker connection")
+    # The build host is in gpu_hosts, so that the fleet's group_vars (the lab's) apply as at boot.
+    inventory = WORK / "bake-inventory.yml"
+    inventory.write_text(f"gpu_hosts:\n  hosts:\n    {BAKE_HOST}:\n      ansible_connection: community.docker.docker\n")
     proc = subprocess.run(
-        [BIN / "ansible-playbook", "-i", f"{BAKE_HOST},", "-c", "community.docker.docker",
+        [BIN / "ansible-playbook", "-i", inventory, "-i", "inventory/lab",
          "playbooks/bake-image.yml", "-e", f"bake_hosts={BAKE_HOST}", "-e", f"@{user_data_vars}",
          "-e", "bake_driver=false", "-e", "ansible_python_interpreter=/usr/bin/python3",
          "-e", f"hf_loader_wheelhouse_dir={WORK / 'wheelhouse'}",
@@ -460,6 +493,7 @@ def run(images: list[str], short: bool, keep: bool) -> None:
         server.stop()
         for host in state["hosts"]:  # the hosts' pull logs outlive them
             (WORK / "logs").mkdir(exist_ok=True)
+            shutil.rmtree(WORK / "logs" / host, ignore_errors=True)
             sh("docker", "cp", f"{host}:{PULL_HOME}/logs", WORK / "logs" / host, check=False)
         (WORK / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         if not keep:
