@@ -508,6 +508,9 @@ def run(images: list[str], short: bool, keep: bool) -> None:
         )
     if "bake_s" in results:
         log(f"  bake: {results['bake_s']} s (once per image)")
+    if {"plain", "baked"} <= set(results["hosts"]):
+        ratio = results["hosts"]["plain"]["boot_to_ready_s"] / results["hosts"]["baked"]["boot_to_ready_s"]
+        log(f"  boot-to-ready plain/baked, measured in this run: {ratio:.1f}x")
 
 
 def down() -> None:

@@ -172,15 +172,15 @@ def render_user_data(tmp_path, *extra):
 
 def test_the_cloud_config_carries_the_roles_files_and_fits_ec2s_limit(tmp_path):
     ref = "0123456789abcdef0123456789abcdef01234567"
-    done, out = render_user_data(
-        tmp_path,
+    settings = [
         "-e",
         "fleet_pull_repo_url=https://git.example.internal/gpu-fleet.git",
         "-e",
         f"fleet_pull_repo_ref={ref}",
         "-e",
         '{"fleet_pull_host_vars": {"dataset_volume_source": "/dev/nvme1n1"}}',
-    )
+    ]
+    done, out = render_user_data(tmp_path, *settings)
     assert done.returncode == 0, done.stdout + done.stderr
     text = out.read_text()
     assert text.startswith("#cloud-config\n") and len(text) <= 16384
@@ -194,15 +194,7 @@ def test_the_cloud_config_carries_the_roles_files_and_fits_ec2s_limit(tmp_path):
     assert "OnUnitActiveSec=30min" in files["/etc/systemd/system/gpu-fleet-pull.timer"]
     assert document["runcmd"][-1] == ["systemctl", "start", "--no-block", "gpu-fleet-pull.service"]
     # The same settings render the same bytes: the gzip header carries no time.
-    again, _ = render_user_data(
-        tmp_path,
-        "-e",
-        "fleet_pull_repo_url=https://git.example.internal/gpu-fleet.git",
-        "-e",
-        f"fleet_pull_repo_ref={ref}",
-        "-e",
-        '{"fleet_pull_host_vars": {"dataset_volume_source": "/dev/nvme1n1"}}',
-    )
+    again, _ = render_user_data(tmp_path, *settings)
     assert "changed=0" in again.stdout
 
 
