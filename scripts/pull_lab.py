@@ -48,9 +48,8 @@ os.environ.update(
     LAB_SHARDS="2",
 )
 sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
-from fleet_rerun import container_cpu_seconds, light_stack  # noqa: E402
-
 import lab  # noqa: E402  (reads the environment above when imported)
+from fleet_rerun import container_cpu_seconds, light_stack  # noqa: E402
 
 WORK = ROOT / WORK_REL
 SERVE = WORK / "serve"

@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT / "scripts" / "gpu_sim" / "payload"))
 import lab_boot  # noqa: E402
 import lab_train  # noqa: E402
 import nvidia_smi  # noqa: E402
+
 from gpu_sim import aptrepo, build, elf  # noqa: E402
 
 ROLE = ROOT / "roles" / "nvidia_driver"
