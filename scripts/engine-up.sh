@@ -73,8 +73,12 @@ start_engine() {
         systemctl restart docker
     else
         log "starting dockerd in the background (log: $DOCKERD_LOG)"
-        pgrep -x containerd >/dev/null || nohup containerd >>"${DOCKERD_LOG%.log}-containerd.log" 2>&1 &
-        nohup dockerd --containerd=/run/containerd/containerd.sock >>"$DOCKERD_LOG" 2>&1 &
+        # Started directly, not from a backgrounded list: a subshell would keep
+        # this script's stdout open, and `make test` tees each stage's output.
+        if ! pgrep -x containerd >/dev/null; then
+            nohup containerd >>"${DOCKERD_LOG%.log}-containerd.log" 2>&1 </dev/null &
+        fi
+        nohup dockerd --containerd=/run/containerd/containerd.sock >>"$DOCKERD_LOG" 2>&1 </dev/null &
     fi
     for _ in $(seq 1 60); do
         engine_answers && return 0
