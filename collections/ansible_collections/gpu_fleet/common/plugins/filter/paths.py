@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
+
+OCTAL_MODE = re.compile(r"^0?[0-7]{3,4}$")
 
 
 def path_parents(path: str) -> list[str]:
@@ -10,6 +13,43 @@ def path_parents(path: str) -> list[str]:
     return [str(parent) for parent in PurePosixPath(path).parents]
 
 
+def _differs(observed: dict, wanted: dict) -> bool:
+    state = wanted.get("state", "file")
+    if state == "absent":
+        return observed.get("exists", False)
+    if observed.get("kind") != state:
+        return True
+    for key in ("owner", "group"):
+        if key in wanted and str(wanted[key]) != observed.get(key):
+            return True
+    if "mode" in wanted:
+        mode = str(wanted["mode"])
+        # A symbolic mode (u=rw) is left to the file module: it is never taken as equal.
+        if not OCTAL_MODE.match(mode) or int(mode, 8) != int(observed.get("mode") or "0", 8):
+            return True
+    return state == "file" and "sha1" in wanted and wanted["sha1"] != observed.get("sha1")
+
+
+def wanted_paths(entries: list, state: str, **attributes) -> list[dict]:
+    """Paths (or [path, sha1] pairs, for files) to paths_to_fix's wanted entries, with the same attributes."""
+    wanted = []
+    for entry in entries:
+        path, sha1 = (entry, None) if isinstance(entry, str) else entry
+        wanted.append({"path": path, "state": state, **attributes, **({"sha1": sha1} if sha1 is not None else {})})
+    return wanted
+
+
+def paths_to_fix(observed: dict, wanted: list[dict]) -> list[dict]:
+    """The wanted paths whose observed state (gpu_fleet.common.path_state's `paths`) differs.
+
+    Each wanted entry: path, state (file, directory or absent; file by default) and any of
+    owner, group, mode and a file's sha1. What is not given is not compared. A path that was
+    not observed, or that is a link where a file or folder is wanted, differs: the role's own
+    file task then decides, as it did before there was a probe.
+    """
+    return [item for item in wanted if item["path"] not in observed or _differs(observed[item["path"]], item)]
+
+
 class FilterModule:
     def filters(self):
-        return {"path_parents": path_parents}
+        return {"path_parents": path_parents, "paths_to_fix": paths_to_fix, "wanted_paths": wanted_paths}

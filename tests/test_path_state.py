@@ -1,0 +1,220 @@
+"""Observe once, act on what differs: gpu_fleet.common.path_state, paths_to_fix, and hf_env built on them."""
+
+import grp
+import hashlib
+import json
+import os
+import pwd
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible_collections.gpu_fleet.common.plugins.filter.paths import paths_to_fix, wanted_paths
+from ansible_collections.gpu_fleet.common.plugins.modules.path_state import describe
+
+ROOT = Path(__file__).resolve().parent.parent
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+USER = pwd.getpwuid(os.getuid()).pw_name
+GROUP = grp.getgrgid(os.getgid()).gr_name
+
+
+def test_describe_reports_kind_owner_mode_and_content_hash(tmp_path):
+    folder, text, link = tmp_path / "dir", tmp_path / "file", tmp_path / "link"
+    folder.mkdir(mode=0o750)
+    folder.chmod(0o750)
+    text.write_bytes(b"HF_HOME=/data/hf\n")
+    text.chmod(0o644)
+    link.symlink_to(text)
+    assert describe(str(folder)) == {
+        "exists": True,
+        "kind": "directory",
+        "owner": USER,
+        "group": GROUP,
+        "mode": "0750",
+        "sha1": "",
+    }
+    assert describe(str(text))["sha1"] == hashlib.sha1(b"HF_HOME=/data/hf\n").hexdigest()
+    assert describe(str(text))["mode"] == "0644"
+    # A link is described, not followed: writing through it is the file module's decision.
+    assert describe(str(link))["kind"] == "link"
+    assert describe(str(tmp_path / "missing")) == {
+        "exists": False,
+        "kind": "absent",
+        "owner": "",
+        "group": "",
+        "mode": "",
+        "sha1": "",
+    }
+
+
+OBSERVED = {
+    "/etc/hf-cache": {
+        "exists": True,
+        "kind": "directory",
+        "owner": "root",
+        "group": "root",
+        "mode": "0755",
+        "sha1": "",
+    },
+    "/etc/hf-cache/hf.env": {
+        "exists": True,
+        "kind": "file",
+        "owner": "root",
+        "group": "root",
+        "mode": "0644",
+        "sha1": "aa",
+    },
+    "/etc/hf-cache/token": {"exists": False, "kind": "absent", "owner": "", "group": "", "mode": "", "sha1": ""},
+    "/etc/hf-cache/link": {
+        "exists": True,
+        "kind": "link",
+        "owner": "root",
+        "group": "root",
+        "mode": "0777",
+        "sha1": "",
+    },
+}
+
+
+def test_nothing_to_fix_when_every_attribute_matches():
+    wanted = wanted_paths(["/etc/hf-cache"], "directory", owner="root", group="root", mode="0755")
+    wanted += wanted_paths([["/etc/hf-cache/hf.env", "aa"]], "file", owner="root", group="root", mode="644")
+    wanted += wanted_paths(["/etc/hf-cache/token"], "absent")
+    assert paths_to_fix(OBSERVED, wanted) == []
+
+
+@pytest.mark.parametrize(
+    ("wanted", "why"),
+    [
+        ({"path": "/etc/hf-cache/hf.env", "sha1": "bb"}, "other content"),
+        ({"path": "/etc/hf-cache/hf.env", "mode": "0600"}, "other mode"),
+        ({"path": "/etc/hf-cache/hf.env", "mode": "u=rw,go=r"}, "a symbolic mode is left to the file module"),
+        ({"path": "/etc/hf-cache/hf.env", "owner": "trainer"}, "other owner"),
+        ({"path": "/etc/hf-cache/hf.env", "group": "trainer"}, "other group"),
+        ({"path": "/etc/hf-cache/hf.env", "state": "directory"}, "a file where a folder is wanted"),
+        ({"path": "/etc/hf-cache", "state": "file"}, "a folder where a file is wanted"),
+        ({"path": "/etc/hf-cache/token", "sha1": "cc"}, "missing"),
+        ({"path": "/etc/hf-cache/link", "sha1": "cc"}, "a link where a file is wanted"),
+        ({"path": "/etc/hf-cache/hf.env", "state": "absent"}, "present where absent is wanted"),
+        ({"path": "/etc/not-observed", "state": "absent"}, "not observed"),
+    ],
+)
+def test_a_difference_in_any_given_attribute_is_to_fix(wanted, why):
+    assert paths_to_fix(OBSERVED, [wanted]) == [wanted], why
+
+
+def test_what_is_not_given_is_not_compared():
+    assert paths_to_fix(OBSERVED, [{"path": "/etc/hf-cache/hf.env"}]) == []
+
+
+def run_hf_env(tmp_path, *extra_args, token="", modules_run=False):
+    """Apply the real hf_env role to localhost, every path under tmp_path.
+
+    Returns the JSON callback's tasks, or with modules_run the modules the run executed on the
+    host in order (from -vvv's EXEC lines: no_log hides whether a task ran, not this).
+    """
+    root = tmp_path / "host"
+    role_vars = {
+        "hf_env_cache_root": f"{root}/data/hf",
+        "hf_env_config_dir": f"{root}/etc/hf-cache",
+        "hf_env_profile_file": f"{root}/etc/profile.d/hf-cache.sh",
+        "hf_env_environment_d_file": f"{root}/etc/environment.d/60-hf-cache.conf",
+        "hf_env_owner": USER,
+        "hf_env_group": GROUP,
+        "hf_env_token": token,
+    }
+    play = [{"hosts": "localhost", "gather_facts": False, "roles": [{"role": "hf_env", **role_vars}]}]
+    (tmp_path / "site.yml").write_text(yaml.safe_dump(play))
+    env = {
+        **os.environ,
+        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default" if modules_run else "ansible.builtin.json",
+        "ANSIBLE_PIPELINING": "false",
+        "ANSIBLE_LOCALHOST_WARNING": "false",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+    }
+    done = subprocess.run(
+        [
+            str(ANSIBLE_PLAYBOOK),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            str(tmp_path / "site.yml"),
+            *(["-vvv"] if modules_run else []),
+            *extra_args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    if modules_run:
+        return root, re.findall(r"EXEC /bin/sh -c '\S+ \S+/AnsiballZ_(\w+)\.py", done.stdout)
+    return root, {
+        task["task"]["name"]: task["hosts"]["localhost"] for task in json.loads(done.stdout)["plays"][0]["tasks"]
+    }
+
+
+WRITERS = (
+    "Create the cache folders",
+    "Create the folders of the environment files",
+    "Write the environment for login shells, systemd user managers and services",
+    "Write the token file",
+    "Remove a token file that is no longer configured",
+)
+
+
+def acted_on(tasks):
+    """Path to task name, for every item a writer task ran for (changed or not)."""
+    acted = {}
+    for name in WRITERS:
+        result = tasks[f"hf_env : {name}"]
+        for item in result.get("results", []):
+            looped = item["item"]
+            acted[looped if isinstance(looped, str) else looped["dest"]] = name
+        if "results" not in result and not result.get("skipped"):
+            acted[result.get("path") or result.get("dest") or name] = name  # no_log hides the path
+    return acted
+
+
+def test_hf_env_acts_only_on_what_differs_and_check_mode_stays_exact(tmp_path):
+    root, first = run_hf_env(tmp_path, token="hf_unitTestToken0123456789")
+    assert len(acted_on(first)) == 10  # 3 cache folders, 3 folders of the files, 3 files, the token
+    environment = root / "etc/hf-cache/hf.env"
+    assert "HF_DATASETS_OFFLINE=1" in environment.read_text()
+
+    _, second = run_hf_env(tmp_path, token="hf_unitTestToken0123456789")
+    assert not any(result.get("changed") for result in second.values())
+    _, modules = run_hf_env(tmp_path, token="hf_unitTestToken0123456789", modules_run=True)
+    assert modules == ["path_state"], "a run that changes nothing makes one call to the host"
+
+    (root / "etc/profile.d/hf-cache.sh").chmod(0o600)  # the mode alone differs
+    environment.write_text("HF_DATASETS_OFFLINE=0\n")
+    _, check = run_hf_env(tmp_path, "--check", "--diff", token="hf_unitTestToken0123456789")
+    writes = check["hf_env : Write the environment for login shells, systemd user managers and services"]["results"]
+    profile = root / "etc/profile.d/hf-cache.sh"
+    assert sorted(item["item"]["dest"] for item in writes) == [str(environment), str(profile)]
+    assert all(item["changed"] for item in writes)
+    assert "HF_DATASETS_OFFLINE=1" in json.dumps([item.get("diff") for item in writes])
+    assert environment.read_text() == "HF_DATASETS_OFFLINE=0\n", "check mode wrote"
+
+    _, fix = run_hf_env(tmp_path, token="hf_unitTestToken0123456789")
+    assert sorted(acted_on(fix)) == sorted([str(environment), str(root / "etc/profile.d/hf-cache.sh")])
+    assert "HF_DATASETS_OFFLINE=1" in environment.read_text()
+    assert f"{(root / 'etc/profile.d/hf-cache.sh').stat().st_mode & 0o777:o}" == "644"
+
+    _, untokened = run_hf_env(tmp_path)
+    # Without a token the environment stops naming HF_TOKEN_PATH: the three files change too.
+    assert acted_on(untokened)[str(root / "etc/hf-cache/token")] == "Remove a token file that is no longer configured"
+    assert len(acted_on(untokened)) == 4
+    assert not (root / "etc/hf-cache/token").exists()
+    assert "HF_TOKEN_PATH" not in environment.read_text()
