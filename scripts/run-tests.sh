@@ -11,7 +11,15 @@ declare -a STAGES=(venv engine lint pytest loader-lint loader-test molecule lab-
 LOGS=.cache/test-logs
 mkdir -p "$LOGS"
 # A task's failure (Ansible), a test's (pytest, testinfra), a tool's error line.
-ERROR_LINES='fatal: \[|FAILED! =>|^ERROR|^E   |Error:|Traceback|failed=[1-9]|^FAILED |error:'
+ERROR_LINES='fatal: \[|FAILED! =>|^ERROR|^E   |Error:|Traceback|failed=[1-9]|^FAILED |error:|No space left'
+# The Molecule hosts install the production lock (CUDA wheels) three at a time:
+# each stage's line says how much disk was left after it.
+free_disk() {
+    local where=.
+    [ -d /var/lib/docker ] && where=/var/lib/docker
+    df -h --output=avail "$where" | tail -n 1 | tr -d ' '
+}
+printf '[test] free disk at the start: %s\n' "$(free_disk)"
 
 declare -a RESULTS=() FAILED_STAGES=()
 failed=0
@@ -23,7 +31,7 @@ for stage in "${STAGES[@]}"; do
     if [ "${PIPESTATUS[0]}" -eq 0 ]; then status=ok; else
         status=FAILED; failed=$((failed + 1)); FAILED_STAGES+=("$stage")
     fi
-    RESULTS+=("$(printf '%-12s %-7s %5ds' "$stage" "$status" $((SECONDS - start)))")
+    RESULTS+=("$(printf '%-12s %-7s %5ds   %s free after' "$stage" "$status" $((SECONDS - start)) "$(free_disk)")")
     # Without the toolchain or the engine the later stages cannot mean anything.
     if [ "$status" = FAILED ] && { [ "$stage" = venv ] || [ "$stage" = engine ]; }; then break; fi
 done
