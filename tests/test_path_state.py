@@ -35,11 +35,13 @@ def test_describe_reports_kind_owner_mode_and_content_hash(tmp_path):
         "group": GROUP,
         "mode": "0750",
         "sha1": "",
+        "target": "",
     }
     assert describe(str(text))["sha1"] == hashlib.sha1(b"HF_HOME=/data/hf\n").hexdigest()
     assert describe(str(text))["mode"] == "0644"
     # A link is described, not followed: writing through it is the file module's decision.
     assert describe(str(link))["kind"] == "link"
+    assert describe(str(link))["target"] == str(text)
     assert describe(str(tmp_path / "missing")) == {
         "exists": False,
         "kind": "absent",
@@ -47,6 +49,7 @@ def test_describe_reports_kind_owner_mode_and_content_hash(tmp_path):
         "group": "",
         "mode": "",
         "sha1": "",
+        "target": "",
     }
 
 
@@ -75,6 +78,7 @@ OBSERVED = {
         "group": "root",
         "mode": "0777",
         "sha1": "",
+        "target": "/opt/hf-loader/venv/bin/hf-train",
     },
 }
 
@@ -83,6 +87,7 @@ def test_nothing_to_fix_when_every_attribute_matches():
     wanted = wanted_paths(["/etc/hf-cache"], "directory", owner="root", group="root", mode="0755")
     wanted += wanted_paths([["/etc/hf-cache/hf.env", "aa"]], "file", owner="root", group="root", mode="644")
     wanted += wanted_paths(["/etc/hf-cache/token"], "absent")
+    wanted += wanted_paths([["/etc/hf-cache/link", "/opt/hf-loader/venv/bin/hf-train"]], "link")
     assert paths_to_fix(OBSERVED, wanted) == []
 
 
@@ -98,6 +103,8 @@ def test_nothing_to_fix_when_every_attribute_matches():
         ({"path": "/etc/hf-cache", "state": "file"}, "a folder where a file is wanted"),
         ({"path": "/etc/hf-cache/token", "sha1": "cc"}, "missing"),
         ({"path": "/etc/hf-cache/link", "sha1": "cc"}, "a link where a file is wanted"),
+        ({"path": "/etc/hf-cache/link", "state": "link", "src": "/usr/bin/true"}, "a link to elsewhere"),
+        ({"path": "/etc/hf-cache/hf.env", "state": "link", "src": "/usr/bin/true"}, "a file where a link is wanted"),
         ({"path": "/etc/hf-cache/hf.env", "state": "absent"}, "present where absent is wanted"),
         ({"path": "/etc/not-observed", "state": "absent"}, "not observed"),
     ],

@@ -27,23 +27,27 @@ def _differs(observed: dict, wanted: dict) -> bool:
         # A symbolic mode (u=rw) is left to the file module: it is never taken as equal.
         if not OCTAL_MODE.match(mode) or int(mode, 8) != int(observed.get("mode") or "0", 8):
             return True
+    if state == "link":
+        return "src" in wanted and wanted["src"] != observed.get("target")
     return state == "file" and "sha1" in wanted and wanted["sha1"] != observed.get("sha1")
 
 
 def wanted_paths(entries: list, state: str, **attributes) -> list[dict]:
-    """Paths (or [path, sha1] pairs, for files) to paths_to_fix's wanted entries, with the same attributes."""
+    """Paths, or [path, sha1] pairs for files and [path, src] pairs for links, to paths_to_fix's
+    wanted entries, each with the same attributes."""
     wanted = []
     for entry in entries:
-        path, sha1 = (entry, None) if isinstance(entry, str) else entry
-        wanted.append({"path": path, "state": state, **attributes, **({"sha1": sha1} if sha1 is not None else {})})
+        path, detail = (entry, None) if isinstance(entry, str) else entry
+        key = "src" if state == "link" else "sha1"
+        wanted.append({"path": path, "state": state, **attributes, **({key: detail} if detail is not None else {})})
     return wanted
 
 
 def paths_to_fix(observed: dict, wanted: list[dict]) -> list[dict]:
     """The wanted paths whose observed state (gpu_fleet.common.path_state's `paths`) differs.
 
-    Each wanted entry: path, state (file, directory or absent; file by default) and any of
-    owner, group, mode and a file's sha1. What is not given is not compared. A path that was
+    Each wanted entry: path, state (file, directory, link or absent; file by default) and any of
+    owner, group, mode, a file's sha1 and a link's src. What is not given is not compared. A path that was
     not observed, or that is a link where a file or folder is wanted, differs: the role's own
     file task then decides, as it did before there was a probe.
     """

@@ -29,8 +29,8 @@ RETURN = r"""
 paths:
   description: >-
     Path to its state: exists, kind (file, directory, link, other or absent), owner, group (names,
-    or the number where the account has no name), mode (four octal digits) and sha1 (regular files
-    that could be read; empty otherwise).
+    or the number where the account has no name), mode (four octal digits), sha1 (regular files
+    that could be read; empty otherwise) and target (what a link points to; empty otherwise).
   type: dict
   returned: always
 users: {description: Each name in I(users) to whether the account exists., type: dict, returned: always}
@@ -39,6 +39,7 @@ groups: {description: Each name in I(groups) to whether the group exists., type:
 
 import grp
 import hashlib
+import os
 import pwd
 import stat
 from pathlib import Path
@@ -78,7 +79,7 @@ def describe(path):
     try:
         info = Path(path).lstat()
     except FileNotFoundError:
-        return {"exists": False, "kind": "absent", "owner": "", "group": "", "mode": "", "sha1": ""}
+        return {"exists": False, "kind": "absent", "owner": "", "group": "", "mode": "", "sha1": "", "target": ""}
     kind = next((name for test, name in KINDS if test(info.st_mode)), "other")
     return {
         "exists": True,
@@ -87,6 +88,8 @@ def describe(path):
         "group": account_name(grp.getgrgid, info.st_gid),
         "mode": f"{stat.S_IMODE(info.st_mode):04o}",
         "sha1": content_sha1(path) if kind == "file" else "",
+        # Path.readlink needs Python 3.9; the hosts may run 3.8.
+        "target": os.readlink(path) if kind == "link" else "",
     }
 
 
