@@ -110,7 +110,7 @@ def test_nothing_to_fix_when_every_attribute_matches():
     ],
 )
 def test_a_difference_in_any_given_attribute_is_to_fix(wanted, why):
-    assert paths_to_fix(OBSERVED, [wanted]) == [wanted], why
+    assert paths_to_fix(OBSERVED, [wanted]) == [wanted["path"]], why
 
 
 def test_what_is_not_given_is_not_compared():

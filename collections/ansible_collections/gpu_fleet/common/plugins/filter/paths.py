@@ -43,15 +43,15 @@ def wanted_paths(entries: list, state: str, **attributes) -> list[dict]:
     return wanted
 
 
-def paths_to_fix(observed: dict, wanted: list[dict]) -> list[dict]:
-    """The wanted paths whose observed state (gpu_fleet.common.path_state's `paths`) differs.
+def paths_to_fix(observed: dict, wanted: list[dict]) -> list[str]:
+    """The paths of the wanted entries whose observed state (gpu_fleet.common.path_state's `paths`) differs.
 
     Each wanted entry: path, state (file, directory, link or absent; file by default) and any of
     owner, group, mode, a file's sha1 and a link's src. What is not given is not compared. A path that was
     not observed, or that is a link where a file or folder is wanted, differs: the role's own
     file task then decides, as it did before there was a probe.
     """
-    return [item for item in wanted if item["path"] not in observed or _differs(observed[item["path"]], item)]
+    return [item["path"] for item in wanted if item["path"] not in observed or _differs(observed[item["path"]], item)]
 
 
 class FilterModule:
