@@ -10,11 +10,14 @@ written by `datasets` and resolved offline exactly like ImageNet.
 Pipelines, same DataLoader settings (batch size, workers, no pinning), interleaved runs:
 - baseline: full PIL decode + torchvision RandomResizedCrop(224) + RandomHorizontalFlip +
   ToTensor + Normalize (float32 out), from the same Arrow rows;
-- hf_loader float: simplejpeg decode + crop + torch antialiased uint8 resize + flip +
-  normalize in the worker (float32 out, same meaning as the baseline);
+- hf_loader float: libjpeg-turbo decodes only the crop window + torch antialiased uint8
+  resize + flip + normalize in the worker (float32 out, same meaning as the baseline);
 - hf_loader uint8: the same, uint8 out; hf-train normalizes these on the device
-  (Composer microbatch transform after the move + the model's first module).
-Ratios are medians of --reps runs measured in this one process.
+  (Composer microbatch transform after the move + the model's first module);
+- hf_loader uint8 full: uint8 out, but simplejpeg decodes the whole image (crop_decode off):
+  what decoding only the window buys.
+Ratios are medians of --reps runs measured in this one process. The decode-only limit is one
+core fully decoding the same JPEGs with the fastest decoder found, nothing else.
 
 Run: make loader-bench   (or: .venvs/loader/bin/python bench/loader_bench.py [--quick])
 """
@@ -157,17 +160,23 @@ def bench_throughput(args, ds) -> dict:
         def baseline(workers=workers, common=common):
             return DataLoader(BaselineDataset(ds), shuffle=True, drop_last=True, **common)
 
-        def ours(output, workers=workers):
+        def ours(output, workers=workers, crop_decode=True):
             cfg = LoaderConfig(
                 batch_size=args.batch_size,
                 workers=workers,
                 pin_memory=False,
                 persistent_workers=False,
                 output=output,
+                crop_decode=crop_decode,
             )
             return lambda: build_dataloader(ds, True, cfg, rank=0, world_size=1)
 
-        pipes = {"baseline": baseline, "float": ours("float"), "uint8": ours("uint8")}
+        pipes = {
+            "baseline": baseline,
+            "float": ours("float"),
+            "uint8": ours("uint8"),
+            "uint8 full": ours("uint8", crop_decode=False),
+        }
         runs = {k: [] for k in pipes}
         firsts = {k: [] for k in pipes}
         per_cpu = {k: [] for k in pipes}
@@ -184,12 +193,41 @@ def bench_throughput(args, ds) -> dict:
             "images_per_s_all": runs,
             "images_per_cpu_s_median": med_cpu,
             "first_batch_s_median": {k: statistics.median(v) for k, v in firsts.items()},
-            "ratio_float": med["float"] / med["baseline"],
-            "ratio_uint8": med["uint8"] / med["baseline"],
-            "cpu_ratio_float": med_cpu["float"] / med_cpu["baseline"],
-            "cpu_ratio_uint8": med_cpu["uint8"] / med_cpu["baseline"],
+            "ratio": {k: med[k] / med["baseline"] for k in pipes},
+            "cpu_ratio": {k: med_cpu[k] / med_cpu["baseline"] for k in pipes},
         }
     return results
+
+
+def decode_limit(jpegs: list[bytes], reps: int) -> dict:
+    """Images/s on one core: full decode with each decoder, and the crop-window decode."""
+    import simplejpeg
+    from hf_loader import transforms
+    from hf_loader.transforms import random_resized_crop_params
+
+    crop = transforms.CROP_DECODER
+    rng = random.Random(0)
+    decoders = {"simplejpeg full": lambda b: simplejpeg.decode_jpeg(b, colorspace="RGB")}
+    decoders["PIL full"] = lambda b: np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+    if crop is not None:
+        decoders["libjpeg-turbo 3 full"] = lambda b: crop.decode(b, 0, 0, *crop.size(b))
+
+        def window(b):
+            return crop.decode(b, *random_resized_crop_params(*crop.size(b), rng))
+
+        decoders["libjpeg-turbo 3 crop window"] = window
+    out = {}
+    for name, fn in decoders.items():
+        best = float("inf")
+        for _ in range(max(reps, 3)):
+            t = time.perf_counter()
+            for b in jpegs:
+                fn(b)
+            best = min(best, time.perf_counter() - t)
+        out[name] = len(jpegs) / best
+    full = [v for k, v in out.items() if k.endswith("full")]
+    out["limit"] = max(full)
+    return out
 
 
 def time_to_first_batch(args, home: Path, dataset_id: str) -> dict:
@@ -380,22 +418,36 @@ def main() -> int:
         res = {"data": {"images": n, "quality": args.quality, "mean_kb": kb}}
         tp = bench_throughput(args, ds)
         res["throughput"] = tp
-        print("\ntrain loader images/s (wall, after the first batch)")
-        hdr = f"{'workers':>8} {'baseline':>10} {'float':>10} {'uint8':>10} {'x float':>8} {'x uint8':>8}"
-        print(hdr)
-        for w, r in tp.items():
-            m = r["images_per_s_median"]
+        names = ["baseline", "float", "uint8", "uint8 full"]
+        hdr = f"{'workers':>8}" + "".join(f"{n:>12}" for n in names)
+        hdr += "".join(f"{'x ' + n:>14}" for n in names[1:])
+        for title, key, ratio in (
+            ("train loader images/s (wall, after the first batch)", "images_per_s_median", "ratio"),
+            ("images per CPU-second (process + workers; robust to other load)", "images_per_cpu_s_median", "cpu_ratio"),
+        ):
+            print(f"\n{title}")
+            print(hdr)
+            for w, r in tp.items():
+                m = r[key]
+                print(
+                    f"{w:>8}"
+                    + "".join(f"{m[n]:>12.0f}" for n in names)
+                    + "".join(f"{r[ratio][n]:>13.2f}x" for n in names[1:])
+                )
+        limit = decode_limit(jpegs, args.reps)
+        res["decode_limit"] = limit
+        print("\ndecode only, one core, images/s (best of 3 passes over the same JPEGs)")
+        for name, ips in limit.items():
+            if name != "limit":
+                print(f"  {name:<30} {ips:>8.0f}")
+        two = tp.get(2)
+        if two:
+            ratio = two["ratio"]["uint8"]
             print(
-                f"{w:>8} {m['baseline']:>10.0f} {m['float']:>10.0f} {m['uint8']:>10.0f}"
-                f" {r['ratio_float']:>7.2f}x {r['ratio_uint8']:>7.2f}x"
-            )
-        print("images per CPU-second (process + workers; robust to other load)")
-        print(hdr)
-        for w, r in tp.items():
-            m = r["images_per_cpu_s_median"]
-            print(
-                f"{w:>8} {m['baseline']:>10.0f} {m['float']:>10.0f} {m['uint8']:>10.0f}"
-                f" {r['cpu_ratio_float']:>7.2f}x {r['cpu_ratio_uint8']:>7.2f}x"
+                f"\nCPU goal, uint8 at 2 workers >= 3x baseline: {ratio:.2f}x "
+                f"({'met' if ratio >= 3 else 'NOT met'}); decoding the whole image instead: "
+                f"{two['ratio']['uint8 full']:.2f}x; full-decode limit on 2 cores: "
+                f"{2 * limit['limit'] / two['images_per_s_median']['baseline']:.2f}x"
             )
         ttfb = time_to_first_batch(args, home, dataset_id)
         res["time_to_first_batch"] = ttfb

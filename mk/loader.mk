@@ -15,8 +15,9 @@ LOADER_TEST_STAMP := $(LOADER_VENV)/.test-$(shell cat $(LOADER_TEST_LOCK) 2>/dev
 LOADER_RUFF := $(if $(wildcard .venvs/controller/bin/ruff),.venvs/controller/bin/ruff,$(LOADER_BIN)/ruff)
 LOADER_RUFF_DEP := $(if $(wildcard .venvs/controller/bin/ruff),,$(LOADER_STAMP))
 LOADER_BENCH_ARGS ?=
+TRAIN_BENCH_ARGS ?=
 
-.PHONY: loader-venv loader-lint loader-test loader-bench
+.PHONY: loader-venv loader-lint loader-test loader-bench train-bench
 
 loader-venv: $(LOADER_STAMP) ## hf_loader venv (.venvs/loader) from requirements/loader-prod.txt
 
@@ -47,3 +48,6 @@ $(LOADER_BENCH_STAMP): $(LOADER_BENCH_LOCK) $(LOADER_STAMP)
 
 loader-bench: $(LOADER_BENCH_STAMP) ## loader benchmark: images/s vs baseline, first batch, check time
 	$(LOADER_BIN)/python bench/loader_bench.py $(LOADER_BENCH_ARGS)
+
+train-bench: $(LOADER_BENCH_STAMP) ## training images/s per device lever on a GPU ("no GPU" otherwise)
+	$(LOADER_BIN)/python bench/train_bench.py $(TRAIN_BENCH_ARGS)

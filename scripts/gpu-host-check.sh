@@ -9,14 +9,16 @@
 #            on it, offline;
 #   train    `hf-train` (ResNet-50, Composer Trainer.fit) on the GPU from that cache;
 #   launch   the same through Composer's launcher on every GPU of the host, with the
-#            command line of hf-train@.service and the launcher environment train.yml writes.
+#            command line of hf-train@.service and the launcher environment train.yml writes;
+#   speed    bench/train_bench.py: images/s on real and synthetic data and per device lever
+#            (not in the default STEPS: about ten minutes on one H200).
 #
 # Needs ansible-core (ansible-playbook on PATH) and the loader stack importable by
 # $PYTHON; hf_loader is taken from files/hf_loader/src. It changes nothing on the host
 # but /etc/ansible/facts.d/nvidia_driver.fact and $OUT_DIR.
 # Settings: OUT_DIR (gpu-check), PYTHON (python3), NVIDIA_DRIVER_BRANCH (580),
 # EXPECTED_GPUS (0 = any), TRAIN_IMAGES (4096), TRAIN_DURATION (2ep), BATCH_SIZE (256),
-# TRAIN_DEVICE (gpu), STEPS (driver capture cache train launch).
+# TRAIN_DEVICE (gpu), STEPS (driver capture cache train launch), SPEED_ARGS (speed's flags).
 # Exit status: the number of steps that failed; every step's log is in $OUT_DIR.
 set -u
 cd "$(dirname "$0")/.."
@@ -174,6 +176,13 @@ step_launch() {
         launch "$OUT_DIR/train-check.yaml" >"$OUT_DIR/launch.log" 2>&1 || { fail "composer launcher (launch.log)"; return; }
     grep -q 'hf-train: done' "$OUT_DIR/launch.log" || fail "the launched job did not say it was done"
     say "launcher on $gpus GPU(s): $((SECONDS - start)) s; last $(last_throughput "$OUT_DIR/launch.log")"
+}
+
+step_speed() {
+    # shellcheck disable=SC2086 # SPEED_ARGS is a list of flags
+    offline_env "$PYTHON" bench/train_bench.py ${SPEED_ARGS:-} >"$OUT_DIR/speed.log" 2>&1 ||
+        { fail "train bench (speed.log)"; return; }
+    sed -n '/^run /,$p' "$OUT_DIR/speed.log"
 }
 
 say "host: $(. /etc/os-release; echo "$PRETTY_NAME"), kernel $(uname -r), $(nvidia-smi -L 2>&1 | head -1)"

@@ -131,3 +131,41 @@ def test_dataspec_normalizes_uint8_on_device():
     assert x.dtype == torch.float32
     expected = (1.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
     assert np.allclose(x[0, :, 0, 0].numpy(), expected, atol=1e-5)
+
+
+def test_resize_keeps_hwc_memory_and_equals_interpolate():
+    from hf_loader.transforms import _resize_hwc
+
+    rng = np.random.default_rng(0)
+    for h, w in [(100, 130), (347, 409), (224, 224), (500, 90)]:
+        arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ours = _resize_hwc(arr, (224, 224))
+        chw = torch.from_numpy(arr).permute(2, 0, 1).unsqueeze(0).contiguous()
+        ref = torch.nn.functional.interpolate(
+            chw, size=(224, 224), mode="bilinear", antialias=True, align_corners=False
+        )[0]
+        assert torch.equal(ours, ref)
+        assert ours.permute(1, 2, 0).is_contiguous()  # HWC memory, CHW shape
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32], ids=str)
+@pytest.mark.parametrize("workers", [0, 2])
+def test_collate_nhwc_equals_default_collate(dtype, workers):
+    from torch.utils.data import DataLoader
+    from torch.utils.data._utils.collate import default_collate
+
+    from hf_loader.data import collate_nhwc
+
+    hwc = torch.arange(3 * 5 * 7, dtype=dtype).reshape(5, 7, 3).permute(2, 0, 1)
+    samples = [((hwc if i % 2 else hwc.contiguous()) + i, i) for i in range(8)]
+    expected = default_collate(samples)
+    batches = list(DataLoader(samples, batch_size=4, num_workers=workers, collate_fn=collate_nhwc))
+    assert torch.equal(torch.cat([x for x, _ in batches]), expected[0])
+    assert torch.equal(torch.cat([y for _, y in batches]), expected[1])
+    x = batches[0][0]
+    assert x.shape == (4, 3, 5, 7) and x.is_shared() == (workers > 0)  # written by the worker
+    # the layout follows the samples: uint8 HWC memory stacks as NHWC, CHW memory as NCHW
+    nhwc = DataLoader([(hwc, 0)] * 2, batch_size=2, collate_fn=collate_nhwc)
+    assert next(iter(nhwc))[0].is_contiguous(memory_format=torch.channels_last)
+    nchw = DataLoader([(hwc.contiguous(), 0)] * 2, batch_size=2, collate_fn=collate_nhwc)
+    assert next(iter(nchw))[0].is_contiguous()

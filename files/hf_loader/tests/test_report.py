@@ -121,11 +121,11 @@ def test_metrics_textfile(arrow_only, tmp_path, capsys):
             assert re.match(r"^# (HELP|TYPE) hf_cache_test_\w+ ", line)
             continue
         m = re.match(
-            r'^(hf_cache_test_\w+)\{dataset="([^"]+)",decoder="(\w+)",verdict="(\w+)"\} (\S+)$',
+            r'^(hf_cache_test_\w+)\{dataset="([^"]+)",decoder="([\w-]+)",verdict="(\w+)"\} (\S+)$',
             line,
         )
         assert m, line
-        assert m.group(2) == DATASET and m.group(3) in ("simplejpeg", "pil")
+        assert m.group(2) == DATASET and m.group(3) in ("libjpeg-turbo-crop", "simplejpeg", "pil")
         samples[m.group(1)] = float(m.group(5))
     assert samples["hf_cache_test_ready"] == 1.0 and samples["hf_cache_test_exit_code"] == 0.0
     assert samples["hf_cache_test_images_per_second"] > 0

@@ -37,6 +37,9 @@ def test_composer_resnet50_two_batches(arrow_only, tmp_path, no_network):
         def before_forward(self, state, logger):
             x, _ = state.batch
             seen.append((x.dtype, x.device.type, float(x.float().mean())))
+            layouts.append(x.is_contiguous(memory_format=torch.channels_last))
+
+    layouts = []
 
     first = {}
 
@@ -58,6 +61,9 @@ def test_composer_resnet50_two_batches(arrow_only, tmp_path, no_network):
     assert seen and all(d == torch.float32 and dev == "cpu" and abs(m) < 3 for d, dev, m in seen)
     w = trainer.state.model.module[1].conv1.weight
     assert not torch.equal(first["w"], w.detach())  # the optimizer stepped
+    # the device levers on by default: NHWC model and batches, the multi-tensor optimizer
+    assert w.is_contiguous(memory_format=torch.channels_last) and all(layouts)
+    assert type(trainer.state.optimizers[0]).__name__ == "ForeachDecoupledSGDW"
     assert not no_network
 
 
@@ -125,3 +131,58 @@ def test_composer_launcher_two_processes_cpu(arrow_only, tmp_path):
     rank1 = (tmp_path / "rank1.out").read_text()
     assert "rank 0 of 2, DistributedSampler with 6 samples, 2 batches" in p.stdout
     assert "rank 1 of 2, DistributedSampler with 6 samples, 2 batches" in rank1
+
+
+@pytest.mark.parametrize(
+    ("cpus", "gpus", "workers"),
+    [(96, 8, 11), (16, 1, 15), (256, 8, 16), (2, 1, 1), (4, 8, 1), (128, 0, 16)],
+)
+def test_auto_workers_share_the_cpus_between_gpus(cpus, gpus, workers):
+    assert train.auto_workers(cpus, gpus) == workers
+
+
+@pytest.mark.parametrize("bad", [-1, "eight", 2.5, True])
+def test_bad_workers_is_usage_error_before_loading(bad, capsys):
+    assert train.main(["--workers", json.dumps(bad), "--dataset", "none/none"]) == EXIT_USAGE
+    assert "workers must be a count" in capsys.readouterr().err
+
+
+def test_workers_auto_resolves_to_a_count(monkeypatch):
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+    assert train.resolve_workers("auto") == train.auto_workers(len(os.sched_getaffinity(0)), 1)
+    assert train.resolve_workers(3) == 3
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_foreach_sgdw_updates_equal_composers_to_the_bit(nesterov):
+    from composer.optim import DecoupledSGDW
+
+    from hf_loader.optim import ForeachDecoupledSGDW
+
+    def run(optimizer_class):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 4, 3),
+            torch.nn.BatchNorm2d(4),
+            torch.nn.Flatten(),
+            torch.nn.LazyLinear(2),
+        )
+        frozen = torch.nn.Parameter(torch.ones(3))  # no grad: skipped by both
+        model(torch.zeros(1, 3, 6, 6))
+        opt = optimizer_class(
+            [*model.parameters(), frozen],
+            lr=0.5,
+            momentum=0.875,
+            weight_decay=5e-5,
+            nesterov=nesterov,
+        )
+        for step in range(4):
+            opt.zero_grad()
+            x = torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(step))
+            model(x).square().mean().backward()
+            opt.param_groups[0]["lr"] = 0.5 / (step + 1)  # a schedule: decay follows lr/initial_lr
+            opt.step()
+        return [p.detach().clone() for p in [*model.parameters(), frozen]]
+
+    for ours, theirs in zip(run(ForeachDecoupledSGDW), run(DecoupledSGDW), strict=True):
+        assert torch.equal(ours, theirs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import os
 from dataclasses import dataclass
 
@@ -31,6 +33,31 @@ def _raw_images(ds, image_column: str):
     if isinstance(feat, datasets.Image) and feat.decode:
         ds = ds.cast_column(image_column, datasets.Image(decode=False))
     return ds
+
+
+def collate_nhwc(samples):
+    """`default_collate` for (CHW image, label) samples, uint8 images stored as NHWC.
+
+    The uint8 transforms return images in HWC memory order, so stacking them as NHWC is a
+    plain copy (NCHW would transpose every image); images in CHW memory stack as NCHW. The
+    batch keeps the NCHW shape every consumer expects, with channels-last strides;
+    `.to(device)` and `pin_memory` keep them. In a DataLoader worker the batch is written
+    straight into shared memory, as `default_collate` does, so it reaches the training
+    process without another copy.
+    """
+    images, labels = zip(*samples, strict=True)
+    first = images[0]
+    hwc = first.permute(1, 2, 0).is_contiguous()  # else CHW memory (float output): NCHW
+    if hwc:
+        images = [image.permute(1, 2, 0) for image in images]
+    shape = (len(images), *images[0].shape)
+    if torch.utils.data.get_worker_info() is not None:
+        storage = first.untyped_storage()._new_shared(first.element_size() * math.prod(shape))
+        batch = first.new_empty(0).set_(storage).view(shape)
+    else:
+        batch = first.new_empty(shape)
+    torch.stack(images, out=batch)
+    return [batch.permute(0, 3, 1, 2) if hwc else batch, torch.tensor(labels)]
 
 
 class HFImageDataset(torch.utils.data.Dataset):
@@ -102,6 +129,7 @@ class LoaderConfig:
     persistent_workers: bool = True
     prefetch_factor: int = 2
     output: str = "uint8"  # "uint8" (normalize on the device) or "float"
+    crop_decode: bool = True  # decode only the train crop's window (libjpeg-turbo 3, if found)
     crop_size: int = 224
     val_resize: int = 256
     drop_last_train: bool = True
@@ -131,7 +159,7 @@ def build_dataloader(
     rank = env_rank if rank is None else rank
     world_size = env_world if world_size is None else world_size
     transform = (
-        TrainTransform(cfg.crop_size, cfg.output, seed=cfg.seed + rank)
+        TrainTransform(cfg.crop_size, cfg.output, seed=cfg.seed + rank, crop_decode=cfg.crop_decode)
         if train
         else ValTransform(cfg.crop_size, cfg.val_resize, cfg.output)
     )
@@ -141,6 +169,7 @@ def build_dataloader(
         "num_workers": cfg.workers,
         "pin_memory": pin,
         "drop_last": train and cfg.drop_last_train,
+        "collate_fn": collate_nhwc,
     }
     if cfg.workers > 0:
         kwargs["persistent_workers"] = cfg.persistent_workers
@@ -180,15 +209,18 @@ def _seed_worker(worker_id: int) -> None:
         transform.rng.seed(torch.initial_seed() % (2**32) + worker_id)
 
 
-def make_dataspec(loader: DataLoader, normalize_on_device: bool = True):
+def make_dataspec(
+    loader: DataLoader, normalize_on_device: bool = True, channels_last: bool = False
+):
     """Composer DataSpec; uint8 batches are normalized after the move to the device.
 
     Composer applies `microbatch_transforms` after `batch_to_device`; the model built by
     `hf_loader.train.build_model` also normalizes uint8 input itself (a no-op on float).
+    `channels_last` hands the model NHWC batches (for a model in channels_last).
     """
     from composer.core import DataSpec
 
-    return DataSpec(
-        dataloader=loader,
-        microbatch_transforms=normalize_batch if normalize_on_device else None,
-    )
+    transform = None
+    if normalize_on_device:
+        transform = functools.partial(normalize_batch, channels_last=channels_last)
+    return DataSpec(dataloader=loader, microbatch_transforms=transform)

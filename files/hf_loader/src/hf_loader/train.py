@@ -33,7 +33,7 @@ DEFAULTS = {
     "num_classes": None,  # None: from the label ClassLabel
     "batch_size": 256,  # per device
     "eval_batch_size": 256,
-    "workers": 8,
+    "workers": "auto",  # auto: the CPUs this process may use per local GPU, less one, at most 16
     "crop_size": 224,
     "val_resize": 256,
     "output": "uint8",  # normalize on the device
@@ -47,6 +47,10 @@ DEFAULTS = {
     "label_smoothing": 0.1,
     "device": None,  # None: gpu if available else cpu
     "precision": None,  # None: amp_bf16 on gpu, fp32 on cpu
+    "channels_last": True,  # model and batches in NHWC (what cuDNN's tensor cores read)
+    "cudnn_benchmark": True,  # cuDNN times its algorithms for each new shape, keeps the fastest
+    "foreach_optimizer": True,  # DecoupledSGDW's update in multi-tensor kernels (same result)
+    "compile": False,  # torch.compile the model through Composer (compile_config); not measured
     "seed": 17,
     "save_folder": None,
     "save_interval": "1ep",
@@ -94,10 +98,32 @@ def build_config(argv: list[str] | None = None) -> dict:
     for key in ("max_duration", "eval_interval", "warmup", "save_interval"):
         if cfg[key] is not None:
             cfg[key] = str(cfg[key])
+    resolve_workers(cfg["workers"])  # a bad value is a usage error before anything is read
     return cfg
 
 
-def build_model(num_classes: int):
+def auto_workers(cpus: int, local_processes: int, cap: int = 16) -> int:
+    """DataLoader workers per training process: its share of the CPUs, one left for itself."""
+    return max(1, min(cap, cpus // max(1, local_processes) - 1))
+
+
+def resolve_workers(value) -> int:
+    """`workers` from the config: a count, or "auto" (see `auto_workers`)."""
+    if value == "auto":
+        import torch
+
+        local = os.environ.get("LOCAL_WORLD_SIZE")
+        processes = int(local) if local else max(1, torch.cuda.device_count())
+        return auto_workers(len(os.sched_getaffinity(0)), processes)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(
+            f"workers must be a count of 0 or more, or auto; got {value!r}",
+            remedy="set workers: auto (a share of the CPUs per GPU) or a number such as 8",
+        )
+    return value
+
+
+def build_model(num_classes: int, channels_last: bool = False):
     """torchvision ResNet-50 in a ComposerClassifier; uint8 input is normalized in forward."""
     import torch
     from composer.models import ComposerClassifier
@@ -114,6 +140,8 @@ def build_model(num_classes: int):
     module = torch.nn.Sequential(
         NormalizeOnDevice(), resnet50(weights=None, num_classes=num_classes)
     )
+    if channels_last:
+        module = module.to(memory_format=torch.channels_last)
     return ComposerClassifier(module=module, num_classes=num_classes)
 
 
@@ -137,6 +165,7 @@ def train(cfg: dict, **trainer_overrides):
     from composer.optim import CosineAnnealingWithWarmupScheduler, DecoupledSGDW
 
     from .data import LoaderConfig, build_dataloader, dist_env, make_dataspec
+    from .optim import ForeachDecoupledSGDW
     from .resolve import load_split, resolve
 
     rank, world = dist_env()
@@ -149,7 +178,7 @@ def train(cfg: dict, **trainer_overrides):
     train_ds = load_split(res, cfg["train_split"])
     num_classes = cfg["num_classes"] or _num_classes(train_ds)
     base = LoaderConfig(
-        workers=cfg["workers"],
+        workers=resolve_workers(cfg["workers"]),
         output=cfg["output"],
         crop_size=cfg["crop_size"],
         val_resize=cfg["val_resize"],
@@ -168,18 +197,21 @@ def train(cfg: dict, **trainer_overrides):
             rank,
             world,
         )
-        eval_spec = make_dataspec(eval_loader)
-    model = build_model(num_classes)
+        eval_spec = make_dataspec(eval_loader, channels_last=cfg["channels_last"])
+    model = build_model(num_classes, channels_last=cfg["channels_last"])
     if cfg["label_smoothing"]:
         model._loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
-    optimizer = DecoupledSGDW(
+    optimizer_class = ForeachDecoupledSGDW if cfg["foreach_optimizer"] else DecoupledSGDW
+    optimizer = optimizer_class(
         model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
     )
     device = cfg["device"] or ("gpu" if torch.cuda.is_available() else "cpu")
     precision = cfg["precision"] or ("amp_bf16" if device == "gpu" else "fp32")
+    if device == "gpu":
+        torch.backends.cudnn.benchmark = bool(cfg["cudnn_benchmark"])
     kwargs = {
         "model": model,
-        "train_dataloader": make_dataspec(train_loader),
+        "train_dataloader": make_dataspec(train_loader, channels_last=cfg["channels_last"]),
         "eval_dataloader": eval_spec,
         "eval_interval": cfg["eval_interval"],
         "eval_subset_num_batches": cfg["eval_subset_num_batches"],
@@ -194,6 +226,7 @@ def train(cfg: dict, **trainer_overrides):
         "run_name": cfg["run_name"],
         "progress_bar": cfg["progress_bar"],
         "log_to_console": cfg["log_to_console"],
+        "compile_config": {} if cfg["compile"] else None,
     }
     speed = [SpeedMonitor(window_size=int(cfg["speed_window"]))] if cfg["speed_window"] else []
     kwargs["callbacks"] = speed + list(trainer_overrides.pop("callbacks", []))
