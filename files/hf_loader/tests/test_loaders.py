@@ -154,7 +154,7 @@ def test_collate_nhwc_equals_default_collate(dtype, workers):
     from torch.utils.data import DataLoader
     from torch.utils.data._utils.collate import default_collate
 
-    from hf_loader.data import collate_nhwc
+    from hf_loader.batches import collate_nhwc
 
     hwc = torch.arange(3 * 5 * 7, dtype=dtype).reshape(5, 7, 3).permute(2, 0, 1)
     samples = [((hwc if i % 2 else hwc.contiguous()) + i, i) for i in range(8)]

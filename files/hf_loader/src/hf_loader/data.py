@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import math
 import os
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
+from .batches import RingCollate, collate_nhwc, release
 from .transforms import TrainTransform, ValTransform, normalize_batch
 
 
@@ -35,29 +35,16 @@ def _raw_images(ds, image_column: str):
     return ds
 
 
-def collate_nhwc(samples):
-    """`default_collate` for (CHW image, label) samples, uint8 images stored as NHWC.
+class HFDataLoader(DataLoader):
+    """A DataLoader whose workers reuse their shared-memory batch buffers (`hf_loader.batches`).
 
-    The uint8 transforms return images in HWC memory order, so stacking them as NHWC is a
-    plain copy (NCHW would transpose every image); images in CHW memory stack as NCHW. The
-    batch keeps the NCHW shape every consumer expects, with channels-last strides;
-    `.to(device)` and `pin_memory` keep them. In a DataLoader worker the batch is written
-    straight into shared memory, as `default_collate` does, so it reaches the training
-    process without another copy.
+    Yields what a DataLoader yields; each ring batch is copied out as it arrives (by the
+    pin-memory thread when pinning), which frees its buffer for the worker.
     """
-    images, labels = zip(*samples, strict=True)
-    first = images[0]
-    hwc = first.permute(1, 2, 0).is_contiguous()  # else CHW memory (float output): NCHW
-    if hwc:
-        images = [image.permute(1, 2, 0) for image in images]
-    shape = (len(images), *images[0].shape)
-    if torch.utils.data.get_worker_info() is not None:
-        storage = first.untyped_storage()._new_shared(first.element_size() * math.prod(shape))
-        batch = first.new_empty(0).set_(storage).view(shape)
-    else:
-        batch = first.new_empty(shape)
-    torch.stack(images, out=batch)
-    return [batch.permute(0, 3, 1, 2) if hwc else batch, torch.tensor(labels)]
+
+    def __iter__(self):
+        for batch in super().__iter__():
+            yield release(batch)
 
 
 class HFImageDataset(torch.utils.data.Dataset):
@@ -175,6 +162,8 @@ def build_dataloader(
         kwargs["persistent_workers"] = cfg.persistent_workers
         kwargs["prefetch_factor"] = cfg.prefetch_factor
         kwargs["worker_init_fn"] = _seed_worker
+        # enough buffers for the batches in flight, so a worker seldom finds none free
+        kwargs["collate_fn"] = RingCollate(slots=cfg.prefetch_factor + 2, workers=cfg.workers)
     if isinstance(ds, datasets.IterableDataset):
         stream = HFImageStream(
             ds,
@@ -186,7 +175,7 @@ def build_dataloader(
             shuffle_buffer=cfg.shuffle_buffer if train else 0,
             seed=cfg.seed,
         )
-        return DataLoader(stream, **kwargs)
+        return HFDataLoader(stream, **kwargs)
     mapds = HFImageDataset(ds, transform, cfg.image_column, cfg.label_column)
     if world_size > 1:
         sampler = DistributedSampler(
@@ -197,8 +186,8 @@ def build_dataloader(
             seed=cfg.seed,
             drop_last=train and cfg.drop_last_train,
         )
-        return DataLoader(mapds, sampler=sampler, **kwargs)
-    return DataLoader(mapds, shuffle=train, **kwargs)
+        return HFDataLoader(mapds, sampler=sampler, **kwargs)
+    return HFDataLoader(mapds, shuffle=train, **kwargs)
 
 
 def _seed_worker(worker_id: int) -> None:
