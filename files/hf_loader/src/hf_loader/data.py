@@ -117,6 +117,7 @@ class LoaderConfig:
     prefetch_factor: int = 2
     output: str = "uint8"  # "uint8" (normalize on the device) or "float"
     crop_decode: bool = True  # decode only the train crop's window (libjpeg-turbo 3, if found)
+    reuse_batch_memory: bool = True  # workers reuse a ring of shared batch buffers (x86_64)
     crop_size: int = 224
     val_resize: int = 256
     drop_last_train: bool = True
@@ -162,8 +163,9 @@ def build_dataloader(
         kwargs["persistent_workers"] = cfg.persistent_workers
         kwargs["prefetch_factor"] = cfg.prefetch_factor
         kwargs["worker_init_fn"] = _seed_worker
-        # enough buffers for the batches in flight, so a worker seldom finds none free
-        kwargs["collate_fn"] = RingCollate(slots=cfg.prefetch_factor + 2, workers=cfg.workers)
+        if cfg.reuse_batch_memory:
+            # enough buffers for the batches in flight, so a worker seldom finds none free
+            kwargs["collate_fn"] = RingCollate(slots=cfg.prefetch_factor + 2, workers=cfg.workers)
     if isinstance(ds, datasets.IterableDataset):
         stream = HFImageStream(
             ds,

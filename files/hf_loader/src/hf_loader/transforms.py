@@ -3,8 +3,8 @@
 Fast path (train): libjpeg-turbo decodes only the random-resized crop's window
 (`hf_loader.jpegcrop`), then torch's antialiased bilinear resize on uint8 (channels-last AVX
 path) + flip. Without libjpeg-turbo 3: simplejpeg decodes the whole image and the crop is a
-slice of it. The default output
-is uint8 CHW; normalization to float happens on the training device
+slice of it. The default output is uint8, CHW in shape and HWC in memory (collated as NHWC
+by `hf_loader.batches.collate_nhwc`); normalization to float happens on the training device
 (`normalize_batch`, used as Composer `device_transforms` by `hf_loader.data.make_dataspec`).
 `output="float"` returns the same normalized float tensor the torchvision-style pipeline
 returns, normalized in the worker.
@@ -95,7 +95,7 @@ def _resize_hwc(arr: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
     """Antialiased bilinear resize of an HWC uint8 array to a CHW uint8 tensor stored as HWC.
 
     The same pixels as `F.interpolate(..., mode="bilinear", antialias=True)`. The result keeps
-    the HWC memory order: the batch is collated as NHWC (`hf_loader.data.collate_nhwc`), which
+    the HWC memory order: the batch is collated as NHWC (`hf_loader.batches.collate_nhwc`), which
     is also what a channels-last model reads on the GPU.
     """
     t = _hwc_to_chw_view(torch.from_numpy(np.ascontiguousarray(arr)))
