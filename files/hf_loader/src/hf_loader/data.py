@@ -164,8 +164,9 @@ def build_dataloader(
         kwargs["prefetch_factor"] = cfg.prefetch_factor
         kwargs["worker_init_fn"] = _seed_worker
         if cfg.reuse_batch_memory:
-            # enough buffers for the batches in flight, so a worker seldom finds none free
-            kwargs["collate_fn"] = RingCollate(slots=cfg.prefetch_factor + 2, workers=cfg.workers)
+            # A worker has at most prefetch_factor batches in flight; one more buffer covers
+            # the batch the training process is copying out.
+            kwargs["collate_fn"] = RingCollate(slots=cfg.prefetch_factor + 1, workers=cfg.workers)
     if isinstance(ds, datasets.IterableDataset):
         stream = HFImageStream(
             ds,

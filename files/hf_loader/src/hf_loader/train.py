@@ -37,6 +37,8 @@ DEFAULTS = {
     "crop_size": 224,
     "val_resize": 256,
     "output": "uint8",  # normalize on the device
+    "crop_decode": True,  # decode only the random crop's window of each JPEG (libjpeg-turbo 3)
+    "reuse_batch_memory": True,  # workers reuse shared batch buffers (x86_64; see batches.py)
     "max_duration": "90ep",
     "eval_interval": "1ep",
     "eval_subset_num_batches": -1,
@@ -180,6 +182,8 @@ def train(cfg: dict, **trainer_overrides):
     base = LoaderConfig(
         workers=resolve_workers(cfg["workers"]),
         output=cfg["output"],
+        crop_decode=cfg["crop_decode"],
+        reuse_batch_memory=cfg["reuse_batch_memory"],
         crop_size=cfg["crop_size"],
         val_resize=cfg["val_resize"],
         seed=cfg["seed"],
