@@ -154,10 +154,19 @@ def test_workers_auto_resolves_to_a_count(monkeypatch):
 
 
 @pytest.mark.parametrize("nesterov", [False, True])
-def test_foreach_sgdw_updates_equal_composers_to_the_bit(nesterov):
+def test_foreach_sgdw_updates_equal_composers_to_the_bit(nesterov, monkeypatch):
     from composer.optim import DecoupledSGDW
 
     from hf_loader.optim import ForeachDecoupledSGDW
+
+    foreach_calls = []
+    foreach_add = torch._foreach_add_
+
+    def counted(*args, **kwargs):
+        foreach_calls.append(len(args[0]))
+        return foreach_add(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_foreach_add_", counted)
 
     def run(optimizer_class):
         torch.manual_seed(0)
@@ -184,5 +193,7 @@ def test_foreach_sgdw_updates_equal_composers_to_the_bit(nesterov):
             opt.step()
         return [p.detach().clone() for p in [*model.parameters(), frozen]]
 
-    for ours, theirs in zip(run(ForeachDecoupledSGDW), run(DecoupledSGDW), strict=True):
-        assert torch.equal(ours, theirs)
+    ours = run(ForeachDecoupledSGDW)
+    assert foreach_calls and max(foreach_calls) == 6  # all six trained tensors in one call
+    for mine, theirs in zip(ours, run(DecoupledSGDW), strict=True):
+        assert torch.equal(mine, theirs)
