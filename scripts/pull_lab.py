@@ -113,10 +113,28 @@ def ensure_plain_image() -> None:
 
 
 def bridge_gateway() -> str:
-    out = sh("docker", "network", "inspect", "bridge", "--format", "{{(index .IPAM.Config 0).Gateway}}").stdout.strip()
-    if not re.match(r"^\d+\.\d+\.\d+\.\d+$", out):
-        die(f"cannot read the docker bridge's gateway address (got {out!r})")
-    return out
+    """The default bridge's gateway: the address the containers reach this machine at.
+
+    Docker leaves IPAM's Gateway empty when its daemon adopts a bridge interface that already
+    exists (a daemon started again on the same machine, as CI does); the interface's own
+    address is the gateway then.
+    """
+    fields = sh(
+        "docker",
+        "network",
+        "inspect",
+        "bridge",
+        "--format",
+        '{{(index .IPAM.Config 0).Gateway}} {{index .Options "com.docker.network.bridge.name"}}',
+    ).stdout.split()
+    ipv4 = r"\d+\.\d+\.\d+\.\d+"
+    if fields and re.fullmatch(ipv4, fields[0]):
+        return fields[0]
+    interface = fields[-1] if fields else "docker0"
+    found = re.search(rf"inet ({ipv4})/", sh("ip", "-4", "-o", "addr", "show", interface, check=False).stdout)
+    if not found:
+        die(f"cannot read the docker bridge's gateway address (IPAM: {fields!r}, no IPv4 on {interface})")
+    return found.group(1)
 
 
 def free_port(address: str) -> int:
