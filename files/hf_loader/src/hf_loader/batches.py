@@ -36,16 +36,18 @@ _FREE, _IN_USE = 0, 1
 # keeps their mapping, so the next batch in the same buffer is found in PyTorch's shared-storage
 # cache instead of being mapped, faulted in and unmapped again.
 _MAPPED: dict[int, collections.deque] = {}
-_MAPPED = {}
 
 
 def _in_worker() -> bool:
     return torch.utils.data.get_worker_info() is not None
 
 
-def _new_shared(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-    storage = like.untyped_storage()._new_shared(like.element_size() * math.prod(shape))
-    return like.new_empty(0).set_(storage).view(shape)
+def _new_shared(shape: tuple[int, ...], like: torch.Tensor, extra_bytes: int = 0) -> torch.Tensor:
+    """A tensor of `shape` in new shared memory, with `extra_bytes` more after it."""
+    storage = like.untyped_storage()._new_shared(
+        like.element_size() * math.prod(shape) + extra_bytes
+    )
+    return like.new_empty(0).set_(storage, 0, shape)
 
 
 def collate_nhwc(samples, allocate=None):
@@ -129,9 +131,7 @@ class _Ring:
                 continue  # the training process has not copied that batch out yet
             buffer = self.buffers[slot]
             if buffer is None or buffer.shape != shape or buffer.dtype != like.dtype:
-                nbytes = like.element_size() * math.prod(shape)
-                storage = like.untyped_storage()._new_shared(nbytes + 1)
-                buffer = like.new_empty(0).set_(storage, 0, shape)
+                buffer = _new_shared(shape, like, extra_bytes=1)  # the flag byte
                 self.buffers[slot], self.flags[slot] = buffer, _flag(buffer)
             self.flags[slot][0] = _IN_USE
             self.slot = slot
