@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ansible_collections.gpu_fleet.common.plugins.module_utils.dataset_volume_logic import (
     assess,
+    fstab_in_place,
     mount_options,
     mounted_is_ours,
     source_kind,
@@ -17,4 +18,5 @@ class FilterModule:
             "dataset_volume_assess": assess,
             "dataset_volume_mount_options": mount_options,
             "dataset_volume_mounted_is_ours": mounted_is_ours,
+            "dataset_volume_fstab_in_place": fstab_in_place,
         }

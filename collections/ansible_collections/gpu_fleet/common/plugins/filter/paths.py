@@ -27,6 +27,11 @@ def _differs(observed: dict, wanted: dict) -> bool:
         # A symbolic mode (u=rw) is left to the file module: it is never taken as equal.
         if not OCTAL_MODE.match(mode) or int(mode, 8) != int(observed.get("mode") or "0", 8):
             return True
+    if "mode_set" in wanted:
+        # Bits that must be set whatever the others are (the file module's g+rwx).
+        bits = int(str(wanted["mode_set"]), 8)
+        if int(observed.get("mode") or "0", 8) & bits != bits:
+            return True
     if state == "link":
         return "src" in wanted and wanted["src"] != observed.get("target")
     return state == "file" and "sha1" in wanted and wanted["sha1"] != observed.get("sha1")
@@ -47,7 +52,8 @@ def paths_to_fix(observed: dict, wanted: list[dict]) -> list[str]:
     """The paths of the wanted entries whose observed state (gpu_fleet.common.path_state's `paths`) differs.
 
     Each wanted entry: path, state (file, directory, link or absent; file by default) and any of
-    owner, group, mode, a file's sha1 and a link's src. What is not given is not compared. A path that was
+    owner, group, mode, mode_set (octal bits that must be set, the others left alone), a file's
+    sha1 and a link's src. What is not given is not compared. A path that was
     not observed, or that is a link where a file or folder is wanted, differs: the role's own
     file task then decides, as it did before there was a probe.
     """

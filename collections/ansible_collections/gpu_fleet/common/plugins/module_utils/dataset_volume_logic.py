@@ -235,3 +235,13 @@ def mount_options(volume_type, read_only=False, extra=None, nfs_options=None, ti
     else:
         options.append(f"x-systemd.mount-timeout={int(timeout)}s")
     return ",".join(options)
+
+
+def fstab_in_place(entries, src, fstype, opts, dump, passno):
+    """Whether the probe's fstab entries for the mount point are exactly the one line
+    ansible.posix.mount would write (the fields compared as text, as the module compares them).
+
+    Several lines for one mount point, or any field that differs, leave the decision to the module.
+    """
+    wanted = {"src": str(src), "fstype": str(fstype), "opts": str(opts), "dump": str(dump), "passno": str(passno)}
+    return len(entries) == 1 and {key: str(entries[0].get(key, "")) for key in wanted} == wanted

@@ -8,8 +8,8 @@ short_description: Resolve a dataset volume source and probe it and its mount po
 description:
   - Resolves a block device source (path, by-id, UUID=, LABEL=, EBS volume id) to its /dev path and
     probes it with C(blkid -p), C(wipefs --no-act), C(lsblk) and a comparison of its first MiB with
-    C(/dev/zero). Describes the mount point (C(findmnt)), what a mount would hide, a bind source and
-    the accounts. Never writes anything.
+    C(/dev/zero). Describes the mount point (C(findmnt), its owner and mode, its fstab entries), what a
+    mount would hide, a bind source and the accounts. Never writes anything.
 options:
   source: {type: str, required: true, description: The source as configured.}
   type: {type: str, required: true, choices: [block, nfs, bind], description: Kind of source.}
@@ -18,6 +18,7 @@ options:
   expected_dirs: {type: list, elements: str, default: [], description: Folders looked for under the mount point.}
   owner: {type: str, default: root, description: Account that must exist.}
   group: {type: str, default: root, description: Group that must exist.}
+  fstab: {type: path, default: /etc/fstab, description: The fstab whose entries for the mount point are returned.}
 author: gpu-fleet maintainers
 """
 
@@ -39,6 +40,10 @@ mounted:
   description: What findmnt reports at the mount point; empty when nothing is mounted there.
   type: dict
   returned: always
+fstab_entries:
+  description: The fstab lines for the mount point, each as src, fstype, opts, dump and passno.
+  type: list
+  returned: always
 """
 
 import grp
@@ -59,14 +64,51 @@ from ansible_collections.gpu_fleet.common.plugins.module_utils.dataset_volume_lo
 FINDMNT_COLUMNS = "TARGET,SOURCE,FSTYPE,OPTIONS,FSROOT,MAJ:MIN,SIZE,AVAIL"
 
 
+def account_name(lookup, number):
+    try:
+        return lookup(number)[0]
+    except KeyError:
+        return str(number)
+
+
 def describe(path):
+    """Also in the shape of gpu_fleet.common.path_state (kind, owner, group, mode) for paths_to_fix."""
     try:
         info = Path(path).stat() if path else None
     except OSError:
         info = None
     if info is None:
-        return {"exists": False, "isdir": False, "dev": None, "inode": None}
-    return {"exists": True, "isdir": stat.S_ISDIR(info.st_mode), "dev": info.st_dev, "inode": info.st_ino}
+        return {"exists": False, "isdir": False, "dev": None, "inode": None, "kind": "absent", "owner": "", "group": "",
+                "mode": ""}  # fmt: skip
+    isdir = stat.S_ISDIR(info.st_mode)
+    return {
+        "exists": True,
+        "isdir": isdir,
+        "dev": info.st_dev,
+        "inode": info.st_ino,
+        "kind": "directory" if isdir else "other",
+        "owner": account_name(pwd.getpwuid, info.st_uid),
+        "group": account_name(grp.getgrgid, info.st_gid),
+        "mode": f"{stat.S_IMODE(info.st_mode):04o}",
+    }
+
+
+def fstab_entries(fstab, mount_point):
+    """The entries for mount_point as ansible.posix.mount compares them (its fields, octal escapes undone)."""
+    try:
+        lines = Path(fstab).read_text().splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 4 or fields[0].startswith("#"):
+            continue
+        if fields[1].replace("\\040", " ") != mount_point:
+            continue
+        dump, passno = (fields[4:6] + ["0", "0"])[:2]
+        entries.append({"src": fields[0], "fstype": fields[2], "opts": fields[3], "dump": dump, "passno": passno})
+    return entries
 
 
 def account_exists(lookup, name):
@@ -87,6 +129,7 @@ def main():
             "expected_dirs": {"type": "list", "elements": "str", "default": []},
             "owner": {"type": "str", "default": "root"},
             "group": {"type": "str", "default": "root"},
+            "fstab": {"type": "path", "default": "/etc/fstab"},
         },
         supports_check_mode=True,
     )
@@ -189,7 +232,13 @@ def main():
     missing = []
     if mounted:
         missing = [name for name in params["expected_dirs"] if not (Path(mount_point) / name).is_dir()]
-    result.update(mount_point=point, mounted=mounted, mount_point_entries=entries, expected_missing=missing)
+    result.update(
+        mount_point=point,
+        mounted=mounted,
+        mount_point_entries=entries,
+        expected_missing=missing,
+        fstab_entries=fstab_entries(params["fstab"], mount_point),
+    )
     module.exit_json(**result)
 
 

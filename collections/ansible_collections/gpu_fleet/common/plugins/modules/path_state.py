@@ -1,4 +1,4 @@
-"""Read-only: what a list of paths is on the host, in one call."""
+"""Read-only: what a list of paths, folders and read-only commands show on the host, in one call."""
 
 from __future__ import annotations
 
@@ -10,11 +10,23 @@ description:
     file's content. Links are described, not followed. Never writes anything.
   - A role observes the folders and files it manages with one call, decides on the controller with
     the C(gpu_fleet.common.paths_to_fix) filter, and runs its file tasks only for what differs.
-  - Also says whether accounts and groups exist, so that a role's preflight needs no other call.
+  - Also says whether accounts and groups exist, lists folders and runs the read-only commands a
+    role names (a package query, a venv's contents), so that a role observes its host in one call.
 options:
-  paths: {type: list, elements: path, required: true, description: Absolute paths to describe.}
+  paths: {type: list, elements: path, default: [], description: Absolute paths to describe.}
   users: {type: list, elements: str, default: [], description: Account names looked up (a role's owner).}
   groups: {type: list, elements: str, default: [], description: Group names looked up.}
+  listings:
+    type: list
+    elements: path
+    default: []
+    description: Folders whose regular files are listed (not recursively), as C(ansible.builtin.find) lists them.
+  commands:
+    type: dict
+    default: {}
+    description: >-
+      Name to argv of commands that only read (dpkg-query, a venv's Python listing its packages).
+      Each is run without a shell; a command that fails or is missing is reported, not an error.
 author: gpu-fleet maintainers
 """
 
@@ -35,12 +47,21 @@ paths:
   returned: always
 users: {description: Each name in I(users) to whether the account exists., type: dict, returned: always}
 groups: {description: Each name in I(groups) to whether the group exists., type: dict, returned: always}
+listings:
+  description: Each folder to its regular files (path, size, mtime); a missing folder lists none.
+  type: dict
+  returned: always
+commands:
+  description: Each command's name to its rc and stdout_lines (rc 127 when the program is missing).
+  type: dict
+  returned: always
 """
 
 import grp
 import hashlib
 import os
 import pwd
+import shutil
 import stat
 from pathlib import Path
 
@@ -93,16 +114,41 @@ def describe(path):
     }
 
 
+def listing(folder):
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError:
+        return []
+    return [
+        {"path": entry.path, "size": info.st_size, "mtime": info.st_mtime}
+        for entry in entries
+        if entry.is_file(follow_symlinks=False)
+        for info in [entry.stat(follow_symlinks=False)]
+    ]
+
+
+def run_read_only(module, argv):
+    # run_command fails the module on a missing program; a venv not yet made is an observation.
+    if not argv or shutil.which(str(argv[0])) is None:
+        return {"rc": 127, "stdout_lines": []}
+    rc, out, _ = module.run_command([str(word) for word in argv], environ_update={"LC_ALL": "C"})
+    return {"rc": rc, "stdout_lines": out.splitlines()}
+
+
 def main():
     module = AnsibleModule(
         argument_spec={
-            "paths": {"type": "list", "elements": "path", "required": True},
+            "paths": {"type": "list", "elements": "path", "default": []},
             "users": {"type": "list", "elements": "str", "default": []},
             "groups": {"type": "list", "elements": "str", "default": []},
+            "listings": {"type": "list", "elements": "path", "default": []},
+            "commands": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
-    relative = [path for path in module.params["paths"] if not Path(path).is_absolute()]
+    relative = [
+        path for path in module.params["paths"] + module.params["listings"] if not Path(path).is_absolute()
+    ]
     if relative:
         module.fail_json(msg=f"path_state needs absolute paths; got {', '.join(relative)}")
     module.exit_json(
@@ -110,6 +156,8 @@ def main():
         paths={path: describe(path) for path in module.params["paths"]},
         users={name: exists(pwd.getpwnam, name) for name in module.params["users"]},
         groups={name: exists(grp.getgrnam, name) for name in module.params["groups"]},
+        listings={folder: listing(folder) for folder in module.params["listings"]},
+        commands={name: run_read_only(module, argv) for name, argv in module.params["commands"].items()},
     )
 
 
