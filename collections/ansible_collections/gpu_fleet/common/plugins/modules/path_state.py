@@ -45,7 +45,12 @@ paths:
     that could be read; empty otherwise) and target (what a link points to; empty otherwise).
   type: dict
   returned: always
-users: {description: Each name in I(users) to whether the account exists., type: dict, returned: always}
+users:
+  description: >-
+    Each name in I(users) to exists, and for an account that exists its home, shell and primary
+    group (empty strings otherwise), as the user module compares them.
+  type: dict
+  returned: always
 groups: {description: Each name in I(groups) to whether the group exists., type: dict, returned: always}
 listings:
   description: Each folder to its regular files (path, size, mtime); a missing folder lists none.
@@ -77,12 +82,20 @@ def account_name(lookup, number):
         return str(number)
 
 
-def exists(lookup, name):
+def group_exists(name):
     try:
-        lookup(name)
+        grp.getgrnam(name)
     except KeyError:
         return False
     return True
+
+
+def account(name):
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        return {"exists": False, "home": "", "shell": "", "group": ""}
+    return {"exists": True, "home": entry.pw_dir, "shell": entry.pw_shell, "group": account_name(grp.getgrgid, entry.pw_gid)}
 
 
 def content_sha1(path):
@@ -154,8 +167,8 @@ def main():
     module.exit_json(
         changed=False,
         paths={path: describe(path) for path in module.params["paths"]},
-        users={name: exists(pwd.getpwnam, name) for name in module.params["users"]},
-        groups={name: exists(grp.getgrnam, name) for name in module.params["groups"]},
+        users={name: account(name) for name in module.params["users"]},
+        groups={name: group_exists(name) for name in module.params["groups"]},
         listings={folder: listing(folder) for folder in module.params["listings"]},
         commands={name: run_read_only(module, argv) for name, argv in module.params["commands"].items()},
     )
