@@ -243,3 +243,40 @@ def test_filters_are_the_logic():
     assert filters["dataset_volume_source_kind"]("LABEL=x") == "label"
     assert filters["dataset_volume_assess"] is logic.assess
     assert filters["dataset_volume_mounted_is_ours"] is logic.mounted_is_ours
+
+
+FSTAB_LINE = {"src": "UUID=f6f0", "fstype": "ext4", "opts": "noatime,rw,nofail", "dump": "0", "passno": "2"}
+
+
+@pytest.mark.parametrize(
+    ("entries", "in_place"),
+    [
+        ([FSTAB_LINE], True),
+        ([], False),
+        ([FSTAB_LINE, FSTAB_LINE], False),  # two lines for one mount point: the module decides
+        ([{**FSTAB_LINE, "opts": "noatime,ro,nofail"}], False),
+        ([{**FSTAB_LINE, "src": "UUID=0000"}], False),
+        ([{**FSTAB_LINE, "passno": "0"}], False),
+        ([{**FSTAB_LINE, "fstype": "xfs"}], False),
+    ],
+)
+def test_the_mount_module_is_skipped_only_for_exactly_its_own_line(entries, in_place):
+    assert logic.fstab_in_place(entries, "UUID=f6f0", "ext4", "noatime,rw,nofail", 0, 2) is in_place
+
+
+def test_probe_reads_the_fstab_entries_of_the_mount_point_as_the_mount_module_writes_them(tmp_path):
+    from ansible_collections.gpu_fleet.common.plugins.modules.dataset_volume_probe import fstab_entries
+
+    fstab = tmp_path / "fstab"
+    fstab.write_text(
+        "# /data/hf was on /dev/vdb\n"
+        "UUID=f6f0 /data/hf ext4 noatime,rw,nofail 0 2\n"
+        "UUID=aaaa /data/hf/sub ext4 defaults 0 2\n"
+        "server:/export /data/with\\040space nfs4 _netdev\n"
+    )
+    assert fstab_entries(str(fstab), "/data/hf") == [FSTAB_LINE | {"opts": "noatime,rw,nofail"}]
+    # Missing dump and passno read as 0, as mount(8) reads them; octal escapes are undone.
+    assert fstab_entries(str(fstab), "/data/with space") == [
+        {"src": "server:/export", "fstype": "nfs4", "opts": "_netdev", "dump": "0", "passno": "0"}
+    ]
+    assert fstab_entries(str(tmp_path / "missing"), "/data/hf") == []

@@ -136,9 +136,11 @@ def test_every_documented_tag_is_a_tag_of_the_role_and_back():
     readme = (ROLE / "README.md").read_text()
     documented = set(re.findall(r"`(nvidia_driver\w*)`", readme.split("\nTags: ", 1)[1].split("\n\n", 1)[0]))
     used = set()
-    for task in yaml.safe_load((ROLE / "tasks" / "main.yml").read_text()):
-        used.update(task.get("tags", []))
-        used.update(((task.get("ansible.builtin.include_tasks") or {}).get("apply") or {}).get("tags", []))
+    for tasks in ("main.yml", "gpu.yml"):
+        for task in yaml.safe_load((ROLE / "tasks" / tasks).read_text()):
+            used.update(task.get("tags", []))
+            include = task.get("ansible.builtin.include_tasks")
+            used.update(((include if isinstance(include, dict) else {}).get("apply") or {}).get("tags", []))
     assert documented == used
 
 

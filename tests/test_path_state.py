@@ -225,3 +225,48 @@ def test_hf_env_acts_only_on_what_differs_and_check_mode_stays_exact(tmp_path):
     assert len(acted_on(untokened)) == 4
     assert not (root / "etc/hf-cache/token").exists()
     assert "HF_TOKEN_PATH" not in environment.read_text()
+
+
+def test_mode_set_asks_only_for_its_bits():
+    observed = {
+        "/srv/metrics": {"exists": True, "kind": "directory", "owner": "root", "group": "trainer", "mode": "2775"}
+    }
+    wanted = {"path": "/srv/metrics", "state": "directory", "group": "trainer", "mode_set": "0070"}
+    assert paths_to_fix(observed, [wanted]) == []
+    observed["/srv/metrics"]["mode"] = "0755"  # the group may not write
+    assert paths_to_fix(observed, [wanted]) == ["/srv/metrics"]
+
+
+class FakeModule:
+    """What run_read_only needs of AnsibleModule: run_command, as the real one runs it."""
+
+    def run_command(self, argv, environ_update=None):
+        done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(environ_update or {})})
+        return done.returncode, done.stdout, done.stderr
+
+
+def test_listings_commands_and_accounts_are_observed_in_the_same_call(tmp_path):
+    from ansible_collections.gpu_fleet.common.plugins.modules.path_state import account, listing, run_read_only
+
+    (tmp_path / "b-1.0-py3-none-any.whl").write_bytes(b"wheel")
+    (tmp_path / "a.txt").write_text("x")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "link.whl").symlink_to(tmp_path / "a.txt")
+    files = listing(str(tmp_path))
+    # Regular files only, as ansible.builtin.find lists them by default.
+    assert [Path(f["path"]).name for f in files] == ["a.txt", "b-1.0-py3-none-any.whl"]
+    assert files[1]["size"] == 5 and files[1]["mtime"] == (tmp_path / "b-1.0-py3-none-any.whl").stat().st_mtime
+    assert listing(str(tmp_path / "missing")) == []
+
+    printed = run_read_only(FakeModule(), [sys.executable, "-c", "print('python3-venv installed')"])
+    assert printed == {"rc": 0, "stdout_lines": ["python3-venv installed"]}
+    assert run_read_only(FakeModule(), [sys.executable, "-c", "raise SystemExit(1)"])["rc"] == 1
+    # A venv not made yet is an observation, not a failure of the whole call.
+    assert run_read_only(FakeModule(), [str(tmp_path / "venv/bin/python"), "-c", "pass"]) == {
+        "rc": 127,
+        "stdout_lines": [],
+    }
+
+    me = pwd.getpwuid(os.getuid())
+    assert account(USER) == {"exists": True, "home": me.pw_dir, "shell": me.pw_shell, "group": GROUP}
+    assert account("no-such-account-here") == {"exists": False, "home": "", "shell": "", "group": ""}

@@ -106,7 +106,7 @@ def fstab_entries(fstab, mount_point):
             continue
         if fields[1].replace("\\040", " ") != mount_point:
             continue
-        dump, passno = (fields[4:6] + ["0", "0"])[:2]
+        dump, passno = [*fields[4:6], "0", "0"][:2]
         entries.append({"src": fields[0], "fstype": fields[2], "opts": fields[3], "dump": dump, "passno": passno})
     return entries
 

@@ -95,7 +95,8 @@ def account(name):
         entry = pwd.getpwnam(name)
     except KeyError:
         return {"exists": False, "home": "", "shell": "", "group": ""}
-    return {"exists": True, "home": entry.pw_dir, "shell": entry.pw_shell, "group": account_name(grp.getgrgid, entry.pw_gid)}
+    group = account_name(grp.getgrgid, entry.pw_gid)
+    return {"exists": True, "home": entry.pw_dir, "shell": entry.pw_shell, "group": group}
 
 
 def content_sha1(path):
@@ -159,9 +160,7 @@ def main():
         },
         supports_check_mode=True,
     )
-    relative = [
-        path for path in module.params["paths"] + module.params["listings"] if not Path(path).is_absolute()
-    ]
+    relative = [path for path in module.params["paths"] + module.params["listings"] if not Path(path).is_absolute()]
     if relative:
         module.fail_json(msg=f"path_state needs absolute paths; got {', '.join(relative)}")
     module.exit_json(
