@@ -54,7 +54,7 @@ lab-down: ## remove every lab container, loop device, volume image and file (lab
 lab-status: ## the lab hosts recorded in lab/state.json and whether they run
 	$(PYTHON) scripts/lab.py status
 
-bench-fleet: venv $(LAB_PYTHON_DEP) ## no-change rerun of site.yml on 10 lab hosts: defaults vs project settings
+bench-fleet: venv $(LAB_PYTHON_DEP) ## no-change rerun of site.yml on 10 lab hosts: defaults vs project settings (ansible-core, mitogen), the goals
 	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python bench/fleet_rerun.py --hosts $(BENCH_FLEET_HOSTS) \
 		--reps $(BENCH_FLEET_REPS) $(BENCH_FLEET_ARGS)
 
