@@ -54,6 +54,7 @@ import stat
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpu_fleet.common.plugins.module_utils.accounts import exists, ownership
 from ansible_collections.gpu_fleet.common.plugins.module_utils.dataset_volume_logic import (
     EBS_BY_ID_PREFIXES,
     ebs_by_id_matches,
@@ -62,13 +63,6 @@ from ansible_collections.gpu_fleet.common.plugins.module_utils.dataset_volume_lo
 )
 
 FINDMNT_COLUMNS = "TARGET,SOURCE,FSTYPE,OPTIONS,FSROOT,MAJ:MIN,SIZE,AVAIL"
-
-
-def account_name(lookup, number):
-    try:
-        return lookup(number)[0]
-    except KeyError:
-        return str(number)
 
 
 def describe(path):
@@ -87,9 +81,7 @@ def describe(path):
         "dev": info.st_dev,
         "inode": info.st_ino,
         "kind": "directory" if isdir else "other",
-        "owner": account_name(pwd.getpwuid, info.st_uid),
-        "group": account_name(grp.getgrgid, info.st_gid),
-        "mode": f"{stat.S_IMODE(info.st_mode):04o}",
+        **ownership(info),
     }
 
 
@@ -109,14 +101,6 @@ def fstab_entries(fstab, mount_point):
         dump, passno = [*fields[4:6], "0", "0"][:2]
         entries.append({"src": fields[0], "fstype": fields[2], "opts": fields[3], "dump": dump, "passno": passno})
     return entries
-
-
-def account_exists(lookup, name):
-    try:
-        lookup(name)
-    except KeyError:
-        return False
-    return True
 
 
 def main():
@@ -148,8 +132,8 @@ def main():
         "majmin": "",
         "size_bytes": 0,
         "ambiguous": [],
-        "owner_exists": account_exists(pwd.getpwnam, params["owner"]),
-        "group_exists": account_exists(grp.getgrnam, params["group"]),
+        "owner_exists": exists(pwd.getpwnam, params["owner"]),
+        "group_exists": exists(grp.getgrnam, params["group"]),
     }
 
     def run(argv):

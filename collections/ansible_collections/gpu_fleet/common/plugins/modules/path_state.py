@@ -71,23 +71,9 @@ import stat
 from pathlib import Path
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.gpu_fleet.common.plugins.module_utils.accounts import account_name, exists, ownership
 
 KINDS = ((stat.S_ISREG, "file"), (stat.S_ISDIR, "directory"), (stat.S_ISLNK, "link"))
-
-
-def account_name(lookup, number):
-    try:
-        return lookup(number)[0]
-    except KeyError:
-        return str(number)
-
-
-def group_exists(name):
-    try:
-        grp.getgrnam(name)
-    except KeyError:
-        return False
-    return True
 
 
 def account(name):
@@ -119,9 +105,7 @@ def describe(path):
     return {
         "exists": True,
         "kind": kind,
-        "owner": account_name(pwd.getpwuid, info.st_uid),
-        "group": account_name(grp.getgrgid, info.st_gid),
-        "mode": f"{stat.S_IMODE(info.st_mode):04o}",
+        **ownership(info),
         "sha1": content_sha1(path) if kind == "file" else "",
         # Path.readlink needs Python 3.9; the hosts may run 3.8.
         "target": os.readlink(path) if kind == "link" else "",
@@ -167,7 +151,7 @@ def main():
         changed=False,
         paths={path: describe(path) for path in module.params["paths"]},
         users={name: account(name) for name in module.params["users"]},
-        groups={name: group_exists(name) for name in module.params["groups"]},
+        groups={name: exists(grp.getgrnam, name) for name in module.params["groups"]},
         listings={folder: listing(folder) for folder in module.params["listings"]},
         commands={name: run_read_only(module, argv) for name, argv in module.params["commands"].items()},
     )
