@@ -20,6 +20,8 @@ import re
 from pathlib import PurePosixPath
 
 _SEPARATORS = re.compile(r"[-_.]+")
+# A pin's hashes on its line (--hash=sha256:...): what pip checks, not what it installs.
+_HASHES = re.compile(r"\s+--hash=\S+")
 
 
 def _normalised(requirement: str) -> str | None:
@@ -31,7 +33,7 @@ def _normalised(requirement: str) -> str | None:
 
 
 def missing_pins(lock_text: str, held: list[str]) -> list[str]:
-    """The lock's name==version lines (comments, blanks and options skipped) that `held` does not meet.
+    """The lock's name==version lines (comments, blanks, options and hashes skipped) that `held` does not meet.
 
     `held` is what the venv lists (name==version a line, as pip freeze prints it).
     """
@@ -39,6 +41,7 @@ def missing_pins(lock_text: str, held: list[str]) -> list[str]:
     have |= {pin.split("+", 1)[0] for pin in have}
     missing = []
     for line in lock_text.splitlines():
+        line = _HASHES.sub("", line)
         pin = _normalised(line.split("#", 1)[0])
         if pin and pin not in have:
             missing.append(line.strip())

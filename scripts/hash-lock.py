@@ -1,0 +1,180 @@
+#!/usr/bin/env python3
+"""Write `--hash=sha256:` onto every pin of a lock that hosts install from.
+
+    python3 scripts/hash-lock.py requirements/pull.txt requirements/loader-prod.txt
+    make lock-hashes                      # the same for both host locks
+
+Hosts install these locks with `pip install --require-hashes --only-binary :all:`, so
+that whoever serves the wheels (a plain-HTTP wheelhouse, a mirror, the path between)
+cannot hand a host their own build: pip refuses any file whose sha256 is not in the lock.
+
+The hashes are those of the wheels that scripts/build-wheelhouse.sh downloads, with the
+same pip and the same Python, ABI and manylinux flags, for every target Python (default
+3.11 and 3.13, as the wheelhouse): a binary package gets one hash per Python, a pure
+wheel one. The wheels are downloaded afresh into a temporary folder (or --wheelhouse),
+never taken from a wheelhouse that hosts are served from. Comments and the order of the
+lock are kept; a pin's old hashes are replaced. Exit 2 names a pin that got no wheel.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_WHEELHOUSE = ROOT / "scripts" / "build-wheelhouse.sh"
+DEFAULT_PYTHONS = ("3.11", "3.13")
+# A pin as the locks write it: name==version, then options (hashes) on the same line.
+PIN = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)==(?P<version>[^\s;#]+)(?P<rest>.*)$")
+# name-version(-build)?-python-abi-platform.whl (PEP 427); the name has "_" for "-".
+WHEEL = re.compile(r"^(?P<name>[^-]+)-(?P<version>[^-]+)(-\d[^-]*)?-[^-]+-[^-]+-[^-]+\.whl$")
+
+
+class LockError(Exception):
+    """A lock that cannot be hashed, with what to change."""
+
+
+def canonical(name: str) -> str:
+    """PEP 503: 'PyYAML' and 'ruamel.yaml' -> 'pyyaml', 'ruamel-yaml'."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+@dataclass
+class Pin:
+    name: str
+    version: str
+    hashes: set[str] = field(default_factory=set)
+
+
+def parse(text: str) -> list[str | Pin]:
+    """The lock as lines: comments and blanks as text, pins as Pin (their hashes dropped)."""
+    lines: list[str | Pin] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            lines.append(line)
+            continue
+        match = PIN.match(stripped)
+        if not match or stripped.endswith("\\"):
+            raise LockError(
+                f"line {number} ({stripped!r}) is not a name==version pin on one line: "
+                "a host lock holds exact pins only, each with its hashes on the same line"
+            )
+        rest = match["rest"].split()
+        unknown = [option for option in rest if not option.startswith("--hash=")]
+        if unknown:
+            raise LockError(f"line {number}: {' '.join(unknown)} is not a --hash option; remove it")
+        lines.append(Pin(match["name"], match["version"]))
+    return lines
+
+
+def render(lines: list[str | Pin]) -> str:
+    out = []
+    for line in lines:
+        if isinstance(line, Pin):
+            hashes = " ".join(f"--hash=sha256:{digest}" for digest in sorted(line.hashes))
+            out.append(f"{line.name}=={line.version} {hashes}")
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as wheel:
+        for block in iter(lambda: wheel.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def download(pins: list[Pin], pythons: list[str], wheelhouse: Path) -> None:
+    """build-wheelhouse.sh's download (its flags, its pip) of the plain pins, per Python."""
+    plain = wheelhouse / "plain-pins.txt"
+    plain.write_text("".join(f"{pin.name}=={pin.version}\n" for pin in pins))
+    env = dict(
+        os.environ,
+        WHEELHOUSE_DIR=str(wheelhouse),
+        WHEELHOUSE_LOCK=str(plain),
+        WHEELHOUSE_PYTHONS=" ".join(pythons),
+        WHEELHOUSE_PACKAGE="no",
+        # Only here: the pins are plain because their hashes are what this makes.
+        WHEELHOUSE_UNHASHED_LOCK="yes",
+    )
+    subprocess.run(["bash", str(BUILD_WHEELHOUSE)], cwd=ROOT, env=env, check=True)
+
+
+def hash_wheels(pins: list[Pin], pythons: list[str], wheelhouse: Path) -> None:
+    """Each pin gets the sha256 of its wheels in every Python's folder."""
+    by_name = {canonical(pin.name): pin for pin in pins}
+    for python in pythons:
+        folder = wheelhouse / f"cp{python.replace('.', '')}"
+        found = set()
+        for wheel in sorted(folder.glob("*.whl")):
+            match = WHEEL.match(wheel.name)
+            pin = by_name.get(canonical(match["name"])) if match else None
+            if pin is None:
+                continue  # a wheel of another lock in a reused --wheelhouse
+            if canonical(match["version"]) != canonical(pin.version) and match["version"] != pin.version:
+                continue
+            pin.hashes.add(sha256(wheel))
+            found.add(canonical(pin.name))
+        missing = sorted(set(by_name) - found)
+        if missing:
+            raise LockError(
+                f"no wheel for Python {python} of {', '.join(missing)} in {folder}: hosts install binaries only "
+                "(--only-binary :all:); pin a version that has a wheel for every target Python"
+            )
+
+
+def hash_lock(lock: Path, pythons: list[str], wheelhouse: Path | None) -> str:
+    lines = parse(lock.read_text())
+    pins = [line for line in lines if isinstance(line, Pin)]
+    if not pins:
+        raise LockError(f"{lock} holds no name==version pin")
+    with tempfile.TemporaryDirectory(prefix="hash-lock-") as scratch:
+        folder = wheelhouse or Path(scratch)
+        folder.mkdir(parents=True, exist_ok=True)
+        download(pins, pythons, folder)
+        hash_wheels(pins, pythons, folder)
+    return render(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("locks", nargs="+", type=Path, help="locks to rewrite in place")
+    parser.add_argument(
+        "--python", action="append", dest="pythons", help="target Python (repeat; default: 3.11 and 3.13)"
+    )
+    parser.add_argument(
+        "--wheelhouse", type=Path, help="download into this folder and keep it (default: a temporary one)"
+    )
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a lock is not as generated")
+    args = parser.parse_args(argv)
+    pythons = args.pythons or list(DEFAULT_PYTHONS)
+    stale = []
+    for lock in args.locks:
+        try:
+            text = hash_lock(lock, pythons, args.wheelhouse)
+        except LockError as error:
+            print(f"hash-lock: {lock}: {error}", file=sys.stderr)
+            return 2
+        if text == lock.read_text():
+            print(f"hash-lock: {lock}: up to date")
+        elif args.check:
+            stale.append(lock)
+            print(f"hash-lock: {lock}: hashes differ from the wheels; run python3 scripts/hash-lock.py {lock}")
+        else:
+            lock.write_text(text)
+            print(f"hash-lock: {lock}: hashes written")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
