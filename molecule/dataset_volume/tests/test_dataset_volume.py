@@ -82,14 +82,44 @@ def test_blank_image_was_formatted_and_mounted(host):
     assert "rw" in found["options"].split(",")
 
 
-def test_mount_point_belongs_to_the_training_user(host):
+def test_mount_point_is_roots_and_the_training_user_only_reads(host):
     root = host.file("/data/cache")
-    assert root.user == "trainer" and root.group == "trainer"
+    assert root.user == "root" and root.group == "trainer"
     assert root.mode == 0o750
-    host.check_output("su trainer -c 'touch /data/cache/written-by-trainer && rm /data/cache/written-by-trainer'")
+    host.check_output("runuser -u trainer -- ls /data/cache")
+    # A real attempt as the training user: no file, and no seeding state for root to act on.
+    for attempt in ("touch /data/cache/written-by-trainer", "mkdir /data/cache/.hf-seed"):
+        done = host.run(f"runuser -u trainer -- {attempt}")
+        assert done.rc != 0 and "Permission denied" in done.stderr, (attempt, done.stdout, done.stderr)
+    assert not host.file("/data/cache/written-by-trainer").exists
+    assert not host.file("/data/cache/.hf-seed").exists
     # The parent the role created is not given away.
     parent = host.file("/data")
     assert parent.user == "root" and parent.mode == 0o755
+
+
+def test_a_device_node_on_the_volume_cannot_be_opened(host):
+    """nodev: root makes /dev/null's twin on the volume (as a peer's rsync or a foreign volume could
+    bring one); opening it fails even for root."""
+    host.check_output("rm -f /data/cache/null-twin && mknod -m 0666 /data/cache/null-twin c 1 3")
+    try:
+        done = host.run("head -c 1 /data/cache/null-twin")
+        assert done.rc != 0 and "Permission denied" in done.stderr, (done.stdout, done.stderr)
+        assert host.run("head -c 1 /dev/null").rc == 0
+    finally:
+        host.check_output("rm -f /data/cache/null-twin")
+
+
+def test_a_setuid_binary_on_the_volume_does_not_elevate(host):
+    """nosuid: a root-owned setuid copy of id on the volume, run by the training user, still runs as
+    the training user (the same copy outside the volume would say uid 0)."""
+    host.check_output("install -o root -g root -m 4755 /usr/bin/id /data/cache/id-setuid")
+    try:
+        assert host.file("/data/cache/id-setuid").mode == 0o4755
+        uid = host.check_output("runuser -u trainer -- /data/cache/id-setuid -u")
+        assert uid == host.check_output("id -u trainer") and uid != "0"
+    finally:
+        host.check_output("rm -f /data/cache/id-setuid")
 
 
 def test_fstab_entry_is_by_uuid_with_nofail_and_timeout(host):
@@ -101,6 +131,7 @@ def test_fstab_entry_is_by_uuid_with_nofail_and_timeout(host):
     assert "nofail" in options
     assert "x-systemd.device-timeout=45s" in options
     assert "noatime" in options
+    assert options[:2] == ["nodev", "nosuid"]
 
 
 def test_fstab_entry_mounts_again_after_unmount(host):
@@ -144,7 +175,7 @@ def test_read_only_mount_is_read_only(host):
         assert host.file("/data/preloaded").user == "root"
     else:
         assert "rw" in options
-        assert host.file("/data/preloaded").user == "trainer"
+        assert host.file("/data/preloaded").user == "root"
 
 
 # --- bind and NFS ------------------------------------------------------------------------------
@@ -156,7 +187,38 @@ def test_bind_mount_shows_the_folder_read_only(host):
     assert host.file("/data/shared/hub/marker").content_string == "shared\n"
     assert host.run("touch /data/shared/x").rc != 0
     assert fstab_entry(host, "/data/shared")[:3] == ["/srv/shared-cache", "/data/shared", "none"]
-    assert fstab_entry(host, "/data/shared")[3].startswith("bind,")
+    assert fstab_entry(host, "/data/shared")[3].startswith("bind,nodev,nosuid,")
+    assert {"nodev", "nosuid"} <= set(found["options"].split(","))
+
+
+@pytest.mark.parametrize("target", ["/data/cache", "/data/preloaded", "/data/shared"])
+def test_every_mount_is_nodev_nosuid(host, target):
+    assert {"nodev", "nosuid"} <= set(mounted(host, target)["options"].split(","))
+
+
+def test_a_mount_without_nodev_nosuid_is_remounted_in_place(host):
+    """A volume mounted before this role set nodev,nosuid (entry and mount without them), and one
+    remounted by hand with dev,suid under a right entry: one converge remounts both in place
+    (no unmount, the same files), a second changes nothing."""
+    fields = fstab_entry(host, "/data/cache")
+    old_options = ",".join(o for o in fields[3].split(",") if o not in ("nodev", "nosuid"))
+    host.check_output(f"sed -i 's#{fields[3]}#{old_options}#' /etc/fstab")
+    host.check_output("mount -o remount,dev,suid /data/cache && mount -o remount,dev,suid /data/preloaded")
+    host.check_output("echo kept >/data/cache/kept-across-remount")
+    assert "nodev" not in mounted(host, "/data/cache")["options"].split(",")
+    try:
+        rc, output = run_converge(host)
+        assert rc == 0, output
+        assert "changed=0" not in output
+        for target in ("/data/cache", "/data/preloaded"):
+            assert {"nodev", "nosuid"} <= set(mounted(host, target)["options"].split(",")), target
+        assert fstab_entry(host, "/data/cache")[3] == fields[3]
+        assert host.file("/data/cache/kept-across-remount").content_string == "kept\n"
+        assert host.run(f"cd /data/preloaded && sha256sum --check --strict --quiet {STATE}/data.sha256").rc == 0
+        rc, output = run_converge(host)
+        assert rc == 0 and "changed=0" in output, output
+    finally:
+        host.check_output("rm -f /data/cache/kept-across-remount")
 
 
 def test_nfs_entry_has_the_v41_options(host):
@@ -164,7 +226,7 @@ def test_nfs_entry_has_the_v41_options(host):
     fields = fstab_entry(host, "/data/nfs")
     assert fields[:3] == ["nfs.example.internal:/export/hf", "/data/nfs", "nfs4"]
     options = fields[3].split(",")
-    for option in ["nfsvers=4.1", "hard", "proto=tcp", "ro", "_netdev", "nofail", "x-systemd.mount-timeout=30s"]:
+    for option in ["nfsvers=4.1", "hard", "proto=tcp", "ro", "nodev", "nosuid", "_netdev", "nofail"]:
         assert option in options
     assert fields[4:] == ["0", "0"]
     assert mounted(host, "/data/nfs") is None
@@ -252,6 +314,21 @@ def bad_inputs(host):
         ("system folder 2", {"source": dev["data"], "mount_point": "/srv/"}, ["system folder"]),
         ("mount point holds files", {"source": dev["data"], "mount_point": "/srv/shared-cache"}, ["would hide"]),
         ("no such owner", {"source": dev["data"], "owner": "nosuchuser", **x}, ["dataset_volume_owner"]),
+        (
+            "the training user owns the cache root",
+            {"source": dev["data"], "owner": "trainer", **x},
+            ["dataset_volume_owner", "must be root's", "dataset_volume_owner: root"],
+        ),
+        (
+            "the group may write the cache root",
+            {"source": dev["data"], "group": "trainer", "mode": "0775", **x},
+            ["dataset_volume_mode", "without group or other write"],
+        ),
+        (
+            "setuid asked for",
+            {"source": dev["data"], "mount_options": ["noatime", "suid"], **x},
+            ["dataset_volume_mount_options", "nodev,nosuid", "Remove them"],
+        ),
         ("nfs without export", {"type": "nfs", "source": "no-export-path", **x}, ["server:/export"]),
         ("unknown type", {"type": "lvm", "source": dev["data"], **x}, ["dataset_volume_type"]),
         (

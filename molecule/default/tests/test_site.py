@@ -78,6 +78,52 @@ def test_volume_is_mounted_from_the_image_that_holds_the_cache(host):
         assert host.file("/data/hf/datasets").is_directory
 
 
+def test_the_training_user_cannot_write_the_cache_or_plant_seeding_state(host):
+    """Issue 27: the cache root and everything in it are root's; the training user only reads.
+    Each write is a real attempt as trainer and must fail: a file in the root and in each cache
+    folder, and seeding state (<root>/.hf-seed/state.json, a link in its staging) that root's
+    publish would otherwise act on."""
+    assert host.check_output("find /data/hf -xdev ! -user root -printf '%p\\n' | head -n 5") == ""
+    folders = ["/data/hf", "/data/hf/hub"] + ([] if host.backend.host == READ_ONLY_HOST else ["/data/hf/datasets"])
+    for folder in folders:
+        attempt = host.run(f"runuser -u trainer -- touch {folder}/planted-by-trainer")
+        assert attempt.rc != 0, f"trainer wrote into {folder}"
+        assert not host.file(f"{folder}/planted-by-trainer").exists
+    plant = host.run(
+        "runuser -u trainer -- sh -c 'mkdir -p /data/hf/.hf-seed/staging"
+        " && echo verified >/data/hf/.hf-seed/state.json"
+        " && ln -s /etc /data/hf/.hf-seed/staging/hub'"
+    )
+    assert plant.rc != 0, "trainer planted seeding state"
+    seed_state = host.file("/data/hf/.hf-seed")
+    assert not seed_state.exists or (seed_state.user == "root" and not seed_state.is_symlink)
+    state_file = host.file("/data/hf/.hf-seed/state.json")
+    assert not state_file.exists or state_file.user == "root"
+    # nodev,nosuid: a device node or setuid binary a peer or a seed put there stays inert.
+    options = host.mount_point("/data/hf").options
+    assert "nodev" in options and "nosuid" in options, options
+
+
+def test_a_reader_streams_a_root_owned_cache_without_writing(host):
+    """The training user, in a login shell (no unit sandbox), on a root-owned writable cache
+    with no Arrow copy it may use (an empty root-owned datasets folder): conversion is allowed
+    but the cache is not this user's, so the hub snapshot is streamed; the lock `datasets`
+    takes to stream goes to the reader's own folder, and nothing in either cache changes."""
+    if host.backend.host == READ_ONLY_HOST:
+        pytest.skip("the read-only host streams its hub snapshot in every cache test already")
+    host.check_output("install -d -o root -g root -m 0755 /var/lib/root-datasets-cache")
+    listing = "find /data/hf /var/lib/root-datasets-cache -printf '%p %y %s %T@ %m %u\\n' | sort | sha256sum"
+    before = host.check_output(listing)
+    done = host.run(
+        "su - trainer -c 'HF_DATASETS_CACHE=/var/lib/root-datasets-cache"
+        " hf-cache-test --allow-convert --batches 1 --batch-size 4 --workers 0 --json'"
+    )
+    assert done.rc == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert (report["resolution"]["source"], report["resolution"]["mode"]) == ("hub", "streaming"), report
+    assert host.check_output(listing) == before
+
+
 def test_the_cache_test_runs_from_its_settings_and_gates_training(host):
     settings = host.file("/etc/hf-loader/cache-test.yaml").content_string
     assert "report: " + json.dumps(REPORT) in settings

@@ -84,9 +84,10 @@ def test_nothing_switches_offline_mode_off(host):
         ("/etc/profile.d/hf-cache.sh", "root", 0o644),
         ("/etc/environment.d/60-hf-cache.conf", "root", 0o644),
         (TOKEN_FILE, "trainer", 0o600),
-        (CACHE_ROOT, "trainer", 0o755),
-        (f"{CACHE_ROOT}/hub", "trainer", 0o755),
-        (f"{CACHE_ROOT}/datasets", "trainer", 0o755),
+        # The cache is root's although hf_env_owner names trainer (the token's reader).
+        (CACHE_ROOT, "root", 0o755),
+        (f"{CACHE_ROOT}/hub", "root", 0o755),
+        (f"{CACHE_ROOT}/datasets", "root", 0o755),
     ],
 )
 def test_owners_and_modes(host, path, owner, mode):
@@ -94,6 +95,13 @@ def test_owners_and_modes(host, path, owner, mode):
     assert target.exists
     assert target.user == owner
     assert target.mode == mode
+
+
+@pytest.mark.parametrize("folder", [CACHE_ROOT, f"{CACHE_ROOT}/hub", f"{CACHE_ROOT}/datasets"])
+def test_the_training_user_cannot_write_the_cache(host, folder):
+    attempt = host.run(f"runuser -u trainer -- touch {folder}/planted-by-trainer")
+    assert attempt.rc != 0 and "Permission denied" in attempt.stderr, attempt.stdout + attempt.stderr
+    assert not host.file(f"{folder}/planted-by-trainer").exists
 
 
 def test_token_is_written_and_never_printed(host):
