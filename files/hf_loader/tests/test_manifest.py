@@ -140,15 +140,14 @@ def test_manifest_of_a_hub_snapshot(hub_only, out, capsys):
     for blob in blobs:
         e = entries[rel(hub_only, blob)]
         assert e["sha256"] == sha256(blob) and e["size"] == blob.stat().st_size
-        lfs = len(blob.name) == 64
-        assert e["sha256_from"] == ("blob_name" if lfs else "content")
-        if lfs:
+        assert e["sha256_from"] == "content"  # hashed, the blob's name only checked
+        if len(blob.name) == 64:
             assert e["sha256"] == blob.name
     ref = entries[f"{rel(hub_only, repo)}/refs/main"]
     assert ref["sha256"] == sha256(repo / "refs" / "main")
     assert set(entries) == {rel(hub_only, p) for p in [*links, *blobs, repo / "refs" / "main"]}
     assert m["totals"]["files"] == 6 and m["totals"]["symlinks"] == 5
-    assert m["totals"]["hashed_files"] == 2  # refs/main and the card's git-named blob
+    assert m["totals"]["hashed_files"] == 6  # every file, blobs included
     assert tree_state(hub_only) == before
 
 
@@ -434,3 +433,46 @@ def test_read_only_cache_is_manifested_and_verified_unchanged(layout, request, o
     assert json.loads(out.read_text())["totals"]["files"] > 0
     assert '"files_hashed"' in done.stdout
     assert tree_state(home) == before
+
+
+def test_blob_whose_content_does_not_match_its_name_is_refused(hub_only, out, capsys):
+    """A manifest's hashes come from content: a same-size blob with other bytes under an LFS
+    blob's name (sha256) is refused at write, never recorded under the name."""
+    blob = next(
+        p for p in (snapshot_dir(hub_only).parent.parent / "blobs").iterdir() if len(p.name) == 64
+    )
+    flip_byte(blob)
+    code, doc = write(capsys, out)
+    assert code == 4, doc
+    (problem,) = doc["error"]["problems"]
+    assert blob.name in problem and "not the" in problem and "it is named by" in problem
+    assert not out.exists()
+
+
+def test_control_characters_in_names_are_refused_at_write(arrow_only, out, capsys):
+    hash_dir = next(p.parent for p in (arrow_only / "datasets").rglob("dataset_info.json"))
+    (hash_dir / "evil\nname.arrow").write_bytes(b"x")
+    code, doc = write(capsys, out)
+    assert code == 4, doc
+    assert any("control character" in p for p in doc["error"]["problems"])
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("where", ["path", "target"])
+@pytest.mark.parametrize("char", ["\n", "\x1b", "\x7f", "\x9b"])
+def test_control_characters_in_a_manifest_are_refused(hub_only, out, where, char, capsys):
+    """A hand-edited (or hostile) manifest with a control character in a path or a link
+    target is invalid (exit 8) before anything is read or copied."""
+    assert write(capsys, out)[0] == 0
+    doc = json.loads(out.read_text())
+    entry = next(e for e in doc["entries"] if e["type"] == "symlink")
+    if where == "path":
+        entry["path"] += f"{char}x"
+    else:
+        entry["target"] += f"{char}x"
+    out.write_text(json.dumps(doc))
+    code, answer = verify(capsys, out)
+    assert code == 8, answer
+    assert "control character" in answer["error"]["message"]
+    with pytest.raises(mf.ManifestError, match="control character"):
+        mf.load_manifest(out)

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import threading
@@ -210,7 +211,7 @@ def test_an_upstream_that_failed_or_holds_another_copy_is_refused(both, manifest
 
 def test_publish_without_a_verified_copy_is_refused(manifest, tmp_path, capsys):
     code, out = seed_cli(capsys, "publish", "--manifest", str(manifest), "--root", str(tmp_path))
-    assert code == 10 and "no verified copy" in out["error"]["message"]
+    assert code == 10 and "holds no copy of this manifest" in out["error"]["message"]
 
 
 def test_an_unreachable_upstream_fails_with_exit_9(manifest, tmp_path, capsys):
@@ -265,3 +266,285 @@ def test_console_script_is_declared_and_usage_is_exit_2(capsys):
     assert 'hf-cache-seed = "hf_loader.cacheseed:main"' in scripts
     assert main(["pull", "--root", "/tmp"]) == 2  # --manifest and --from are required
     assert "--manifest" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ attacks (issue 27)
+
+ATTACKER = 4242  # another account's uid: the training user, say
+
+
+def modes(*paths: Path) -> dict[str, tuple[int, int, int]]:
+    return {
+        str(p): (os.lstat(p).st_mode & 0o7777, os.lstat(p).st_uid, os.lstat(p).st_gid)
+        for p in paths
+    }
+
+
+@pytest.fixture
+def published(both, manifest, tmp_path, capsys) -> Path:
+    """A root holding a published copy (pulled from `both`, then published)."""
+    target = tmp_path / "target"
+    target.mkdir()
+    assert pull_cli(capsys, manifest, target, f"{both}/")[0] == 0
+    assert seed_cli(capsys, "publish", "--manifest", str(manifest), "--root", str(target))[0] == 0
+    return target
+
+
+@pytest.fixture
+def secrets(tmp_path) -> list[Path]:
+    """What an attacker wants root to open up: a 0700 folder holding a 0600 key."""
+    folder = tmp_path / "elsewhere" / "secret"
+    folder.mkdir(parents=True, mode=0o700)
+    key = folder / "id_ed25519"
+    key.write_text("PRIVATE")
+    key.chmod(0o600)
+    return [folder, key]
+
+
+def plant_staging(seed: sd.SeedRoot, doc: dict, secret: Path, owner: int) -> None:
+    """An attacker's seeding folder: state.json says verified, and each dataset folder of
+    staging is a symlink to the secret folder (the review's attack)."""
+    seed.dir.mkdir(exist_ok=True)
+    (seed.dir / "state.json").write_text(
+        json.dumps(
+            {"state": "verified", "manifest_id": sd.manifest_id(doc), "where": ".hf-seed/staging"}
+        )
+    )
+    for top in doc["roots"]:
+        link = seed.staging / top
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(secret)
+    for dirpath, dirs, files in os.walk(seed.dir):
+        for name in [*dirs, *files]:
+            os.lchown(Path(dirpath, name), owner, owner)
+    os.lchown(seed.dir, owner, owner)
+
+
+@pytest.mark.parametrize("how", ["another_owner", "group_writable", "symlinked_folder"])
+def test_planted_seeding_folder_never_steers_publish(
+    how, published, manifest, secrets, tmp_path, capsys
+):
+    """The review's attack: the training account plants R/.hf-seed (state.json `verified`,
+    a symlink in staging). publish refuses before touching anything: the secret keeps its
+    modes, no symlink is published and the verified copy stays."""
+    doc = mf.load_manifest(manifest)
+    seed = sd.SeedRoot(published)
+    shutil.rmtree(seed.dir)
+    if how == "symlinked_folder":  # R/.hf-seed -> a folder of the attacker's
+        theirs = sd.SeedRoot(tmp_path / "attacker")
+        theirs.root.mkdir()
+        plant_staging(theirs, doc, secrets[0], ATTACKER)
+        seed.dir.symlink_to(theirs.dir)
+    else:
+        plant_staging(seed, doc, secrets[0], ATTACKER if how == "another_owner" else 0)
+        if how == "group_writable":
+            seed.dir.chmod(0o775)
+    before = modes(*secrets)
+    code, out = seed_cli(capsys, "publish", "--manifest", str(manifest), "--root", str(published))
+    assert code == 5, out
+    assert out["error"]["kind"] == "unsafe_path" and out["error"]["path"] == str(seed.dir)
+    assert "rm -rf" in out["error"]["remedy"]
+    assert modes(*secrets) == before
+    for top in doc["roots"]:
+        assert not (published / top).is_symlink()
+    assert mf.verify_manifest(doc, mf.CacheRoots.under(published), deep=True).ok
+    # prepare, pull and status --record refuse it the same way
+    for args in (["prepare"], ["status", "--record"], ["pull", "--from", f"{published}/"]):
+        code, out = seed_cli(
+            capsys, args[0], "--manifest", str(manifest), "--root", str(published), *args[1:]
+        )
+        assert code == 5 and out["error"]["kind"] == "unsafe_path", (args, out)
+    assert modes(*secrets) == before
+
+
+def test_cache_root_of_another_account_is_refused(manifest, tmp_path, capsys):
+    root = tmp_path / "theirs"
+    root.mkdir()
+    os.chown(root, ATTACKER, ATTACKER)
+    code, out = seed_cli(capsys, "prepare", "--manifest", str(manifest), "--root", str(root))
+    assert code == 5 and out["error"]["path"] == str(root), out
+    assert "chown root:root" in out["error"]["remedy"]
+    assert not (root / ".hf-seed").exists()
+
+
+@pytest.mark.parametrize("where", ["dataset_folder", "inside", "linked_subfolder"])
+def test_symlinks_in_root_owned_staging_are_neither_followed_nor_published(
+    where, both, manifest, secrets, tmp_path, capsys
+):
+    """Staging as a compromised peer could leave it (root's own folder): a dataset folder
+    that is a symlink, a symlink leading out, a linked folder holding a file of the
+    manifest. publish refuses without chmod/chown through the link; the published copy
+    stays, and the link is gone from staging."""
+    doc = mf.load_manifest(manifest)
+    target = tmp_path / "target"
+    target.mkdir()
+    assert pull_cli(capsys, manifest, target, f"{both}/")[0] == 0
+    assert seed_cli(capsys, "publish", "--manifest", str(manifest), "--root", str(target))[0] == 0
+    assert pull_cli(capsys, manifest, target, f"{both}/")[0] == 0  # staging verified again
+    seed = sd.SeedRoot(target)
+    hub_top = next(t for t in doc["roots"] if t.startswith("hub/"))
+    arrow = next(e for e in doc["entries"] if e["path"].endswith(".arrow"))
+    if where == "dataset_folder":
+        shutil.rmtree(seed.staging / hub_top)
+        (seed.staging / hub_top).symlink_to(secrets[0])
+        bad = seed.staging / hub_top
+    elif where == "inside":
+        bad = seed.staging / hub_top / "evil"
+        bad.symlink_to(secrets[0])
+    else:  # the arrow file's folder replaced by a link to a folder holding the same file
+        folder = (seed.staging / arrow["path"]).parent
+        shutil.copy2(folder / Path(arrow["path"]).name, secrets[0] / Path(arrow["path"]).name)
+        os.chmod(secrets[0] / Path(arrow["path"]).name, 0o600)
+        secrets.append(secrets[0] / Path(arrow["path"]).name)
+        shutil.rmtree(folder)
+        folder.symlink_to(secrets[0])
+        bad = folder
+    before = modes(*secrets)
+    published_before = copy_of(target, doc)
+    code, out = seed_cli(capsys, "publish", "--manifest", str(manifest), "--root", str(target))
+    assert code in (5, 10), out
+    assert modes(*secrets) == before
+    assert copy_of(target, doc) == published_before
+    for top in doc["roots"]:
+        assert not (target / top).is_symlink()
+    assert not os.path.lexists(bad) or not bad.is_symlink()
+    assert mf.verify_manifest(doc, mf.CacheRoots.under(target), deep=True).ok
+
+
+def test_same_size_poisoned_file_from_an_upstream_is_refused(both, manifest, tmp_path, capsys):
+    """A compromised peer sends a file of the right size with other bytes: the pull hashes
+    what arrived, removes it, names the file and the peer (exit 10); another source then
+    completes the copy."""
+    doc = mf.load_manifest(manifest)
+    poisoned = tmp_path / "poisoned"
+    shutil.copytree(both, poisoned, symlinks=True)
+    arrow = next(e["path"] for e in doc["entries"] if e["path"].endswith(".arrow"))
+    flip_byte(poisoned / arrow)
+    target = tmp_path / "target"
+    target.mkdir()
+    code, out = pull_cli(capsys, manifest, target, f"{poisoned}/", "--attempts", "1")
+    assert code == 10, out
+    assert arrow in out["error"]["message"] and str(poisoned) in out["error"]["message"]
+    assert "sha256" in out["error"]["message"]
+    assert not (target / ".hf-seed" / "staging" / arrow).exists()
+    assert sd.SeedRoot(target).read_state().state == "failed"
+    code, out = seed_cli(capsys, "publish", "--manifest", str(manifest), "--root", str(target))
+    assert code == 10 and not (target / arrow).exists()
+    code, out = pull_cli(capsys, manifest, target, f"{both}/")
+    assert code == 0, out
+    assert seed_cli(capsys, "publish", "--manifest", str(manifest), "--root", str(target))[0] == 0
+    assert mf.verify_manifest(doc, mf.CacheRoots.under(target), deep=True).ok
+
+
+def test_publish_hashes_every_file_itself(both, manifest, tmp_path, capsys):
+    """A byte flipped in staging after the pull said `verified` (state.json is not
+    trusted): publish names it, removes it from staging, publishes nothing; the next pull
+    copies that one file again."""
+    doc = mf.load_manifest(manifest)
+    target = tmp_path / "target"
+    target.mkdir()
+    assert pull_cli(capsys, manifest, target, f"{both}/")[0] == 0
+    assert sd.SeedRoot(target).read_state().state == "verified"
+    blob = next(e["path"] for e in doc["entries"] if "/blobs/" in e["path"])
+    flip_byte(target / ".hf-seed" / "staging" / blob)
+    code, out = seed_cli(capsys, "publish", "--manifest", str(manifest), "--root", str(target))
+    assert code == 10 and blob in out["error"]["message"] and "sha256" in out["error"]["message"], (
+        out
+    )
+    assert not any((target / top).exists() for top in doc["roots"])
+    assert not (target / ".hf-seed" / "staging" / blob).exists()
+    code, out = pull_cli(capsys, manifest, target, f"{both}/")
+    assert code == 0 and out["result"]["files_transferred"] == 1, out
+    assert seed_cli(capsys, "publish", "--manifest", str(manifest), "--root", str(target))[0] == 0
+    assert mf.verify_manifest(doc, mf.CacheRoots.under(target), deep=True).ok
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device"])
+def test_devices_and_fifos_from_an_upstream_are_not_received(
+    kind, both, manifest, tmp_path, capsys
+):
+    """An upstream serving a FIFO or a device node where a file of the manifest belongs: the
+    receiver creates neither (rsync --no-devices --no-specials --no-super), the pull fails
+    naming the missing file, and nothing special lands in staging."""
+    doc = mf.load_manifest(manifest)
+    upstream = tmp_path / "upstream"
+    shutil.copytree(both, upstream, symlinks=True)
+    arrow = next(e["path"] for e in doc["entries"] if e["path"].endswith(".arrow"))
+    (upstream / arrow).unlink()
+    if kind == "fifo":
+        os.mkfifo(upstream / arrow)
+    else:
+        os.mknod(upstream / arrow, 0o666 | stat.S_IFCHR, os.makedev(1, 3))  # as /dev/null
+    target = tmp_path / "target"
+    target.mkdir()
+    code, out = pull_cli(capsys, manifest, target, f"{upstream}/", "--attempts", "1")
+    assert code == 9, out
+    kinds = {
+        stat.S_IFMT(os.lstat(Path(d, n)).st_mode)
+        for d, dirs, files in os.walk(target)
+        for n in [*dirs, *files]
+    }
+    specials = kinds - {stat.S_IFREG, stat.S_IFDIR, stat.S_IFLNK}
+    assert specials == set()
+
+
+CRASH_BETWEEN_RENAMES = """
+import os, signal, sys
+from hf_loader import seed as sd
+from hf_loader.cacheseed import main
+sd._exchange_in_one_step = lambda *a: False  # a filesystem without RENAME_EXCHANGE
+real_rename, calls = os.rename, []
+def rename(*a, **k):
+    calls.append(a)
+    if len(calls) == 2:  # the dataset folder set aside, the new one not yet in place
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real_rename(*a, **k)
+os.rename = rename
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("then", ["status", "publish"])
+def test_crash_between_the_fallbacks_two_renames_loses_no_folder(
+    then, both, manifest, tmp_path, capsys
+):
+    """Publish replacing a dataset folder on a filesystem without renameat2's exchange,
+    killed between its two renames: the folder is only set aside; the next status --record
+    or publish puts it back, and the publish completes."""
+    doc = mf.load_manifest(manifest)
+    target = tmp_path / "target"
+    target.mkdir()
+    assert pull_cli(capsys, manifest, target, f"{both}/")[0] == 0
+    assert seed_cli(capsys, "publish", "--manifest", str(manifest), "--root", str(target))[0] == 0
+    flip_byte(target / next(e["path"] for e in doc["entries"] if "/blobs/" in e["path"]))
+    assert pull_cli(capsys, manifest, target, f"{both}/", "--deep")[0] == 0
+    args = ["publish", "--manifest", str(manifest), "--root", str(target), "--json"]
+    crashed = subprocess.run(
+        [sys.executable, "-c", CRASH_BETWEEN_RENAMES, *args], capture_output=True
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed
+    hub_top = next(t for t in doc["roots"] if t.startswith("hub/"))  # published first
+    assert not (target / hub_top).exists()
+    assert (target / f"{hub_top}{sd.ASIDE_SUFFIX}").is_dir()
+    if then == "status":
+        code, out = seed_cli(
+            capsys, "status", "--manifest", str(manifest), "--root", str(target), "--record"
+        )
+        assert out["recovered"] == [hub_top], out
+        assert (target / hub_top).is_dir() and not (target / f"{hub_top}{sd.ASIDE_SUFFIX}").exists()
+    code, out = seed_cli(capsys, "publish", "--manifest", str(manifest), "--root", str(target))
+    assert code == 0, out
+    assert not (target / f"{hub_top}{sd.ASIDE_SUFFIX}").exists()
+    assert mf.verify_manifest(doc, mf.CacheRoots.under(target), deep=True).ok
+
+
+def test_control_characters_in_a_manifest_stop_the_seed(manifest, tmp_path, capsys):
+    doc = json.loads(manifest.read_text())
+    doc["entries"][0]["path"] += "\nx"
+    manifest.write_text(json.dumps(doc))
+    (tmp_path / "t").mkdir()
+    code, out = seed_cli(
+        capsys, "prepare", "--manifest", str(manifest), "--root", str(tmp_path / "t")
+    )
+    assert code == 8 and "control character" in out["error"]["message"], out
+    assert not (tmp_path / "t" / ".hf-seed").exists()

@@ -181,9 +181,9 @@ def write(args, out: Outcome) -> None:
     out.add(
         "ok",
         "manifest",
-        f"manifest of {what}: {totals['files']} files ({totals['bytes']} bytes; "
-        f"{totals['hashed_files']} hashed, {totals['files'] - totals['hashed_files']} blobs "
-        f"named by their sha256), {totals['symlinks']} symlinks",
+        f"manifest of {what}: {totals['files']} files ({totals['bytes']} bytes, "
+        f"{totals['hashed_files']} hashed: blobs checked against their names), "
+        f"{totals['symlinks']} symlinks",
         path=str(written),
     )
 

@@ -26,11 +26,16 @@ EXIT_CODES_HELP = """exit codes:
   2  usage error
   4  status: the root's copy does not match (the files are named); finish: staging
      does not match
-  5  the cache root is not a folder (the volume is not mounted)
+  5  the cache root is not a folder (the volume is not mounted); or it, its seeding
+     folder .hf-seed or a folder in staging is unsafe to write as root: a symlink, not
+     root's, writable by others; or staging holds a symlink out of its dataset folder,
+     a device or a FIFO (the message names the path and the fix)
   8  the manifest is missing, unreadable or not valid
   9  transfer failed: rsync failed ATTEMPTS times, or nothing arrived for STALL seconds
      (rerun: it resumes)
- 10  the upstream cannot be used: it failed its own copy, or holds another manifest's
+ 10  the upstream cannot be used: it failed its own copy, holds another manifest's, or
+     sent a file whose sha256 does not match the manifest; publish: staging does not
+     match the manifest (sizes, sha256, symlink targets: the files named are removed)
 --json prints one JSON object in every case"""
 
 
@@ -43,6 +48,8 @@ def _verify_dict(report) -> dict:
 
 def status(args, doc, out: dict) -> int:
     seed = sd.SeedRoot(args.root)
+    if args.record:  # a writer: first undo a publish stopped between its two renames
+        out["recovered"] = seed.recover(doc)
     report = seed.verify_published(doc, deep=args.deep)
     state = seed.read_state()
     out["verify"] = _verify_dict(report)
@@ -163,7 +170,8 @@ def parser() -> argparse.ArgumentParser:
             q.add_argument(
                 "--deep",
                 action="store_true",
-                help="also compare every file's sha256 (reads the whole copy)",
+                help="also compare every file's sha256 (reads the whole copy); pull hashes "
+                "every file it receives and publish every file it publishes in any case",
             )
         if name == "status":
             q.add_argument(

@@ -179,3 +179,12 @@ class UpstreamError(HFLoaderError):
 
     exit_code = EXIT_UPSTREAM
     kind = "upstream"
+
+
+class UnsafeSeedPathError(EnvironmentMisconfiguredError):
+    """hf-cache-seed: a folder it writes into (the cache root, its seeding folder, staging, a
+    dataset folder) is a symlink, not owned by the user running it (root), or writable by
+    others; or staging holds a symlink leading out of its dataset folder, or a device or FIFO.
+    Refused before anything is changed: root never follows another account's links."""
+
+    kind = "unsafe_path"

@@ -7,11 +7,14 @@ symlinks with their targets, and the blobs they point to). Paths are relative to
 root, `datasets/...` for `HF_DATASETS_CACHE` and `hub/...` for `HF_HUB_CACHE` (the layout
 of an `HF_HOME`), so a copy can be checked under another root (a staging folder).
 
-Each regular file carries its size and sha256. A hub blob named by its sha256 (an LFS
-file) takes the name, unhashed; other files are hashed, streamed in `HASH_BUFFER` chunks
-in a thread pool. `verify_manifest` checks presence, type, size and symlink target with
-one `lstat` (and one `readlink`) per entry, reading no file contents; `deep=True` also
-hashes every file, blobs included.
+Each regular file carries its size and the sha256 of its content, hashed when the
+manifest is written (streamed in `HASH_BUFFER` chunks in a thread pool): the manifest is
+what every copy is checked against, so it never takes a hash on trust. A hub blob is named
+by its sha256 (an LFS file): that name is only checked against the content, and a blob
+whose bytes do not match its name is refused. The cost is one read of the source copy per
+manifest (written once and reused by every later seed), the same read `--deep` makes.
+`verify_manifest` checks presence, type, size and symlink target with one `lstat` (and one
+`readlink`) per entry, reading no file contents; `deep=True` also hashes every file.
 
 Nothing here writes into a cache: the copy is only listed and read, and a manifest is
 written only outside the cache folders (`check_output_location`).
@@ -202,6 +205,9 @@ class _Collector:
     links: list[tuple[str, Path, str]] = field(default_factory=list)  # rel, abs, target
     problems: list[Problem] = field(default_factory=list)
 
+    # A blob's name, when it is a sha256: checked against the content once it is hashed.
+    blob_names: dict[str, str] = field(default_factory=dict)
+
     def add_file(self, path: Path, st: os.stat_result, sha256_name: str | None = None) -> None:
         rel = self.roots.rel(path)
         if rel in self.entries:
@@ -210,11 +216,12 @@ class _Collector:
             "path": rel,
             "type": "file",
             "size": st.st_size,
-            "sha256": sha256_name,  # filled in by the hashing when None
-            "sha256_from": "blob_name" if sha256_name else "content",
+            "sha256": None,  # filled in by the hashing: always the content's
+            "sha256_from": "content",
         }
-        if not sha256_name:
-            self.to_hash.append((rel, path, st.st_size))
+        if sha256_name:
+            self.blob_names[rel] = sha256_name
+        self.to_hash.append((rel, path, st.st_size))
 
     def add_tree(self, folder: Path) -> None:
         """Every file and symlink under folder (symlinks are recorded, never followed)."""
@@ -232,6 +239,16 @@ class _Collector:
             return
         for item in items:
             path = Path(item.path)
+            if _has_control(item.name):
+                self.problems.append(
+                    Problem(
+                        str(folder) + "/" + repr(item.name),
+                        "name holds a control character: such a path is never manifested "
+                        "or seeded (rename it)",
+                        CORRUPT,
+                    )
+                )
+                continue
             st = os.lstat(path)
             if stat.S_ISDIR(st.st_mode):
                 self.add_tree(path)
@@ -321,6 +338,16 @@ class _Collector:
                         )
                     )
                 self.entries[rel]["sha256"] = digest
+                named = self.blob_names.get(rel)
+                if named and named != digest:
+                    self.problems.append(
+                        Problem(
+                            str(path),
+                            f"blob content has sha256 {digest}, not the {named} it is named by "
+                            "(damaged or replaced)",
+                            CORRUPT,
+                        )
+                    )
 
 
 def build_manifest(
@@ -403,8 +430,14 @@ def write_manifest(doc: dict, output, cache_dirs) -> Path:
 # --------------------------------------------------------------------------- reading
 
 
+def _has_control(text: str) -> bool:
+    """C0 and C1 control characters and DEL: a newline or an escape sequence in a path breaks
+    rsync's file lists, logs and terminals, so a manifest never holds one."""
+    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text)
+
+
 def _safe_rel(value) -> bool:
-    if not isinstance(value, str) or not value or "\\" in value or "\0" in value:
+    if not isinstance(value, str) or not value or "\\" in value or _has_control(value):
         return False
     parts = PurePosixPath(value).parts
     return (
@@ -438,6 +471,9 @@ def manifest_problems(doc) -> list[str]:
         problems.append("'roots' missing or not a list of relative cache paths")
     seen, files, size = set(), 0, 0
     for i, e in enumerate(entries):
+        if isinstance(e, dict) and isinstance(e.get("path"), str) and _has_control(e["path"]):
+            problems.append(f"entry {i} path {e['path']!r} holds a control character")
+            continue
         if not isinstance(e, dict) or not _safe_rel(e.get("path")):
             problems.append(f"entry {i} has no safe relative 'path' (datasets/... or hub/...)")
             continue
@@ -456,6 +492,8 @@ def manifest_problems(doc) -> list[str]:
         elif e.get("type") == "symlink":
             if not isinstance(e.get("target"), str) or not e["target"]:
                 problems.append(f"{where}: 'target' missing")
+            elif _has_control(e["target"]):
+                problems.append(f"{where}: 'target' {e['target']!r} holds a control character")
         else:
             problems.append(f"{where}: 'type' is {e.get('type')!r}, not 'file' or 'symlink'")
     totals = doc.get("totals")
