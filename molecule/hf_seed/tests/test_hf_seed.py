@@ -285,3 +285,38 @@ def test_a_mounted_source_is_read_read_only_and_unmounted_everywhere(host, tmp_p
             x.check_output(f"umount /run/hf-seed-source 2>/dev/null; rm -rf {export}")
         rc, output = run_playbook(CONVERGE)
         assert rc == 0, output
+
+
+def test_expired_or_foreign_seed_key_is_refused_and_sshd_left_as_found(host):
+    """The seed key's expiry-time= and from= hold with the real sshd: a run whose key has
+    expired, or is allowed only from an address no host has, cannot pull (Permission
+    denied), and the failed run still takes the access away. Then a run that found sshd
+    stopped on a host leaves it stopped."""
+    if host.backend.host != HOSTS[1]:
+        pytest.skip("one host pulls from another")
+    source = other(HOSTS[0])
+    keys = "/var/lib/hf-seed/home/.ssh/authorized_keys"
+    limit = ["--limit", f"{HOSTS[0]},{HOSTS[1]}"]
+    from_host = json.dumps({"hf_seed_source_dir": "", "hf_seed_source_host": HOSTS[0], "hf_seed_retries": 0})
+    attacks = {
+        "expired": {"__hf_seed_key_expires_epoch": int(time.time()) - 3600},
+        "foreign address": {"__hf_seed_key_from": "192.0.2.1"},  # TEST-NET-1: no host of the fleet
+    }
+    try:
+        for name, extra in attacks.items():
+            host.check_output(f"rm -rf {ROOT}/datasets/* {ROOT}/hub/* {ROOT}/.hf-seed")
+            rc, output = run_playbook(CONVERGE, "-e", from_host, "-e", json.dumps(extra), *limit)
+            output = " ".join(output.split())
+            assert rc != 0, (name, output)
+            assert f"{HOSTS[1]} <- {HOSTS[0]}: FAILED" in output and "Permission denied" in output, (name, output)
+            assert seed_status(host)[0] == 4, name
+            assert not source.file(keys).exists, name  # taken away although the run failed
+    finally:
+        source.check_output("systemctl stop ssh")
+        try:
+            rc, output = run_playbook(CONVERGE, *limit)  # from the controller again
+            assert rc == 0, output
+            assert source.run("systemctl is-active ssh").stdout.strip() != "active"
+        finally:
+            source.check_output("systemctl start ssh")
+    assert seed_status(host, "--deep")[0] == 0
