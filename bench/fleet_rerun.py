@@ -201,6 +201,9 @@ def light_stack(work: Path) -> list[str]:
     lock.write_text("\n".join([*kept, LIGHT_TORCH]) + "\n")
     env = dict(os.environ, WHEELHOUSE_DIR=str(wheelhouse), WHEELHOUSE_LOCK=str(lock), WHEELHOUSE_PYTHONS="3.11")
     env.setdefault("PIP", str(BIN / "pip"))
+    # Hosts install with --require-hashes: the CPU torch gets its hash, the kept pins keep the production lock's.
+    hash_lock = [sys.executable, "scripts/hash-lock.py", "--add-missing", "--python", "3.11", str(lock)]
+    subprocess.run(hash_lock, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     log("light wheelhouse for the bench hosts (production lock without Composer/CUDA, CPU torch)")
     subprocess.run(["bash", "scripts/build-wheelhouse.sh"], cwd=ROOT, env=env, check=True)
     defaults = (ROOT / "roles" / "hf_loader" / "defaults" / "main.yml").read_text()

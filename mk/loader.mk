@@ -17,17 +17,25 @@ LOADER_RUFF_DEP := $(if $(wildcard .venvs/controller/bin/ruff),,$(LOADER_STAMP))
 LOADER_BENCH_ARGS ?=
 TRAIN_BENCH_ARGS ?=
 
-.PHONY: loader-venv loader-lint loader-test loader-bench train-bench
+.PHONY: loader-venv loader-lint loader-test loader-bench train-bench lock-hashes
 
 loader-venv: $(LOADER_STAMP) ## hf_loader venv (.venvs/loader) from requirements/loader-prod.txt
 
+# The lock as hosts install it: every wheel checked against the lock's sha256. The
+# project's own package is built from this checkout, so it has no hash to check: a
+# second pip call, which leaves hash checking off for it alone.
 $(LOADER_STAMP): $(LOADER_LOCK) $(LOADER_DIR)/pyproject.toml
 	rm -rf $(LOADER_VENV)
 	$(PYTHON) -m venv $(LOADER_VENV)
-	$(LOADER_BIN)/pip install --quiet --no-deps -r $(LOADER_LOCK)
+	$(LOADER_BIN)/pip install --quiet --no-deps --require-hashes --only-binary :all: -r $(LOADER_LOCK)
 	$(LOADER_BIN)/pip install --quiet --no-deps --no-build-isolation -e $(LOADER_DIR)
 	$(LOADER_BIN)/pip check
 	touch $@
+
+# The locks hosts install from carry a sha256 for each wheel (Python 3.11 and 3.13): rerun
+# after changing a pin. loader-test.txt and loader-bench.txt are CI's, never a host's: plain.
+lock-hashes: venv ## write the wheels' sha256 onto requirements/pull.txt and loader-prod.txt
+	$(BIN)/python scripts/hash-lock.py requirements/pull.txt $(LOADER_LOCK)
 
 loader-lint: $(LOADER_RUFF_DEP) ## ruff check + format check of files/hf_loader and bench/
 	$(LOADER_RUFF) check $(LOADER_DIR) bench

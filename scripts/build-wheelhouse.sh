@@ -8,6 +8,11 @@
 #   WHEELHOUSE_PYTHONS  target Python versions (default "3.11 3.13": Debian 12, 13)
 #   WHEELHOUSE_LOCK  the lock (default requirements/loader-prod.txt)
 #   WHEELHOUSE_PACKAGE  no: only the lock's wheels, not the project's package (pull mode's toolchain)
+#
+# The lock must carry a --hash for every pin (scripts/hash-lock.py writes them): pip
+# downloads with --require-hashes, so a wheel that is not the one the lock names is
+# refused here as it is on the hosts. WHEELHOUSE_UNHASHED_LOCK=yes is hash-lock.py's
+# own download, the one that makes the hashes.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -20,6 +25,17 @@ PLATFORMS=()
 for glibc in 2_5 2_12 2_17 2_24 2_27 2_28 2_31 2_34 2_35; do PLATFORMS+=(--platform "manylinux_${glibc}_${ARCH}"); done
 PLATFORMS+=(--platform "manylinux1_${ARCH}" --platform "manylinux2010_${ARCH}" --platform "manylinux2014_${ARCH}")
 LOCK_HASH=$(sha256sum "$LOCK" | cut -c1-12)
+HASH_ARGS=(--require-hashes)
+if [ "${WHEELHOUSE_UNHASHED_LOCK:-no}" = yes ]; then
+    HASH_ARGS=()
+else
+    unhashed=$(grep -Ev '^[[:space:]]*(#|$)' "$LOCK" | grep -v -e '--hash=sha256:' | cut -d' ' -f1 || true)
+    if [ -n "$unhashed" ]; then
+        echo "[wheelhouse] $LOCK has pins without --hash: $(echo $unhashed)." >&2
+        echo "[wheelhouse] Run: python3 scripts/hash-lock.py $LOCK" >&2
+        exit 2
+    fi
+fi
 
 for version in $WHEELHOUSE_PYTHONS; do
     tag="cp${version/./}"
@@ -29,7 +45,7 @@ for version in $WHEELHOUSE_PYTHONS; do
         echo "[wheelhouse] $tag: wheels of $LOCK are present"
     else
         echo "[wheelhouse] $tag: downloading the wheels of $LOCK (about 3 GB the first time)"
-        "$PIP" download --quiet --no-deps --only-binary=:all: --dest "$target" \
+        "$PIP" download --quiet --no-deps --only-binary=:all: "${HASH_ARGS[@]}" --dest "$target" \
             --python-version "$version" --implementation cp \
             --abi "$tag" --abi abi3 --abi none "${PLATFORMS[@]}" -r "$LOCK" 2> >(grep -v "is ignored: it is neither" >&2)
         rm -f "$target"/.lock-*

@@ -14,6 +14,10 @@ same pip and the same Python, ABI and manylinux flags, for every target Python (
 wheel one. The wheels are downloaded afresh into a temporary folder (or --wheelhouse),
 never taken from a wheelhouse that hosts are served from. Comments and the order of the
 lock are kept; a pin's old hashes are replaced. Exit 2 names a pin that got no wheel.
+
+--add-missing hashes only the pins that have none and keeps the others as they are: a
+lock derived from a hashed one (the lab's light stack swaps torch for its CPU build)
+keeps the hashes it was given, and pip checks them when that lock is downloaded.
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ class Pin:
 
 
 def parse(text: str) -> list[str | Pin]:
-    """The lock as lines: comments and blanks as text, pins as Pin (their hashes dropped)."""
+    """The lock as lines: comments and blanks as text, pins as Pin with the hashes they carry."""
     lines: list[str | Pin] = []
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
@@ -68,10 +72,10 @@ def parse(text: str) -> list[str | Pin]:
                 "a host lock holds exact pins only, each with its hashes on the same line"
             )
         rest = match["rest"].split()
-        unknown = [option for option in rest if not option.startswith("--hash=")]
+        unknown = [option for option in rest if not option.startswith("--hash=sha256:")]
         if unknown:
-            raise LockError(f"line {number}: {' '.join(unknown)} is not a --hash option; remove it")
-        lines.append(Pin(match["name"], match["version"]))
+            raise LockError(f"line {number}: {' '.join(unknown)} is not a --hash=sha256: option; remove it")
+        lines.append(Pin(match["name"], match["version"], {option.split(":", 1)[1] for option in rest}))
     return lines
 
 
@@ -121,7 +125,7 @@ def hash_wheels(pins: list[Pin], pythons: list[str], wheelhouse: Path) -> None:
             pin = by_name.get(canonical(match["name"])) if match else None
             if pin is None:
                 continue  # a wheel of another lock in a reused --wheelhouse
-            if canonical(match["version"]) != canonical(pin.version) and match["version"] != pin.version:
+            if canonical(match["version"]) != canonical(pin.version):
                 continue
             pin.hashes.add(sha256(wheel))
             found.add(canonical(pin.name))
@@ -133,11 +137,17 @@ def hash_wheels(pins: list[Pin], pythons: list[str], wheelhouse: Path) -> None:
             )
 
 
-def hash_lock(lock: Path, pythons: list[str], wheelhouse: Path | None) -> str:
+def hash_lock(lock: Path, pythons: list[str], wheelhouse: Path | None, add_missing: bool = False) -> str:
     lines = parse(lock.read_text())
     pins = [line for line in lines if isinstance(line, Pin)]
     if not pins:
         raise LockError(f"{lock} holds no name==version pin")
+    if add_missing:
+        pins = [pin for pin in pins if not pin.hashes]
+        if not pins:
+            return render(lines)
+    for pin in pins:
+        pin.hashes = set()
     with tempfile.TemporaryDirectory(prefix="hash-lock-") as scratch:
         folder = wheelhouse or Path(scratch)
         folder.mkdir(parents=True, exist_ok=True)
@@ -155,13 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--wheelhouse", type=Path, help="download into this folder and keep it (default: a temporary one)"
     )
+    parser.add_argument("--add-missing", action="store_true", help="hash only the pins without a hash")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a lock is not as generated")
     args = parser.parse_args(argv)
     pythons = args.pythons or list(DEFAULT_PYTHONS)
     stale = []
     for lock in args.locks:
         try:
-            text = hash_lock(lock, pythons, args.wheelhouse)
+            text = hash_lock(lock, pythons, args.wheelhouse, args.add_missing)
         except LockError as error:
             print(f"hash-lock: {lock}: {error}", file=sys.stderr)
             return 2
