@@ -125,7 +125,10 @@ def hash_wheels(pins: list[Pin], pythons: list[str], wheelhouse: Path) -> None:
             pin = by_name.get(canonical(match["name"])) if match else None
             if pin is None:
                 continue  # a wheel of another lock in a reused --wheelhouse
-            if canonical(match["version"]) != canonical(pin.version):
+            version = match["version"]
+            if "+" not in pin.version:
+                version = version.split("+", 1)[0]  # ==2.13.0 takes 2.13.0+cpu, as pip does (PEP 440)
+            if canonical(version) != canonical(pin.version):
                 continue
             pin.hashes.add(sha256(wheel))
             found.add(canonical(pin.name))

@@ -90,6 +90,17 @@ def test_the_wheelhouse_holds_for_each_pin_a_wheel_whose_hash_the_lock_gives(tag
         )
 
 
+def test_add_missing_hashes_only_the_pins_without_and_keeps_the_others(tmp_path):
+    """The lab's light lock: production pins keep the production hashes (whatever the download
+    now says), the pin added without one gets the sha256 of its wheel."""
+    pull = ROOT / "requirements" / "pull.txt"
+    kept = pin_line(pull, "PyYAML")
+    lock = tmp_path / "light.txt"
+    lock.write_text(f"# derived\n{kept}\npackaging==26.4\n")
+    text = hash_lock.hash_lock(lock, ["3.11"], None, add_missing=True)
+    assert text == f"# derived\n{kept}\n{pin_line(pull, 'packaging')}\n"
+
+
 def test_the_generator_refuses_what_is_not_a_pin(tmp_path):
     lock = tmp_path / "lock.txt"
     lock.write_text("PyYAML>=6\n")
