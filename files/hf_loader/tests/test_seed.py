@@ -548,3 +548,34 @@ def test_control_characters_in_a_manifest_stop_the_seed(manifest, tmp_path, caps
     )
     assert code == 8 and "control character" in out["error"]["message"], out
     assert not (tmp_path / "t" / ".hf-seed").exists()
+
+
+def test_a_wrong_file_from_an_upstream_still_receiving_is_fetched_again(both, manifest, tmp_path):
+    """An upstream still receiving may serve a same-size file of its old copy: it is hashed,
+    dropped and fetched again once the upstream has the right one, not taken."""
+    doc = mf.load_manifest(manifest)
+    upstream, downstream = sd.SeedRoot(tmp_path / "up"), sd.SeedRoot(tmp_path / "down")
+    upstream.root.mkdir()
+    downstream.root.mkdir()
+    upstream.prepare(doc)
+    for top in doc["roots"]:
+        shutil.copytree(both / top, upstream.staging / top, symlinks=True)
+    arrow = next(e["path"] for e in doc["entries"] if e["path"].endswith(".arrow"))
+    flip_byte(upstream.staging / arrow)
+    passes = []
+
+    def upstream_finishes():
+        while not passes:
+            time.sleep(0.05)
+        tmp = upstream.staging / (arrow + ".tmp")
+        shutil.copy2(both / arrow, tmp)
+        tmp.rename(upstream.staging / arrow)
+        assert sd.finish(upstream, doc).ok
+
+    finisher = threading.Thread(target=upstream_finishes)
+    finisher.start()
+    sd.pull(downstream, doc, sd.Upstream(f"{upstream.root}/"), poll=0.2, log=passes.append)
+    finisher.join()
+    assert any("still receiving" in line and arrow in line for line in passes), passes
+    assert downstream.read_state().state == "verified"
+    assert downstream.verify_staging(doc, deep=True).ok

@@ -876,7 +876,8 @@ def pull(
             result.count(proc, "Total bytes received")
             before = todo
             todo = _todo(seed.verify_staging(doc))
-            _check_received(seed, doc, sorted(set(before) - set(todo)), upstream)
+            arrived = sorted(set(before) - set(todo))
+            todo = sorted({*todo, *_check_received(seed, doc, arrived, upstream, complete, log)})
             if len(todo) < len(before):
                 last_progress = time.monotonic()
             log(f"pass {result.passes}: rsync exit {proc.returncode}, {len(todo)} to go")
@@ -915,24 +916,38 @@ def pull(
     return result
 
 
-def _check_received(seed: SeedRoot, doc: dict, arrived: list[str], upstream: Upstream) -> None:
+def _check_received(
+    seed: SeedRoot,
+    doc: dict,
+    arrived: list[str],
+    upstream: Upstream,
+    complete: bool,
+    log: Callable[[str], None],
+) -> list[str]:
     """Hash each file that arrived in this pass against the manifest: a peer may send a
     same-size file with other bytes (compromised, or its disk). Such a file is removed from
-    staging and the upstream refused, naming both; the role retries from another source."""
+    staging. From a complete upstream that refuses the upstream, naming both (the role
+    retries from another source); from one still receiving it may be a file of its old copy
+    not replaced yet (a ref has the same size in every revision), so it is fetched again
+    in a later pass (the paths returned) and the stall timeout ends a peer that never
+    sends the right bytes."""
     entries = {e["path"]: e for e in doc["entries"]}
     files = [entries[rel] for rel in arrived if entries[rel]["type"] == "file"]
     if not files:
-        return
+        return []
     # "roots" left empty: the files named only, not a walk of the folders for extras.
     report = mf.verify_manifest(
         {**doc, "entries": files, "roots": []}, mf.CacheRoots.under(seed.staging), deep=True
     )
     if report.ok:
-        return
+        return []
     for m in report.mismatches:
         with contextlib.suppress(OSError):
             os.unlink(seed.staging / m.path)
     names = ", ".join(f"{m.path} ({m.message})" for m in report.mismatches[:5])
+    if not complete:
+        log(f"{upstream.label} is still receiving and sent {names}: fetched again later")
+        return [m.path for m in report.mismatches]
     raise UpstreamError(
         f"{upstream.label} sent {len(report.mismatches)} file(s) that do not match the "
         f"manifest's sha256: {names}",
