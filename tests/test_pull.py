@@ -1,10 +1,10 @@
-"""Pull mode (roles/fleet_pull): the inventory built from instance data, the cloud-config, the
-runner's settings check, and the toolchain lock. The whole path runs for real in the pull lab
+"""Pull mode (roles/fleet_pull): the inventory built from instance data and what tags may set, the
+cloud-config, the runner's settings check, and the toolchain lock. The runner's trust boundaries
+are attacked for real in tests/test_pull_trust.py; the whole path runs in the pull lab
 (scripts/pull_lab.py: `make lab-pull-short` in make test)."""
 
 from __future__ import annotations
 
-import base64
 import gzip
 import importlib.util
 import json
@@ -39,7 +39,7 @@ EC2 = {
             "tags": {
                 "instance": {
                     "Name": "gpu-train",
-                    "gpu-fleet:dataset_volume_source": "vol-0abc",
+                    "gpu-fleet:dataset_volume_source": "vol-0abc1234def567890",
                     "gpu-fleet:groups": "h200, canary",
                 }
             },
@@ -57,31 +57,61 @@ def load_plugin():
 
 
 plugin = load_plugin()
+# The role's default allowlist, as instance_data.yml.j2 renders it.
+DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+ALLOWLIST = DEFAULTS["fleet_pull_tag_allowlist"]
+# What a hostile tag tries (issue 27): a command as root, another repository or commit, another
+# command line, the hold moved away, the interpreter every module runs with.
+HOSTILE = {
+    "ansible_become_exe": "/bin/sh -c 'id > /tmp/pwned' ; sudo",
+    "ansible_become": "true",
+    "ansible_python_interpreter": "/tmp/evil",
+    "ansible_connection": "ssh",
+    "fleet_pull_repo_url": "https://elsewhere.example/fleet.git",
+    "fleet_pull_repo_ref": "f" * 40,
+    "fleet_pull_extra_args": "-e @/tmp/theirs.yml",
+    "hf_loader_train_hold_file": "/nonexistent/hold",
+}
 
 
-def test_the_lab_host_is_named_by_its_hostname_and_gets_its_tag_as_a_variable():
-    host = plugin.host_from_instance_data(NOCLOUD, {}, "gpu-fleet:", ["gpu_hosts"])
+def test_the_lab_host_is_named_by_its_hostname_and_gets_its_listed_tag_as_a_variable():
+    lab = {"lab_volume_device": "/dev/loop[0-9]+"}  # what scripts/pull_lab.py lists
+    host = plugin.host_from_instance_data(NOCLOUD, {}, "gpu-fleet:", ["gpu_hosts"], tag_allowlist=lab)
     assert host.name == "pull-gpu-01"
     assert host.groups == ["gpu_hosts"]
     assert host.variables["lab_volume_device"] == "/dev/loop0"
     assert host.variables["ansible_connection"] == "local"
     assert host.variables["instance_id"] == NOCLOUD["v1"]["instance_id"]
+    # Not listed (the role's default allowlist): refused, never dropped silently.
+    with pytest.raises(plugin.TagsRefused, match="'gpu-fleet:lab_volume_device' \\(not in fleet_pull_tag_allowlist\\)"):
+        plugin.host_from_instance_data(NOCLOUD, {}, "gpu-fleet:", ["gpu_hosts"], tag_allowlist=ALLOWLIST)
 
 
-def test_ec2_tags_win_over_the_vars_file_and_add_groups():
-    file_vars = {"dataset_volume_source": "/dev/nvme1n1", "hf_loader_cache_test_batches": 2}
-    host = plugin.host_from_instance_data(EC2, file_vars, "gpu-fleet:", ["gpu_hosts"], {"ansible_become": False})
+def test_listed_ec2_tags_win_over_the_vars_file_and_fixed_variables_win_over_both():
+    file_vars = {"dataset_volume_source": "/dev/nvme1n1", "hf_loader_cache_test_batches": 2, "ansible_become": True}
+    host = plugin.host_from_instance_data(
+        EC2, file_vars, "gpu-fleet:", ["gpu_hosts"], {"ansible_become": False}, ALLOWLIST, ["h200", "canary"]
+    )
     assert host.name == "ip-10-0-1-23"
     assert host.groups == ["gpu_hosts", "h200", "canary"]
-    assert host.variables["dataset_volume_source"] == "vol-0abc"
+    assert host.variables["dataset_volume_source"] == "vol-0abc1234def567890"
     assert host.variables["hf_loader_cache_test_batches"] == 2
     assert host.variables["ansible_become"] is False
     assert "Name" not in host.variables and host.variables["instance_region"] == "us-east-1"
+    local = plugin.host_from_instance_data(
+        EC2, {"ansible_connection": "ssh"}, "gpu-fleet:", ["gpu_hosts"], {}, ALLOWLIST, ["h200", "canary"]
+    )
+    assert local.variables["ansible_connection"] == "local"
 
 
 def test_flat_tags_are_read_too():
     data = {"v1": {"local_hostname": "gpu-7"}, "ds": {"meta_data": {"tags": {"gpu-fleet:rank": "7"}}}}
-    assert plugin.host_from_instance_data(data, None, "gpu-fleet:", ["gpu_hosts"]).variables["rank"] == "7"
+    host = plugin.host_from_instance_data(data, None, "gpu-fleet:", ["gpu_hosts"], tag_allowlist={"rank": "[0-9]+"})
+    assert host.variables["rank"] == "7"
+
+
+def tagged(tags: dict) -> dict:
+    return {"v1": {"local_hostname": "h1"}, "ds": {"meta_data": {"tags": {"instance": tags}}}}
 
 
 @pytest.mark.parametrize(
@@ -89,63 +119,88 @@ def test_flat_tags_are_read_too():
     [
         ({"v1": {}}, {}, "local_hostname"),
         ({"v1": {"local_hostname": "bad host"}}, {}, "local_hostname"),
+        (tagged({"gpu-fleet:a-b": "1"}), {}, "'gpu-fleet:a-b' \\(not a variable name\\)"),
         (
-            {"v1": {"local_hostname": "h1"}, "ds": {"meta_data": {"tags": {"instance": {"gpu-fleet:a-b": "1"}}}}},
+            tagged({"gpu-fleet:groups": "x-y"}),
             {},
-            "'a-b' is not a variable name",
+            "'gpu-fleet:groups'='x-y' \\(a group fleet_pull_tag_groups does not list",
         ),
-        (
-            {"v1": {"local_hostname": "h1"}, "ds": {"meta_data": {"tags": {"instance": {"gpu-fleet:groups": "x-y"}}}}},
-            {},
-            "group 'x-y'",
-        ),
+        (tagged({"gpu-fleet:dataset_volume_source": "/dev/sda"}), {}, "'/dev/sda' \\(does not match"),
+        (tagged({"gpu-fleet:dataset_volume_source": "vol-0abc1234def567890\nx"}), {}, "does not match"),
+        (tagged({"gpu-fleet:hf_env_offline": "false"}), {}, "not in fleet_pull_tag_allowlist"),
         ({"v1": {"local_hostname": "h1"}}, {"not ok": 1}, "vars file"),
     ],
 )
 def test_bad_instance_data_is_refused_with_the_fix(data, file_vars, says):
     with pytest.raises(plugin.InstanceDataError, match=says):
-        plugin.host_from_instance_data(data, file_vars, "gpu-fleet:", ["gpu_hosts"])
+        plugin.host_from_instance_data(data, file_vars, "gpu-fleet:", ["gpu_hosts"], tag_allowlist=ALLOWLIST)
+
+
+@pytest.mark.parametrize("name", [*HOSTILE, "playbook_dir", "hf_env_token", "dataset_volume_path"])
+def test_an_allowlist_that_would_hand_a_tag_control_is_refused(name):
+    with pytest.raises(plugin.InstanceDataError, match=f"fleet_pull_tag_allowlist lists '{name}'"):
+        plugin.host_from_instance_data(tagged({}), {}, "gpu-fleet:", ["gpu_hosts"], {}, {name: ".*"})
+
+
+def inventory_of(tmp_path, tags: dict, fail_closed: bool = True, **config) -> subprocess.CompletedProcess:
+    """The real plugin through the real ansible-inventory, with a real instance-data.json."""
+    data = json.loads(json.dumps(EC2))
+    data["ds"]["meta_data"]["tags"]["instance"].update(tags)
+    (tmp_path / "instance-data.json").write_text(json.dumps(data))
+    (tmp_path / "host_vars.yml").write_text("dataset_volume_source: /dev/nvme1n1\nhf_env_owner: trainer\n")
+    path = tmp_path / "instance_data.yml"
+    settings = {
+        "plugin": "instance_data",
+        "instance_data_file": str(tmp_path / "instance-data.json"),
+        "vars_file": str(tmp_path / "host_vars.yml"),
+        "tag_allowlist": ALLOWLIST,
+        "tag_groups": ["h200", "canary"],
+        "host_vars": {
+            "ansible_python_interpreter": "/usr/bin/python3",
+            "hf_loader_train_hold_file": "/var/lib/gpu-fleet/hold",
+        },
+        **config,
+    }
+    path.write_text(yaml.safe_dump(settings))
+    env = dict(os.environ, ANSIBLE_INVENTORY_PLUGINS=str(ROLE / "files"))
+    if fail_closed:  # as the runner runs it
+        env.update(ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED="1", ANSIBLE_INVENTORY_UNPARSED_FAILED="1")
+    return subprocess.run(
+        [BIN / "ansible-inventory", "-i", path, "--list"], capture_output=True, text=True, env=env, check=False
+    )
 
 
 def test_ansible_builds_the_inventory_with_the_plugin(tmp_path):
-    (tmp_path / "instance-data.json").write_text(json.dumps(EC2))
-    (tmp_path / "host_vars.yml").write_text("dataset_volume_source: /dev/nvme1n1\nhf_env_owner: trainer\n")
-    config = tmp_path / "instance_data.yml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "plugin": "instance_data",
-                "instance_data_file": str(tmp_path / "instance-data.json"),
-                "vars_file": str(tmp_path / "host_vars.yml"),
-                "host_vars": {"ansible_python_interpreter": "/usr/bin/python3"},
-            }
-        )
-    )
-    env = dict(os.environ, ANSIBLE_INVENTORY_PLUGINS=str(ROLE / "files"))
-    done = subprocess.run(
-        [BIN / "ansible-inventory", "-i", config, "--list"], capture_output=True, text=True, env=env, check=False
-    )
+    done = inventory_of(tmp_path, {})
     assert done.returncode == 0, done.stderr
     listing = json.loads(done.stdout)
     # Every value is marked unsafe: instance data and tags are taken literally, never templated.
     raw = listing["_meta"]["hostvars"]["ip-10-0-1-23"]
-    assert raw["dataset_volume_source"] == {"__ansible_unsafe": "vol-0abc"}
+    assert raw["dataset_volume_source"] == {"__ansible_unsafe": "vol-0abc1234def567890"}
     hostvars = {
         key: value.get("__ansible_unsafe", value) if isinstance(value, dict) else value for key, value in raw.items()
     }
-    assert hostvars["dataset_volume_source"] == "vol-0abc" and hostvars["hf_env_owner"] == "trainer"
+    assert hostvars["dataset_volume_source"] == "vol-0abc1234def567890" and hostvars["hf_env_owner"] == "trainer"
     assert hostvars["ansible_python_interpreter"] == "/usr/bin/python3"
     assert listing["gpu_hosts"]["hosts"] == ["ip-10-0-1-23"] and listing["canary"]["hosts"] == ["ip-10-0-1-23"]
 
 
+@pytest.mark.parametrize("name", HOSTILE)
+def test_a_hostile_tag_is_refused_and_reaches_no_variable(tmp_path, name):
+    value = HOSTILE[name]
+    done = inventory_of(tmp_path, {f"gpu-fleet:{name}": value})
+    # The runner's settings: the inventory fails, so the run fails and the host is held.
+    assert done.returncode != 0, done.stdout
+    assert f"'gpu-fleet:{name}'" in done.stderr and "instance tags refused" in done.stderr
+    assert value not in done.stdout
+    # Even where Ansible only warns, the host is left out whole, so no play runs on it.
+    lenient = inventory_of(tmp_path, {f"gpu-fleet:{name}": value}, fail_closed=False)
+    assert "ip-10-0-1-23" not in lenient.stdout and value not in lenient.stdout
+
+
 def test_a_missing_instance_data_file_says_what_to_check(tmp_path):
-    config = tmp_path / "instance_data.yml"
-    config.write_text(f"plugin: instance_data\ninstance_data_file: {tmp_path / 'none.json'}\n")
-    env = dict(os.environ, ANSIBLE_INVENTORY_PLUGINS=str(ROLE / "files"))
-    done = subprocess.run(
-        [BIN / "ansible-inventory", "-i", config, "--list"], capture_output=True, text=True, env=env, check=False
-    )
-    assert "cloud-init status --long" in done.stderr
+    done = inventory_of(tmp_path, {}, instance_data_file=str(tmp_path / "none.json"))
+    assert done.returncode != 0 and "cloud-init status --long" in done.stderr
 
 
 def test_the_toolchain_lock_pins_what_the_controller_pins():
@@ -184,19 +239,51 @@ def test_the_cloud_config_carries_the_roles_files_and_fits_ec2s_limit(tmp_path):
     done, out = render_user_data(tmp_path, *settings)
     assert done.returncode == 0, done.stdout + done.stderr
     text = out.read_text()
-    assert text.startswith("#cloud-config\n") and len(text) <= 16384
+    # EC2's limit applies to what is given to it: the gzipped copy, which cloud-init reads as it is.
+    packed = Path(f"{out}.gz").read_bytes()
+    assert gzip.decompress(packed).decode() == text and len(packed) <= 16384
+    assert text.startswith("#cloud-config\n")
     document = yaml.safe_load(text)
-    files = {f["path"]: gzip.decompress(base64.b64decode(f["content"])).decode() for f in document["write_files"]}
+    files = {f["path"]: f["content"] for f in document["write_files"]}
+    assert {f["permissions"] for f in document["write_files"] if f["path"].startswith("/etc/gpu-fleet/p")} == {
+        "0600",
+        "0644",
+    }
     assert files["/usr/local/sbin/gpu-fleet-pull"] == (ROLE / "files" / "gpu-fleet-pull").read_text()
     assert files["/etc/gpu-fleet/pull-requirements.txt"] == (ROOT / "requirements" / "pull.txt").read_text()
     assert f"GPU_FLEET_REPO_REF={ref}" in files["/etc/gpu-fleet/pull.env"]
-    host_vars = yaml.safe_load(files["/etc/gpu-fleet/host_vars.yml"])
-    assert host_vars["dataset_volume_source"] == "/dev/nvme1n1" and host_vars["fleet_pull_repo_ref"] == ref
+    # What code runs is in pull-settings.yml, which the runner gives as extra variables; the vars
+    # file the inventory reads holds the host's data only.
+    assert yaml.safe_load(files["/etc/gpu-fleet/pull-settings.yml"])["fleet_pull_repo_ref"] == ref
+    assert yaml.safe_load(files["/etc/gpu-fleet/host_vars.yml"]) == {"dataset_volume_source": "/dev/nvme1n1"}
+    inventory = yaml.safe_load(files["/etc/gpu-fleet/inventory/instance_data.yml"])
+    assert inventory["tag_allowlist"] == ALLOWLIST and inventory["tag_groups"] == []
     assert "OnUnitActiveSec=30min" in files["/etc/systemd/system/gpu-fleet-pull.timer"]
     assert document["runcmd"][-1] == ["systemctl", "start", "--no-block", "gpu-fleet-pull.service"]
     # The same settings render the same bytes: the gzip header carries no time.
     again, _ = render_user_data(tmp_path, *settings)
-    assert "changed=0" in again.stdout
+    assert "changed=0" in again.stdout and Path(f"{out}.gz").read_bytes() == packed
+
+
+@pytest.mark.parametrize(
+    ("setting", "says"),
+    [
+        (
+            '{"fleet_pull_tag_allowlist": {"ansible_become_exe": ".*"}}',
+            "fleet_pull_tag_allowlist lists ansible_become_exe",
+        ),
+        ('{"fleet_pull_tag_allowlist": {"hf_loader_train_hold_file": ".*"}}', "lists hf_loader_train_hold_file"),
+        ('{"fleet_pull_tag_allowlist": {"fleet_pull_repo_ref": ".*"}}', "lists fleet_pull_repo_ref"),
+        ('{"fleet_pull_host_vars": {"fleet_pull_repo_ref": "x"}}', "fleet_pull_host_vars sets fleet_pull_repo_ref"),
+        ('{"fleet_pull_tag_groups": ["a-b"]}', "fleet_pull_tag_groups has entries that are not group names: a-b"),
+    ],
+)
+def test_settings_that_would_hand_tags_control_are_refused_before_anything_is_written(tmp_path, setting, says):
+    done, out = render_user_data(
+        tmp_path, "-e", "fleet_pull_repo_url=https://g/x.git", "-e", f"fleet_pull_repo_ref={'0' * 40}", "-e", setting
+    )
+    assert done.returncode != 0 and says in done.stdout, done.stdout
+    assert not out.exists()
 
 
 def test_a_branch_instead_of_a_commit_is_refused_before_anything_is_written(tmp_path):
@@ -212,6 +299,8 @@ def test_a_branch_instead_of_a_commit_is_refused_before_anything_is_written(tmp_
     [
         ("GPU_FLEET_REPO_REF=main", 2, "not a full commit id"),
         ("GPU_FLEET_REPO_URL=", 2, "sets no GPU_FLEET_REPO_URL"),
+        ("GPU_FLEET_FLEET_INVENTORY=inventory/../../etc", 2, "not a folder inside the checkout"),
+        ("GPU_FLEET_VERIFY_COMMIT=yes", 2, "is no folder"),
     ],
 )
 def test_the_runner_refuses_bad_settings_before_it_does_anything(tmp_path, setting, code, says):
