@@ -11,8 +11,8 @@ cannot hand a host their own build: pip refuses any file whose sha256 is not in 
 The hashes are those of the wheels that scripts/build-wheelhouse.sh downloads, with the
 same pip and the same Python, ABI and manylinux flags, for every target Python (default
 3.11 and 3.13, as the wheelhouse): a binary package gets one hash per Python, a pure
-wheel one. The wheels are downloaded afresh into a temporary folder (or --wheelhouse),
-never taken from a wheelhouse that hosts are served from. Comments and the order of the
+wheel one. The wheels are downloaded afresh into a temporary folder, never taken from a
+wheelhouse that hosts are served from (pip would reuse a file there unchecked). Comments and the order of the
 lock are kept; a pin's old hashes are replaced. Exit 2 names a pin that got no wheel.
 
 --add-missing hashes only the pins that have none and keeps the others as they are: a
@@ -124,7 +124,7 @@ def hash_wheels(pins: list[Pin], pythons: list[str], wheelhouse: Path) -> None:
             match = WHEEL.match(wheel.name)
             pin = by_name.get(canonical(match["name"])) if match else None
             if pin is None:
-                continue  # a wheel of another lock in a reused --wheelhouse
+                continue
             version = match["version"]
             if "+" not in pin.version:
                 version = version.split("+", 1)[0]  # ==2.13.0 takes 2.13.0+cpu, as pip does (PEP 440)
@@ -140,7 +140,7 @@ def hash_wheels(pins: list[Pin], pythons: list[str], wheelhouse: Path) -> None:
             )
 
 
-def hash_lock(lock: Path, pythons: list[str], wheelhouse: Path | None, add_missing: bool = False) -> str:
+def hash_lock(lock: Path, pythons: list[str], add_missing: bool = False) -> str:
     lines = parse(lock.read_text())
     pins = [line for line in lines if isinstance(line, Pin)]
     if not pins:
@@ -152,8 +152,7 @@ def hash_lock(lock: Path, pythons: list[str], wheelhouse: Path | None, add_missi
     for pin in pins:
         pin.hashes = set()
     with tempfile.TemporaryDirectory(prefix="hash-lock-") as scratch:
-        folder = wheelhouse or Path(scratch)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = Path(scratch)
         download(pins, pythons, folder)
         hash_wheels(pins, pythons, folder)
     return render(lines)
@@ -165,9 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--python", action="append", dest="pythons", help="target Python (repeat; default: 3.11 and 3.13)"
     )
-    parser.add_argument(
-        "--wheelhouse", type=Path, help="download into this folder and keep it (default: a temporary one)"
-    )
     parser.add_argument("--add-missing", action="store_true", help="hash only the pins without a hash")
     parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a lock is not as generated")
     args = parser.parse_args(argv)
@@ -175,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     stale = []
     for lock in args.locks:
         try:
-            text = hash_lock(lock, pythons, args.wheelhouse, args.add_missing)
+            text = hash_lock(lock, pythons, args.add_missing)
         except LockError as error:
             print(f"hash-lock: {lock}: {error}", file=sys.stderr)
             return 2

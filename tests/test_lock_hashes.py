@@ -97,7 +97,7 @@ def test_add_missing_hashes_only_the_pins_without_and_keeps_the_others(tmp_path)
     kept = pin_line(pull, "PyYAML")
     lock = tmp_path / "light.txt"
     lock.write_text(f"# derived\n{kept}\npackaging==26.4\n")
-    text = hash_lock.hash_lock(lock, ["3.11"], None, add_missing=True)
+    text = hash_lock.hash_lock(lock, ["3.11"], add_missing=True)
     assert text == f"# derived\n{kept}\n{pin_line(pull, 'packaging')}\n"
 
 
@@ -105,10 +105,10 @@ def test_the_generator_refuses_what_is_not_a_pin(tmp_path):
     lock = tmp_path / "lock.txt"
     lock.write_text("PyYAML>=6\n")
     with pytest.raises(hash_lock.LockError, match="not a name==version pin"):
-        hash_lock.hash_lock(lock, ["3.11"], None)
+        hash_lock.hash_lock(lock, ["3.11"])
     lock.write_text("PyYAML==6.0.4 --index-url http://mirror.invalid/simple\n")
     with pytest.raises(hash_lock.LockError, match="not a --hash=sha256: option"):
-        hash_lock.hash_lock(lock, ["3.11"], None)
+        hash_lock.hash_lock(lock, ["3.11"])
 
 
 def test_the_wheelhouse_build_refuses_a_lock_without_hashes(tmp_path):
