@@ -11,12 +11,14 @@ playbooks/pull.yml on the host itself. The controller never runs a play against 
 
 run: for each image, one host booted with the seed; the time from `docker run` to ready.json
 (boot-to-ready); then a drift run of the timer's unit (must change nothing; the host's CPU for it
-is measured); then a failing run (a host variable the site refuses): the hold file, the ready
-target stopped, hf-train@ refusing to start with the reason; then (not --short) a good run that
-lifts the hold. "baked": an image made by playbooks/bake-image.yml from the plain one first
-(driver skipped: the lab has no GPU; the loader venv, the units, the toolchain). --short (in
-`make test`): the plain image only. Results: lab/pull/results.json. Hosts are removed at the end
-unless --keep; `down` removes everything the pull lab made.
+is measured); then three refused runs, each holding the host with its reason: a hostile instance
+tag (it names the tag, and the command it pointed at never ran), a tampered toolchain wheel (it
+names the file; the toolchain stays), a host variable the site refuses (the ready target stopped,
+hf-train@ refusing to start with the reason); then (not --short) a good run that lifts the hold.
+"baked": an image made by playbooks/bake-image.yml from the plain one first (driver skipped: the
+lab has no GPU; the loader venv, the units, the toolchain). --short (in `make test`): the plain
+image only. Results: lab/pull/results.json. Hosts are removed at the end unless --keep; `down`
+removes everything the pull lab made.
 
 The loader's light wheelhouse (the fleet benchmark's: no CUDA, CPU torch) reaches the hosts as a
 read-only mount at /var/cache/gpu-fleet/wheelhouse, standing in for a shared or baked one; the
@@ -208,7 +210,13 @@ class Server:
         self.proc.wait(timeout=10)
 
 
+# The lab's only tag names its loop device (inventory/lab's group_vars make it the volume source):
+# the lab lists it in the tag allowlist, as a fleet lists a data variable of its own.
+LAB_TAG_ALLOWLIST = {"lab_volume_device": "/dev/loop[0-9]+"}
+
+
 def render_user_data(server: Server, ref: str) -> Path:
+    """The cloud-config, gzipped as EC2 would be given it (cloud-init reads it as it is)."""
     out = WORK / "user-data.yml"
     settings = {
         "fleet_pull_repo_url": f"{server.url}/repo.git",
@@ -219,11 +227,12 @@ def render_user_data(server: Server, ref: str) -> Path:
         "fleet_pull_interval": "2h",
         "fleet_pull_jitter": "1min",
         "fleet_pull_host_vars": {"hf_loader_lock_file": f"{WHEELHOUSE_MOUNT}/loader-light.txt"},
+        "fleet_pull_tag_allowlist": LAB_TAG_ALLOWLIST,
         "fleet_pull_user_data_file": str(out),
     }
     (WORK / "user-data-vars.json").write_text(json.dumps(settings, indent=2) + "\n")
     sh(BIN / "ansible-playbook", "playbooks/pull-user-data.yml", "-e", f"@{WORK / 'user-data-vars.json'}", cwd=ROOT)
-    return out
+    return Path(f"{out}.gz")
 
 
 # --- hosts ------------------------------------------------------------------------------------
@@ -286,6 +295,9 @@ def wait_ready(host: str, t0: float, timeout: int = 1500) -> tuple[float, dict]:
     while time.monotonic() - t0 < timeout:
         doc = ready_doc(host)
         if doc is not None:
+            if doc.get("running"):
+                time.sleep(2)
+                continue
             if not doc["ready"]:
                 die(f"{host}: the first pull run failed: {doc['reason']}\n{explain(host)}")
             return time.monotonic() - t0, doc
@@ -341,8 +353,60 @@ def check(condition: bool, what: str, host: str) -> None:
     log(f"{host}: ok: {what}")
 
 
+INSTANCE_DATA = "/run/cloud-init/instance-data.json"
+TOOLCHAIN_MARK = "/opt/gpu-fleet/ansible/.gpu-fleet-lock"
+
+
+def rehearse_hostile_tag(host: str) -> float:
+    """Tags that would run a command as root on the first module: refused, named in the hold, never run."""
+    evil = "/usr/local/bin/lab-evil"
+    program = '#!/bin/sh\ntouch /tmp/pwned\nexec /usr/bin/python3 "$@"\n'
+    write = "import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.write_text(sys.argv[2]); p.chmod(0o755)"
+    in_host(host, "python3", "-c", write, evil, program)
+    in_host(host, "cp", INSTANCE_DATA, f"{INSTANCE_DATA}.lab")
+    hostile = {"gpu-fleet:ansible_python_interpreter": evil, "gpu-fleet:ansible_become_exe": evil}
+    patch = (
+        "import json, sys; p = sys.argv[1]; d = json.load(open(p)); "
+        f"d['ds']['meta_data']['tags']['instance'].update({hostile!r}); json.dump(d, open(p, 'w'))"
+    )
+    in_host(host, "python3", "-c", patch, INSTANCE_DATA)
+    rc, wall, _, doc = pull_once(host)
+    hold = in_host(host, "cat", f"{PULL_HOME}/hold", check=False).stdout
+    check(rc != 0 and doc.get("ready") is False and doc.get("exit_code") == 4, "a hostile tag fails the run", host)
+    check(all(key in hold for key in hostile), f"the hold names the hostile tags: {hold[:200]}", host)
+    check(in_host(host, "test", "-e", "/tmp/pwned", check=False).returncode != 0, "the tag's command never ran", host)
+    in_host(host, "mv", f"{INSTANCE_DATA}.lab", INSTANCE_DATA)
+    return wall
+
+
+def rehearse_tampered_wheel(host: str) -> float:
+    """A toolchain wheel served with other bytes: refused by its hash, named in the hold; the toolchain stays."""
+    served = sorted((SERVE / "toolchain" / "cp311").glob("resolvelib-*.whl"))
+    if not served:
+        die(f"no resolvelib wheel under {SERVE / 'toolchain' / 'cp311'} to tamper with")
+    wheel = served[0]
+    good, mark = wheel.read_bytes(), in_host(host, "cat", TOOLCHAIN_MARK).stdout
+    wheel.write_bytes(good + b"tampered on the way")
+    # A changed lock is what makes the runner install the toolchain again.
+    in_host(host, "sh", "-c", f"echo stale > {TOOLCHAIN_MARK}")
+    try:
+        rc, wall, _, doc = pull_once(host)
+    finally:
+        wheel.write_bytes(good)
+    hold = in_host(host, "cat", f"{PULL_HOME}/hold", check=False).stdout
+    check(rc == 3 and doc.get("ready") is False, "a tampered toolchain wheel fails the run (exit 3)", host)
+    check(wheel.name in hold and "sha256" in hold, f"the hold names the refused wheel: {hold[:240]}", host)
+    venv_ok = in_host(host, "/opt/gpu-fleet/ansible/bin/ansible-pull", "--version", check=False).returncode == 0
+    check(venv_ok, "the installed toolchain was left as it was", host)
+    in_host(host, "sh", "-c", f"printf '%s' '{mark}' > {TOOLCHAIN_MARK}")
+    return wall
+
+
 def rehearse_failure(host: str, short: bool) -> dict:
-    """A run the site refuses: training held with the reason; then (not short) a good run lifts it."""
+    """Runs refused for a hostile tag, a tampered wheel and a setting the site refuses: training held
+    with the reason each time; then (not short) a good run lifts the hold."""
+    result = {"hostile_tag_run_s": round(rehearse_hostile_tag(host), 1)}
+    result["tampered_wheel_run_s"] = round(rehearse_tampered_wheel(host), 1)
     vars_file = "/etc/gpu-fleet/host_vars.yml"
     in_host(host, "sh", "-c", f"cp {vars_file} {vars_file}.lab && echo 'hf_env_offline: false' >> {vars_file}")
     rc, wall, _, doc = pull_once(host)
@@ -367,7 +431,7 @@ def rehearse_failure(host: str, short: bool) -> dict:
     check(
         start.returncode != 0 and "training is held" in journal, "hf-train@lab refuses to start: training is held", host
     )
-    result = {"failing_run_s": round(wall, 1), "reason": doc.get("reason", "")}
+    result.update(failing_run_s=round(wall, 1), reason=doc.get("reason", ""))
     in_host(host, "mv", f"{vars_file}.lab", vars_file)
     if not short:
         rc, wall, _, doc = pull_once(host)
@@ -521,7 +585,7 @@ def run(images: list[str], short: bool, keep: bool) -> None:
         log(
             f"  {kind:5s}: boot-to-ready {r['boot_to_ready_s']} s (first run {r['first_run_s']} s); "
             f"drift run {r['drift_run_s']} s, {r['drift_host_cpu_s']} s of the host's CPU, no change; "
-            "a failing run held training with its reason"
+            "a hostile tag, a tampered wheel and a failing run each held training with its reason"
         )
     if "bake_s" in results:
         log(f"  bake: {results['bake_s']} s (once per image)")
