@@ -239,15 +239,11 @@ def test_the_role_refuses_a_wheel_swapped_for_another_build(tmp_path, genuine_wh
     assert "pyyaml" not in installed(venv) and "packaging" not in installed(venv)
 
 
-def test_the_role_refuses_a_lock_without_hashes_before_any_change(tmp_path):
-    """Preflight's own check (its task's args, rendered with the role's vars) on a lock with one
-    pin left unhashed: refused, naming the pin, the variable and the fix."""
-    lock = tmp_path / "lock.txt"
-    lock.write_text("# a comment\n" + pin_line(ROOT / "requirements" / "pull.txt", "PyYAML") + "\npackaging==26.4\n")
+def render_preflight_check(tmp_path: Path, lock: Path) -> dict:
+    """Preflight's own check on unhashed pins (its task's args), rendered with the role's vars."""
     preflight = yaml.safe_load((ROLE / "tasks" / "preflight.yml").read_text())
-    checks = next(
-        task["gpu_fleet.common.preflight"]["checks"] for task in preflight if "gpu_fleet.common.preflight" in task
-    )
+    module = "gpu_fleet.common.preflight"
+    checks = next(task[module]["checks"] for task in preflight if module in task)
     (check,) = [check for check in checks if "__hf_loader_unhashed_pins" in check["ok"]]
     play = [
         {
@@ -269,7 +265,16 @@ def test_the_role_refuses_a_lock_without_hashes_before_any_change(tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    rendered = json.loads(done.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+    return json.loads(done.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+
+
+def test_the_role_refuses_a_lock_without_hashes_before_any_change(tmp_path):
+    """A lock with one pin left unhashed: refused, naming the pin, the variable and the fix."""
+    lock = tmp_path / "lock.txt"
+    lock.write_text("# a comment\n" + pin_line(ROOT / "requirements" / "pull.txt", "PyYAML") + "\npackaging==26.4\n")
+    rendered = render_preflight_check(tmp_path, lock)
     assert str(rendered["ok"]) == "False", rendered
     assert f"hf_loader_lock_file {lock} has pins without a --hash=sha256: option (packaging==26.4)" in rendered["msg"]
     assert f"python3 scripts/hash-lock.py {lock}" in rendered["msg"]
+    # A missing lock is the check beside it ("must exist"): this one still renders, and passes.
+    assert str(render_preflight_check(tmp_path, tmp_path / "none.txt")["ok"]) == "True"
