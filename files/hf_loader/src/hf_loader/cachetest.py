@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import shlex
+import stat
 import sys
 import time
 import warnings
@@ -31,6 +32,7 @@ from .env import (
     mounted_at,
     offline_disabled_by_user,
     read_mounts,
+    scratch_dir,
 )
 from .errors import (
     EXIT_ENVIRONMENT,
@@ -40,6 +42,7 @@ from .errors import (
     ConfigError,
     HFLoaderError,
     LoadingFailedError,
+    OutputLocationError,
 )
 
 DEFAULT_DATASET = "ILSVRC/imagenet-1k"
@@ -132,6 +135,8 @@ def _probe_dir(path) -> str | None:
         return "is not a folder"
     except PermissionError:
         return "is not readable/searchable by this user"
+    except OSError as e:  # a link loop, a name too long, an I/O error
+        return f"cannot be listed ({e.strerror or e})"
     return None
 
 
@@ -182,7 +187,11 @@ def check_environment(result: Result, paths: CachePaths) -> list[Finding]:
     they become failures only if the dataset is then found in no cache (see `run`)."""
     _check_offline_mode(result, paths)
     home = paths.hf_home
-    if home.exists() and not home.is_dir():
+    try:
+        home_is_file = not stat.S_ISDIR(os.stat(home).st_mode)
+    except OSError:  # missing or unreachable: said of each cache folder below
+        home_is_file = False
+    if home_is_file:
         result.add(
             "fail",
             "environment",
@@ -328,7 +337,11 @@ def _error_finding(result: Result, stage: str, err: HFLoaderError) -> None:
 
 
 def run(args: argparse.Namespace, result: Result) -> None:
-    paths = CachePaths.from_env()
+    try:
+        paths = CachePaths.from_env()
+    except HFLoaderError as e:  # no home folder to find the default cache in
+        _error_finding(result, "environment", e)
+        return
     result.paths = paths.to_dict()
     mount = getattr(args, "require_mount", None)
     mounted = True
@@ -354,6 +367,11 @@ def run(args: argparse.Namespace, result: Result) -> None:
             f"cache and loading not checked: until {mount} is mounted, the cache folder is not "
             "the dataset volume's",
         )
+        return
+    try:  # the libraries' locks and temporary files: never the cache, never the working folder
+        scratch_dir(avoid=[paths.hf_home, paths.datasets_cache, paths.hub_cache])
+    except HFLoaderError as e:
+        _error_finding(result, "environment", e)
         return
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
@@ -426,7 +444,14 @@ def _report_copy(result: Result, res, deep: bool) -> None:
     detail = ""
     if deep:
         rows = ", ".join(f"{n}={s.rows_found}" for n, s in check.splits.items())
-        detail = f" (deep: rows {rows}; {check.files_hashed} files hashed)"
+        not_hashed = (
+            f", {len(check.unverified)} data files not checkable against a blob"
+            if check.unverified
+            else ""
+        )
+        if res.source == "arrow":
+            not_hashed = ", no blob to hash Arrow shards against: rows counted"
+        detail = f" (deep: rows {rows}; {check.files_hashed} files hashed{not_hashed})"
     result.add(
         "ok",
         "cache",
@@ -438,8 +463,9 @@ def _report_copy(result: Result, res, deep: bool) -> None:
         result.add(
             "warn",
             "cache",
-            f"{len(check.unverified)} data files are plain copies with no blob beside them, so "
-            "no hash to check them against (row counts were checked)",
+            f"{len(check.unverified)} data files could not be checked against a blob: plain "
+            "copies with no blobs/ folder beside them, so no hash to check them against (row "
+            "counts were checked, the bytes were not)",
             path=check.unverified[0],
             remedy="copy the snapshot with its blobs/ folder (rsync -a, cp -a: keep the links)",
         )
@@ -638,7 +664,15 @@ def parser() -> argparse.ArgumentParser:
         "--require-ready",
         type=Path,
         metavar="FILE",
-        help="run no test: exit 0 if the report FILE says ready (the training unit's gate)",
+        help="run no test: exit 0 only if FILE is a valid report of this host that says ready "
+        "(the training unit's gate)",
+    )
+    p.add_argument(
+        "--max-age",
+        type=_seconds,
+        metavar="AGE",
+        help="with --require-ready: a report older than AGE (seconds, or 30m, 12h, 7d) "
+        "keeps the gate closed",
     )
     return p
 
@@ -701,19 +735,122 @@ def _cap_workers(args: argparse.Namespace, result: Result) -> None:
         args.workers = cpus
 
 
-def emit(result: Result, args: argparse.Namespace | None, argv: list[str], as_json: bool) -> None:
-    doc = result.to_dict()
-    if as_json:
-        print(json.dumps(doc, indent=2, default=str))
-    else:
-        print(render(result))
-    if args is None:
-        return
-    stored = report.stamp(doc, [parser().prog, *argv])
+def _within(folder: str, path: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _check_output(folder: Path, flag: str, target: Path, caches: list[str]) -> None:
+    """An output folder that exists, is writable and lies outside the caches, checked before
+    the test: a READY test must not end in a failed write (exit 2 naming the flag)."""
+    uid = os.geteuid()
+    try:
+        is_dir = stat.S_ISDIR(os.stat(folder).st_mode)
+    except FileNotFoundError:
+        raise OutputLocationError(
+            f"{flag} {target}: the folder {folder} does not exist",
+            path=str(folder),
+            remedy=f"create {folder} (writable by uid {uid}), or pass another {flag}",
+        ) from None
+    except OSError as e:
+        raise OutputLocationError(
+            f"{flag} {target}: the folder {folder} cannot be reached ({e.strerror})",
+            path=str(folder),
+            remedy=f"give uid {uid} search permission on the folders above it, or pass another "
+            f"{flag}",
+        ) from None
+    if not is_dir:
+        raise OutputLocationError(
+            f"{flag} {target}: {folder} is not a folder",
+            path=str(folder),
+            remedy=f"pass a {flag} in an existing folder",
+        )
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputLocationError(
+            f"{flag} {target}: the folder {folder} is not writable by this user (uid {uid}, or "
+            "a read-only filesystem)",
+            path=str(folder),
+            remedy=f"make {folder} writable by uid {uid}, or pass another {flag}",
+        )
+    if os.path.isdir(target) and target != folder:
+        raise OutputLocationError(
+            f"{flag} {target} is a folder, not a file",
+            path=str(target),
+            remedy=f"pass a file name for {flag}",
+        )
+    real = os.path.realpath(folder)
+    cache = next((c for c in caches if _within(os.path.realpath(c), real)), None)
+    if cache:
+        raise OutputLocationError(
+            f"{flag} {target} lies in the cache folder {cache}: the cache test never writes "
+            "into a cache",
+            path=str(target),
+            remedy=f"pass a {flag} outside the cache (e.g. under /var/lib/hf-loader)",
+        )
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """--report and --metrics-dir: OutputLocationError (exit 2) before any test is run."""
+    try:
+        paths = CachePaths.from_env()
+        caches = [str(paths.hf_home), str(paths.datasets_cache), str(paths.hub_cache)]
+    except HFLoaderError:
+        caches = []  # reported by the environment stage
     if args.report:
-        report.write_atomic(args.report, json.dumps(stored, indent=2, default=str) + "\n")
+        report_path = Path(os.path.abspath(args.report))
+        _check_output(report_path.parent, "--report", report_path, caches)
     if args.metrics_dir:
-        report.write_atomic(args.metrics_dir / report.METRICS_FILE, report.metrics_text(stored))
+        folder = Path(os.path.abspath(args.metrics_dir))
+        _check_output(folder, "--metrics-dir", folder / report.METRICS_FILE, caches)
+
+
+def _write_failed(result: Result, what: str, path, error: OSError) -> None:
+    result.add(
+        "fail",
+        "environment",
+        f"cannot write the {what} {path}: {error.strerror or error}",
+        path=str(path),
+        remedy="free space in its folder and keep it writable by this user, then rerun",
+        exit_code=EXIT_ENVIRONMENT,
+    )
+
+
+def emit(result: Result, args: argparse.Namespace | None, argv: list[str], as_json: bool) -> None:
+    """Write the report and metrics (a failed write is a finding, exit 5), then print."""
+    if args is not None and (args.report or args.metrics_dir):
+        stored = report.stamp(result.to_dict(), [parser().prog, *argv])
+        if args.report:
+            try:
+                report.write_atomic(args.report, json.dumps(stored, indent=2, default=str) + "\n")
+            except OSError as e:
+                _write_failed(result, "report", args.report, e)
+                stored = report.stamp(result.to_dict(), [parser().prog, *argv])
+        if args.metrics_dir:
+            target = args.metrics_dir / report.METRICS_FILE
+            try:
+                report.write_atomic(target, report.metrics_text(stored))
+            except OSError as e:
+                _write_failed(result, "metrics file", target, e)
+    doc = result.to_dict()
+    text = json.dumps(doc, indent=2, default=str) if as_json else render(result)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # a reader that left (| head): the exit code still says it
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _seconds(text: str) -> int:
+    """A duration: whole seconds, or a number with s, m, h or d."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    number, unit = (text[:-1], text[-1]) if text and text[-1] in units else (text, "s")
+    try:
+        value = int(number)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"'{text}' is not a duration (seconds, or a number with s, m, h, d)"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is below 1 second")
+    return value * units[unit]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -721,20 +858,35 @@ def main(argv: list[str] | None = None) -> int:
     result = Result(dataset=os.environ.get("HF_LOADER_DATASET", DEFAULT_DATASET))
     try:
         args = parse_args(argv)
+        if args.max_age is not None and not args.require_ready:
+            raise ConfigError("--max-age applies only to --require-ready FILE")
+        if not args.require_ready:
+            check_outputs(args)
     except SystemExit as e:  # --help
         return int(e.code or 0)
-    except ConfigError as e:  # the parser's, the config file's
+    except ConfigError as e:  # the parser's, the config file's, the output folders'
         _error_finding(result, "usage", e)
         emit(result, None, argv, "--json" in argv)
         return result.exit_code
     if args.require_ready:
-        code, line = report.require_ready(args.require_ready)
+        code, line = report.require_ready(args.require_ready, max_age=args.max_age)
         print(line, file=sys.stdout if code == EXIT_READY else sys.stderr)
         return code
     result.dataset = args.dataset
     try:
         _cap_workers(args, result)
         run(args, result)
+    except OSError as e:  # the host refused something no stage expected: not a bug
+        where = e.filename or "(no path given)"
+        result.add(
+            "fail",
+            "environment",
+            f"the host refused an operation on {where}: {e.strerror or e}",
+            path=str(e.filename) if e.filename else None,
+            remedy="fix what the error names (permissions, free space, the mount), then rerun; "
+            "if it names nothing of this host, report it with the full output",
+            exit_code=EXIT_ENVIRONMENT,
+        )
     except Exception as e:  # noqa: BLE001 - report, never a bare traceback
         result.add(
             "fail",
@@ -743,15 +895,7 @@ def main(argv: list[str] | None = None) -> int:
             remedy="report this with the full output",
             exit_code=EXIT_INTERNAL,
         )
-    try:
-        emit(result, args, argv, args.json)
-    except OSError as e:
-        print(
-            f"hf-cache-test: cannot write {e.filename}: {e.strerror}; fix: make the report and "
-            "metrics folders writable by this user",
-            file=sys.stderr,
-        )
-        return EXIT_INTERNAL if result.exit_code == EXIT_READY else result.exit_code
+    emit(result, args, argv, args.json)
     return result.exit_code
 
 

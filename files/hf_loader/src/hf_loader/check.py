@@ -313,7 +313,7 @@ def check_arrow_dir(
         report.add(directory, "interrupted prepare (*.incomplete folder)")
         return report
     try:
-        os.listdir(directory)
+        entries = list(os.scandir(directory))
     except PermissionError:
         report.add(
             directory,
@@ -324,6 +324,19 @@ def check_arrow_dir(
     except FileNotFoundError:
         report.add(directory, "folder does not exist", MISSING)
         return report
+    except OSError as e:
+        add_os_error(report, directory, e, "folder")
+        return report
+    for entry in entries:  # `datasets` writes no links: one out of the folder is refused
+        if entry.is_symlink():
+            dest = _link_destination(Path(entry.path))
+            if dest is None or dest.parent != directory:
+                report.add(
+                    entry.path,
+                    f"symlink to {os.readlink(entry.path)}, outside the copy (hf-cache-manifest "
+                    "refuses it too)",
+                    CORRUPT,
+                )
     info = read_dataset_info(directory, report)
     if info is None:
         return report
@@ -448,10 +461,15 @@ def _walk(root: Path, report: CheckReport) -> list[str]:
                 d, "folder not readable/searchable by this user (permission denied)", PERMISSION
             )
             continue
+        except OSError as e:
+            add_os_error(report, d, e, "folder")
+            continue
         for e in entries:
             if e.name in (".git", ".cache", ".huggingface"):
                 continue
-            if e.is_dir(follow_symlinks=False):
+            # A folder named like a data file stands where a data file belongs: listed, so
+            # that it is opened, found to be a folder and named, not taken for a missing file.
+            if e.is_dir(follow_symlinks=False) and not e.name.endswith(_DATA_EXT):
                 stack.append(Path(e.path))
             else:
                 out.append(os.path.relpath(e.path, root))
@@ -554,6 +572,7 @@ def check_hub_snapshot(
     by_split = {k: v for k, v in by_split.items() if v}
     if not by_split:
         report.add(snapshot, "no data files found in the snapshot")
+    _check_snapshot_links(report, snapshot, files)
     # dangling symlinks anywhere (not only data files)
     data_set = {f for fs in by_split.values() for f in fs}
     for rel in files:
@@ -611,41 +630,117 @@ def check_hub_snapshot(
     return report
 
 
-def _expected_sha256(snapshot: Path, rel: str, blob_names: set[str]) -> str | set[str] | None:
-    """What a snapshot file must hash to: its blob's name when it links to an LFS blob; for a
-    plain copy (`cp -rL`, `rsync -L`), one of the LFS blob names beside the snapshot."""
+def _link_destination(path: Path) -> Path | None:
+    """Where a symlink leads, normalized as written (as `hf-cache-manifest` reads it); None
+    for an absolute target."""
+    target = os.readlink(path)
+    return None if os.path.isabs(target) else Path(os.path.normpath(path.parent / target))
+
+
+def _check_snapshot_links(report: CheckReport, snapshot: Path, files: list[str]) -> None:
+    """Each symlink must lead to a blob of this repository (a regular file) or into the
+    snapshot: what `hf-cache-manifest write` accepts. A link out of the copy loads files that
+    no blob or manifest vouches for, and seeding would publish it."""
+    blobs_dir = snapshot.parent.parent / "blobs"
+    for rel in files:
+        path = snapshot / rel
+        try:
+            if not os.path.islink(path):
+                continue
+            dest = _link_destination(path)
+        except OSError as e:
+            add_os_error(report, path, e, "symlink")
+            continue
+        if dest is None:
+            report.add(
+                path,
+                f"symlink with an absolute target {os.readlink(path)}: it leads out of the "
+                "copy (hf-cache-manifest refuses it too)",
+                CORRUPT,
+            )
+        elif dest.parent == blobs_dir:
+            try:
+                mode = os.lstat(dest).st_mode
+            except FileNotFoundError:
+                continue  # a dangling link: reported with the file it stands for
+            except OSError as e:
+                add_os_error(report, dest, e, "blob")
+                continue
+            if not stat.S_ISREG(mode):
+                what = "a symlink" if stat.S_ISLNK(mode) else _FILE_TYPES.get(stat.S_IFMT(mode))
+                report.add(dest, f"blob is {what or 'not a regular file'}, not a file", SPECIAL)
+        elif not (dest == snapshot or str(dest).startswith(str(snapshot) + "/")):
+            report.add(
+                path,
+                f"symlink to {os.readlink(path)}, outside the copy (neither a blob of this "
+                "repository nor a file of the snapshot; hf-cache-manifest refuses it too)",
+                CORRUPT,
+            )
+
+
+def _git_blob_sha1(path: Path) -> str:
+    """git's object name of a file (sha1 of 'blob SIZE\\0' + content): how small files that
+    are not LFS files (the card, small data files) are named in blobs/."""
+    with os.fdopen(open_regular(path), "rb") as f:
+        h = hashlib.sha1(f"blob {os.fstat(f.fileno()).st_size}\0".encode(), usedforsecurity=False)
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+_SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _expected_digest(snapshot: Path, rel: str, blob_names: set[str]) -> tuple[str, object]:
+    """How a snapshot file is checked: ("sha256", name) or ("git", name) when it links to a
+    blob of this repository, by the blob's name; ("any", names) for anything else (a plain
+    copy, `cp -rL`/`rsync -L`, or a link to a file of the snapshot): its sha256 must be one of
+    the LFS blob names beside the snapshot; ("none", None) when there are none."""
     path = snapshot / rel
     if os.path.islink(path):
-        name = os.path.basename(os.readlink(path))
-        return name if _SHA256_RE.match(name) and os.path.exists(path) else None
-    return blob_names or None
+        dest = _link_destination(path)
+        if dest is not None and dest.parent == snapshot.parent.parent / "blobs":
+            if _SHA256_RE.match(dest.name):
+                return "sha256", dest.name
+            if _SHA1_RE.match(dest.name):
+                return "git", dest.name
+    return ("any", blob_names) if blob_names else ("none", None)
 
 
 def _hash_snapshot_files(
     report: CheckReport, snapshot: Path, files: list[str], data_set: set, workers, progress
 ) -> None:
+    """Every data file is hashed against a blob, or counted in `unverified`: none is skipped."""
     blobs_dir = snapshot.parent.parent / "blobs"
     blob_names = {n for n in listdir_or_empty(blobs_dir) if _SHA256_RE.match(n)}
+    refused = {p.path for p in report.problems}
     jobs = []
     for rel in files:
-        is_link = os.path.islink(snapshot / rel)
-        if not is_link and rel not in data_set:
-            continue  # small git files (the card) are stored by git sha1, not sha256
-        expected = _expected_sha256(snapshot, rel, blob_names)
-        if expected is not None:
-            jobs.append((snapshot / rel, expected))
-        elif not is_link:
-            report.unverified.append(str(snapshot / rel))
-    digests = _parallel(lambda job: _sha256(job[0]), jobs, "sha256", workers, progress)
-    for (path, expected), digest in zip(jobs, digests, strict=True):
+        path = snapshot / rel
+        if str(path) in refused or (os.path.islink(path) and not os.path.exists(path)):
+            continue  # already a problem (a link out of the copy, a dangling link)
+        how, expected = _expected_digest(snapshot, rel, blob_names)
+        if rel not in data_set and how not in ("sha256", "git"):
+            continue  # a small file that is no blob link (e.g. .gitattributes copied plain)
+        if how == "none":
+            report.unverified.append(str(path))
+        else:
+            jobs.append((path, how, expected))
+
+    def digest(job):
+        return _git_blob_sha1(job[0]) if job[1] == "git" else _sha256(job[0])
+
+    digests = _parallel(digest, jobs, "sha256", workers, progress)
+    for (path, how, expected), digest in zip(jobs, digests, strict=True):
         report.files_hashed += 1
         if isinstance(digest, OSError):
             add_os_error(report, path, digest, "data file")
         elif isinstance(digest, Exception):
             report.add(path, f"cannot hash: {digest}")
-        elif isinstance(expected, str) and digest != expected:
-            report.add(path, f"sha256 {digest} does not match its blob name {expected}")
-        elif isinstance(expected, set) and digest not in expected:
+        elif how in ("sha256", "git") and digest != expected:
+            kind = "git object name" if how == "git" else "sha256"
+            report.add(path, f"{kind} {digest} does not match its blob name {expected}")
+        elif how == "any" and digest not in expected:
             report.add(
                 path,
                 f"plain copy with sha256 {digest}, which no LFS blob in {blobs_dir} has: "

@@ -84,29 +84,104 @@ def _patch_imported_modules() -> None:
 
 
 _SCRATCH: Path | None = None
+_SCRATCH_PROBE = b"hf-loader scratch probe\n" * 64  # a few KiB: a full tmpfs refuses it
 
 
-def scratch_dir() -> Path:
+def scratch_candidates(environ: dict | None = None) -> list[tuple[str, str]]:
+    """Where scratch space may be made, as (folder, what names it): TMPDIR (TEMP, TMP) when
+    set, else /tmp and /var/tmp. Never the working folder, which Python's `tempfile` falls
+    back to when the others are full: a reader started in the cache would write there."""
+    env = os.environ if environ is None else environ
+    for var in ("TMPDIR", "TEMP", "TMP"):
+        if env.get(var):
+            return [(env[var], var)]
+    return [("/tmp", "default"), ("/var/tmp", "default")]
+
+
+def _within(folder: str, path: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _make_scratch(base: str, avoid: list[str]) -> Path:
+    """A private folder in `base` that holds a few KiB (mkdir alone succeeds on a full tmpfs)."""
+    real = os.path.realpath(base)
+    inside = next((a for a in avoid if _within(os.path.realpath(a), real)), None)
+    if inside:
+        raise OSError(f"it is inside the cache folder {inside}, which a reader never writes")
+    folder = Path(tempfile.mkdtemp(prefix="hf-loader-", dir=base))
+    try:
+        with open(folder / ".probe", "wb") as f:
+            f.write(_SCRATCH_PROBE)
+            f.flush()
+            os.fsync(f.fileno())
+        os.unlink(folder / ".probe")
+    except OSError:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return folder
+
+
+def scratch_dir(avoid: list | tuple = ()) -> Path:
     """This process's own writable folder for the libraries' locks and temporary files.
 
     `datasets` takes a FileLock in its cache folder even to stream a hub snapshot; on a
     read-only or foreign cache that is EROFS/EACCES. Readers give it this folder instead
     (under TMPDIR, private per unit with PrivateTmp), so they never write into a cache.
-    Removed when the process exits.
+    It also becomes `tempfile`'s folder in this process and its children (DataLoader workers,
+    multiprocessing), so nothing falls back to the working folder. `avoid`: cache folders it
+    must not lie in. Removed when the process exits. ScratchSpaceError (exit 5) when no
+    candidate works, naming each and why.
     """
     global _SCRATCH
-    if _SCRATCH is None or not _SCRATCH.is_dir():
-        _SCRATCH = Path(tempfile.mkdtemp(prefix="hf-loader-"))
+    if _SCRATCH is not None and _SCRATCH.is_dir():
+        return _SCRATCH
+    from .errors import ScratchSpaceError
+
+    refused = []
+    for base, source in scratch_candidates():
+        try:
+            _SCRATCH = _make_scratch(base, [str(a) for a in avoid])
+        except OSError as e:
+            why = e.strerror or str(e)
+            refused.append(f"{base} ({source}): {why}")
+            continue
         atexit.register(shutil.rmtree, _SCRATCH, ignore_errors=True)
-    return _SCRATCH
+        tempfile.tempdir = str(_SCRATCH)
+        os.environ["TMPDIR"] = str(_SCRATCH)
+        return _SCRATCH
+    raise ScratchSpaceError(
+        "no usable scratch space for the libraries' locks and temporary files: "
+        + "; ".join(refused),
+        path=scratch_candidates()[0][0],
+        remedy="point TMPDIR at a writable folder with free space outside the cache (the units "
+        "have a private /tmp), or free space in it; the loader never falls back to the "
+        "working folder",
+    )
+
+
+def _expand(text: str, var: str) -> Path:
+    """`~` expanded; a user with no home folder (no HOME, no passwd entry) is exit 5."""
+    path = os.path.expanduser(text)
+    if path.startswith("~"):
+        from .errors import EnvironmentMisconfiguredError
+
+        raise EnvironmentMisconfiguredError(
+            f"{var} is {text!r}, but this user (uid {os.getuid()}) has no home folder to "
+            "expand '~' to (no HOME, no passwd entry)",
+            path=text,
+            remedy="set HF_HOME (or HF_DATASETS_CACHE and HF_HUB_CACHE) to the cache folder "
+            "as an absolute path",
+        )
+    return Path(path)
 
 
 def _hf_home(environ: dict) -> Path:
     if environ.get("HF_HOME"):
-        return Path(environ["HF_HOME"]).expanduser()
+        return _expand(environ["HF_HOME"], "HF_HOME")
     xdg = environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "huggingface"
+    if xdg:
+        return _expand(xdg, "XDG_CACHE_HOME") / "huggingface"
+    return _expand("~/.cache/huggingface", "HF_HOME (unset, so the default)")
 
 
 @dataclass
@@ -124,14 +199,14 @@ class CachePaths:
         home = _hf_home(env)
         sources = {"HF_HOME": "HF_HOME" if env.get("HF_HOME") else "default"}
         if env.get("HF_DATASETS_CACHE"):
-            ds = Path(env["HF_DATASETS_CACHE"]).expanduser()
+            ds = _expand(env["HF_DATASETS_CACHE"], "HF_DATASETS_CACHE")
             sources["datasets_cache"] = "HF_DATASETS_CACHE"
         else:
             ds = home / "datasets"
             sources["datasets_cache"] = "HF_HOME" if env.get("HF_HOME") else "default"
         hub_var = next((v for v in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE") if env.get(v)), None)
         if hub_var:
-            hub = Path(env[hub_var]).expanduser()
+            hub = _expand(env[hub_var], hub_var)
             sources["hub_cache"] = hub_var
         else:
             hub = home / "hub"

@@ -156,6 +156,19 @@ class InvalidDatasetIdError(ConfigError):
         return d
 
 
+class InvalidRevisionError(ConfigError):
+    """A --revision that cannot name a ref file (absolute, '..', control characters)."""
+
+
+class ScratchSpaceError(EnvironmentMisconfiguredError):
+    """No usable scratch folder (TMPDIR full, missing or read-only): a reader never falls back
+    to the working folder, which may be the cache."""
+
+
+class OutputLocationError(ConfigError):
+    """--report or --metrics-dir names a folder that is missing, not writable, or in a cache."""
+
+
 class ManifestError(HFLoaderError):
     """A manifest file that is missing, unreadable, not a valid manifest, or not writable."""
 

@@ -14,23 +14,35 @@ import logging
 import os
 import re
 import shutil
+import stat
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .check import (
+    CORRUPT,
+    METADATA,
     MISSING,
     PERMISSION,
+    SPECIAL,
     CheckReport,
+    add_os_error,
     card_config,
     card_config_names,
     check_arrow_dir,
     check_hub_snapshot,
     listdir_or_empty,
+    open_regular,
     read_card,
 )
 from .env import CachePaths, force_offline, scratch_dir
-from .errors import IncompleteCacheError, InvalidDatasetIdError, NotCachedError
+from .errors import (
+    EnvironmentMisconfiguredError,
+    IncompleteCacheError,
+    InvalidDatasetIdError,
+    InvalidRevisionError,
+    NotCachedError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,24 +156,50 @@ def near_misses(paths: CachePaths, dataset_id: str) -> list[str]:
     return out
 
 
+def _subfolders(folder: Path, report: CheckReport) -> list[Path]:
+    """The folders in `folder` ([] when it is missing); every EACCES is a permission problem
+    in `report`, never an empty listing (a copy this user may not read is not "not cached")."""
+    try:
+        names = sorted(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as e:
+        _folder_error(report, folder, e)
+        return []
+    out = []
+    for name in names:
+        path = folder / name
+        try:
+            if stat.S_ISDIR(os.stat(path).st_mode):
+                out.append(path)
+        except FileNotFoundError:
+            continue  # a dangling link: not a folder
+        except OSError as e:
+            _folder_error(report, folder if isinstance(e, PermissionError) else path, e)
+            return out
+    return out
+
+
 def _arrow_candidates(
     paths: CachePaths, dataset_id: str, config: str | None, revision: str | None
-) -> tuple[list[Path], list[Skipped], list[str]]:
+) -> tuple[list[Path], list[Skipped], list[str], CheckReport]:
     root = arrow_root(paths, dataset_id)
+    unreadable = CheckReport(kind="arrow", path=str(root))
     candidates, skipped = [], []
-    configs = [config] if config else listdir_or_empty(root)
-    for cfg in configs:
-        cfg_dir = root / cfg
-        if not cfg_dir.is_dir():
-            continue
-        for ver in listdir_or_empty(cfg_dir):
-            vdir = cfg_dir / ver
-            if not vdir.is_dir():
-                continue
-            for h in listdir_or_empty(vdir):
-                d = vdir / h
-                if not d.is_dir():
-                    continue
+    if config:  # looked up by name: a root this user may search but not list still works
+        try:
+            cfg_dirs = [root / config] if stat.S_ISDIR(os.stat(root / config).st_mode) else []
+        except (FileNotFoundError, NotADirectoryError):
+            cfg_dirs = []
+        except OSError as e:
+            _folder_error(unreadable, root, e)
+            cfg_dirs = []
+    else:
+        cfg_dirs = _subfolders(root, unreadable)
+    for cfg_dir in cfg_dirs:
+        for vdir in _subfolders(cfg_dir, unreadable):
+            for d in _subfolders(vdir, unreadable):
+                h = d.name
                 if h.endswith(".incomplete"):
                     skipped.append(Skipped(str(d), "interrupted prepare (*.incomplete), ignored"))
                     continue
@@ -170,7 +208,7 @@ def _arrow_candidates(
                     continue
                 candidates.append(d)
     configs_found = sorted({c.parent.parent.name for c in candidates})
-    return candidates, skipped, configs_found
+    return candidates, skipped, configs_found, unreadable
 
 
 def resolve(
@@ -207,8 +245,16 @@ def resolve(
     looked.append(
         f"Arrow cache {root}/{config or '*'}/*/* ({paths.sources.get('datasets_cache', 'given')})"
     )
-    candidates, sk, configs_found = _arrow_candidates(paths, dataset_id, config, revision)
+    candidates, sk, configs_found, unreadable = _arrow_candidates(
+        paths, dataset_id, config, revision
+    )
     skipped.extend(sk)
+    if unreadable.problems:
+        broken.append(unreadable)
+        skipped.extend(
+            Skipped(p.path, p.message, permissions_only=p.kind == PERMISSION)
+            for p in unreadable.problems
+        )
     if config is None and len(configs_found) > 1:
         if "default" in configs_found:
             candidates = [c for c in candidates if c.parent.parent.name == "default"]
@@ -248,11 +294,9 @@ def resolve(
         f"hub cache {repo_dir}/snapshots/<{revision or 'refs/main'}> "
         f"({paths.sources.get('hub_cache', 'given')})"
     )
-    snapshot = _snapshot(dataset_id, revision, paths)
-    if snapshot is None:
-        dangling = _dangling_ref(repo_dir, revision)
-        if dangling:
-            broken.append(dangling)
+    snapshot, refused = locate_snapshot(dataset_id, revision, paths)
+    if refused is not None:
+        broken.append(refused)
     if snapshot is not None and config is not None:
         names = card_config_names(read_card(snapshot))
         if names and config not in names:
@@ -301,8 +345,12 @@ def resolve(
     if broken:
         problems = [p for r in broken for p in r.problems]
         worst = broken[0]
+        unreadable_only = all(p.kind == PERMISSION for p in problems)
         raise IncompleteCacheError(
-            f"'{dataset_id}' is cached but no copy is complete "
+            f"'{dataset_id}' is cached but this user may not read it "
+            f"({len(problems)} path(s) permission denied)"
+            if unreadable_only
+            else f"'{dataset_id}' is cached but no copy is complete "
             f"({len(problems)} problem(s) in {len(broken)} copy/copies)",
             path=worst.path,
             problems=problems + [f"skipped {s}" for s in skipped if "incomplete" in s.reason],
@@ -354,45 +402,169 @@ def incomplete_remedy(problems) -> str:
     return restore + ", then rerun hf-cache-test; the loader never downloads"
 
 
-def _dangling_ref(repo_dir: Path, revision: str | None) -> CheckReport | None:
-    """A ref (refs/main) that names a snapshot folder that is not there, as a broken copy."""
-    ref_name = revision or "main"
-    ref = repo_dir / "refs" / ref_name
+_COMMIT_RE = re.compile(rb"^[0-9a-f]{40}\n?$")
+_COMMIT_TEXT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _ref_name_problem(name: str) -> str | None:
+    """Why a ref name (`--revision`) cannot name a file under refs/, or None."""
+    parts = name.split("/")
+    if name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        return "it is not a plain ref name (empty, absolute or '..' parts)"
+    if any(ord(c) < 32 for c in name):
+        return "it holds a control character"
+    return None
+
+
+def _real_inside(path: str, folder: str) -> bool:
+    real, top = os.path.realpath(path), os.path.realpath(folder)
+    return real != top and real.startswith(top.rstrip("/") + "/")
+
+
+def locate_snapshot(
+    dataset_id: str, revision: str | None, paths: CachePaths
+) -> tuple[Path | None, CheckReport | None]:
+    """The hub snapshot folder of `dataset_id` (None: not there) and a broken copy's report.
+
+    The ref is read here, never by huggingface_hub, which joins its text into
+    `snapshots/<text>` as it stands: a ref holding `../../datasets--other--set/snapshots/SHA`
+    would load another dataset under this id, one holding `/` would walk the filesystem.
+    A ref must hold one 40-hex commit (a trailing newline allowed), and the snapshot's real
+    path must lie inside this repository's `snapshots/`. Every EACCES on the way is a
+    permission problem (huggingface_hub's `os.path.exists` would call the copy missing).
+    """
+    repo_dir = hub_repo_dir(paths, dataset_id)
+    report = CheckReport(kind="hub", path=str(repo_dir))
     try:
-        commit = ref.read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
+        st = os.stat(repo_dir)
+    except FileNotFoundError:
+        return None, None
+    except OSError as e:
+        add_os_error(report, repo_dir, e, "repository folder")
+        return None, report
+    if not stat.S_ISDIR(st.st_mode):
+        report.add(repo_dir, "is not a folder: a hub repository folder belongs here", SPECIAL)
+        return None, report
+    real_repo = os.path.realpath(repo_dir)
+    if os.path.basename(real_repo).startswith("datasets--") and (
+        os.path.basename(real_repo) != repo_dir.name
+    ):
+        report.add(
+            repo_dir,
+            f"is a link to {real_repo}, the repository of another dataset: it would be loaded "
+            f"under '{dataset_id}'",
+            CORRUPT,
+        )
+        return None, report
+    try:
+        os.listdir(repo_dir)
+    except OSError as e:
+        _folder_error(report, repo_dir, e)
+        return None, report
     snapshots = repo_dir / "snapshots"
-    if (snapshots / commit).is_dir():
-        return None
-    present = listdir_or_empty(snapshots)
-    report = CheckReport(kind="hub", path=str(snapshots / commit))
-    report.add(
-        ref,
-        f"ref '{ref_name}' points to snapshot {commit}, which is not in {snapshots} "
-        f"(snapshots there: {', '.join(present) or 'none'})",
-        MISSING,
-    )
-    return report
-
-
-def _snapshot(dataset_id: str, revision: str | None, paths: CachePaths) -> Path | None:
+    if revision and _COMMIT_TEXT_RE.match(revision):
+        commit, ref, ref_name = revision, None, None
+    else:
+        ref_name = revision or "main"
+        why = _ref_name_problem(ref_name)
+        if why:
+            raise InvalidRevisionError(
+                f"--revision {ref_name!r} cannot name a ref: {why}",
+                remedy="pass a 40-hex commit (a folder name under snapshots/) or a branch or tag "
+                "name such as 'main'",
+            )
+        ref = repo_dir / "refs" / ref_name
+        try:
+            text = _read_ref(ref)
+        except FileNotFoundError:
+            return None, None  # no such ref: not cached (the message lists where it looked)
+        except OSError as e:
+            add_os_error(report, ref, e, "ref file (one commit)")
+            return None, report
+        if not _COMMIT_RE.match(text):
+            shown = text[:80].decode("utf-8", errors="backslashreplace")
+            report.add(
+                ref,
+                f"ref '{ref_name}' holds {shown!r}, not one 40-hex commit: a ref is never used "
+                f"as a path (snapshots there: {', '.join(_names(snapshots)) or 'none'})",
+                METADATA,
+            )
+            return None, report
+        commit = text.decode("ascii").strip()
+    snapshot = snapshots / commit
+    report.path = str(snapshot)
+    try:
+        st = os.stat(snapshot)
+    except FileNotFoundError:
+        if ref is None:
+            return None, None  # that commit is not cached (the message lists where it looked)
+        report.add(
+            ref,
+            f"ref '{ref_name}' points to snapshot {commit}, which is not in {snapshots} "
+            f"(snapshots there: {', '.join(_names(snapshots)) or 'none'})",
+            MISSING,
+        )
+        return None, report
+    except OSError as e:
+        _folder_error(report, snapshots, e)
+        return None, report
+    if not _real_inside(str(snapshot), str(repo_dir / "snapshots")) or not os.path.samefile(
+        os.path.dirname(os.path.realpath(snapshots)), real_repo
+    ):
+        report.add(
+            snapshot,
+            f"the snapshot is a link to {os.path.realpath(snapshot)}, outside this repository's "
+            f"{snapshots}: another copy would be loaded under '{dataset_id}'",
+            CORRUPT,
+        )
+        return None, report
+    if not stat.S_ISDIR(st.st_mode):
+        report.add(snapshot, "is not a folder: a snapshot folder belongs here", SPECIAL)
+        return None, report
+    try:
+        os.listdir(snapshot)
+    except OSError as e:
+        _folder_error(report, snapshot, e)
+        return None, report
+    # huggingface_hub's own check of the snapshot against its cached tree listing, given
+    # the commit itself (so it reads no ref).
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        return Path(
-            snapshot_download(
-                dataset_id,
-                repo_type="dataset",
-                revision=revision,
-                cache_dir=str(paths.hub_cache),
-                local_files_only=True,
-            )
+        snapshot_download(
+            dataset_id,
+            repo_type="dataset",
+            revision=commit,
+            cache_dir=str(paths.hub_cache),
+            local_files_only=True,
         )
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as e:
-        log.debug("no hub snapshot for %s: %s", dataset_id, e)
-        return None
+    except LocalEntryNotFoundError as e:
+        log.debug("huggingface_hub finds no snapshot for %s: %s", dataset_id, e)
+        return None, None
+    except (OSError, ValueError) as e:  # IncompleteSnapshotError: files of its listing missing
+        report.add(snapshot, f"huggingface_hub refuses the snapshot: {e}", MISSING)
+        return None, report
+    return snapshot, None
+
+
+def _read_ref(ref: Path) -> bytes:
+    """A ref's bytes; at most 4 KiB (a commit is 40): a huge or special file is no ref."""
+    with os.fdopen(open_regular(ref), "rb") as f:
+        return f.read(4096)
+
+
+def _names(folder: Path) -> list[str]:
+    return listdir_or_empty(folder)
+
+
+def _folder_error(report: CheckReport, folder: Path, error: OSError) -> None:
+    if isinstance(error, PermissionError):
+        report.add(
+            folder, "folder not readable/searchable by this user (permission denied)", PERMISSION
+        )
+    else:
+        add_os_error(report, folder, error, "folder")
 
 
 def _arrow_size_estimate(report: CheckReport, config: str) -> int:
@@ -419,7 +591,10 @@ def _maybe_convert(res: Resolution, paths: CachePaths, headroom: float, progress
         _stream_instead(res, msg, 4)
         return
     need = int(_arrow_size_estimate(res.report, res.config) * headroom)
-    free = shutil.disk_usage(target).free
+    try:
+        free = shutil.disk_usage(target).free
+    except OSError:
+        free = 0
     if free < need:
         msg = (
             f"conversion of {res.path} to Arrow skipped: needs about {need} bytes, "
@@ -427,8 +602,16 @@ def _maybe_convert(res: Resolution, paths: CachePaths, headroom: float, progress
         )
         _stream_instead(res, msg, 4)
         return
-    paths.datasets_cache.mkdir(parents=True, exist_ok=True)
-    out = convert_to_arrow(res, paths)
+    try:
+        paths.datasets_cache.mkdir(parents=True, exist_ok=True)
+        out = convert_to_arrow(res, paths)
+    except OSError as e:  # the disk filled up, or the folder changed hands meanwhile
+        raise EnvironmentMisconfiguredError(
+            f"converting {res.path} to Arrow failed: {e.strerror or e}",
+            path=str(e.filename or paths.datasets_cache),
+            remedy=f"free space or fix permissions in {paths.datasets_cache}, remove the "
+            "*.incomplete folder it left, and rerun (or run without --allow-convert to stream)",
+        ) from e
     res.infos.append(f"converted hub snapshot {res.path} to Arrow at {out}")
     res.source, res.path, res.mode = "arrow", str(out), "converted"
     res.report = check_arrow_dir(out)
