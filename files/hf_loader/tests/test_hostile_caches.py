@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -464,3 +465,33 @@ def test_a_cache_folder_that_links_to_itself_is_exit_5(home):
     code, doc, out = run_test(home, "--batches", "0")
     assert code == 5, out
     assert "cannot be listed" in fail_texts(doc)
+
+
+def test_an_image_kept_by_path_that_is_a_fifo_fails_at_once(tmp_path):
+    """An Arrow copy whose image column holds paths (an imagefolder build): a FIFO planted
+    at one must fail that row, never block a DataLoader worker forever."""
+    import datasets
+
+    from hf_loader.check import NotRegularFileError
+    from hf_loader.data import HFImageDataset
+
+    fifo = tmp_path / "image.jpg"
+    os.mkfifo(fifo)
+    features = datasets.Features(
+        {"image": datasets.Image(), "label": datasets.ClassLabel(names=["a"])}
+    )
+    ds = datasets.Dataset.from_dict(
+        {"image": [{"bytes": None, "path": str(fifo)}], "label": [0]}, features=features
+    )
+
+    def blocked(*_):
+        raise AssertionError("reading the image blocked on the FIFO")
+
+    previous = signal.signal(signal.SIGALRM, blocked)
+    signal.alarm(30)  # a blocking open() is interrupted: the test fails instead of hanging
+    try:
+        with pytest.raises(NotRegularFileError, match="a FIFO"):
+            HFImageDataset(ds, transform=lambda data: data)[0]
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)

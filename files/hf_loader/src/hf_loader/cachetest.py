@@ -51,19 +51,26 @@ EXIT_CODES_HELP = """exit codes:
   0  ready: environment sane, a complete copy found, batches loaded
      (warnings, e.g. a broken copy passed over, do not change it)
   1  internal error (a bug: please report it with the output)
-  2  usage error (bad arguments, config file or dataset id; a --require-mount
-     PATH that is neither the cache root nor one of its parents)
+  2  usage error (bad arguments, config file, dataset id or --revision; a
+     --require-mount PATH that is neither the cache root nor one of its parents;
+     a --report or --metrics-dir folder that is missing, not writable or in a
+     cache: checked before the test)
   3  not cached: no copy of the dataset id in the Arrow or hub cache
   4  incomplete or corrupt: a copy exists but files are missing, truncated,
-     dangling, unreadable, not regular files, or its metadata is malformed
+     dangling, unreadable (a permission fix), not regular files (a folder where
+     a shard belongs), links out of the copy, a ref that is not one commit inside
+     snapshots/, or its metadata is malformed
   5  environment misconfigured: the --require-mount PATH is not a mount point
      (the dataset volume is not mounted: reported first, cache not checked),
      cache variables point to missing/unreadable folders (while the dataset is
-     in no other), HF_HOME is not a folder, or offline mode is switched off
-     (a false HF_DATASETS_OFFLINE)
+     in no other), HF_HOME is not a folder, offline mode is switched off
+     (a false HF_DATASETS_OFFLINE), no usable scratch space (TMPDIR full: the
+     working folder is never used instead), or the report cannot be written
   6  loading failed: the cache looked complete but the DataLoader failed
-  7  --require-ready only: no report at FILE, or not a valid one
-     (a report that is not ready gives its own exit code, 1 or 3-6)
+  7  --require-ready only: no report at FILE, or not a valid, consistent
+     report of this host (host name, machine id), one others could have
+     written, or one older than --max-age (a valid report that is not ready
+     gives its own exit code, 1-6)
 when several stages fail, the code is that of the first: environment, cache, loading
 --json prints one JSON object in every case, usage and internal errors included"""
 

@@ -10,6 +10,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .batches import RingCollate, collate_nhwc, release
+from .check import read_regular
 from .transforms import TrainTransform, ValTransform, normalize_batch
 
 
@@ -17,9 +18,8 @@ def _image_bytes(value) -> bytes:
     if isinstance(value, dict):
         if value.get("bytes"):
             return value["bytes"]
-        if value.get("path"):
-            with open(value["path"], "rb") as f:
-                return f.read()
+        if value.get("path"):  # an image kept by path (an imagefolder build): a regular
+            return read_regular(value["path"])  # file only, a FIFO there would block a worker
     if isinstance(value, (bytes, bytearray)):
         return bytes(value)
     raise ValueError(f"row has no image bytes or path: {type(value)}")
