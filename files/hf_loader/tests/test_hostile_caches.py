@@ -495,3 +495,44 @@ def test_an_image_kept_by_path_that_is_a_fifo_fails_at_once(tmp_path):
     finally:
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
+
+
+# ------------------------------------------------------------------ more of a bad week
+
+
+@pytest.mark.parametrize(
+    "configs",
+    [
+        [{"config_name": "default", "data_files": [{"split": ["train"], "path": "data/t*"}]}],
+        [{"config_name": 7, "data_files": "data/*"}],
+        [{"config_name": "default", "data_files": [{"split": "train", "path": {"a": 1}}]}],
+        {"config_name": "default", "data_files": 3},
+    ],
+    ids=["split-a-list", "name-a-number", "path-a-mapping", "data-files-a-number"],
+)
+def test_a_card_of_the_wrong_shape_is_exit_4_naming_it_not_a_crash(hub_only, configs):
+    import yaml
+
+    card = snapshot_dir(hub_only) / "README.md"
+    text = card.read_text()
+    header = yaml.safe_load(text.split("---")[1])
+    header["configs"] = configs
+    card.unlink()
+    card.write_text("---\n" + yaml.safe_dump(header) + "---\n")
+    before = tree_state(hub_only)
+    code, doc, out = run_test(hub_only, "--batches", "0")
+    assert code == 4, out
+    assert f"{card}: malformed metadata" in fail_texts(doc)
+    assert tree_state(hub_only) == before
+
+
+@pytest.mark.parametrize("kind", ["fifo", "latin-1"])
+def test_a_config_file_that_cannot_be_read_is_a_usage_error(arrow_only, tmp_path, kind):
+    config = tmp_path / "cache-test.yaml"
+    if kind == "fifo":
+        os.mkfifo(config)  # no writer: reading it would block forever
+    else:
+        config.write_bytes("dataset: caf\xe9\n".encode("latin-1"))
+    code, doc, out = run_test(arrow_only, "--config-file", str(config), timeout=60)
+    assert code == 2, out
+    assert "cannot read config file" in fail_texts(doc)

@@ -325,3 +325,10 @@ def test_bad_config_file_is_a_usage_error(tmp_path, capsys, content, why):
     assert main(["--config-file", str(config), "--json"]) == 2
     doc = json.loads(capsys.readouterr().out)
     assert why in doc["findings"][0]["message"] and doc["findings"][0]["path"] == str(config)
+
+
+def test_a_report_nested_beyond_reason_keeps_the_gate_closed(tmp_path):
+    nested = tmp_path / "nested.json"
+    nested.write_text("[" * 200_000 + "]" * 200_000)
+    done = gate(nested)
+    assert done.returncode == EXIT_GATE_CLOSED and "unreadable" in done.stderr

@@ -416,7 +416,56 @@ def read_card(snapshot: Path, report: CheckReport | None = None) -> dict:
         if report is not None:
             report.add(path, "malformed metadata: the card's header is not a mapping", METADATA)
         return {}
+    shape = card_shape_problems(data)
+    if shape:
+        if report is not None:
+            for problem in shape:
+                report.add(path, f"malformed metadata: {problem}", METADATA)
+        return {}
     return data
+
+
+def _strings(value) -> bool:
+    return isinstance(value, str) or (
+        isinstance(value, list) and all(isinstance(v, str) for v in value)
+    )
+
+
+def card_shape_problems(card: dict) -> list[str]:
+    """What in the card's `configs` and `dataset_info` entries has a shape no reader expects
+    (a config or split name that is not a string, data file patterns that are not strings)."""
+    problems = []
+    for key in ("configs", "dataset_info"):
+        entries = card.get(key)
+        entries = [entries] if isinstance(entries, dict) else entries
+        if entries is None:
+            continue
+        if not isinstance(entries, list):
+            problems.append(f"'{key}' is {type(entries).__name__}, not a list")
+            continue
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue  # skipped by every reader
+            name = entry.get("config_name")
+            if name is not None and not isinstance(name, str):
+                problems.append(f"'{key}' config_name {name!r} is not a string")
+            spec = entry.get("data_files") if key == "configs" else None
+            if spec is None or isinstance(spec, str):
+                continue
+            if isinstance(spec, dict):
+                spec = [{"split": k, "path": v} for k, v in spec.items()]
+            if not isinstance(spec, list):
+                problems.append(f"data_files of config {name!r} is {type(spec).__name__}")
+                continue
+            for item in spec:
+                if isinstance(item, dict) and not (
+                    isinstance(item.get("split", "train"), str) and _strings(item.get("path"))
+                ):
+                    problems.append(
+                        f"data_files entry {item!r} of config {name!r}: its split must be a "
+                        "string and its path a string or a list of strings"
+                    )
+    return problems
 
 
 def card_config(card: dict, config: str | None) -> tuple[dict | None, dict | None]:

@@ -6,17 +6,18 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from .check import read_regular
 from .errors import ConfigError
 
 
 def load_config_file(path: str, known: Iterable[str]) -> dict:
     """The file's mapping; unreadable files, bad syntax and keys not in `known` are ConfigError."""
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
+    try:  # a regular file only: a FIFO would block; not UTF-8 is a usage error, not a crash
+        text = read_regular(p).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(
-            f"cannot read config file: {e.strerror}",
+            f"cannot read config file: {getattr(e, 'strerror', None) or e}",
             path=str(path),
             remedy="pass an existing YAML or JSON file",
         ) from e

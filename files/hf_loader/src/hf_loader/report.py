@@ -239,7 +239,7 @@ def require_ready(path: Path, *, max_age: int | None = None, now=None) -> tuple[
         )
     except PermissionError as e:
         return EXIT_GATE_CLOSED, f"cache test report {path} is not trusted: {e}; {rerun}"
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: nesting far too deep
         return EXIT_GATE_CLOSED, f"cache test report {path} is unreadable: {e}; {rerun}"
     problems = schema_problems(doc)
     if not problems:
