@@ -394,7 +394,11 @@ def rehearse_tampered_wheel(host: str) -> float:
     finally:
         wheel.write_bytes(good)
     hold = in_host(host, "cat", f"{PULL_HOME}/hold", check=False).stdout
-    check(rc == 3 and doc.get("ready") is False, "a tampered toolchain wheel fails the run (exit 3)", host)
+    check(
+        rc != 0 and doc.get("exit_code") == 3 and doc.get("ready") is False,
+        "a tampered toolchain wheel fails the run (exit 3)",
+        host,
+    )
     check(wheel.name in hold and "sha256" in hold, f"the hold names the refused wheel: {hold[:240]}", host)
     venv_ok = in_host(host, "/opt/gpu-fleet/ansible/bin/ansible-pull", "--version", check=False).returncode == 0
     check(venv_ok, "the installed toolchain was left as it was", host)
