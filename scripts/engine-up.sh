@@ -97,6 +97,18 @@ build_image() {
         tail -n 20 "$root.log" >&2
         die "debootstrap $suite failed; full log in $root.log"
     fi
+    # A Debian host takes its release's security updates (the hf_seed role refuses an rsync
+    # without the 2026 fixes, which Debian ships there): the same mirror's security archive,
+    # listed as a default install lists it, and its package lists fetched now.
+    local mirror
+    mirror=$(debian_mirror)
+    if [[ $mirror == */debian ]]; then
+        printf 'deb %s-security %s-security main\n' "$mirror" "$suite" >"$root/etc/apt/sources.list.d/security.list"
+        chroot "$root" apt-get update -qq >>"$root.log" 2>&1 || {
+            tail -n 20 "$root.log" >&2
+            die "apt-get update of $suite's security archive failed; full log in $root.log"
+        }
+    fi
     # Kernel modules belong to the host: this unit only fails in a container.
     ln -sf /dev/null "$root/etc/systemd/system/systemd-modules-load.service"
     # Containers have no consoles to start gettys on.
