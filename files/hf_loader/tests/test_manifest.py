@@ -21,6 +21,7 @@ from test_cache_states import needs_root_namespaces, tree_state
 
 from hf_loader import manifest as mf
 from hf_loader.cachemanifest import main
+from hf_loader.cacheseed import main as seed_main
 from hf_loader.cachetest import main as cache_test_main
 from hf_loader.errors import IncompleteCacheError
 
@@ -459,8 +460,19 @@ def test_control_characters_in_names_are_refused_at_write(arrow_only, out, capsy
     assert not out.exists()
 
 
+def test_a_name_that_is_not_utf8_is_refused_at_write(arrow_only, out, capsys):
+    """A Latin-1 file name cannot travel as JSON text or in rsync's file list: refused at
+    write (exit 4), naming it, rather than manifested and then failing every seed."""
+    hash_dir = next(p.parent for p in (arrow_only / "datasets").rglob("dataset_info.json"))
+    (hash_dir / os.fsdecode(b"caf\xe9.arrow")).write_bytes(b"x")
+    code, doc = write(capsys, out)
+    assert code == 4, doc
+    assert any("not UTF-8" in p and "caf" in p for p in doc["error"]["problems"]), doc
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("where", ["path", "target"])
-@pytest.mark.parametrize("char", ["\n", "\x1b", "\x7f", "\x9b"])
+@pytest.mark.parametrize("char", ["\n", "\x1b", "\x7f", "\x9b", "\udce9"])
 def test_control_characters_in_a_manifest_are_refused(hub_only, out, where, char, capsys):
     """A hand-edited (or hostile) manifest with a control character in a path or a link
     target is invalid (exit 8) before anything is read or copied."""
@@ -477,3 +489,33 @@ def test_control_characters_in_a_manifest_are_refused(hub_only, out, where, char
     assert "control character" in answer["error"]["message"]
     with pytest.raises(mf.ManifestError, match="control character"):
         mf.load_manifest(out)
+
+
+@pytest.mark.parametrize(
+    ("target", "why"),
+    [
+        ("/etc/shadow", "its target is absolute"),
+        ("../../../../../../etc/shadow", "its target leaves hub/datasets--"),
+        ("../../../../datasets--other-ns--other-set/blobs/x", "its target leaves hub/datasets--"),
+        ("../../../../../datasets/x", "its target leaves hub/datasets--"),
+    ],
+)
+def test_a_symlink_entry_leading_out_of_its_repository_is_an_invalid_manifest(
+    hub_only, out, target, why, capsys
+):
+    """Seeding publishes a manifest's symlinks as they are: one whose target is absolute or
+    leaves the dataset's own folder (into another dataset, another cache folder, /etc) would
+    be a root-made path to another place. Such a manifest is invalid (exit 8), for verify and
+    for the seed, and nothing is read or written."""
+    assert write(capsys, out)[0] == 0
+    doc = json.loads(out.read_text())
+    entry = next(e for e in doc["entries"] if e["type"] == "symlink")
+    entry["target"] = target
+    out.write_text(json.dumps(doc))
+    code, answer = verify(capsys, out)
+    assert code == 8, answer
+    assert why in answer["error"]["message"] and entry["path"] in answer["error"]["message"]
+    root = out.parent / "seed-root"
+    root.mkdir()
+    assert seed_main(["prepare", "--manifest", str(out), "--root", str(root)]) == 8
+    assert list(root.iterdir()) == []

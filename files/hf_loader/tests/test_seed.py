@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 import pytest
+from test_cache_states import needs_root_namespaces, tree_state
+from test_hostile_caches import run_test
 from test_manifest import flip_byte
 
 from hf_loader import manifest as mf
@@ -579,3 +581,155 @@ def test_a_wrong_file_from_an_upstream_still_receiving_is_fetched_again(both, ma
     assert any("still receiving" in line and arrow in line for line in passes), passes
     assert downstream.read_state().state == "verified"
     assert downstream.verify_staging(doc, deep=True).ok
+
+
+# ------------------------------------------------------------------ unusual roots and names
+
+
+def seed_child(*args: str, setup: str | None = None) -> tuple[int, dict | None, str]:
+    """hf-cache-seed ARGS --json in a child process (setup: shell commands first, in a
+    private mount namespace: a read-only bind vanishes with it)."""
+    return run_test(
+        Path("/nonexistent"), *args, tool="hf_loader.cacheseed", dataset=None, setup=setup
+    )
+
+
+@needs_root_namespaces
+def test_a_read_only_cache_root_is_exit_5_for_writers_and_status_still_answers(
+    both, manifest, tmp_path
+):
+    """A root on a read-only mount: pull and publish are exit 5 naming the root and the fix;
+    status answers from the copy it finds, and --record records nothing and says why."""
+    source = tmp_path / "source"
+    shutil.copytree(both, source, symlinks=True)
+    ro = f"mount --bind -o ro {both} {both}"
+    before = tree_state(both)
+    m = ("--manifest", str(manifest), "--root", str(both))
+    code, out, text = seed_child("pull", *m, "--from", f"{source}/", setup=ro)
+    assert code == 5, text
+    assert out["error"]["path"] == str(both) and "read-only mount" in out["error"]["message"]
+    code, out, text = seed_child("publish", *m, setup=ro)
+    assert code in (5, 10), text  # nothing staged on a root that was never writable
+    code, out, text = seed_child("status", *m, setup=ro)
+    assert code == 0 and out["ok"], text
+    code, out, text = seed_child("status", *m, "--record", setup=ro)
+    assert code == 0 and out["ok"] and not out["recorded"], text
+    assert "read-only mount" in out["not_recorded"]
+    assert tree_state(both) == before
+
+
+def test_status_of_a_missing_root_is_exit_5(manifest, tmp_path, capsys):
+    code, out = seed_cli(
+        capsys, "status", "--manifest", str(manifest), "--root", str(tmp_path / "unmounted")
+    )
+    assert code == 5 and "not a folder" in out["error"]["message"], out
+    assert out["error"]["path"] == str(tmp_path / "unmounted")
+
+
+def one_big_file(doc: dict, source: Path, tmp_path: Path, size: int = 1 << 20) -> Path:
+    """A manifest of one file of `size` random bytes under source; its path."""
+    big = source / "datasets" / "big___one" / "blob.bin"
+    big.parent.mkdir(parents=True)
+    big.write_bytes(os.urandom(size))
+    entry = {"path": "datasets/big___one/blob.bin", "type": "file", "size": size}
+    entry.update(sha256=hashlib.sha256(big.read_bytes()).hexdigest(), sha256_from="content")
+    totals = {"entries": 1, "files": 1, "symlinks": 0, "bytes": size, "hashed_files": 1}
+    one = {**doc, "entries": [entry], "totals": totals, "roots": ["datasets/big___one"]}
+    path = tmp_path / "one.json"
+    path.write_text(json.dumps(one))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("signum", "group"), [(signal.SIGTERM, False), (signal.SIGINT, True)], ids=["TERM", "Ctrl-C"]
+)
+def test_a_stopped_pull_prints_its_json_and_keeps_the_partial_file(
+    manifest, tmp_path, signum, group
+):
+    """systemd's SIGTERM (to the process) or Ctrl-C (to the terminal's process group): the
+    outcome is still one JSON object, exit 128 + the signal, no traceback; the partial file
+    is kept for the rerun, and the state says the copy stopped."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    target.mkdir()
+    one = one_big_file(mf.load_manifest(manifest), source, tmp_path)
+    args = ["pull", "--manifest", str(one), "--root", str(target), "--from", f"{source}/"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hf_loader.cacheseed", *args, "--bwlimit", "64", "--json"],
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(3)
+    assert proc.poll() is None, proc.communicate()
+    (os.killpg if group else os.kill)(proc.pid, signum)
+    stdout, stderr = proc.communicate(timeout=90)
+    assert proc.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr, stderr
+    out = json.loads(stdout)
+    assert out["exit_code"] == 128 + signum and out["error"]["kind"] == "stopped"
+    assert signal.Signals(signum).name in out["error"]["message"] and out["error"]["remedy"]
+    kept = list((target / ".hf-seed" / "staging").rglob(".hf-seed-partial/*"))
+    assert len(kept) == 1 and 0 < kept[0].stat().st_size < 1 << 20, kept
+
+
+def test_bytes_received_counts_the_data_of_a_local_pull(manifest, tmp_path, capsys):
+    """From a local folder this process is rsync's sender: the data is what it sent, not the
+    few bytes of replies it received."""
+    source, target = tmp_path / "source", tmp_path / "target"
+    target.mkdir()
+    one = one_big_file(mf.load_manifest(manifest), source, tmp_path, size=3 << 20)
+    code, out = pull_cli(capsys, one, target, f"{source}/")
+    assert code == 0, out
+    assert 3 << 20 <= out["result"]["bytes_received"] < (3 << 20) * 1.05, out["result"]
+
+
+@pytest.mark.parametrize("name", ["#hash.arrow", ";semi.arrow", " lead", "tr ail ", "ü.arrow"])
+def test_unusual_but_valid_names_are_seeded(manifest, tmp_path, capsys, name):
+    """Names rsync could take for a comment ('#', ';' at the start of a list line), trim, or
+    read in the locale's encoding arrive in one pass: the file list is exact."""
+    doc = mf.load_manifest(manifest)
+    source, target = tmp_path / "source", tmp_path / "target"
+    target.mkdir()
+    folder = source / "datasets" / "odd___names"
+    folder.mkdir(parents=True)
+    (folder / name).write_bytes(b"data of " + name.encode())
+    (folder / "plain").write_bytes(b"plain")
+    entries = []
+    for path in sorted(folder.iterdir()):
+        data = path.read_bytes()
+        entries.append(
+            {
+                "path": f"datasets/odd___names/{path.name}",
+                "type": "file",
+                "size": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+                "sha256_from": "content",
+            }
+        )
+    totals = {"entries": 2, "files": 2, "symlinks": 0, "bytes": sum(e["size"] for e in entries)}
+    odd = tmp_path / "odd.json"
+    odd.write_text(
+        json.dumps({**doc, "entries": entries, "totals": totals, "roots": ["datasets/odd___names"]})
+    )
+    code, out = pull_cli(capsys, odd, target, f"{source}/", "--attempts", "1")
+    assert code == 0, out
+    assert out["result"]["files_transferred"] == 2 and out["result"]["passes"] == 1
+    staged = target / ".hf-seed" / "staging" / "datasets" / "odd___names"
+    assert (staged / name).read_bytes() == b"data of " + name.encode()
+
+
+@needs_root_namespaces
+def test_a_full_cache_root_is_exit_5_naming_it_not_an_internal_error(both, manifest, tmp_path):
+    target = tmp_path / "target"
+    target.mkdir()
+    full = (
+        f"mount -t tmpfs -o size=64k,mode=0755 tmpfs {target}\n"
+        f"cat /dev/zero > {target}/filler 2>/dev/null || true"
+    )
+    args = ("pull", "--manifest", str(manifest), "--root", str(target), "--from", f"{both}/")
+    code, out, text = seed_child(*args, setup=full)
+    assert code in (5, 9), text  # the state file (exit 5) or rsync's own write (exit 9)
+    assert "No space left on device" in out["error"]["message"], text
+    assert str(target) in out["error"]["message"] + (out["error"]["path"] or "")
+    assert "full" in out["error"]["remedy"] or "rerun" in out["error"]["remedy"]

@@ -27,6 +27,7 @@ from .errors import (
     ConfigError,
     EnvironmentMisconfiguredError,
     HFLoaderError,
+    environment_error,
 )
 
 PROG = "hf-cache-manifest"
@@ -42,8 +43,10 @@ EXIT_CODES_HELP = """exit codes (the scheme of hf-cache-test):
      file cannot be manifested (unreadable, a FIFO, a symlink out of the copy);
      verify: a file missing, of the wrong type, size, sha256 (--deep) or symlink
      target, unreadable, or (--strict) an extra file
-  5  environment misconfigured (write: as hf-cache-test; verify: the root is not a folder)
-  8  the manifest: verify's FILE missing, unreadable or not a valid manifest (or of a
+  5  environment misconfigured (write: as hf-cache-test; verify: the root is not a folder);
+     the host refused an operation: read-only, full, permission denied, I/O error
+  8  the manifest: verify's FILE missing, unreadable or not a valid manifest (a symlink
+     entry leading out of its dataset folder included; or of a
      newer version); write: its folder missing or not writable
 --json prints one JSON object in every case, usage and internal errors included"""
 
@@ -384,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Outcome(args.command)
     try:
         (write if args.command == "write" else verify)(args, out)
+    except OSError as e:  # the host refused something no stage expected: not a bug
+        out.fail("environment", environment_error(e))
     except Exception as e:  # noqa: BLE001 - report, never a bare traceback
         out.add(
             "fail",

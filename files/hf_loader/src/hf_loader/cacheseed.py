@@ -15,7 +15,14 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import seed as sd
-from .errors import EXIT_INCOMPLETE, EXIT_INTERNAL, EXIT_USAGE, HFLoaderError
+from .errors import (
+    EXIT_INCOMPLETE,
+    EXIT_INTERNAL,
+    EXIT_USAGE,
+    HFLoaderError,
+    StoppedError,
+    environment_error,
+)
 from .manifest import load_manifest
 
 PROG = "hf-cache-seed"
@@ -29,14 +36,18 @@ EXIT_CODES_HELP = """exit codes:
   5  the cache root is not a folder (the volume is not mounted); or it, its seeding
      folder .hf-seed or a folder in staging is unsafe to write as root: a symlink, not
      root's, writable by others; or staging holds a symlink out of its dataset folder,
-     a device or a FIFO (the message names the path and the fix)
+     a device or a FIFO; or a command that writes finds the root on a read-only mount,
+     a full filesystem, a permission denied or an I/O error (the message names the path
+     and the fix; status --record on a read-only root answers and records nothing)
   8  the manifest is missing, unreadable or not valid
   9  transfer failed: rsync failed ATTEMPTS times, or nothing arrived for STALL seconds
      (rerun: it resumes)
  10  the upstream cannot be used: it failed its own copy, holds another manifest's, or
      sent a file whose sha256 does not match the manifest; publish: staging does not
      match the manifest (sizes, sha256, symlink targets: the files named are removed)
---json prints one JSON object in every case"""
+130, 143  stopped by Ctrl-C (SIGINT) or SIGTERM: rsync was stopped as by Ctrl-C and its
+     partial files kept (rerun: it resumes)
+--json prints one JSON object in every case, a stopped run's included"""
 
 
 def _verify_dict(report) -> dict:
@@ -48,7 +59,14 @@ def _verify_dict(report) -> dict:
 
 def status(args, doc, out: dict) -> int:
     seed = sd.SeedRoot(args.root)
-    if args.record:  # a writer: first undo a publish stopped between its two renames
+    seed.require_folder()
+    record = args.record and not seed.read_only()
+    if args.record and not record:
+        out["not_recorded"] = (
+            f"the cache root {args.root} is on a read-only mount: nothing is recorded (a "
+            "read-only copy still serves as a plain source)"
+        )
+    if record:  # a writer: first undo a publish stopped between its two renames
         out["recovered"] = seed.recover(doc)
     report = seed.verify_published(doc, deep=args.deep)
     state = seed.read_state()
@@ -57,7 +75,7 @@ def status(args, doc, out: dict) -> int:
     mid = sd.manifest_id(doc)
     if (
         report.ok
-        and args.record
+        and record
         and (not state or (state.manifest_id, state.state) != (mid, "published"))
     ):
         state = seed.write_state("published", mid)
@@ -244,16 +262,47 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _internal(e: Exception) -> dict:
+    return {"kind": "internal", "message": f"{type(e).__name__}: {e}"}
+
+
+def _stop_on_signals(root: Path) -> None:
+    """Ctrl-C and SIGTERM (a stopped job) unwind as StoppedError, once: rsync is interrupted
+    as by Ctrl-C and waited for (its partial files kept), then the outcome is printed."""
+
+    def stop(signum, _frame):
+        for each in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(each, signal.SIG_IGN)
+        raise StoppedError(signal.Signals(signum).name, signum, path=str(root))
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         args = parser().parse_args(argv)
     except SystemExit as e:
         return EXIT_USAGE if e.code else 0
-    # SIGTERM (a stopped job) unwinds like Ctrl-C: rsync is stopped cleanly, partial kept.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.getsignal(signum) for signum in signals}
+    try:
+        out = _run(args)
+        # The outcome is printed whatever arrives now: a second Ctrl-C does not cut it short.
+        for signum in signals:
+            signal.signal(signum, signal.SIG_IGN)
+        _print(args, out)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return out["exit_code"]
+
+
+def _run(args) -> dict:
     out: dict = {"command": args.command}
     try:
+        _stop_on_signals(args.root)
         doc = load_manifest(args.manifest)
         out["manifest_id"] = sd.manifest_id(doc)
         out["dataset"] = doc["dataset"]
@@ -262,12 +311,21 @@ def main(argv: list[str] | None = None) -> int:
     except HFLoaderError as e:
         code = e.exit_code
         out["error"] = e.to_dict()
+    except OSError as e:  # the host refused something no stage expected: not a bug
+        found = environment_error(e, within=args.root)
+        code = found.exit_code
+        out["error"] = found.to_dict()
     except Exception as e:  # noqa: BLE001 - reported, never a bare traceback
         code = EXIT_INTERNAL
-        out["error"] = {"kind": "internal", "message": f"{type(e).__name__}: {e}"}
+        out["error"] = _internal(e)
     out["exit_code"] = code
+    return out
+
+
+def _print(args, out: dict) -> None:
+    code = out["exit_code"]
     if args.json:
-        print(json.dumps(out, indent=1, default=str))
+        print(json.dumps(out, indent=1, default=str), flush=True)
     elif out["error"]:
         print(
             f"{PROG} {args.command}: FAILED (exit {code})\n{out['error']['message']}"
@@ -280,7 +338,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{PROG} {args.command}: {'ok' if code == 0 else 'DOES NOT MATCH'}: {summary}")
         for m in verify.get("mismatches", []) if code else []:
             print(f"  - {m['path']}: {m['message']}")
-    return code
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from .errors import (
     HFLoaderError,
     LoadingFailedError,
     OutputLocationError,
+    environment_error,
 )
 
 DEFAULT_DATASET = "ILSVRC/imagenet-1k"
@@ -884,16 +885,8 @@ def main(argv: list[str] | None = None) -> int:
         _cap_workers(args, result)
         run(args, result)
     except OSError as e:  # the host refused something no stage expected: not a bug
-        where = e.filename or "(no path given)"
-        result.add(
-            "fail",
-            "environment",
-            f"the host refused an operation on {where}: {e.strerror or e}",
-            path=str(e.filename) if e.filename else None,
-            remedy="fix what the error names (permissions, free space, the mount), then rerun; "
-            "if it names nothing of this host, report it with the full output",
-            exit_code=EXIT_ENVIRONMENT,
-        )
+        found = environment_error(e)
+        result.add("fail", "environment", found.message, found.path, found.remedy, found.exit_code)
     except Exception as e:  # noqa: BLE001 - report, never a bare traceback
         result.add(
             "fail",

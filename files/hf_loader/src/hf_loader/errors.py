@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 # Exit codes of `hf-cache-test` and `hf-cache-manifest` (documented in README.md).
 EXIT_READY = 0
 EXIT_INTERNAL = 1
@@ -14,6 +16,8 @@ EXIT_GATE_CLOSED = 7  # --require-ready: no valid report, or the last test was n
 EXIT_MANIFEST = 8  # hf-cache-manifest: the manifest file is missing/invalid or cannot be written
 EXIT_TRANSFER = 9  # hf-cache-seed: rsync failed, or no progress for too long
 EXIT_UPSTREAM = 10  # hf-cache-seed: the upstream copy failed or is of another manifest
+# hf-cache-seed stopped by SIGINT (Ctrl-C) or SIGTERM: 128 + the signal's number, as a shell says.
+EXIT_STOPPED_BASE = 128
 
 
 class HFLoaderError(Exception):
@@ -201,3 +205,51 @@ class UnsafeSeedPathError(EnvironmentMisconfiguredError):
     Refused before anything is changed: root never follows another account's links."""
 
     kind = "unsafe_path"
+
+
+class StoppedError(HFLoaderError):
+    """hf-cache-seed was stopped by a signal (Ctrl-C, SIGTERM): rsync was interrupted as by
+    Ctrl-C and waited for, so a rerun resumes from its partial files."""
+
+    kind = "stopped"
+
+    def __init__(self, signal_name: str, signal_number: int, *, path: str | None = None) -> None:
+        self.exit_code = EXIT_STOPPED_BASE + signal_number
+        super().__init__(
+            f"stopped by {signal_name}",
+            path=path,
+            remedy="rerun the same command: it resumes from the files and partial files kept",
+        )
+
+
+# What the operating system says about the place, not about the program: a full or read-only
+# filesystem, a missing permission, a failing disk. Each is exit 5 naming the path, never 1;
+# the remedy for each errno.
+_ENVIRONMENT_ERRNOS = {
+    errno.EROFS: "the filesystem is mounted read-only: remount it read-write "
+    "(mount -o remount,rw MOUNTPOINT) or use a writable folder",
+    errno.ENOSPC: "the filesystem is full: free space on it or grow the volume, then rerun",
+    errno.EDQUOT: "the disk quota is used up: free space or raise the quota, then rerun",
+    errno.EACCES: "permission denied: run as the account that owns it (root for a cache root) "
+    "or fix its owner and mode",
+    errno.EPERM: "operation not permitted: run as root, and check that the file is not "
+    "immutable (lsattr) or on a filesystem that forbids it",
+    errno.EIO: "an I/O error: the disk or the network filesystem is failing; check the kernel "
+    "log (journalctl -k) before rerunning",
+}
+
+
+def environment_error(e: OSError, within=None) -> EnvironmentMisconfiguredError:
+    """The environment finding (exit 5) for an OSError no stage expected: the host refused an
+    operation (permissions, free space, the mount, the disk), which is not a bug. `within`:
+    the folder named when the error names no file (a write to an open file names none)."""
+    where = e.filename if e.filename is not None else within
+    return EnvironmentMisconfiguredError(
+        f"the host refused an operation on {where or '(no path given)'}: {e.strerror or e}",
+        path=None if where is None else str(where),
+        remedy=_ENVIRONMENT_ERRNOS.get(
+            e.errno or 0,
+            "fix what the error names (permissions, free space, the mount), then rerun; if it "
+            "names nothing of this host, report it with the full output",
+        ),
+    )

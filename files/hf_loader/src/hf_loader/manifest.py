@@ -27,6 +27,7 @@ import datetime
 import hashlib
 import json
 import os
+import posixpath
 import re
 import socket
 import stat
@@ -243,8 +244,8 @@ class _Collector:
                 self.problems.append(
                     Problem(
                         str(folder) + "/" + repr(item.name),
-                        "name holds a control character: such a path is never manifested "
-                        "or seeded (rename it)",
+                        "name holds a control character or is not UTF-8: such a path is never "
+                        "manifested or seeded (rename it)",
                         CORRUPT,
                     )
                 )
@@ -432,8 +433,31 @@ def write_manifest(doc: dict, output, cache_dirs) -> Path:
 
 def _has_control(text: str) -> bool:
     """C0 and C1 control characters and DEL: a newline or an escape sequence in a path breaks
-    rsync's file lists, logs and terminals, so a manifest never holds one."""
-    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text)
+    rsync's file lists, logs and terminals, so a manifest never holds one. A name that is not
+    UTF-8 (Latin-1 bytes: lone surrogates here) cannot be written to JSON or passed on as text,
+    so it is refused the same way."""
+    return any(
+        ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 or 0xD800 <= ord(ch) < 0xE000 for ch in text
+    )
+
+
+def link_destination(rel: str, target: str) -> str:
+    """Where the symlink at manifest path `rel` with `target` leads, as a manifest path."""
+    return posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
+
+
+def link_leaves(rel: str, target: str, roots: list[str]) -> str:
+    """Why a symlink entry may not be seeded ("" when it may): its target must be relative and
+    stay inside the dataset folder (a root) that holds the link; seeding publishes links as
+    they are, so one leading out would be root-made access to another place."""
+    if target.startswith("/"):
+        return "its target is absolute"
+    home = max((r for r in roots if rel.startswith(r + "/")), key=len, default=None)
+    if home is None:
+        return "it lies in none of the manifest's roots"
+    if not link_destination(rel, target).startswith(home + "/"):
+        return f"its target leaves {home}"
+    return ""
 
 
 def _safe_rel(value) -> bool:
@@ -469,6 +493,7 @@ def manifest_problems(doc) -> list[str]:
         return problems + ["'entries' missing or not a list"]
     if not isinstance(roots, list) or not all(_safe_rel(r) for r in roots):
         problems.append("'roots' missing or not a list of relative cache paths")
+        roots = None
     seen, files, size = set(), 0, 0
     for i, e in enumerate(entries):
         if isinstance(e, dict) and isinstance(e.get("path"), str) and _has_control(e["path"]):
@@ -494,6 +519,8 @@ def manifest_problems(doc) -> list[str]:
                 problems.append(f"{where}: 'target' missing")
             elif _has_control(e["target"]):
                 problems.append(f"{where}: 'target' {e['target']!r} holds a control character")
+            elif roots is not None and (why := link_leaves(e["path"], e["target"], roots)):
+                problems.append(f"{where}: symlink to {e['target']!r}: {why}")
         else:
             problems.append(f"{where}: 'type' is {e.get('type')!r}, not 'file' or 'symlink'")
     totals = doc.get("totals")

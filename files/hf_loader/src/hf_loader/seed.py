@@ -46,7 +46,6 @@ import errno
 import hashlib
 import json
 import os
-import posixpath
 import shlex
 import shutil
 import signal
@@ -194,8 +193,7 @@ def _inside(rel: str, target: str, top: str) -> bool:
     """Whether the symlink `rel` (a manifest path) pointing to `target` stays in folder `top`."""
     if not target or target.startswith("/"):
         return False
-    dest = posixpath.normpath(posixpath.join(posixpath.dirname(rel), target))
-    return dest.startswith(top + "/")
+    return mf.link_destination(rel, target).startswith(top + "/")
 
 
 class SeedRoot:
@@ -206,6 +204,29 @@ class SeedRoot:
         self.dir = self.root / SEED_DIR
         self.staging = self.dir / "staging"
         self.state_file = self.dir / "state.json"
+
+    def require_folder(self) -> None:
+        """The cache root is a folder (a reader's check: who owns it does not matter)."""
+        if not self.root.is_dir():
+            raise EnvironmentMisconfiguredError(
+                f"the cache root {self.root} is not a folder",
+                path=str(self.root),
+                remedy="mount the dataset volume there first (site.yml --tags volume)",
+            )
+
+    def read_only(self) -> bool:
+        """Whether the cache root lies on a read-only mount (a read-only volume or bind)."""
+        return bool(os.statvfs(self.root).f_flag & os.ST_RDONLY)
+
+    def _require_writable(self, root_fd: int) -> None:
+        if os.fstatvfs(root_fd).f_flag & os.ST_RDONLY:
+            raise EnvironmentMisconfiguredError(
+                f"the cache root {self.root} is on a read-only mount: nothing can be seeded "
+                "into it",
+                path=str(self.root),
+                remedy="mount the dataset volume read-write for the seed "
+                "(dataset_volume_read_only: false, or mount -o remount,rw), or seed another root",
+            )
 
     # ----------------------------------------------------------------- checked descriptors
 
@@ -232,6 +253,8 @@ class SeedRoot:
         Created 0700; an existing one is accepted root-owned and not writable by others (the
         role makes it 0750 for the seed account's group, which serves it to the next host)."""
         with self._root_fd() as root_fd:
+            if create:
+                self._require_writable(root_fd)
             try:
                 fd = _open_folder(
                     SEED_DIR,
@@ -380,6 +403,7 @@ class SeedRoot:
         with self._seed_fd(create=False) as (root_fd, seed_fd):
             if seed_fd is None or _lstat_or_none("staging", seed_fd) is None:
                 raise no_copy
+            self._require_writable(root_fd)
             self.recover(doc)
             staging_fd = self._staging_fd(seed_fd, create=False)
             try:
@@ -701,6 +725,12 @@ class Upstream:
     def label(self) -> str:
         return self.base.rstrip(":/") or "."
 
+    @property
+    def remote(self) -> bool:
+        """rsync's own rule: HOST:PATH (a colon before any slash) or rsync://... is remote."""
+        head = self.base.split("/", 1)[0]
+        return ":" in head or self.base.startswith("rsync://")
+
     def rsync(self, *args: str) -> subprocess.CompletedProcess:
         cmd = ["rsync", f"--timeout={self.timeout}"]
         if self.rsh:
@@ -769,8 +799,10 @@ def _last_line(text: str) -> str:
 
 
 def _files_from(paths: list[str]) -> str:
-    fd, name = tempfile.mkstemp(prefix="hf-seed-files.", text=True)
-    with os.fdopen(fd, "w") as f:
+    # Manifest names are UTF-8 without control characters (load_manifest refuses others), so
+    # one name a line is exact; never the locale's encoding.
+    fd, name = tempfile.mkstemp(prefix="hf-seed-files.")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write("".join(p + "\n" for p in paths))
     return name
 
@@ -873,7 +905,9 @@ def pull(
             complete = st is None or st.state in COMPLETE
             where = st.where if st is not None else "."
             proc = upstream.copy(todo, f"{upstream.base}{where.rstrip('/')}/", f"{seed.staging}/")
-            result.count(proc, "Total bytes received")
+            # What came from the upstream, rsync's own protocol included. Locally this process
+            # is rsync's sender (its "received" is only the receiver's replies).
+            result.count(proc, "Total bytes received" if upstream.remote else "Total bytes sent")
             before = todo
             todo = _todo(seed.verify_staging(doc))
             arrived = sorted(set(before) - set(todo))
