@@ -225,6 +225,20 @@ def test_an_unreachable_upstream_fails_with_exit_9(manifest, tmp_path, capsys):
     assert out["error"]["kind"] == "transfer"
 
 
+def wait_for_partial_file(root: Path, proc: subprocess.Popen, timeout: float = 60) -> None:
+    """Until rsync has written part of a file (its temp name in the file's folder, at 64 KiB/s
+    a 1 MiB file takes 16 s): the stop then lands in the middle of a transfer on any machine,
+    however loaded, rather than after a guessed time."""
+    staging = root / ".hf-seed" / "staging"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        if any(p.is_file() and p.stat().st_size > 0 for p in staging.rglob(".blob.bin.*")):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"rsync wrote nothing under {staging} in {timeout} s")
+
+
 def test_killed_mid_file_resumes_and_verifies(manifest, tmp_path, capsys):
     """SIGINT to the pull in the middle of a file: the partial file is kept outside staging;
     the rerun resumes from it and the copy verifies byte for byte."""
@@ -247,8 +261,7 @@ def test_killed_mid_file_resumes_and_verifies(manifest, tmp_path, capsys):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    time.sleep(3)  # about 192 KiB of the 1 MiB sent
-    assert proc.poll() is None, proc.communicate()
+    wait_for_partial_file(target, proc)
     os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: rsync keeps the partial file
     proc.communicate(timeout=30)
     staging = target / ".hf-seed" / "staging"
@@ -660,8 +673,7 @@ def test_a_stopped_pull_prints_its_json_and_keeps_the_partial_file(
         stderr=subprocess.PIPE,
         text=True,
     )
-    time.sleep(3)
-    assert proc.poll() is None, proc.communicate()
+    wait_for_partial_file(target, proc)
     (os.killpg if group else os.kill)(proc.pid, signum)
     stdout, stderr = proc.communicate(timeout=90)
     assert proc.returncode == 128 + signum, stderr
