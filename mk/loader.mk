@@ -46,8 +46,9 @@ $(LOADER_TEST_STAMP): $(LOADER_TEST_LOCK) $(LOADER_STAMP)
 	$(LOADER_BIN)/pip check
 	touch $@
 
-loader-test: $(LOADER_TEST_STAMP) ## hf_loader tests incl. the Composer ResNet-50 smoke (production pins)
-	cd $(LOADER_DIR) && $(CURDIR)/$(LOADER_BIN)/python -m pytest -q -p no:cacheprovider tests
+loader-test: $(LOADER_TEST_STAMP) test-tools ## hf_loader tests incl. the Composer ResNet-50 smoke (production pins)
+	cd $(LOADER_DIR) && PYTHONPATH=$(CURDIR)/scripts $(CURDIR)/$(LOADER_BIN)/python -m pytest -q -rs \
+		-p no:cacheprovider -p pytest_skip_policy tests
 
 $(LOADER_BENCH_STAMP): $(LOADER_BENCH_LOCK) $(LOADER_STAMP)
 	$(LOADER_BIN)/pip install --quiet --no-deps -r $(LOADER_BENCH_LOCK)
