@@ -16,14 +16,20 @@ Steps, each checked:
    mounted again.
 3. A stand-in training job (lab-train@rehearsal.service) starts on every host.
 4. The runbook in check mode changes nothing (every host keeps its driver and its job) and
-   writes a report that says so. Then it rolls the newer simulated driver out. Expected: every host up to the failing
-   host's batch upgraded (newer driver loaded, its job drained with SIGTERM, checkpointed and
-   running again), the failing host failed on verification with its job left stopped, the
-   rollout stopped there, every later host never touched (older driver, job never stopped);
-   the runbook exits non-zero and its report says all of this.
-5. The runbook again with the same target: the upgraded hosts are verified again and left
-   alone ("current", their job not stopped), the failing host fails again, and the job its
-   first rollout left stopped is remembered on it for the rollout that passes there.
+   writes a report that says so. Then it rolls the newer simulated driver out. On the failing
+   host a second job starts while its driver is installed (a dpkg hook starts
+   lab-train@late.service, as a scheduler might after the drain), so the role defers its
+   reboot. Expected: every host up to the failing host's batch upgraded (newer driver loaded,
+   its job drained with SIGTERM, checkpointed and running again, its cordon lifted), the
+   failing host "reboot-pending", never "upgraded" (older driver still loaded, its first job
+   left stopped, cordoned with the reason, train.yml refusing it), the rollout stopped there,
+   every later host never touched (older driver, job never stopped); the runbook exits
+   non-zero and its report says all of this.
+5. The runbook again with the same target, the hook gone: the upgraded hosts are verified
+   again and left alone ("current", their job not stopped, not cordoned); the failing host's
+   late job, started after the first plan, is seen and drained, the host reboots, fails
+   verification and stays cordoned with that reason (train.yml refuses it); the jobs its
+   rollouts left stopped are remembered on it for the rollout that passes there.
 The runbook's own summary (batches and their seconds, the whole fleet) is printed, with the
 time of each step. The lab is removed at the end unless --keep. Python 3.11 standard library.
 """
@@ -47,6 +53,11 @@ PREFIX = "upgrade-gpu-"
 CACHE_ROOT = "/data/hf"  # inventory/lab/group_vars: lab_cache_root
 JOB = "lab-train@rehearsal.service"
 CHECKPOINT = "/var/lib/lab-train/rehearsal/checkpoint"  # what the stand-in writes on SIGTERM
+LATE_JOB = "lab-train@late.service"  # started on the failing host while its driver is installed
+# dpkg runs it after each package operation: the job starts after the host was drained.
+LATE_HOOK = "/etc/apt/apt.conf.d/99-rehearsal-late-job"
+LATE_HOOK_TEXT = f'DPkg::Post-Invoke {{ "systemctl start {LATE_JOB} || true"; }};\n'
+ROLLOUT_CORDON = "/var/lib/gpu-fleet/cordon/upgrade-driver"  # hf_loader_cordon_dir / upgrade_driver_cordon_owner
 # Extra vars as JSON: a list given as key=value would reach the runbook as a string.
 TRAINING_UNITS = json.dumps({"upgrade_driver_training_units": ["hf-train@*.service", "lab-train@*.service"]})
 
@@ -112,6 +123,18 @@ def checkpointed(host: str) -> bool:
     return on(host, "test", "-s", CHECKPOINT).returncode == 0
 
 
+def rollout_cordon(host: str) -> str:
+    """The rollout's cordon on the host ('' when none)."""
+    return on(host, "cat", ROLLOUT_CORDON).stdout.strip()
+
+
+def train_refused(inventory: Path, extra: list[str], logs: Path, host: str, tag: str) -> tuple[bool, str]:
+    """playbooks/train.yml on the host alone: whether it refused the host as cordoned, and its message."""
+    rc, _, text = playbook("playbooks/train.yml", inventory, extra, logs / f"train-{tag}.log", "--limit", host)
+    line = next((line.strip() for line in text.splitlines() if "Not starting training" in line), "")
+    return rc != 0 and "it is cordoned: upgrade-driver" in text, line
+
+
 class Checks:
     def __init__(self) -> None:
         self.failed: list[str] = []
@@ -172,6 +195,13 @@ def main() -> int:
         for host in hosts:
             on(host, "systemctl", "start", JOB)
             checks.expect(job_state(host) == "active", f"{host}: training stand-in {JOB} runs")
+        for host in fail:
+            subprocess.run(
+                ["docker", "exec", "-i", host, "sh", "-c", f"cat > {LATE_HOOK}"],
+                input=LATE_HOOK_TEXT,
+                text=True,
+                check=True,
+            )
 
         log(f"upgrade-driver.yml: {old} -> {new}, canary then batches of {args.serial}, failing host: {fail or 'none'}")
         runbook_vars = [
@@ -207,15 +237,27 @@ def main() -> int:
         reached = [h for b in doc["batches"] for h in b["hosts"]]
         for host in hosts:
             if host in fail:
-                checks.expect(rows[host]["state"] == "failed", f"{host}: failed ({rows[host]['detail'][:160]})")
-                checks.expect("GPU" in rows[host]["detail"], f"{host}: its report names the GPU count")
-                checks.expect(job_state(host) != "active", f"{host}: its training stays stopped")
+                checks.expect(
+                    rows[host]["state"] == "reboot-pending",
+                    f"{host}: reboot-pending, not upgraded ({rows[host]['detail'][:200]})",
+                )
+                checks.expect(loaded_driver(host) == old, f"{host} still runs {old} (its reboot was deferred)")
+                checks.expect(
+                    on(host, "systemctl", "is-active", LATE_JOB).stdout.strip() == "active",
+                    f"{host}: the job started during its install ({LATE_JOB}) runs, not killed by a reboot",
+                )
+                checks.expect(job_state(host) != "active", f"{host}: its drained training stays stopped")
+                cordon = rollout_cordon(host)
+                checks.expect("deferred" in cordon, f"{host}: stays cordoned, saying why ({cordon[:160]})")
+                refused, line = train_refused(inventory, extra, logs, host, "reboot-pending")
+                checks.expect(refused, f"{host}: train.yml refuses it as cordoned ({line[:200]})")
             elif host in reached:
                 checks.expect(rows[host]["state"] == "upgraded", f"{host}: upgraded ({rows[host]['detail'][:120]})")
                 checks.expect(loaded_driver(host) == new, f"{host} runs {new}")
                 checks.expect(mounted(host), f"{host} has its volume after the reboot")
                 checks.expect(checkpointed(host), f"{host}: the job got SIGTERM and wrote its checkpoint")
                 checks.expect(job_state(host) == "active", f"{host}: its training runs again")
+                checks.expect(not rollout_cordon(host), f"{host}: its cordon was lifted")
             else:
                 checks.expect(rows[host]["state"] == "not-reached", f"{host}: not reached")
                 checks.expect(loaded_driver(host) == old, f"{host} keeps {old}")
@@ -231,6 +273,8 @@ def main() -> int:
         print((reports / "upgrade-driver.md").read_text())
 
         log("upgrade-driver.yml again, same target: upgraded hosts are current, their training untouched")
+        for host in fail:
+            on(host, "rm", "-f", LATE_HOOK)
         upgraded = [host for host in hosts if rows[host]["state"] == "upgraded"]
         stamps = {host: on(host, "stat", "-c", "%Y", CHECKPOINT).stdout.strip() for host in upgraded}
         rc, times["upgrade-driver.yml again"], _ = playbook(
@@ -240,15 +284,29 @@ def main() -> int:
         checks.expect((rc != 0) == bool(fail), f"the rerun exits {'non-zero' if fail else '0'} (rc {rc})")
         for host in upgraded:
             checks.expect(again[host]["state"] == "current", f"{host}: current ({again[host]['detail'][:80]})")
+            checks.expect(not rollout_cordon(host), f"{host}: not cordoned")
             checks.expect(
                 job_state(host) == "active" and on(host, "stat", "-c", "%Y", CHECKPOINT).stdout.strip() == stamps[host],
                 f"{host}: its training was not stopped again",
             )
         for host in fail:
-            checks.expect(again[host]["state"] == "failed", f"{host}: failed again")
+            checks.expect(again[host]["state"] == "failed", f"{host}: failed ({again[host]['detail'][:160]})")
+            checks.expect("GPU" in again[host]["detail"], f"{host}: its report names the GPU count")
+            checks.expect(loaded_driver(host) == new, f"{host}: rebooted into {new} (which fails verification)")
             checks.expect(
-                on(host, "cat", "/var/lib/gpu-fleet/upgrade-driver-drained").stdout.strip() == JOB,
-                f"{host}: the unit its failed rollout left stopped is remembered for the next one",
+                LATE_JOB in again[host].get("drained", [])
+                and on(host, "systemctl", "is-active", LATE_JOB).stdout.strip() != "active",
+                f"{host}: the job started after the first plan was read is seen and drained",
+            )
+            cordon = rollout_cordon(host)
+            checks.expect(
+                "failed" in cordon and "GPU" in cordon, f"{host}: stays cordoned, saying why ({cordon[:160]})"
+            )
+            refused, line = train_refused(inventory, extra, logs, host, "failed")
+            checks.expect(refused, f"{host}: train.yml refuses it as cordoned ({line[:200]})")
+            left = set(on(host, "cat", "/var/lib/gpu-fleet/upgrade-driver-drained").stdout.split())
+            checks.expect(
+                left == {JOB, LATE_JOB}, f"{host}: the units its rollouts left stopped are remembered for the next one"
             )
         print("Steps (wall seconds):")
         for step, seconds in times.items():

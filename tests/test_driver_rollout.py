@@ -79,6 +79,7 @@ def test_idle_host_without_a_loaded_driver_is_upgraded_without_a_drain():
         "busy_units": [],
         "drain_units": [],
         "restart_units": [],
+        "cordons": [],
     }
 
 

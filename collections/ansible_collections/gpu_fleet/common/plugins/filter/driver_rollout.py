@@ -1,8 +1,12 @@
 """The rolling driver upgrade's decisions (playbooks/upgrade-driver.yml), as pure functions.
 
-- `host_plan`: from what a host runs before anything changes (its loaded driver, its active
-  training units), what the rollout does there: nothing (already on the target), skip it
-  (busy, with upgrade_driver_busy=skip), or drain and upgrade it.
+- `host_plan`: from what a host runs (its loaded driver, its active training units, its
+  cordons), what the rollout does there: nothing (already on the target), skip it (busy, with
+  upgrade_driver_busy=skip, or cordoned with skip_rollouts), or drain and upgrade it. Read
+  before anything changes, and again when the host's batch starts.
+- `outcome`: after the nvidia_driver role, what the host is: upgraded or current only when
+  the loaded driver is the target and the role verified it; reboot-pending when the role
+  deferred the reboot; failed otherwise.
 - `canary`: which hosts form the canary batch.
 - `batch_verdict`: after a batch, whether the rollout goes on (max_fail_percentage).
 - `report`: one row per host (its driver before and after, its state, why) and why the
@@ -15,6 +19,7 @@ from __future__ import annotations
 import re
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.gpu_fleet.common.plugins.filter.cordon import text as cordon_text
 from ansible_collections.gpu_fleet.common.plugins.filter.nvidia_driver import (
     parse_proc_version,
     parse_units,
@@ -26,7 +31,9 @@ from ansible_collections.gpu_fleet.common.plugins.filter.nvidia_driver import (
 
 BUSY_POLICIES = ("drain", "skip")
 # A record's state, in the order the report sorts them (worst first).
-STATES = ("failed", "unreachable", "skipped", "not-reached", "upgraded", "current")
+STATES = ("failed", "reboot-pending", "unreachable", "skipped", "not-reached", "upgraded", "current")
+# States that count against a batch (max_fail_percentage) and make the rollout's run fail.
+NOT_DONE = ("failed", "reboot-pending", "unreachable")
 SERIAL = re.compile(r"^(?:[1-9]\d*|(?:100|[1-9]\d?)%)$")
 
 
@@ -56,9 +63,16 @@ def loaded_version(proc_version_text: str) -> str:
     return parse_proc_version(proc_version_text)["version"]
 
 
-def host_plan(proc_version_text: str, units_text: str, branch, pin="", busy_policy="drain", drained_text="") -> dict:
+def host_plan(
+    proc_version_text: str, units_text: str, branch, pin="", busy_policy="drain", drained_text="", cordons=None
+) -> dict:
     """What the rollout does on one host, from /proc/driver/nvidia/version, its active training
-    units and the units an earlier rollout drained there and did not start again (one a line).
+    units, the units an earlier rollout drained there and did not start again (one a line) and
+    its cordons (gpu_fleet.common.cordon_parse).
+
+    A cordon with skip_rollouts keeps the host out, whatever it runs ('skip', with the
+    cordon's reason). Other cordons do not change the plan; the rollout never lifts one it did
+    not set, and keeps the host's training stopped while one is left.
 
     A host whose loaded driver already is the target is only verified again, its training
     left running ('current'); the others are drained (their active training units stopped)
@@ -70,7 +84,11 @@ def host_plan(proc_version_text: str, units_text: str, branch, pin="", busy_poli
     loaded = loaded_version(proc_version_text)
     busy = parse_units(units_text)
     left_stopped = sorted({line.strip() for line in (drained_text or "").splitlines() if line.strip()})
-    if loaded and version_matches(loaded, pin, branch):
+    skip_marks = [cordon for cordon in cordons or [] if cordon.get("skip_rollouts")]
+    if skip_marks:
+        action = "skip"
+        reason = f"cordoned out of rollouts: {cordon_text(skip_marks)}"
+    elif loaded and version_matches(loaded, pin, branch):
         action, reason = "current", f"already runs {loaded}"
     elif busy and busy_policy == "skip":
         action, reason = "skip", f"training runs ({', '.join(busy)}) and upgrade_driver_busy is skip"
@@ -85,7 +103,61 @@ def host_plan(proc_version_text: str, units_text: str, branch, pin="", busy_poli
         "busy_units": busy,
         "drain_units": drain,
         "restart_units": sorted(set(drain) | set(left_stopped)) if action != "skip" else [],
+        "cordons": [cordon.get("owner", "") for cordon in cordons or []],
     }
+
+
+def _true(value) -> bool:
+    return value is True or str(value).strip().lower() in ("true", "yes", "1")
+
+
+def outcome(plan: dict, driver_report: dict, branch, pin="", check_mode=False) -> dict:
+    """What a host is after the nvidia_driver role ran there (its nvidia_driver_report).
+
+    'upgraded' (or 'current' for a host that was on the target) only when the loaded driver is
+    the target and the role verified it; 'reboot-pending' when the role installed the target
+    but deferred the reboot (a job started on the host, say): the old module is still loaded
+    and training there would meet a driver/library mismatch; 'failed' otherwise. `passed`:
+    whether the host may go back to training. In check mode nothing was installed: the
+    plan's action says what would be.
+    """
+    action = plan["action"]
+    before = plan.get("loaded_version", "")
+    if action == "skip":
+        return {"state": "skipped", "reason": plan["reason"], "loaded_version": before, "passed": False}
+    if check_mode:
+        state = "upgraded" if action == "upgrade" else "current"
+        reason = f"would install {target_text(branch, pin)}" if action == "upgrade" else plan["reason"]
+        return {"state": state, "reason": reason, "loaded_version": before, "passed": True}
+    report = driver_report or {}
+    loaded = str(report.get("loaded_version") or "")
+    installed = str(report.get("driver_version") or "")
+    if _true(report.get("reboot_required")):
+        blocked = list(report.get("reboot_blocked_by") or [])
+        why = "; ".join(report.get("reboot_reasons") or []) or "the installed module is not the loaded one"
+        reason = (
+            f"installed {installed or target_text(branch, pin)} but still runs {loaded or 'no driver'}: the reboot "
+            f"was deferred ({why}"
+            + (f"; training started during the rollout: {', '.join(blocked)}" if blocked else "")
+            + "). Training stays held: it would meet a driver/library mismatch here. Run the rollout again once "
+            "the host is idle, or reboot it."
+        )
+        return {"state": "reboot-pending", "reason": reason, "loaded_version": loaded, "passed": False}
+    if loaded and version_matches(loaded, pin, branch) and _true(report.get("verified")):
+        if action == "upgrade":
+            reboot = ", rebooted" if loaded != before else ", no reboot needed"
+            reason = f"now runs {loaded}{reboot}, verified"
+        else:
+            reason = f"{plan['reason']}, verified"
+        return {
+            "state": "upgraded" if action == "upgrade" else "current",
+            "reason": reason,
+            "loaded_version": loaded,
+            "passed": True,
+        }
+    problems = "; ".join(report.get("problems") or []) or "not verified"
+    reason = f"runs {loaded or 'no driver'}, wanted {target_text(branch, pin)}: {problems}"
+    return {"state": "failed", "reason": reason, "loaded_version": loaded, "passed": False}
 
 
 def canary(hosts: list[str], spec, groups: dict) -> list[str]:
@@ -117,7 +189,7 @@ def batch_verdict(batch: list[str], records: dict, max_fail_percentage, number=1
     """
     batch = list(batch)
     states = {host: (records.get(host) or {}).get("state", "unreachable") for host in batch}
-    failed = [host for host in batch if states[host] in ("failed", "unreachable")]
+    failed = [host for host in batch if states[host] in NOT_DONE]
     percent = 100.0 * len(failed) / len(batch) if batch else 0.0
     stop = bool(failed) and percent > float(max_fail_percentage)
     reason = ""
@@ -181,13 +253,14 @@ def report(
         "fleet_seconds": round(sum(durations), 1),
         "stopped": stopped,
         "check_mode": bool(check_mode),
-        "ok": not stopped and counts["failed"] == 0 and counts["unreachable"] == 0,
+        "ok": not stopped and not any(counts[state] for state in NOT_DONE),
     }
 
 
 def report_markdown(doc: dict) -> str:
     """The report as Markdown: the outcome, the batches with their times, one row per host."""
     target = doc["target"]
+    skipped = [row for row in doc["rows"] if row["state"] == "skipped"]
     lines = [
         "# Driver rollout",
         "",
@@ -198,6 +271,16 @@ def report_markdown(doc: dict) -> str:
         "",
         "Hosts: " + ", ".join(f"{count} {state}" for state, count in doc["counts"].items()) + ".",
         "",
+        *(
+            [
+                "Skipped (left out, with why): "
+                + "; ".join(f"{row['host']}: {row['detail']}" for row in skipped)
+                + ".",
+                "",
+            ]
+            if skipped
+            else []
+        ),
         "| batch | hosts | failed | seconds |",
         "| --- | --- | --- | --- |",
     ]
@@ -247,6 +330,7 @@ class FilterModule:
             host_plan,
             canary,
             batch_verdict,
+            outcome,
             report,
             report_markdown,
         ]
