@@ -78,15 +78,28 @@ def test_cmyk_and_corrupt_jpegs_fall_back_to_full_decode():
     out = io.BytesIO()
     img.save(out, "JPEG", quality=90)
     cmyk = out.getvalue()
-    with pytest.raises(jpegcrop.CropDecodeError):
-        transforms.CROP_DECODER.size(cmyk)
+    # The header reads; the pixels cannot be turned into RGB by the crop decoder.
+    assert transforms.CROP_DECODER.size(cmyk) == img.size[::-1]
+    with pytest.raises(jpegcrop.CropDecodeError, match="color conversion"):
         transforms.CROP_DECODER.decode(cmyk, 0, 0, 10, 10)
     t = TrainTransform(seed=0)
     assert t(cmyk).shape == (3, 224, 224)  # PIL decodes it, as before
     truncated = _jpeg(2)[:2000]
-    with pytest.raises(jpegcrop.CropDecodeError):
-        transforms.CROP_DECODER.size(truncated)
+    # The header is whole, the data is cut: the decode, not the header, is refused.
+    assert transforms.CROP_DECODER.size(truncated) == img.size[::-1]
+    with pytest.raises(jpegcrop.CropDecodeError, match="Premature end"):
         transforms.CROP_DECODER.decode(truncated, 0, 0, 50, 50)
+    # A start-of-image marker and nothing more reads as a tables-only stream: no error, and
+    # the size of the handle's last image, or -1 x -1 on a new handle (refused). The stale
+    # size is harmless: the decode fails and the full decoder reports the image.
+    fresh = jpegcrop.CropDecoder(transforms.CROP_DECODER.library_path)
+    with pytest.raises(jpegcrop.CropDecodeError, match="no frame header"):
+        fresh.size(b"\xff\xd8" + bytes(200))
+    assert transforms.CROP_DECODER.size(_jpeg(2)) == img.size[::-1]
+    with pytest.raises(jpegcrop.CropDecodeError):
+        transforms.CROP_DECODER.decode(b"\xff\xd8" + bytes(200), 0, 0, 50, 50)
+    with pytest.raises(OSError, match="truncated"):  # the full decoder reports it, as before
+        TrainTransform(seed=0)(truncated)
 
 
 def test_each_forked_worker_uses_its_own_handle():

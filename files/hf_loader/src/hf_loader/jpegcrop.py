@@ -114,10 +114,12 @@ class CropDecoder:
         handle = self._ready_handle()
         if self._lib.tj3DecompressHeader(handle, data, len(data)) != 0:
             raise self._error(handle, "header")
-        return (
-            self._lib.tj3Get(handle, _TJPARAM_JPEGHEIGHT),
-            self._lib.tj3Get(handle, _TJPARAM_JPEGWIDTH),
-        )
+        height = self._lib.tj3Get(handle, _TJPARAM_JPEGHEIGHT)
+        width = self._lib.tj3Get(handle, _TJPARAM_JPEGWIDTH)
+        # A start-of-image marker with no frame header "succeeds" with a size of -1 x -1.
+        if height <= 0 or width <= 0:
+            raise CropDecodeError(f"header: no frame header (size {height} x {width})")
+        return height, width
 
     def decode(self, data: bytes, top: int, left: int, height: int, width: int) -> np.ndarray:
         """The RGB pixels of rows top..top+height, columns left..left+width: an HxWx3 uint8 view.
