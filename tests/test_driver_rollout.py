@@ -6,6 +6,7 @@ from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout import (
     batch_verdict,
     canary,
     host_plan,
+    outcome,
     report,
     report_markdown,
     target_errors,
@@ -217,3 +218,84 @@ def test_a_check_mode_report_says_nothing_was_changed():
     assert doc["check_mode"]
     assert "Check mode: what the rollout would do; no host was changed." in report_markdown(doc)
     assert "Check mode" not in report_markdown({**doc, "check_mode": False})
+
+
+# ---- cordons, a fresh read per batch, and what a host is after the role ----
+
+OPERATOR_SKIP = {"owner": "operator", "reason": "RMA 1234", "user": "alice", "at": "t", "skip_rollouts": True}
+OPERATOR_HOLD = {**OPERATOR_SKIP, "skip_rollouts": False}
+# nvidia_driver_report as the role sets it (templated values arrive as strings or booleans).
+VERIFIED_95 = {"loaded_version": "580.95.05", "driver_version": "580.95.05", "reboot_required": False, "verified": True}
+
+
+def test_a_cordon_with_skip_rollouts_keeps_even_a_busy_outdated_host_out():
+    plan = host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05", "drain", "", [OPERATOR_SKIP])
+    assert plan["action"] == "skip" and plan["drain_units"] == [] and plan["restart_units"] == []
+    assert plan["reason"] == "cordoned out of rollouts: operator (alice, t): RMA 1234 [keeps the host out of rollouts]"
+
+
+def test_a_cordon_without_skip_rollouts_leaves_the_plan_and_is_remembered():
+    plan = host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05", "drain", "", [OPERATOR_HOLD])
+    assert plan["action"] == "upgrade" and plan["drain_units"] == ["hf-train@resnet50.service"]
+    assert plan["cordons"] == ["operator"]
+
+
+def test_a_job_started_after_the_plan_is_drained_by_the_batchs_fresh_read():
+    # The same function reads the host when its batch starts: the job seen now is drained.
+    first = host_plan(PROC_580_82, "", "580", "580.95.05")
+    again = host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05")
+    assert first["drain_units"] == [] and again["drain_units"] == ["hf-train@resnet50.service"]
+
+
+def test_a_deferred_reboot_is_reboot_pending_never_upgraded():
+    plan = host_plan(PROC_580_82, "", "580", "580.95.05")
+    deferred = {
+        "loaded_version": "580.82.07",
+        "driver_version": "580.95.05",
+        "reboot_required": "True",
+        "reboot_reasons": ["the loaded module 580.82.07 is not the installed 580.95.05"],
+        "reboot_blocked_by": ["hf-train@late.service"],
+        "verified": False,
+    }
+    result = outcome(plan, deferred, "580", "580.95.05")
+    assert result["state"] == "reboot-pending" and not result["passed"]
+    assert "installed 580.95.05 but still runs 580.82.07" in result["reason"]
+    assert "hf-train@late.service" in result["reason"] and "verified" not in result["reason"]
+
+
+def test_upgraded_needs_the_target_loaded_and_verified():
+    plan = host_plan(PROC_580_82, "", "580", "580.95.05")
+    assert outcome(plan, VERIFIED_95, "580", "580.95.05") == {
+        "state": "upgraded",
+        "reason": "now runs 580.95.05, rebooted, verified",
+        "loaded_version": "580.95.05",
+        "passed": True,
+    }
+    unverified = outcome(
+        plan, {**VERIFIED_95, "verified": "False", "problems": ["2 GPUs, wanted 8"]}, "580", "580.95.05"
+    )
+    assert unverified["state"] == "failed" and "2 GPUs, wanted 8" in unverified["reason"]
+    old_loaded = outcome(plan, {**VERIFIED_95, "loaded_version": "580.82.07"}, "580", "580.95.05")
+    assert old_loaded["state"] == "failed" and not old_loaded["passed"]
+    assert outcome(plan, {}, "580", "580.95.05")["state"] == "failed"
+    current = host_plan(PROC_580_95, "", "580", "580.95.05")
+    assert outcome(current, VERIFIED_95, "580", "580.95.05")["state"] == "current"
+    assert outcome(plan, {}, "580", "580.95.05", True)["state"] == "upgraded"  # check mode: what would be
+
+
+def test_reboot_pending_counts_against_the_batch_and_the_run():
+    records = {"h1": {"state": "reboot-pending", "reason": "the reboot was deferred"}}
+    assert batch_verdict(["h1"], records, 0)["stop"]
+    doc = report(["h1"], {"h1": host_plan(PROC_580_82, "", "580")}, records, [], {"branch": "580", "version": ""})
+    assert not doc["ok"] and doc["counts"] == {"reboot-pending": 1}
+
+
+def test_the_report_names_the_skipped_hosts_and_why():
+    plans = {"h1": host_plan(PROC_580_82, "", "580", "", "drain", "", [OPERATOR_SKIP])}
+    records = {"h1": {"state": "skipped", "reason": plans["h1"]["reason"], "loaded_version": "580.82.07"}}
+    doc = report(["h1"], plans, records, [], {"branch": "580", "version": ""})
+    assert doc["ok"]
+    assert (
+        "Skipped (left out, with why): h1: cordoned out of rollouts: operator (alice, t): RMA 1234"
+        in report_markdown(doc)
+    )
