@@ -33,8 +33,16 @@ def defaults(role: str) -> dict:
     return load(ROOT / "roles" / role / "defaults" / "main.yml")
 
 
-def test_there_are_roles():
-    assert "hf_env" in ROLES
+def test_every_role_the_playbooks_apply_is_checked_here():
+    """The role tests below are parametrized over ROLES: a role the playbooks apply that the
+    discovery missed would escape every convention check without a word."""
+    applied = set()
+    for playbook in [ROOT / "site.yml", *sorted((ROOT / "playbooks").glob("*.yml"))]:
+        text = playbook.read_text()
+        applied |= set(re.findall(r"^\s*-?\s*role:\s*([a-z_]+)\s*$", text, re.M))
+        applied |= set(re.findall(r"include_role:\s*\n\s*name:\s*([a-z_]+)", text))
+    assert len(applied) >= 5, applied
+    assert applied <= set(ROLES), f"applied but not checked: {sorted(applied - set(ROLES))}"
 
 
 @pytest.mark.parametrize("role", ROLES)
