@@ -128,6 +128,23 @@ def rollout_cordon(host: str) -> str:
     return on(host, "cat", ROLLOUT_CORDON).stdout.strip()
 
 
+def unit_refused(host: str) -> tuple[bool, str]:
+    """Whether the real hf-train@ unit, started by hand, refuses the cordoned host in its gate
+    (a launcher environment is written so that the unit gets as far as its gates)."""
+    unit = "hf-train@cordon-check.service"
+    on(
+        host,
+        "sh",
+        "-c",
+        "printf 'NPROC_PER_NODE=1\\nWORLD_SIZE=1\\nNODE_RANK=0\\n' > /etc/hf-loader/launch-cordon-check.env",
+    )
+    started = on(host, "systemctl", "start", unit)
+    journal = on(host, "journalctl", "--no-pager", "-o", "cat", "-u", unit).stdout
+    on(host, "rm", "-f", "/etc/hf-loader/launch-cordon-check.env")
+    line = next((line for line in journal.splitlines() if "training is held" in line), "")
+    return started.returncode != 0 and "cordoned" in line and "upgrade-driver" in line, line
+
+
 def train_refused(inventory: Path, extra: list[str], logs: Path, host: str, tag: str) -> tuple[bool, str]:
     """playbooks/train.yml on the host alone: whether it refused the host as cordoned, and its message."""
     rc, _, text = playbook("playbooks/train.yml", inventory, extra, logs / f"train-{tag}.log", "--limit", host)
@@ -304,6 +321,8 @@ def main() -> int:
             )
             refused, line = train_refused(inventory, extra, logs, host, "failed")
             checks.expect(refused, f"{host}: train.yml refuses it as cordoned ({line[:200]})")
+            refused, line = unit_refused(host)
+            checks.expect(refused, f"{host}: hf-train@ started by hand refuses it in its gate ({line[:200]})")
             left = set(on(host, "cat", "/var/lib/gpu-fleet/upgrade-driver-drained").stdout.split())
             checks.expect(
                 left == {JOB, LATE_JOB}, f"{host}: the units its rollouts left stopped are remembered for the next one"
