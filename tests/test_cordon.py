@@ -281,8 +281,7 @@ def test_cordon_then_train_refuses_the_host_and_uncordon_lets_it_through(fleet):
 
 
 def test_an_operator_lift_leaves_the_rollouts_cordon_and_train_names_it(fleet):
-    cordon(fleet["cordon"].parent, "cordon", "unused")  # the parent exists, as on a host
-    (fleet["cordon"].parent / "cordon").unlink()
+    fleet["cordon"].parent.mkdir()
     cordon(fleet["cordon"], "upgrade-driver", "driver rollout to 580.95.05 failed at verification")
     playbook(fleet, "cordon.yml", "-e", "cordon_reason=maintenance")
     rc, out = playbook(fleet, "uncordon.yml")

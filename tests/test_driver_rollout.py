@@ -178,7 +178,8 @@ def test_report_rows_and_outcome():
     text = report_markdown(doc)
     assert "**Stopped:** batch 2 ..." in text
     row_h1 = (
-        "| h1 | upgraded | 580.82.07 | 580.95.05 | now runs 580.95.05 Drained hf-train@resnet50.service. Started again:"
+        "| h1 | upgraded | 580.82.07 | 580.95.05 | now runs 580.95.05. "
+        "Drained hf-train@resnet50.service. Started again:"
     )
     assert row_h1 in text
     assert "| 2 | h2, h3 | h2 | 33.0 |" in text

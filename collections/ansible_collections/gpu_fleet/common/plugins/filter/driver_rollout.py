@@ -297,6 +297,12 @@ def report_markdown(doc: dict) -> str:
     ]
     for row in doc["rows"]:
         detail = row["detail"]
+        if (
+            detail
+            and not detail.endswith(".")
+            and any(row.get(key) for key in ("drained", "restarted", "left_stopped"))
+        ):
+            detail += "."
         if row.get("drained"):
             detail += f" Drained {', '.join(row['drained'])}."
         if row.get("restarted"):
