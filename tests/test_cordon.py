@@ -171,6 +171,7 @@ def test_skip_rollouts_must_be_json_true_not_any_truthy_text(tmp_path):
         ("present", "operator", "two\nlines", "one line"),
         ("present", "../etc/passwd", "x", "hf_loader_cordon_owner"),
         ("present", "Operator", "x", "hf_loader_cordon_owner"),
+        ("present", "operator\n", "x", "hf_loader_cordon_owner"),  # `$` would let it through
         ("held", "operator", "x", "hf_loader_cordon_state"),
     ],
 )

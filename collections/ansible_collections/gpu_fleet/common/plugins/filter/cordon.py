@@ -21,7 +21,7 @@ import re
 
 from ansible.errors import AnsibleFilterError
 
-OWNER = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+OWNER = re.compile(r"[a-z][a-z0-9-]{0,31}")
 STATES = ("present", "absent")
 
 
@@ -30,7 +30,7 @@ def errors(state, owner, reason, skip_rollouts=False) -> list[str]:
     problems = []
     if state not in STATES:
         problems.append(f"hf_loader_cordon_state must be present or absent; got {state!r}.")
-    if not isinstance(owner, str) or not OWNER.match(owner):
+    if not isinstance(owner, str) or not OWNER.fullmatch(owner):
         problems.append(
             f"hf_loader_cordon_owner must be a short lowercase name such as operator (its file's name); got {owner!r}."
         )
