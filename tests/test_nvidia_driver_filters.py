@@ -8,10 +8,12 @@ scripts/gpu-host-check.sh on a single-H200 virtual machine (driver 580.159.04, o
 modules, from the image) with the role's own probe script and nvidia-smi query.
 """
 
+import ast
 import json
 import subprocess
 from pathlib import Path
 
+import jinja2
 import pytest
 import yaml
 from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as nv
@@ -904,3 +906,170 @@ def test_unsigned_dkms_modules_under_secure_boot_are_refused_with_the_fix():
     assert nv.secure_boot_errors(state, "dkms", key_enrolled=True) == []
     assert nv.secure_boot_errors(state, "precompiled") == []  # signed by the distribution
     assert nv.secure_boot_errors({"secure_boot": False}, "dkms") == []
+
+
+# ------------------------------------------- issue 29: boot kernel, deferred install, branch-only
+
+
+def comment_free(name: str) -> str:
+    return "\n".join(line for line in fixture(name).splitlines() if not line.startswith("# "))
+
+
+TWO_KERNELS = "captured_debian12_two-kernels_host-packages-probe.txt"
+
+
+def test_the_boot_kernel_is_the_newest_image_and_its_metapackage_brings_its_headers():
+    """Item 1: GRUB boots the newest /boot/vmlinuz-* (GRUB_DEFAULT unset); the kernel metapackage's
+    headers twin is installed so that later kernels come with headers."""
+    probe_text = comment_free(TWO_KERNELS)
+    boot = nv.boot_kernel(probe_text)
+    assert boot == {"kernel": "6.1.0-57-cloud-amd64", "known": True, "how": "newest /boot/vmlinuz-* (GRUB_DEFAULT=0)"}
+    images = nv.parse_probe(probe_text)["image_packages"].split()
+    assert nv.kernel_header_metapackages(platform("Debian-12"), images, "dkms") == ["linux-headers-cloud-amd64"]
+    assert nv.kernel_header_metapackages(platform("Debian-12"), images, "precompiled") == []
+    assert nv.kernel_header_metapackages(platform("RedHat-9"), ["linux-image-amd64"], "dkms") == []
+
+
+def test_the_boot_kernel_follows_version_order_not_text_order():
+    probe_text = "#grubby\n#grub_default\n#images\n6.1.0-9-amd64\n6.1.0-10-amd64\n6.12.118+deb12-amd64\n"
+    assert nv.boot_kernel(probe_text)["kernel"] == "6.12.118+deb12-amd64"
+    probe_text = "#grubby\n#grub_default\n#images\n6.1.0-9-amd64\n6.1.0-10-amd64\n"
+    assert nv.boot_kernel(probe_text)["kernel"] == "6.1.0-10-amd64"
+
+
+def test_the_boot_kernel_on_el_is_grubbys_default_and_an_unfollowed_grub_default_is_asked_for():
+    grubby = (
+        "#grubby\n/boot/vmlinuz-5.14.0-427.13.1.el9_4.x86_64\n#grub_default\n#images\n5.14.0-503.11.1.el9_5.x86_64\n"
+    )
+    assert nv.boot_kernel(grubby)["kernel"] == "5.14.0-427.13.1.el9_4.x86_64"
+    saved = comment_free(TWO_KERNELS).replace("#grub_default\n", "#grub_default\nGRUB_DEFAULT=0\nGRUB_DEFAULT=saved\n")
+    boot = nv.boot_kernel(saved)
+    assert boot["known"] is False and boot["how"] == "GRUB_DEFAULT=saved"
+    assert "nvidia_driver_boot_kernel" in nv.boot_module_errors(boot, "", "535.261.03")[0]
+    assert nv.boot_kernel(saved, "6.1.0-47-cloud-amd64")["kernel"] == "6.1.0-47-cloud-amd64"
+    assert nv.boot_kernel("#grubby\n#grub_default\n#images\n") == {
+        "kernel": "",
+        "known": True,
+        "how": "no kernel image in /boot",
+    }
+
+
+def test_the_reboot_is_refused_when_the_boot_kernel_has_no_module():
+    """Item 1: the module probe's rows for the boot kernel ('KERNEL VERSION', 'KERNEL none')."""
+    boot = nv.boot_kernel(comment_free(TWO_KERNELS))
+    errors = nv.boot_module_errors(boot, "6.1.0-57-cloud-amd64 none\n", "535.261.03", "gpu-01")
+    assert len(errors) == 1
+    assert "gpu-01 would boot kernel 6.1.0-57-cloud-amd64" in errors[0] and "refused" in errors[0]
+    assert nv.boot_module_errors(boot, "6.1.0-57-cloud-amd64 535.247.01\n", "535.261.03")  # an older build is no module
+    assert nv.boot_module_errors(boot, "6.1.0-57-cloud-amd64 535.261.03\n", "535.261.03") == []
+    assert (
+        nv.boot_module_errors({"kernel": "", "known": True, "how": "no kernel image in /boot"}, "", "535.261.03") == []
+    )
+
+
+def test_the_kernel_list_adds_the_boot_kernel_to_the_running_one():
+    """Item 1, the role's own expression: the boot kernel beside the running kernel, once."""
+    expression = ROLE_VARS["__nvidia_driver_kernel_list"]
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env.filters["unique"] = lambda items: list(dict.fromkeys(items))  # Ansible's unique returns a list
+
+    def kernels(boot, configured=()):
+        rendered = env.from_string(expression).render(
+            nvidia_driver_kernels=list(configured),
+            ansible_facts={"kernel": "6.1.0-47-cloud-amd64"},
+            __nvidia_driver_boot=boot,
+        )
+        return ast.literal_eval(rendered.strip())
+
+    assert kernels({"kernel": "6.1.0-57-cloud-amd64"}) == ["6.1.0-47-cloud-amd64", "6.1.0-57-cloud-amd64"]
+    assert kernels({"kernel": "6.1.0-47-cloud-amd64"}) == ["6.1.0-47-cloud-amd64"]
+    assert kernels({"kernel": ""}, ["6.1.0-50-amd64"]) == ["6.1.0-50-amd64"]
+
+
+DPKG_535 = "captured_debian12_535_dpkg-query_installed.txt"
+
+
+def test_installed_packages_keeps_only_installed_rows():
+    installed = nv.installed_packages(comment_free(DPKG_535))
+    assert installed == {
+        "firmware-nvidia-gsp": "535.261.03-1",
+        "libcuda1": "535.261.03-1",
+        "nvidia-kernel-dkms": "535.261.03-1",
+    }
+    rpm = "kmod-nvidia-open-dkms | 3:580.95.05-1.el9 | installed\npackage nvidia-driver-cuda is not installed\n"
+    assert nv.installed_packages(rpm) == {"kmod-nvidia-open-dkms": "3:580.95.05-1.el9"}
+
+
+def apt_install_state(plan, pin=""):
+    """The state the role's apt install task asks for, from its own expression."""
+    tasks = yaml.safe_load((ROLE / "tasks" / "packages.yml").read_text())
+    task = next(task for task in tasks if task["name"] == "Install the driver packages (apt)")
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    return env.from_string(task["ansible.builtin.apt"]["state"]).render(
+        __nvidia_driver_install_plan=plan, nvidia_driver_version=pin
+    )
+
+
+def test_a_branch_only_target_installs_the_newest_of_the_branch_when_the_host_runs_another():
+    """Item 3: Debian's names carry no branch, so `present` kept 535 installed for a 550 target
+    (Debian 13's branch). The host runs 535.261.03 (dpkg-query captured on Debian 12)."""
+    installed = nv.installed_packages(comment_free(DPKG_535))
+    debian = platform("Debian-13")
+    other_branch = nv.install_plan(installed, debian, "distribution", "proprietary", "dkms", "headless", "550")
+    assert other_branch["installed_version"] == "535.261.03" and not other_branch["current"]
+    assert apt_install_state(other_branch) == "latest"
+    same_branch = nv.install_plan(
+        installed, platform("Debian-12"), "distribution", "proprietary", "dkms", "headless", "535"
+    )
+    assert same_branch["current"] and apt_install_state(same_branch) == "present"  # no drift inside the branch
+    pinned = nv.install_plan(
+        installed, platform("Debian-12"), "distribution", "proprietary", "dkms", "headless", "535", "535.261.03"
+    )
+    assert pinned["current"] and apt_install_state(pinned, "535.261.03") == "latest"
+    # Ubuntu from 590: nvidia-headless-open replaces nvidia-headless-580-open; 580 installed is not current.
+    ubuntu = nv.install_plan(
+        {"nvidia-headless-580-open": "580.95.05-0ubuntu1"},
+        platform("Ubuntu-24"),
+        "cuda",
+        "open",
+        "dkms",
+        "headless",
+        "590",
+    )
+    assert ubuntu["marker"] == "nvidia-headless-open" and apt_install_state(ubuntu) == "latest"
+
+
+UNITS = "hf-train@imagenet.service loaded active running hf_loader training job imagenet\n"
+
+
+def test_the_install_waits_while_training_runs_and_the_driver_would_change():
+    """Item 2: while hf-train@ runs, a driver change is deferred (nothing changes); a host already
+    at the target goes on (nothing would change); stop_busy stops the units first instead."""
+    installed = nv.installed_packages(comment_free(DPKG_535))
+    units = nv.parse_units(UNITS)
+    args = (platform("Debian-13"), "distribution", "proprietary", "dkms", "headless")
+    waiting = nv.install_plan(installed, *args, "550", "", units)
+    assert (
+        waiting["deferred"] and waiting["blocked_by"] == ["hf-train@imagenet.service"] and waiting["stop_units"] == []
+    )
+    stopping = nv.install_plan(installed, *args, "550", "", units, True)
+    assert not stopping["deferred"] and stopping["stop_units"] == ["hf-train@imagenet.service"]
+    current = nv.install_plan(
+        installed, platform("Debian-12"), "distribution", "proprietary", "dkms", "headless", "535", "", units
+    )
+    assert not current["deferred"] and current["stop_units"] == []
+    idle = nv.install_plan(installed, *args, "550")
+    assert not idle["deferred"]
+
+
+def test_a_deferred_install_changes_no_source_package_modprobe_file_or_service():
+    """Item 2: every changing step of gpu.yml is conditioned on the deferral; verification too."""
+    steps = {task["name"]: task for task in yaml.safe_load((ROLE / "tasks" / "gpu.yml").read_text())}
+    for name in [
+        "Configure the package source",
+        "Resolve and install the driver packages",
+        "Blacklist nouveau",
+        "Install the fabric manager and enable the services",
+    ]:
+        assert "not __nvidia_driver_install_deferred" in steps[name]["when"], name
+    assert "not __nvidia_driver_install_deferred" in ROLE_VARS["__nvidia_driver_verify_now"]

@@ -615,6 +615,159 @@ def unbuilt_kernels(text: str, version) -> list[str]:
     return unbuilt
 
 
+def installed_packages(text: str) -> dict[str, str]:
+    """name -> version of the installed packages in the host probe's '#installed' rows.
+
+    apt: `dpkg-query -W -f '${Package} | ${Version} | ${db:Status-Status}\\n' NAMES` (a removed
+    package keeps a 'config-files' row, which is not installed); dnf: `rpm -q --qf
+    '%{name} | %{epoch}:%{version}-%{release} | installed\\n' NAMES` (epoch '(none)' when unset;
+    'package X is not installed' lines have no columns).
+    """
+    found = {}
+    for line in (text or "").splitlines():
+        parts = [part.strip() for part in line.split("|")]
+        if len(parts) == 3 and parts[0] and parts[1] and parts[2] == "installed":
+            found[parts[0]] = parts[1].replace("(none):", "")
+    return found
+
+
+def install_plan(
+    installed: dict,
+    platform: dict,
+    source,
+    kernel_modules,
+    build,
+    flavour,
+    branch,
+    pin="",
+    busy_units=(),
+    stop_busy=False,
+) -> dict:
+    """Whether the driver install changes the host's driver, how apt installs it, and whether it waits.
+
+    installed: name -> version of the installed packages (installed_packages). The driver's own
+    package (driver_marker) at the pin, or else in the branch, is current. apt installs a pin with
+    `state: latest` (the preferences file holds that version), and a branch the host does not run
+    yet also with `latest` under the branch's pin: Debian's names, and Ubuntu's from 590, carry
+    no branch, so `present` kept 580 installed for a 590 target. A branch the host already runs
+    stays `present` (no drift inside the branch between runs).
+
+    A new driver's userspace over the loaded old module breaks NVML ("Driver/library version
+    mismatch") and every job restart, so while a training unit (busy_units) runs the install
+    waits (deferred: nothing is changed), unless stop_busy: then the units are stopped first
+    (stop_units), as the reboot would stop them.
+    """
+    offer = platform["sources"][source]
+    marker = _fmt(
+        driver_marker(platform, source, kernel_modules, build, flavour), branch, offer.get("unbranched_from", "")
+    )
+    installed_version = ""
+    if installed.get(marker):
+        try:
+            installed_version = upstream_version(installed[marker])
+        except ValueError:
+            installed_version = ""
+    current = version_matches(installed_version, pin, branch)
+    busy = sorted(set(busy_units or []))
+    change = not current
+    return {
+        "marker": marker,
+        "installed_version": installed_version,
+        "current": current,
+        "apt_state": "latest" if pin or change else "present",
+        "deferred": bool(busy) and change and not stop_busy,
+        "blocked_by": busy if busy and change and not stop_busy else [],
+        "stop_units": busy if busy and change and stop_busy else [],
+    }
+
+
+def _version_sort_key(text: str):
+    """GRUB orders kernels with `sort -V` (grub-mkconfig_lib, version_sort): digit runs as numbers."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.findall(r"\d+|\D+", text)]
+
+
+def boot_kernel(probe_text: str, override="") -> dict:
+    """The kernel the next boot starts, from the host probe ('#grubby', '#grub_default', '#images').
+
+    EL: `grubby --default-kernel` prints the default entry's /boot/vmlinuz-<release>. Debian and
+    Ubuntu: GRUB_DEFAULT unset or 0 boots the first menu entry, which grub-mkconfig's 10_linux
+    makes the newest /boot/vmlinuz-* by version sort (GNU GRUB manual, "Simple configuration",
+    GRUB_DEFAULT; grub-mkconfig_lib version_find_latest). Any other GRUB_DEFAULT (saved, a title,
+    an id, "1>2") is not followed: known is false and the caller asks for nvidia_driver_boot_kernel.
+    No kernel image under /boot (containers, images whose kernel comes from outside) gives ''.
+    """
+    if override:
+        return {"kernel": str(override), "known": True, "how": "nvidia_driver_boot_kernel"}
+    sections = parse_probe(probe_text)
+    grubby = (sections.get("grubby", "") or "").strip().splitlines()
+    if grubby and grubby[-1].strip().startswith("/boot/vmlinuz-"):
+        return {"kernel": grubby[-1].strip()[len("/boot/vmlinuz-") :], "known": True, "how": "grubby --default-kernel"}
+    images = [line.strip() for line in (sections.get("images", "") or "").splitlines() if valid_kernel(line.strip())]
+    if not images:
+        return {"kernel": "", "known": True, "how": "no kernel image in /boot"}
+    default = ""
+    for line in (sections.get("grub_default", "") or "").splitlines():
+        match = re.match(r"^\s*GRUB_DEFAULT=(.*)$", line)
+        if match:
+            default = match.group(1).strip().strip("\"'")  # the last assignment wins, as the shell reads them
+    if default not in ("", "0"):
+        return {"kernel": "", "known": False, "how": f"GRUB_DEFAULT={default}"}
+    return {
+        "kernel": max(images, key=_version_sort_key),
+        "known": True,
+        "how": "newest /boot/vmlinuz-* (GRUB_DEFAULT=0)",
+    }
+
+
+def kernel_header_metapackages(platform: dict, installed_images, build) -> list[str]:
+    """The headers metapackage beside each installed kernel metapackage (DKMS only).
+
+    A kernel metapackage (Debian linux-image-amd64, linux-image-cloud-amd64; Ubuntu
+    linux-image-generic, linux-image-aws, ...) brings each new kernel; its headers twin
+    (linux-headers-amd64, linux-headers-generic, ...) brings that kernel's headers with it, so
+    DKMS builds the module when the kernel is installed, before the reboot into it. Versioned
+    images (a digit after the prefix), unsigned and debug images have no twin.
+    """
+    template = platform.get("kernel_headers_metapackage", "")
+    if build != "dkms" or not template:
+        return []
+    names = []
+    for name in installed_images or []:
+        flavour = str(name).strip()[len("linux-image-") :] if str(name).startswith("linux-image-") else ""
+        if (
+            not flavour
+            or flavour[0].isdigit()
+            or flavour.startswith("unsigned-")
+            or flavour.endswith(("-dbg", "-unsigned"))
+        ):
+            continue
+        header = template.replace("{flavour}", flavour)
+        if header not in names:
+            names.append(header)
+    return names
+
+
+def boot_module_errors(boot: dict, modules_text: str, version, host="this host") -> list[str]:
+    """Why rebooting now would start a kernel without the installed driver's module ([] when it would not)."""
+    if not boot.get("known", True):
+        return [
+            f"{host} boots by {boot.get('how')}, which the role does not follow: set nvidia_driver_boot_kernel to "
+            "the kernel release the next boot starts, so that the role can check its module before rebooting"
+        ]
+    kernel = boot.get("kernel", "")
+    if not kernel or not version:
+        return []
+    unbuilt = unbuilt_kernels(modules_text, version)
+    if not unbuilt:
+        return []
+    return [
+        f"{host} would boot kernel {kernel} ({boot.get('how')}), which has no module of NVIDIA driver {version}: "
+        f"{', '.join(unbuilt)}. The reboot is refused and the host stays on its running kernel. Install that "
+        f"kernel's headers and rebuild (dkms autoinstall -k {kernel}), or make the running kernel the default "
+        "entry, then run the role again"
+    ]
+
+
 def parse_units(text: str) -> list[str]:
     """Unit names from `systemctl list-units --plain --no-legend` lines."""
     units = []
@@ -1001,6 +1154,11 @@ class FilterModule:
             "parse_units": parse_units,
             "module_type_errors": module_type_errors,
             "secure_boot_errors": secure_boot_errors,
+            "installed_packages": installed_packages,
+            "install_plan": install_plan,
+            "boot_kernel": boot_kernel,
+            "kernel_header_metapackages": kernel_header_metapackages,
+            "boot_module_errors": boot_module_errors,
         }
         return {f"nvidia_driver_{name}": _wrap(function) for name, function in functions.items()}
 
