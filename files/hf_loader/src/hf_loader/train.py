@@ -6,6 +6,15 @@ RANK, WORLD_SIZE, LOCAL_RANK, NODE_RANK, MASTER_ADDR, MASTER_PORT for each proce
 `composer -n 8 --world_size 16 --node_rank 0 --master_addr HOST0 --master_port 7501
 -m hf_loader.train --config-file train.yaml`; the loaders shard with a DistributedSampler
 from RANK/WORLD_SIZE and Composer initializes the process group from the same variables.
+
+Checkpoints and restarts follow Composer's Trainer: with `save_folder` set, checkpoints are
+written there every `save_interval` (and `save_latest_filename`, default latest-rank{rank}.pt,
+links the newest); with `autoresume: true` (needs `save_folder` and `run_name`, both the same
+for every start of the job) a start continues from that newest checkpoint: model, optimizer,
+schedule, timestamp and sample counter. On SIGTERM every rank finishes the batch in flight,
+a checkpoint is written (with `save_folder` set) and the job exits 0 (see stop.py). Under
+systemd, start it through `python -m hf_loader.launch --stop-timeout S` instead of `composer`:
+Composer's launcher alone does not pass SIGTERM on to the ranks (see launch.py).
 """
 
 from __future__ import annotations
@@ -15,11 +24,13 @@ import dataclasses
 import os
 import sys
 
+from . import sigterm
 from .configfile import load_config_file
 from .env import force_offline
 from .errors import ConfigError, HFLoaderError
 
-EXIT_CODES = """exit codes: 0 trained; 2 bad config file or flag; 3 dataset not cached;
+EXIT_CODES = """exit codes: 0 trained, or stopped by SIGTERM (checkpoint written with save_folder);
+2 bad config file or flag (autoresume without save_folder or run_name, too); 3 dataset not cached;
 4 cached copy incomplete or corrupt; 1 anything else (traceback printed).
 Run hf-cache-test first: it also checks the environment (exit 5) and loading (6)."""
 
@@ -54,9 +65,12 @@ DEFAULTS = {
     "foreach_optimizer": True,  # DecoupledSGDW's update in multi-tensor kernels (same result)
     "compile": False,  # torch.compile the model through Composer (compile_config); not measured
     "seed": 17,
-    "save_folder": None,
+    "save_folder": None,  # checkpoints; Composer fills in {run_name}
     "save_interval": "1ep",
-    "run_name": None,
+    "save_latest_filename": "latest-rank{rank}.pt",  # Composer's: the newest checkpoint's link
+    "save_num_checkpoints_to_keep": -1,  # -1: all; the oldest are removed first
+    "run_name": None,  # None: Composer's COMPOSER_RUN_NAME or RUN_NAME, else a random name
+    "autoresume": False,  # continue from save_folder's newest checkpoint (save_folder, run_name)
     "progress_bar": False,
     "log_to_console": True,
     "speed_window": 20,  # batches averaged for throughput/samples_per_sec; 0: no speed logging
@@ -101,7 +115,55 @@ def build_config(argv: list[str] | None = None) -> dict:
         if cfg[key] is not None:
             cfg[key] = str(cfg[key])
     resolve_workers(cfg["workers"])  # a bad value is a usage error before anything is read
+    check_checkpointing(cfg)
     return cfg
+
+
+def check_checkpointing(cfg: dict) -> None:
+    """Composer's own conditions for autoresume, as usage errors that name the key and the fix.
+
+    Composer raises a ValueError only once the model is built (and for a missing run_name, on
+    each rank); here they are found before anything is read.
+    """
+    if not isinstance(cfg["autoresume"], bool):
+        raise ConfigError(
+            f"autoresume must be true or false; got {cfg['autoresume']!r}",
+            remedy="set autoresume: true (continue from the newest checkpoint) or false",
+        )
+    for key in ("save_folder", "run_name", "save_latest_filename"):
+        if cfg[key] is not None and (not isinstance(cfg[key], str) or not cfg[key].strip()):
+            raise ConfigError(
+                f"{key} must be a non-empty string or null; got {cfg[key]!r}",
+                remedy=f"set {key} to a name such as {DEFAULTS[key] or 'resnet50-imagenet'!r}"
+                " or leave it out",
+            )
+    keep = cfg["save_num_checkpoints_to_keep"]
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < -1:
+        raise ConfigError(
+            f"save_num_checkpoints_to_keep must be -1 (all) or a count; got {keep!r}",
+            remedy="set save_num_checkpoints_to_keep: -1, or a count such as 3",
+        )
+    if not cfg["autoresume"]:
+        return
+    if not cfg["save_folder"]:
+        raise ConfigError(
+            "autoresume is on but save_folder is not set: nowhere to look for a checkpoint",
+            remedy="set save_folder to a folder every rank of the job can write and read"
+            " (e.g. save_folder: /data/checkpoints), or set autoresume: false",
+        )
+    if not (cfg["run_name"] or os.environ.get("COMPOSER_RUN_NAME") or os.environ.get("RUN_NAME")):
+        raise ConfigError(
+            "autoresume is on but run_name is not set: Composer would pick a new random name at"
+            " each start and never find the last one's checkpoints",
+            remedy="set run_name to a name kept for every start of this job"
+            " (e.g. run_name: resnet50-imagenet), or set autoresume: false",
+        )
+    if not cfg["save_latest_filename"]:
+        raise ConfigError(
+            "autoresume is on but save_latest_filename is empty: autoresume finds the newest"
+            " checkpoint through that link",
+            remedy=f"leave save_latest_filename out (default {DEFAULTS['save_latest_filename']})",
+        )
 
 
 def auto_workers(cpus: int, local_processes: int, cap: int = 16) -> int:
@@ -169,6 +231,7 @@ def train(cfg: dict, **trainer_overrides):
     from .data import LoaderConfig, build_dataloader, dist_env, make_dataspec
     from .optim import ForeachDecoupledSGDW
     from .resolve import load_split, resolve
+    from .stop import SharedSaveFolder, StopOnSignal
 
     rank, world = dist_env()
     res = resolve(
@@ -227,20 +290,39 @@ def train(cfg: dict, **trainer_overrides):
         "seed": cfg["seed"],
         "save_folder": cfg["save_folder"],
         "save_interval": cfg["save_interval"],
+        "save_latest_filename": cfg["save_latest_filename"],
+        "save_num_checkpoints_to_keep": cfg["save_num_checkpoints_to_keep"],
         "run_name": cfg["run_name"],
+        "autoresume": cfg["autoresume"],
         "progress_bar": cfg["progress_bar"],
         "log_to_console": cfg["log_to_console"],
         "compile_config": {} if cfg["compile"] else None,
     }
     speed = [SpeedMonitor(window_size=int(cfg["speed_window"]))] if cfg["speed_window"] else []
-    kwargs["callbacks"] = speed + list(trainer_overrides.pop("callbacks", []))
+    stopper = StopOnSignal()
+    shared = [SharedSaveFolder(cfg["save_folder"])] if cfg["autoresume"] else []
+    kwargs["callbacks"] = shared + [stopper] + speed + list(trainer_overrides.pop("callbacks", []))
     kwargs.update(trainer_overrides)
-    trainer = Trainer(**kwargs)
-    trainer.fit()
+    # Composer's engine made SIGTERM sys.exit(143) when it was imported above: record it instead.
+    previous = sigterm.install()
+    try:
+        trainer = Trainer(**kwargs)
+        trainer.fit()
+    finally:
+        sigterm.restore(previous)
+    trainer.stopper = stopper
     return trainer
 
 
 def main(argv: list[str] | None = None) -> int:
+    previous = sigterm.install()  # first: a stop during start-up is recorded, not fatal
+    try:
+        return _main(argv)
+    finally:
+        sigterm.restore(previous)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         cfg = build_config(argv)
     except SystemExit as e:
@@ -261,10 +343,28 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(sampler, "__len__")
         else "a stream of the hub snapshot"
     )
-    print(
-        f"hf-train: done (rank {rank} of {world}, {source}, "
-        f"{int(trainer.state.timestamp.batch)} batches)"
-    )
+    stopper = trainer.stopper
+    batch, sample = int(trainer.state.timestamp.batch), int(trainer.state.timestamp.sample)
+    start_batch, start_sample = stopper.resumed_from or (0, 0)
+    # A fresh run's line is as before; a resumed or stopped one adds the sample counter.
+    counter = f", {sample} samples" if start_batch or stopper.stopped_by else ""
+    if start_batch:
+        counter += f", resumed from batch {start_batch} sample {start_sample}"
+    outcome = "done"
+    if stopper.stopped_by:
+        from .stop import latest_checkpoint
+
+        checkpoint = latest_checkpoint(trainer.state)
+        if checkpoint:
+            saved = f"checkpoint {checkpoint}"
+        elif not cfg["save_folder"]:
+            saved = "no checkpoint: save_folder is not set"
+        elif rank != 0:
+            saved = "checkpoint written by rank 0"
+        else:
+            saved = "no new checkpoint: no batch was trained in this run"
+        outcome = f"stopped by {stopper.stopped_by} after batch {batch}, {saved}"
+    print(f"hf-train: {outcome} (rank {rank} of {world}, {source}, {batch} batches{counter})")
     return 0
 
 
