@@ -3,6 +3,8 @@
 import os
 from pathlib import Path
 
+import pytest
+import yaml
 from ansible_collections.gpu_fleet.common.plugins.filter import hf_loader as logic
 from ansible_collections.gpu_fleet.common.plugins.lookup import hf_loader_wheels as wheels_lookup
 
@@ -126,3 +128,70 @@ def test_the_cache_test_checks_no_mount_by_default():
 def test_the_cache_mount_point_reaches_the_cache_test_as_require_mount():
     settings = render_cache_test_settings(hf_loader_cache_mount_point="/data/my hf")
     assert settings["require_mount"] == "/data/my hf"
+
+
+# ---- checkpoints: the folder the training unit must write, and the save_folders refused ----
+
+CACHE = "/data/hf"
+ROLE_FOLDERS = {"hf_loader_prefix": "/opt/hf-loader", "hf_loader_config_dir": "/etc/hf-loader"}
+
+
+def test_the_checkpoint_folder_is_save_folder_up_to_its_first_placeholder():
+    assert logic.checkpoint_dir({"save_folder": "/data/checkpoints"}) == "/data/checkpoints"
+    assert logic.checkpoint_dir({"save_folder": "/data/checkpoints/{run_name}"}) == "/data/checkpoints"
+    assert logic.checkpoint_dir({"save_folder": "/data/ck/{run_name}/r{rank}/"}) == "/data/ck"
+    assert logic.checkpoint_dir({"save_folder": "/data/checkpoints/"}) == "/data/checkpoints"
+    assert logic.checkpoint_dir({}) == "" and logic.checkpoint_dir({"save_folder": None}) == ""
+
+
+def test_the_example_inventorys_checkpoints_are_accepted_and_made_writable():
+    example = yaml.safe_load((ROOT / "inventory" / "example" / "group_vars" / "gpu_hosts.yml").read_text())
+    config = example["hf_loader_train_config"]
+    assert config["autoresume"] is True and config["run_name"]
+    assert logic.checkpoint_problems(config, CACHE, ROLE_FOLDERS) == []
+    assert logic.checkpoint_dir(config) == "/data/checkpoints"
+
+
+@pytest.mark.parametrize(
+    ("save_folder", "named"),
+    [
+        ("checkpoints", "is relative"),
+        ("./ck", "is relative"),
+        ("s3://bucket/ck", "is a URI"),
+        ("/data/hf", "lies in /data/hf, the dataset cache"),
+        ("/data/hf/checkpoints/{run_name}", "lies in /data/hf, the dataset cache"),
+        # The training user would own the folder that holds the cache's mount point.
+        ("/data", "a folder above the dataset cache /data/hf"),
+        ("/data/{run_name}", "a folder above the dataset cache /data/hf"),
+        ("/proc/self/ck", "lies in /proc"),
+        ("/sys/ck", "lies in /sys"),
+        ("/tmp/ck", "lies in /tmp, private to the unit"),
+        ("/var/tmp/ck", "lies in /var/tmp"),
+        ("/home/trainer/ck", "hidden from the unit"),
+        ("/run/ck", "lies in /run"),
+        ("/etc/hf-loader/ck", "lies in /etc"),
+        ("/usr/local/ck", "lies in /usr"),
+        ("/opt/hf-loader/ck", "the folder of hf_loader_prefix"),
+        ("/{run_name}", "whole file system writable"),
+        ("/", "whole file system writable"),
+        (["/a"], "must be a string"),
+    ],
+)
+def test_a_save_folder_the_unit_cannot_write_is_refused_naming_the_variable_and_the_fix(save_folder, named):
+    (problem,) = logic.checkpoint_problems({"save_folder": save_folder}, CACHE, ROLE_FOLDERS)
+    assert named in problem and problem.startswith("hf_loader_train_config.save_folder")
+    assert "such as /data/checkpoints" in problem
+
+
+@pytest.mark.parametrize("save_folder", ["/data/checkpoints", "/var/lib/hf-loader/ck", "/srv/ck/{run_name}"])
+def test_a_save_folder_beside_the_cache_is_accepted(save_folder):
+    assert logic.checkpoint_problems({"save_folder": save_folder}, CACHE, ROLE_FOLDERS) == []
+
+
+def test_autoresume_needs_save_folder_and_run_name():
+    both = logic.checkpoint_problems({"autoresume": True}, CACHE, ROLE_FOLDERS)
+    assert len(both) == 2
+    assert "autoresume is true but save_folder is not set" in both[0] and "Set save_folder" in both[0]
+    assert "run_name is not set" in both[1] and "Set run_name" in both[1]
+    assert logic.checkpoint_problems({"autoresume": False}, CACHE, ROLE_FOLDERS) == []
+    assert logic.checkpoint_problems({}, CACHE, ROLE_FOLDERS) == []
