@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -197,3 +198,29 @@ def test_foreach_sgdw_updates_equal_composers_to_the_bit(nesterov, monkeypatch):
     assert foreach_calls and max(foreach_calls) == 6  # all six trained tensors in one call
     for mine, theirs in zip(ours, run(DecoupledSGDW), strict=True):
         assert torch.equal(mine, theirs)
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root")
+def test_a_read_only_checkpoint_folder_is_exit_5_naming_it(arrow_only, tmp_path):
+    """The host refuses the checkpoint write (a read-only mount): exit 5 naming the folder and
+    the fix, not exit 1 with a traceback."""
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    cfg_file = tmp_path / "train.yaml"
+    cfg_file.write_text(
+        f"dataset: {DATASET}\nbatch_size: 2\neval_batch_size: 2\nworkers: 0\n"
+        f"max_duration: 1ba\nwarmup: 0ba\neval_subset_num_batches: 1\nsave_folder: {folder}\n"
+        "save_interval: 1ba\nrun_name: ro\ndevice: cpu\n"
+    )
+    setup = f"mount --bind -o ro {folder} {folder}"
+    command = [sys.executable, "-m", "hf_loader.train", "--config-file", str(cfg_file)]
+    done = subprocess.run(
+        ["unshare", "-m", "sh", "-ec", f'{setup}\nexec "$@"', "sh", *command],
+        env=dict(os.environ, HF_HOME=str(arrow_only), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 5, done.stderr[-3000:]
+    assert "Read-only file system" in done.stderr and str(folder) in done.stderr
+    assert "remount it read-write" in done.stderr and "Traceback" not in done.stderr

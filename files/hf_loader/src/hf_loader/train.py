@@ -27,11 +27,13 @@ import sys
 from . import sigterm
 from .configfile import load_config_file
 from .env import force_offline
-from .errors import ConfigError, HFLoaderError
+from .errors import ConfigError, HFLoaderError, environment_error
 
 EXIT_CODES = """exit codes: 0 trained, or stopped by SIGTERM (checkpoint written with save_folder);
 2 bad config file or flag (autoresume without save_folder or run_name, too); 3 dataset not cached;
-4 cached copy incomplete or corrupt; 1 anything else (traceback printed).
+4 cached copy incomplete or corrupt; 5 the host refused an operation (a read-only or full
+checkpoint folder, a permission, an I/O error: named, with the fix); 1 anything else (a bug,
+traceback printed).
 Run hf-cache-test first: it also checks the environment (exit 5) and loading (6)."""
 
 DEFAULTS = {
@@ -335,6 +337,10 @@ def _main(argv: list[str] | None) -> int:
     except HFLoaderError as e:
         print(f"hf-train: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the host refused: a read-only or full checkpoint folder, an I/O error
+        found = environment_error(e, within=cfg.get("save_folder"))
+        print(f"hf-train: {found}", file=sys.stderr)
+        return found.exit_code
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     sampler = getattr(trainer.state.train_dataloader, "sampler", None)
     # a streamed hub snapshot has no sampler with a length: the stream is split by node
