@@ -14,6 +14,7 @@ import os
 import re
 import subprocess
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
 # run(host, *extra_args) -> (rc, output); snapshot(host) -> what a run must leave as it was.
 Run = Callable[..., tuple[int, str]]
 Snapshot = Callable[[Any], Any]
+# A batch's runs: key -> the extra arguments of its run.
+Cases = dict[Any, tuple[str, ...]]
 
 
 def run_playbook(playbook: str | Path, *extra_args: str, limit: str = "", timeout: int = 300) -> tuple[int, str]:
@@ -127,6 +130,35 @@ def refused_before_any_change(host, run: Run, snapshot: Snapshot, *extra_args: s
     return output
 
 
+# Runs that must change nothing (check mode, refusals before any change) spend most of their
+# time waiting on the container and on Ansible's own start: this many go at once on one host.
+CONCURRENT_RUNS = 4
+
+
+class ConcurrentRuns:
+    """Runs that must leave a host as it was, started together once per host: the first test of
+    the batch that calls batch(host) starts them, the others read what they left. It returns
+    (before, after, results): the host's snapshot before and after the whole batch, and for each
+    key of cases (a dict, or a function of the host giving one) the (rc, output) of
+    run(host, *cases[key]). Each test still asserts on its own run, and that the snapshot did
+    not move: a run that changed something fails every test of its batch."""
+
+    def __init__(self, run: Run, snapshot: Snapshot, cases: Cases | Callable[[Any], Cases]):
+        self.run, self.snapshot, self.cases = run, snapshot, cases
+        self.done: dict[str, tuple[Any, Any, dict[Any, tuple[int, str]]]] = {}
+
+    def __call__(self, host) -> tuple[Any, Any, dict[Any, tuple[int, str]]]:
+        name = host.backend.host
+        if name not in self.done:
+            before = self.snapshot(host)
+            with ThreadPoolExecutor(max_workers=CONCURRENT_RUNS) as pool:
+                cases = self.cases(host) if callable(self.cases) else self.cases
+                futures = {key: pool.submit(self.run, host, *args) for key, args in cases.items()}
+                results = {key: future.result() for key, future in futures.items()}
+            self.done[name] = (before, self.snapshot(host), results)
+        return self.done[name]
+
+
 # --- tests every role's scenario runs alike ------------------------------------------------------
 
 
@@ -134,32 +166,43 @@ def every_tag_check_mode_test(role: str, run: Run, snapshot: Snapshot, *, runs_o
     """A test, parametrized by each tag of the role (role_tags), that runs the role with that tag
     alone in check mode on the converged hosts: it must succeed, read no undefined variable,
     run tasks of the role, and change nothing. Tags do not depend on the platform: the hosts
-    runs_on accepts run it, the others skip."""
+    runs_on accepts run it, the others skip. The tags' runs go together (ConcurrentRuns)."""
 
-    @pytest.mark.parametrize("tag", role_tags(role))
+    tags = role_tags(role)
+    batch = ConcurrentRuns(run, snapshot, {tag: ("--check", "--tags", tag) for tag in tags})
+
+    @pytest.mark.parametrize("tag", tags)
     def test_every_documented_tag_runs_alone_in_check_mode(host, tag):
         if not runs_on(host):
             pytest.skip("tags do not depend on the platform; one platform runs them")
-        before = snapshot(host)
-        rc, output = run(host, "--check", "--tags", tag)
+        before, after, results = batch(host)
+        rc, output = results[tag]
         assert rc == 0, output
         assert "undefined" not in output.lower(), output
         assert ran_role_tasks(output, role), output
-        assert snapshot(host) == before
+        assert after == before
 
     return test_every_documented_tag_runs_alone_in_check_mode
 
 
 def bad_variables_test(run: Run, snapshot: Snapshot, cases: list[tuple[str, str]]):
     """A test, parametrized by (extra_vars, named), that runs with -e extra_vars: the run must be
-    refused before any change (refused_before_any_change), and its output must name `named`.
-    Input checks do not depend on the platform: bookworm hosts run it."""
+    refused before any change (as refused_before_any_change checks), and its output must name
+    `named`. Input checks do not depend on the platform: bookworm hosts run it. The cases' runs
+    go together (ConcurrentRuns)."""
+
+    batch = ConcurrentRuns(run, snapshot, {extra_vars: ("-e", extra_vars) for extra_vars, _ in cases})
 
     @pytest.mark.parametrize(("extra_vars", "named"), cases)
     def test_bad_variables_fail_before_any_change(host, extra_vars, named):
         if not on_bookworm(host):
             pytest.skip("input checks do not depend on the platform; one platform runs them")
-        output = refused_before_any_change(host, run, snapshot, "-e", extra_vars)
+        before, after, results = batch(host)
+        rc, output = results[extra_vars]
+        # refused_before_any_change, for a run of the batch
+        assert rc != 0, output
+        assert "changed=0" in output, output
+        assert after == before
         assert named in output
 
     return test_bad_variables_fail_before_any_change
