@@ -148,9 +148,28 @@ def test_bad_workers_is_usage_error_before_loading(bad, capsys):
     assert "workers must be a count" in capsys.readouterr().err
 
 
-def test_workers_auto_resolves_to_a_count(monkeypatch):
-    monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
-    assert train.resolve_workers("auto") == train.auto_workers(len(os.sched_getaffinity(0)), 1)
+@pytest.mark.parametrize(
+    ("local_world_size", "gpus", "workers"),
+    [
+        ("1", 0, 16),  # 32 CPUs for one process: 31, capped at 16
+        ("4", 8, 7),  # the launcher's 4 processes split the 32 CPUs, not the 8 GPUs: 8 - 1
+        ("8", 0, 3),  # 32 // 8 - 1
+        (None, 8, 3),  # no launcher: one process per GPU the host has
+        (None, 0, 16),  # no launcher, no GPU: one process
+    ],
+)
+def test_workers_auto_shares_the_cpus_this_process_may_use(
+    monkeypatch, local_world_size, gpus, workers
+):
+    """`auto` counts the CPUs in this process's affinity mask (not the machine's) and the
+    processes on this host: LOCAL_WORLD_SIZE when a launcher set it, else the GPUs."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(32)))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    if local_world_size is None:
+        monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", local_world_size)
+    assert train.resolve_workers("auto") == workers
     assert train.resolve_workers(3) == 3
 
 
