@@ -224,32 +224,34 @@ def test_revision_selects_snapshot(hub_only):
 
 
 def test_user_offline_0_is_forced_on_in_a_fresh_process(hub_only):
-    """HF_DATASETS_OFFLINE=0 in the user's env: warned, forced on, loads with no network."""
+    """HF_DATASETS_OFFLINE=0 in the user's env: warned, forced on, loads with no network.
+
+    Every connection and name lookup is refused, as on a host without a network, and
+    counted: the count, not the time the load took, says whether the network was tried."""
     code = r"""
-import socket, warnings, time
-def guard(*a, **k):
-    raise SystemExit("NETWORK ATTEMPT %r" % (a,))
-socket.socket.connect = guard
-socket.getaddrinfo = guard
+import socket, warnings
+attempts = []
+def refuse(*a, **k):
+    attempts.append(a[1:2] or a[:1])
+    raise OSError(101, "Network is unreachable")
+socket.socket.connect = refuse
+socket.getaddrinfo = refuse
 warnings.simplefilter("always")
 with warnings.catch_warnings(record=True) as w:
     from hf_loader.resolve import resolve, load_split
-    t = time.time()
     res = resolve("ILSVRC/imagenet-1k")
 import datasets, huggingface_hub.constants as hc
 assert datasets.config.HF_DATASETS_OFFLINE and hc.HF_HUB_OFFLINE
 n = sum(1 for _ in load_split(res, "train"))
 print("warned", any(x.category.__name__ == "OfflineForcedWarning" for x in w), "rows", n,
-      "s", round(time.time() - t, 1))
+      "network attempts", attempts)
 """
     env = dict(os.environ, HF_DATASETS_OFFLINE="0", HF_HUB_OFFLINE="0")
     p = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert p.returncode == 0, p.stderr[-3000:]
-    assert "warned True rows 12" in p.stdout
-    seconds = float(p.stdout.split(" s ")[-1])
-    assert seconds < 20, "no network retries (they take ~25 s)"
+    assert p.stdout.strip() == "warned True rows 12 network attempts []"
 
 
 def test_stale_incomplete_only_copy_is_not_reported_as_not_cached_elsewhere(built, home):
