@@ -319,6 +319,18 @@ def plan_errors(platform: dict, source, branch, pin, kernel_modules, build, flav
             f"nvidia_driver_branch {branch} is not offered by nvidia_driver_source {source} on {name}; "
             f"offered: {', '.join(branches)}"
         )
+    # NVIDIA's repositories stop building proprietary modules at 620 (driver installation guide 620,
+    # "Recent Updates", "Proprietary Kernel Modules Removed"; its "Kernel Modules" page lists only
+    # the open ones, where 610's still lists both flavours): the dnf stream 620-dkms and apt's
+    # proprietary packages of 620 do not exist, and a pin would fail only at the install.
+    removed_at = offer.get("proprietary_before")
+    if kernel_modules == "proprietary" and removed_at and valid_branch(branch) and int(str(branch)) >= int(removed_at):
+        errors.append(
+            f"nvidia_driver_kernel_modules proprietary is not offered by nvidia_driver_source {source} on {name} "
+            f"from branch {removed_at} on (NVIDIA removed the proprietary modules there); got nvidia_driver_branch "
+            f"{branch}. Set nvidia_driver_kernel_modules: open (Turing and newer), or an nvidia_driver_branch before "
+            f"{removed_at} for GPUs older than Turing"
+        )
     modules = offer.get("packages", {}).get(kernel_modules)
     if modules is None:
         errors.append(
@@ -416,7 +428,38 @@ def fabric_manager_errors(inventory: dict, mode, platform: dict, source, branch,
     return []
 
 
-def fabric_manager(inventory: dict, mode, platform: dict, source, branch, driver_version, flavour="") -> dict:
+def _fabric_manager_names(inventory: dict, platform: dict, source, branch, arch) -> tuple[list[str], list[str]]:
+    """(names held at the driver's version, names with versions of their own) of the fabric manager's set."""
+    offer = platform["sources"][source]["fabric_manager"]
+    versioned = [_fmt(template, branch) for template in _branch_entry(offer["packages"], branch)]
+    nvlink5 = bool(inventory.get("nvlink5_present"))
+    unversioned = list(offer.get("nvlink5_packages", [])) if nvlink5 else []
+    # NVLink 5 also needs libnvsdm at the driver's version, built for x86_64 only
+    # (NVIDIA/gpu-driver-container ubuntu24.04/install.sh and rhel9/install.sh, nvsdm_install:
+    # "libnvsdm packages are not available for arm64"; libnvsdm from 580, libnvsdm-<branch>
+    # from 560: ubuntu24.04/precompiled/local-repo.sh, nvsdm_download).
+    nvsdm = _branch_entry(offer.get("nvsdm_packages", {}), branch) if offer.get("nvsdm_packages") else None
+    if nvlink5 and nvsdm and str(arch) in ("x86_64", "amd64"):
+        versioned += [_fmt(template, branch) for template in nvsdm]
+    return versioned, unversioned
+
+
+def fabric_manager_held_names(inventory: dict, mode, platform: dict, source, branch, flavour="", arch="x86_64") -> list:
+    """The fabric manager packages that must exist at the driver's exact version ([] where none is needed).
+
+    Known before the driver version is: the plan reads their versions from the source before any change.
+    A source that cannot give a fabric manager is refused by fabric_manager_errors, not here.
+    """
+    if not fabric_manager_wanted(inventory, mode) or not valid_branch(branch):
+        return []
+    if fabric_manager_errors(inventory, mode, platform, source, branch, flavour):
+        return []
+    return _fabric_manager_names(inventory, platform, source, branch, arch)[0]
+
+
+def fabric_manager(
+    inventory: dict, mode, platform: dict, source, branch, driver_version, flavour="", arch="x86_64"
+) -> dict:
     """Whether and which fabric manager packages to install: exactly the driver's version.
 
     mode: 'auto' (only where an NVSwitch or NVLink 5 is present), 'always', 'never'.
@@ -440,6 +483,7 @@ def fabric_manager(inventory: dict, mode, platform: dict, source, branch, driver
         "version": "",
         "service": "",
         "nvlink5": False,
+        "wait_modules": [],
         "reason": "no NVSwitch or NVLink 5",
     }
     if not fabric_manager_wanted(inventory, mode):
@@ -450,10 +494,8 @@ def fabric_manager(inventory: dict, mode, platform: dict, source, branch, driver
     if not driver_version:
         raise ValueError("the fabric manager version follows the driver's, and no driver version is known yet")
     version = upstream_version(driver_version)
-    offer = platform["sources"][source]["fabric_manager"]
-    versioned = [_fmt(template, branch) for template in _branch_entry(offer["packages"], branch)]
+    versioned, unversioned = _fabric_manager_names(inventory, platform, source, branch, arch)
     nvlink5 = bool(inventory.get("nvlink5_present"))
-    unversioned = list(offer.get("nvlink5_packages", [])) if nvlink5 else []
     if platform.get("family") == "dnf":
         specs = [f"{name}-{version}" for name in versioned]
     else:
@@ -467,6 +509,10 @@ def fabric_manager(inventory: dict, mode, platform: dict, source, branch, driver
         "version": version,
         "service": platform.get("fabric_manager_service", "nvidia-fabricmanager"),
         "nvlink5": nvlink5,
+        # The fabric manager of NVLink 5 talks to the switch trays through InfiniBand management
+        # datagrams: NVIDIA's driver container starts it only once mlx5_core and ib_umad are loaded
+        # (NVIDIA/gpu-driver-container ubuntu24.04/nvidia-driver, _ensure_nvlink5_prerequisites).
+        "wait_modules": ["mlx5_core", "ib_umad"] if nvlink5 else [],
         "reason": "NVLink 5 present"
         if nvlink5
         else "NVSwitch present"
@@ -794,6 +840,120 @@ def resolved_packages(text: str) -> list[dict]:
     return [{"name": name, "version": packages[name]} for name in sorted(packages)]
 
 
+# Binary names of NVIDIA's driver packages whose version is the driver's (Debian, Ubuntu and
+# NVIDIA's repositories). Ubuntu's transitional packages keep their own branch's version while
+# they depend on another branch's package: noble's nvidia-headless-550 550.163.01 depends on
+# nvidia-headless-580 on amd64 (Ubuntu archive, noble, nvidia-headless-550), so the version
+# that decides is that of every driver package apt installs, not only the named one.
+DRIVER_PACKAGE_RE = re.compile(r"^(nvidia-|libnvidia-|libcuda1$|libnvcuvid1$|libnvoptix1$|xserver-xorg-video-nvidia)")
+BRANCH_IN_NAME_RE = re.compile(r"-([1-9][0-9]{2})(?=-|$)")
+
+
+def simulated_install_errors(text: str, branch, pin="", rc="0", where="apt-get install --simulate") -> list[str]:
+    """Why the simulated install would not give the target driver ([] when it would).
+
+    text: `apt-get install --simulate` output ('Inst NAME [OLD] (VERSION ORIGIN [ARCH])'). Every
+    NVIDIA driver package apt would install (DRIVER_PACKAGE_RE; not linux-modules-*, which carry
+    the kernel's version) must carry the pin, or a version of the branch, and a branch in its
+    name must be the target's: a transitional package of the target branch that pulls in
+    another branch installs that branch's driver.
+    """
+    if str(rc).strip() not in ("", "0"):
+        reasons = [line.strip() for line in (text or "").splitlines() if line.startswith(("E: ", " "))]
+        return [
+            f"{where} cannot install the driver packages (rc {str(rc).strip()}): "
+            f"{' '.join(reasons[-8:]) or 'no reason given'}. Check the package sources (apt-get update) and holds"
+        ]
+    wrong = []
+    for package in resolved_packages(text):
+        name, version = package["name"], package["version"]
+        if not DRIVER_PACKAGE_RE.match(name):
+            continue
+        named = BRANCH_IN_NAME_RE.findall(name)
+        try:
+            numbered = version_tuple(upstream_version(version))[0] >= 100
+        except ValueError:
+            numbered = False
+        off_target = numbered and not version_matches(upstream_version(version), pin, branch)
+        other_branch = valid_branch(branch) and any(found != str(branch) for found in named)
+        if off_target or other_branch:
+            wrong.append(f"{name} {version}")
+    if not wrong:
+        return []
+    target = f"nvidia_driver_version {pin}" if pin else f"nvidia_driver_branch {branch}"
+    return [
+        f"{where} would install {', '.join(wrong)} for {target}: a package of the target depends on another "
+        "driver (Ubuntu's transitional packages depend on a newer branch's, e.g. noble's nvidia-headless-550 on "
+        "nvidia-headless-580). Set nvidia_driver_branch to the branch that would be installed, or "
+        "nvidia_driver_source to a source that still builds this branch"
+    ]
+
+
+def simulated_driver_version(text: str, marker: str) -> str:
+    """The driver version apt would install for the marker package ('' when it installs none)."""
+    for package in resolved_packages(text):
+        if package["name"] == marker:
+            try:
+                return upstream_version(package["version"])
+            except ValueError:
+                return ""
+    return ""
+
+
+def planned_driver_version(carried: list[str], branch, pin="", simulated="", installed="") -> str:
+    """The driver version the install ends at, known before any change.
+
+    The pin; else the version installed when the host already runs the target (install_plan
+    current: apt keeps it, `state: present`); else what the simulated install resolves (apt);
+    else the newest version of the branch carried by the source (a dnf module stream installs
+    its newest).
+    """
+    if pin:
+        return str(pin)
+    if installed and version_matches(installed, "", branch):
+        return installed
+    if simulated:
+        return simulated
+    if not valid_branch(branch):
+        return ""
+    of_branch = [version for version in carried if version_tuple(version)[0] == int(str(branch))]
+    return of_branch[-1] if of_branch else ""
+
+
+def fabric_manager_availability_errors(text: str, fm: dict, where: str) -> list[str]:
+    """Why the fabric manager packages at the driver's exact version cannot come from the source.
+
+    text: '#fabric_manager' rows of the sources probe (`apt-cache madison` or `dnf repoquery` in
+    that shape) for the names fabric_manager() holds at the driver's version (fabric manager,
+    libnvidia-nscq, libnvsdm). Each must exist at fm['version']; they fail at install time only
+    after the driver is installed otherwise. [] where no fabric manager is needed.
+    """
+    if not fm.get("needed") or not fm.get("version"):
+        return []
+    rows: dict[str, list[str]] = {}
+    for name, version in parse_package_rows(text):
+        try:
+            rows.setdefault(name, []).append(upstream_version(version))
+        except ValueError:
+            continue
+    missing = []
+    for name in fm.get("held", []):
+        versions = rows.get(name, [])
+        if not any(version_compare(version, fm["version"]) == 0 for version in versions):
+            of_branch = sorted(
+                {version for version in versions if version_tuple(version)[0] == version_tuple(fm["version"])[0]},
+                key=version_tuple,
+            )
+            missing.append(f"{name} ({'has ' + ', '.join(of_branch) if of_branch else 'not carried'})")
+    if not missing:
+        return []
+    return [
+        f"{where} carries no {', '.join(missing)} at driver version {fm['version']}, which this host's fabric "
+        "manager needs at exactly the driver's version (NVSwitch or NVLink 5): pin nvidia_driver_version to a "
+        "version that has them, or set nvidia_driver_fabric_manager: never"
+    ]
+
+
 def _versions(entry) -> list[str]:
     """Version strings of one package_facts entry (a string, strings or dicts)."""
     if entry is None:
@@ -863,6 +1023,12 @@ FIRST_TURING_DEVICE = 0x1E00
 # Blackwell (GB100 0x29xx, GB20x 0x2Bxx-0x2Fxx) and later run only the open modules
 # (NVIDIA driver installation guide, "Kernel Modules").
 FIRST_BLACKWELL_DEVICE = 0x2900
+# Grace Hopper (GH200 120GB/480GB 0x2342, GH200 144G HBM3e 0x2348: NVIDIA/open-gpu-kernel-modules
+# README, "Compatible GPUs") runs only the open modules: "For cutting-edge platforms such as NVIDIA
+# Grace Hopper or NVIDIA Blackwell, you must use the open-source GPU kernel modules. The proprietary
+# drivers are unsupported on these platforms" (NVIDIA technical blog, "NVIDIA Transitions Fully
+# Towards Open-Source GPU Kernel Modules"). Its device ids lie among Hopper's, below Blackwell's.
+GRACE_HOPPER_DEVICES = frozenset({0x2342, 0x2348})
 # R580 is the last branch for Maxwell, Pascal and Volta (NVIDIA's "CUDA toolkit,
 # driver and architecture matrix"; NVIDIA/yum-packaging-precompiled-kmod issue #68:
 # "590 does not function with Maxwell, Pascal, Volta GPUs").
@@ -873,7 +1039,9 @@ def module_type_errors(state: dict, kernel_modules, branch) -> list[str]:
     """Why these GPUs cannot run this module type and branch ([] when they can)."""
     ids = [int(device, 16) for device in state.get("gpu_device_ids", [])]
     old = sorted(f"0x{device:04x}" for device in ids if device < FIRST_TURING_DEVICE)
-    new = sorted(f"0x{device:04x}" for device in ids if device >= FIRST_BLACKWELL_DEVICE)
+    new = sorted(
+        f"0x{device:04x}" for device in ids if device >= FIRST_BLACKWELL_DEVICE or device in GRACE_HOPPER_DEVICES
+    )
     errors = []
     if kernel_modules == "open" and old:
         errors.append(
@@ -882,7 +1050,8 @@ def module_type_errors(state: dict, kernel_modules, branch) -> list[str]:
         )
     if kernel_modules == "proprietary" and new:
         errors.append(
-            f"nvidia_driver_kernel_modules proprietary cannot drive GPU(s) {', '.join(new)} (Blackwell or newer): "
+            f"nvidia_driver_kernel_modules proprietary cannot drive GPU(s) {', '.join(new)} "
+            "(Grace Hopper, Blackwell or newer): "
             "set nvidia_driver_kernel_modules: open"
         )
     if old and valid_branch(branch) and int(str(branch)) > LAST_PRE_TURING_BRANCH:
@@ -893,20 +1062,29 @@ def module_type_errors(state: dict, kernel_modules, branch) -> list[str]:
     return errors
 
 
-def secure_boot_errors(state: dict, build, key_enrolled=False) -> list[str]:
+# Where DKMS's signing certificate lies when the platform data names none: dkms's own default
+# (dkms-project/dkms, dkms_framework.conf: mok_certificate=/var/lib/dkms/mok.pub), as Debian's
+# and EPEL's dkms keep it.
+DKMS_MOK_CERTIFICATE = "/var/lib/dkms/mok.pub"
+
+
+def secure_boot_errors(state: dict, build, key_enrolled=False, platform: dict | None = None) -> list[str]:
     """Why a DKMS module would be refused at boot ([] when it would load).
 
     With Secure Boot on the kernel loads only modules signed with a key it
-    trusts. DKMS signs with its own key (/var/lib/dkms/mok.pub), which the
-    firmware trusts only once enrolled as a Machine Owner Key; Ubuntu's
-    precompiled modules are signed by Canonical (NVIDIA driver installation
-    guide, "Secure Boot"; Ubuntu's "UEFI Secure Boot" notes on DKMS).
+    trusts. DKMS signs with its own key, which the firmware trusts only once
+    enrolled as a Machine Owner Key; Ubuntu's precompiled modules are signed by
+    Canonical (NVIDIA driver installation guide, "Secure Boot"; Ubuntu's "UEFI
+    Secure Boot" notes on DKMS). The key is where the platform's dkms keeps it
+    (platform['dkms_mok_certificate']): Ubuntu's dkms signs with shim-signed's
+    /var/lib/shim-signed/mok/MOK.der, dkms's own default is /var/lib/dkms/mok.pub.
     """
     if not state.get("secure_boot") or build != "dkms" or key_enrolled:
         return []
+    certificate = (platform or {}).get("dkms_mok_certificate") or DKMS_MOK_CERTIFICATE
     return [
         "Secure Boot is on and DKMS builds modules the kernel refuses until their signing key is trusted: enroll "
-        "DKMS's key (mokutil --import /var/lib/dkms/mok.pub, confirm in the MOK manager at the next boot) and set "
+        f"DKMS's key (mokutil --import {certificate}, confirm in the MOK manager at the next boot) and set "
         "nvidia_driver_secure_boot_key_enrolled: true, use nvidia_driver_build: precompiled where offered (signed "
         "modules), or turn Secure Boot off"
     ]
@@ -1136,6 +1314,7 @@ class FilterModule:
             "apt_pin_version": apt_pin_version,
             "fabric_manager": fabric_manager,
             "fabric_manager_errors": fabric_manager_errors,
+            "fabric_manager_held_names": fabric_manager_held_names,
             "existing_source_plan": existing_source_plan,
             "rhel_repo_plan": rhel_repo_plan,
             "versionlock_plan": versionlock_plan,
@@ -1147,6 +1326,11 @@ class FilterModule:
             "kernel_header_packages": kernel_header_packages,
             "valid_kernel": valid_kernel,
             "marker_prefix": marker_prefix,
+            "driver_marker": driver_marker,
+            "simulated_install_errors": simulated_install_errors,
+            "simulated_driver_version": simulated_driver_version,
+            "planned_driver_version": planned_driver_version,
+            "fabric_manager_availability_errors": fabric_manager_availability_errors,
             "carried_versions": carried_versions,
             "availability_errors": availability_errors,
             "missing_packages": missing_packages,

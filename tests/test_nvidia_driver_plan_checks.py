@@ -1,0 +1,384 @@
+"""Issue 29, medium items: what the role checks in its plan before it changes anything.
+
+- 9: the module type the hardware and the source allow (GH200 only open; NVIDIA's
+  repositories have no proprietary modules from 620 on);
+- 10: the Secure Boot key that DKMS really signs with on each distribution;
+- 5: what apt really installs (Ubuntu's transitional packages pull in another branch),
+  read from `apt-get install --simulate` before any change, here from real apt over a
+  stand-in repository and from a handwritten Ubuntu fixture whose source is cited in it;
+- 6: the fabric manager, libnvidia-nscq and (NVLink 5, x86_64) libnvsdm at the driver's exact
+  version, checked with the rest of the plan, and the wait for ib_umad before the fabric manager.
+
+Each test performs the case and fails if the role would let it through.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as nv
+
+ROOT = Path(__file__).resolve().parent.parent
+ROLE = ROOT / "roles" / "nvidia_driver"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nvidia"
+ROLE_VARS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
+PLATFORMS = ["Debian-12", "Debian-13", "Ubuntu-22", "Ubuntu-24", "RedHat-8", "RedHat-9"]
+
+
+def platform(name: str) -> dict:
+    return yaml.safe_load((ROLE / "vars" / f"{name}.yml").read_text())["__nvidia_driver_platform_data"]
+
+
+def fixture(name: str) -> str:
+    return (FIXTURES / name).read_text()
+
+
+def tree_state(tree: str) -> dict:
+    """The role's own probe script run on a fixture tree, as the role runs it on '/'."""
+    done = subprocess.run(
+        ["sh", "-c", ROLE_VARS["__nvidia_driver_probe_script"], "nvidia-driver-probe", str(FIXTURES / tree)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return nv.host_state(done.stdout)
+
+
+def task_text(name: str) -> str:
+    return (ROLE / "tasks" / name).read_text()
+
+
+# ------------------------------------------------------------ item 9: module type
+
+
+@pytest.mark.parametrize("device", ["0x2342", "0x2348"])  # GH200 120GB/480GB, GH200 144G HBM3e
+def test_proprietary_modules_on_grace_hopper_are_refused(device):
+    state = {"gpu_present": True, "gpu_device_ids": [device]}
+    errors = nv.module_type_errors(state, "proprietary", "580")
+    assert errors and device in errors[0] and "nvidia_driver_kernel_modules: open" in errors[0], errors
+    assert nv.module_type_errors(state, "open", "580") == []
+
+
+def test_hopper_outside_grace_hopper_keeps_its_choice():
+    # H100 SXM (0x2330) and H200 (0x2335) still have both flavours before 620.
+    assert nv.module_type_errors({"gpu_device_ids": ["0x2330", "0x2335"]}, "proprietary", "580") == []
+
+
+@pytest.mark.parametrize("name", PLATFORMS)
+def test_proprietary_modules_from_nvidias_repository_end_before_620(name):
+    data = platform(name)
+    errors = nv.plan_errors(data, "cuda", "620", "", "proprietary", "dkms", "headless")
+    assert any("nvidia_driver_kernel_modules proprietary" in error and "620" in error for error in errors), errors
+    assert nv.plan_errors(data, "cuda", "620", "", "open", "dkms", "headless") == []
+    assert nv.plan_errors(data, "cuda", "610", "", "proprietary", "dkms", "headless") == []
+
+
+def test_the_distribution_archive_keeps_its_own_proprietary_branches():
+    assert nv.plan_errors(platform("Ubuntu-24"), "distribution", "580", "", "proprietary", "dkms", "server") == []
+
+
+def test_preflight_and_detection_run_the_module_checks_before_any_change():
+    """The 620 rule is in plan_errors (preflight, before detection); GH200 in the detection's
+    module check: both run before the first task that changes the host."""
+    assert "gpu_fleet.common.nvidia_driver_plan_errors(" in task_text("preflight.yml")
+    assert "gpu_fleet.common.nvidia_driver_module_type_errors(" in task_text("detect.yml")
+
+
+# ------------------------------------------------------ item 10: Secure Boot key
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [
+        ("Ubuntu-22", "/var/lib/shim-signed/mok/MOK.der"),
+        ("Ubuntu-24", "/var/lib/shim-signed/mok/MOK.der"),
+        ("Debian-12", "/var/lib/dkms/mok.pub"),
+        ("Debian-13", "/var/lib/dkms/mok.pub"),
+        ("RedHat-8", "/var/lib/dkms/mok.pub"),
+        ("RedHat-9", "/var/lib/dkms/mok.pub"),
+    ],
+)
+def test_secure_boot_message_names_the_key_dkms_signs_with_there(name, key):
+    errors = nv.secure_boot_errors({"gpu_present": True, "secure_boot": True}, "dkms", False, platform(name))
+    assert errors and f"mokutil --import {key}," in errors[0], errors
+    other = {"/var/lib/shim-signed/mok/MOK.der", "/var/lib/dkms/mok.pub"} - {key}
+    assert not any(path in errors[0] for path in other)
+
+
+def test_detection_hands_the_platform_to_the_secure_boot_check():
+    text = " ".join(task_text("detect.yml").split())
+    assert (
+        "nvidia_driver_secure_boot_errors(nvidia_driver_build, nvidia_driver_secure_boot_key_enrolled | bool, "
+        "__nvidia_driver_platform_data)" in text
+    )
+
+
+# ------------------------------------------ item 5: what apt would really install
+
+TRANSITIONAL = "handwritten_ubuntu2404_550-transitional_apt-get-simulate.txt"
+BOOKWORM_SIMULATION = "captured_molecule-mirror_bookworm_apt-get-simulate.txt"
+
+
+def test_a_transitional_package_that_pulls_in_another_branch_is_refused():
+    errors = nv.simulated_install_errors(fixture(TRANSITIONAL), "550")
+    assert len(errors) == 1, errors
+    assert "nvidia-headless-580 580.126.09-0ubuntu0.24.04.1" in errors[0]
+    assert "nvidia_driver_branch 550" in errors[0]
+    assert "nvidia-headless-550 550.163.01" not in errors[0]  # the named package itself is at 550
+
+
+def test_the_simulation_passes_when_apt_installs_the_target():
+    text = fixture(BOOKWORM_SIMULATION)
+    assert nv.simulated_install_errors(text, "580") == []
+    assert nv.simulated_install_errors(text, "580", "580.95.05") == []
+    errors = nv.simulated_install_errors(text, "580", "580.82.07")
+    assert errors and "nvidia-driver-cuda 580.95.05-1" in errors[0] and "nvidia_driver_version 580.82.07" in errors[0]
+    # Debian's own packages outside the driver (dkms 3.0.10, perl 5.36, cpp 4:12.2.0) are not judged.
+    assert "dkms 3.0.10" not in errors[0] and "perl " not in errors[0] and "cpp " not in errors[0]
+
+
+def test_a_simulation_apt_cannot_resolve_is_refused_with_aptes_reason():
+    text = (
+        "Reading package lists...\nSome packages could not be installed.\n"
+        "The following packages have unmet dependencies:\n"
+        " nvidia-headless-550 : Depends: nvidia-headless-580 but it is not going to be installed\n"
+        "E: Unable to correct problems, you have held broken packages.\n"
+    )
+    errors = nv.simulated_install_errors(text, "550", "", "100")
+    assert errors and "rc 100" in errors[0] and "held broken packages" in errors[0]
+
+
+def test_the_driver_version_apt_resolves_and_the_planned_version():
+    text = fixture(BOOKWORM_SIMULATION)
+    assert nv.simulated_driver_version(text, "nvidia-driver-cuda") == "580.95.05"
+    assert nv.simulated_driver_version(text, "nvidia-driver") == ""
+    carried = ["570.172.08", "580.82.07", "580.95.05", "590.44.01"]
+    assert nv.planned_driver_version(carried, "580", "580.82.07", "580.95.05") == "580.82.07"  # the pin
+    assert nv.planned_driver_version(carried, "580", "", "580.95.05", "580.82.07") == "580.82.07"  # kept
+    assert nv.planned_driver_version(carried, "580", "", "580.95.05") == "580.95.05"  # what apt installs
+    assert nv.planned_driver_version(carried, "580") == "580.95.05"  # dnf: newest of the stream
+    assert nv.planned_driver_version(carried, "535") == ""
+
+
+def rendered_preferences(branch: str, pin: str = "") -> str:
+    """The role's apt preferences file, rendered from its own template and pattern list."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["gpu_fleet.common.nvidia_driver_apt_pin_version"] = nv.apt_pin_version
+    template = env.from_string((ROLE / "templates" / "nvidia-driver.pref.j2").read_text())
+    return template.render(
+        ansible_managed="managed",
+        nvidia_driver_branch=branch,
+        nvidia_driver_version=pin,
+        __nvidia_driver_apt_pinned=ROLE_VARS["__nvidia_driver_apt_pinned"],
+    )
+
+
+# Stand-in stanzas for noble's archive, names, versions and the amd64 dependency taken from the
+# pages cited in the handwritten fixture: nvidia-headless-550 550.163.01 depends on nvidia-headless-580.
+NOBLE_STANDIN = """\
+Package: nvidia-headless-550
+Version: 550.163.01-0ubuntu0.24.04.2
+Architecture: amd64
+Depends: nvidia-headless-580
+Filename: pool/nvidia-headless-550_550.163.01-0ubuntu0.24.04.2_amd64.deb
+Size: 10800
+
+Package: nvidia-headless-580
+Version: 580.126.09-0ubuntu0.24.04.1
+Architecture: amd64
+Depends: nvidia-dkms-580, nvidia-headless-no-dkms-580
+Filename: pool/nvidia-headless-580_580.126.09-0ubuntu0.24.04.1_amd64.deb
+Size: 12600
+
+Package: nvidia-dkms-580
+Version: 580.126.09-0ubuntu0.24.04.1
+Architecture: amd64
+Filename: pool/nvidia-dkms-580_580.126.09-0ubuntu0.24.04.1_amd64.deb
+Size: 12600
+
+Package: nvidia-headless-no-dkms-580
+Version: 580.126.09-0ubuntu0.24.04.1
+Architecture: amd64
+Filename: pool/nvidia-headless-no-dkms-580_580.126.09-0ubuntu0.24.04.1_amd64.deb
+Size: 12600
+
+Package: nvidia-utils-580
+Version: 580.126.09-0ubuntu0.24.04.1
+Architecture: amd64
+Filename: pool/nvidia-utils-580_580.126.09-0ubuntu0.24.04.1_amd64.deb
+Size: 12600
+"""
+
+
+def run_sources_probe(tmp_path: Path, listing: str, packages: list[str], branch: str, pin: str = "") -> dict:
+    """The role's own sources probe (distribution source: the host's apt) over a private apt state.
+
+    APT_CONFIG points apt at a flat file repository holding `listing`, an empty dpkg status and
+    private lists; the script adds the role's rendered pin for its simulation, as on a host.
+    """
+    repo = tmp_path / "repo"
+    for folder in ("repo", "parts", "prefs", "lists/partial", "cache/archives/partial"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+    (repo / "Packages").write_text(listing)
+    (tmp_path / "sources.list").write_text(f"deb [trusted=yes] file:{repo} ./\n")
+    (tmp_path / "status").write_text("")
+    settings = {
+        "Dir::Etc::SourceList": tmp_path / "sources.list",
+        "Dir::Etc::SourceParts": tmp_path / "parts",
+        "Dir::Etc::Preferences": tmp_path / "none.pref",
+        "Dir::Etc::PreferencesParts": tmp_path / "prefs",
+        "Dir::State::Lists": tmp_path / "lists",
+        "Dir::State::status": tmp_path / "status",
+        "Dir::Cache": tmp_path / "cache",
+        "APT::Sandbox::User": "root",
+        "Debug::NoLocking": "true",
+        "APT::Architecture": "amd64",
+        "APT::Architectures": "amd64",
+    }
+    (tmp_path / "apt.conf").write_text("".join(f'{key} "{value}";\n' for key, value in settings.items()))
+    env = {
+        "LC_ALL": "C",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "APT_CONFIG": str(tmp_path / "apt.conf"),
+        "NVIDIA_DRIVER_SIMULATE": " ".join(packages),
+        "NVIDIA_DRIVER_PIN": rendered_preferences(branch, pin),
+        "NVIDIA_DRIVER_PIN_FILE": str(tmp_path / "host-prefs" / "nvidia-driver.pref"),
+        "NVIDIA_DRIVER_FM": "",
+    }
+    subprocess.run(["apt-get", "-q", "update"], check=True, capture_output=True, env=env)
+    done = subprocess.run(
+        [
+            "sh",
+            "-c",
+            ROLE_VARS["__nvidia_driver_sources_probe_script"],
+            "nvidia-sources-probe",
+            "apt",
+            "",
+            "",
+            "nvidia-headless-",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return nv.parse_probe(done.stdout)
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt (make test-tools installs the host tools)")
+def test_real_apt_under_the_roles_pin_installs_another_branch_and_the_plan_refuses_it(tmp_path):
+    """The attack: a 550 target whose transitional metapackage pulls in 580. The availability check
+    passes (550.163.01 is carried); the role's own probe script simulates the install with real apt
+    under the role's rendered 550 pin, and the plan must refuse what apt would install."""
+    sections = run_sources_probe(tmp_path, NOBLE_STANDIN, ["nvidia-headless-550"], "550")
+    carried = nv.carried_versions(
+        sections["versions"], platform("Ubuntu-24"), "distribution", "proprietary", "dkms", "headless"
+    )
+    assert nv.availability_errors(carried, "550", "", "noble") == []  # the old check lets it through
+    assert sections["simulate_rc"].strip() == "0"
+    assert "Inst nvidia-headless-580 (580.126.09-0ubuntu0.24.04.1" in sections["simulate"]
+    errors = nv.simulated_install_errors(sections["simulate"], "550", "", sections["simulate_rc"])
+    assert errors and "nvidia-headless-580 580.126.09-0ubuntu0.24.04.1" in errors[0], sections["simulate"]
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt (make test-tools installs the host tools)")
+def test_real_apt_installing_the_target_branch_passes_the_plan(tmp_path):
+    sections = run_sources_probe(tmp_path, NOBLE_STANDIN, ["nvidia-headless-580", "nvidia-utils-580"], "580")
+    assert sections["simulate_rc"].strip() == "0"
+    assert nv.simulated_install_errors(sections["simulate"], "580", "", sections["simulate_rc"]) == []
+    assert nv.simulated_driver_version(sections["simulate"], "nvidia-headless-580") == "580.126.09"
+
+
+def test_the_plan_runs_the_simulation_and_refuses_before_the_first_change():
+    plan = task_text("plan.yml")
+    assert "NVIDIA_DRIVER_SIMULATE:" in plan and "NVIDIA_DRIVER_PIN:" in plan and "NVIDIA_DRIVER_FM:" in plan
+    assert "gpu_fleet.common.nvidia_driver_simulated_install_errors(" in plan
+    assert "gpu_fleet.common.nvidia_driver_fabric_manager_availability_errors(" in plan
+    # plan.yml is included before the repository, package, modprobe and service steps.
+    gpu = task_text("gpu.yml")
+    assert gpu.index("file: plan.yml") < gpu.index("file: repository.yml") < gpu.index("file: packages.yml")
+
+
+# ----------------------------------- item 6: fabric manager checked with the plan
+
+HGX_H100 = "recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"
+HGX_B200 = "recorded_tree_hgx_b200_8gpu_nvlink5_580.95.05_open"
+
+
+@pytest.mark.parametrize(
+    ("tree", "name", "branch", "arch", "held"),
+    [
+        (HGX_H100, "Ubuntu-24", "580", "x86_64", ["nvidia-fabricmanager", "libnvidia-nscq"]),
+        (HGX_H100, "Ubuntu-24", "570", "x86_64", ["nvidia-fabricmanager-570", "libnvidia-nscq-570"]),
+        (HGX_B200, "Ubuntu-24", "580", "x86_64", ["nvidia-fabricmanager", "libnvidia-nscq", "libnvsdm"]),
+        (HGX_B200, "Ubuntu-24", "570", "x86_64", ["nvidia-fabricmanager-570", "libnvidia-nscq-570", "libnvsdm-570"]),
+        (HGX_B200, "Ubuntu-24", "580", "aarch64", ["nvidia-fabricmanager", "libnvidia-nscq"]),  # no arm64 build
+        (HGX_B200, "RedHat-9", "580", "x86_64", ["nvidia-fabricmanager", "libnvidia-nscq", "libnvsdm"]),
+        (HGX_B200, "Debian-12", "580", "x86_64", ["nvidia-fabricmanager", "libnvidia-nscq", "libnvsdm"]),
+    ],
+)
+def test_packages_held_at_the_driver_version_include_libnvsdm_on_nvlink5_x86_64(tree, name, branch, arch, held):
+    state = tree_state(tree)
+    assert nv.fabric_manager_held_names(state, "auto", platform(name), "cuda", branch, "", arch) == held
+    fm = nv.fabric_manager(state, "auto", platform(name), "cuda", branch, f"{branch}.95.05", "", arch)
+    assert fm["held"] == held
+    assert all(spec.split("=")[0].split(f"-{branch}.95.05")[0] in fm["packages"] for spec in fm["specs"])
+
+
+def test_nvlink5_waits_for_ib_umad_and_mlx5_core_and_nvswitch_hosts_do_not():
+    b200 = nv.fabric_manager(tree_state(HGX_B200), "auto", platform("Ubuntu-24"), "cuda", "580", "580.95.05")
+    h100 = nv.fabric_manager(tree_state(HGX_H100), "auto", platform("Ubuntu-24"), "cuda", "580", "580.95.05")
+    assert b200["wait_modules"] == ["mlx5_core", "ib_umad"]
+    assert h100["wait_modules"] == []
+    reboot = task_text("reboot.yml")
+    assert reboot.index('path: "/sys/module/{{ item }}"') < reboot.index(
+        "Start the persistence daemon and the fabric manager"
+    )
+
+
+def test_no_fabric_manager_packages_are_read_where_none_is_needed():
+    state = tree_state("recorded_tree_rtx4090_nouveau_no_driver")
+    assert nv.fabric_manager_held_names(state, "auto", platform("Ubuntu-24"), "cuda", "580") == []
+    # A source without a fabric manager is refused by fabric_manager_errors in the detection, not listed here.
+    assert (
+        nv.fabric_manager_held_names(tree_state(HGX_H100), "auto", platform("Debian-12"), "distribution", "535") == []
+    )
+
+
+# `apt-cache madison` rows in the shape apt prints for NVIDIA's repository (handwritten: the
+# versions of a repository where libnvidia-nscq of the newest driver is not published yet).
+FM_MADISON = """\
+nvidia-fabricmanager | 580.95.05-1 | https://repo.invalid/compute/cuda/repos/ubuntu2404/x86_64  Packages
+nvidia-fabricmanager | 580.82.07-1 | https://repo.invalid/compute/cuda/repos/ubuntu2404/x86_64  Packages
+libnvidia-nscq | 580.82.07-1 | https://repo.invalid/compute/cuda/repos/ubuntu2404/x86_64  Packages
+libnvsdm | 580.95.05-1 | https://repo.invalid/compute/cuda/repos/ubuntu2404/x86_64  Packages
+"""
+
+
+def test_a_fabric_manager_set_missing_at_the_driver_version_is_refused_before_the_install():
+    fm = nv.fabric_manager(tree_state(HGX_H100), "auto", platform("Ubuntu-24"), "cuda", "580", "580.95.05")
+    errors = nv.fabric_manager_availability_errors(FM_MADISON, fm, "NVIDIA's repository")
+    assert len(errors) == 1 and "libnvidia-nscq (has 580.82.07)" in errors[0], errors
+    assert "nvidia-fabricmanager" not in errors[0].split("carries no")[1].split("at driver")[0]
+    assert "nvidia_driver_fabric_manager: never" in errors[0]
+    older = nv.fabric_manager(tree_state(HGX_H100), "auto", platform("Ubuntu-24"), "cuda", "580", "580.82.07")
+    assert nv.fabric_manager_availability_errors(FM_MADISON, older, "NVIDIA's repository") == []
+
+
+def test_libnvsdm_missing_on_nvlink5_is_refused_and_dnf_rows_are_read_too():
+    b200 = nv.fabric_manager(tree_state(HGX_B200), "auto", platform("RedHat-9"), "cuda", "580", "580.82.07")
+    rows = (
+        "nvidia-fabricmanager | 3:580.82.07-1.el9 | cuda-rhel9-x86_64\n"
+        "libnvidia-nscq | 3:580.82.07-1.el9 | cuda-rhel9-x86_64\n"
+        "libnvsdm | 3:580.95.05-1.el9 | cuda-rhel9-x86_64\n"
+    )
+    errors = nv.fabric_manager_availability_errors(rows, b200, "NVIDIA's repository")
+    assert errors and "libnvsdm (has 580.95.05)" in errors[0]
+    rows += "libnvsdm | 3:580.82.07-1.el9 | cuda-rhel9-x86_64\n"
+    assert nv.fabric_manager_availability_errors(rows, b200, "NVIDIA's repository") == []
+    none = nv.fabric_manager(tree_state("recorded_tree_vm_no_gpu"), "auto", platform("RedHat-9"), "cuda", "580", "")
+    assert nv.fabric_manager_availability_errors("", none, "NVIDIA's repository") == []
