@@ -10,9 +10,11 @@ name starting with test_, and pytest collects it there, e.g.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -22,6 +24,9 @@ import pytest
 import yaml
 
 PROJECT = Path(__file__).resolve().parents[2]
+ROLES = PROJECT / "roles"
+# callback_plugins/task_record.py: one JSON line per task result, in the file ANSIBLE_TASK_RECORD names.
+CALLBACK_PLUGINS = Path(__file__).resolve().parent / "callback_plugins"
 ANSI_CODES = re.compile(r"\x1b\[[0-9;]*m")
 
 # run(host, *extra_args) -> (rc, output); snapshot(host) -> what a run must leave as it was.
@@ -31,25 +36,29 @@ Snapshot = Callable[[Any], Any]
 Cases = dict[Any, tuple[str, ...]]
 
 
-def run_playbook(playbook: str | Path, *extra_args: str, limit: str = "", timeout: int = 300) -> tuple[int, str]:
-    """ansible-playbook against the scenario's inventory; return (rc, stdout + stderr without colour codes)."""
+def run_playbook(
+    playbook: str | Path, *extra_args: str, limit: str = "", timeout: int = 300, env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    """ansible-playbook against the scenario's inventory (env: variables added to this process's);
+    return (rc, stdout + stderr without colour codes)."""
     command = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], str(playbook), *extra_args]
     if limit:
         command += ["--limit", limit]
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", **(env or {}))
     done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=timeout, env=env)
     return done.returncode, ANSI_CODES.sub("", done.stdout + done.stderr)
 
 
 def host_runner(playbook: str | Path, *fixed_args: str, fold_whitespace: bool = False, timeout: int = 300) -> Run:
-    """A function that runs the playbook (with fixed_args) against one host: run(host, *extra_args) -> (rc, output).
+    """A function that runs the playbook (with fixed_args) against one host: run(host, *extra_args, env=None)
+    -> (rc, output).
 
     fold_whitespace: the YAML callback folds long messages over lines; with it, the output comes
     with every run of whitespace made one space, so that a message is found whole.
     """
 
-    def run(host, *extra_args: str) -> tuple[int, str]:
-        rc, output = run_playbook(playbook, *fixed_args, *extra_args, limit=host.backend.host, timeout=timeout)
+    def run(host, *extra_args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+        rc, output = run_playbook(playbook, *fixed_args, *extra_args, limit=host.backend.host, timeout=timeout, env=env)
         return rc, " ".join(output.split()) if fold_whitespace else output
 
     return run
@@ -75,13 +84,13 @@ def file_checksums(host, paths: Iterable[str]) -> dict[str, str]:
     return {path: host.file(path).sha256sum for path in paths}
 
 
-def role_tags(role: str) -> list[str]:
+def role_tags(role: str, roles: Path = ROLES) -> list[str]:
     """The tags a role documents: every tag its tasks/main.yml gives, in order of first use.
 
     The role's preflight carries all of them (tests/test_role_conventions.py checks it).
     """
     tags: list[str] = []
-    for task in yaml.safe_load((PROJECT / "roles" / role / "tasks" / "main.yml").read_text()) or []:
+    for task in yaml.safe_load((roles / role / "tasks" / "main.yml").read_text()) or []:
         include = task.get("ansible.builtin.include_tasks")
         applied = include.get("apply", {}).get("tags", []) if isinstance(include, dict) else []
         for tag in [*as_list(task.get("tags", [])), *as_list(applied)]:
@@ -94,11 +103,58 @@ def as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def ran_role_tasks(output: str, role: str) -> bool:
-    """Whether a run's output shows a task of the role beyond the argument check (which runs with any tag).
+def run_recording_tasks(run: Run, host, *extra_args: str) -> tuple[int, str, list[dict[str, Any]]]:
+    """run(host, *extra_args) with the task_record callback: (rc, output, one dict per task result:
+    host, path ("FILE:LINE"), name, action, include, status: ok, changed, skipped, failed, unreachable)."""
+    with tempfile.TemporaryDirectory(prefix="task-record-") as folder:
+        record = Path(folder) / "tasks.jsonl"
+        env = {"ANSIBLE_CALLBACK_PLUGINS": str(CALLBACK_PLUGINS), "ANSIBLE_TASK_RECORD": str(record)}
+        rc, output = run(host, *extra_args, env=env)
+        results = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
+    return rc, output, results
 
-    The output may come with its whitespace folded (host_runner's fold_whitespace)."""
-    return re.search(rf"(?:^|\s)TASK \[{re.escape(role)} : (?!Validating arguments)", output) is not None
+
+def shared_task_files(role: str, roles: Path = ROLES) -> set[str]:
+    """The task files the role runs with every one of its tags: the files main.yml imports with all
+    of role_tags (the preflight; nvidia_driver's detection and report; dataset_volume's probe)."""
+    tags = set(role_tags(role, roles))
+    files = set()
+    for task in yaml.safe_load((roles / role / "tasks" / "main.yml").read_text()) or []:
+        imported = task.get("ansible.builtin.import_tasks")
+        if isinstance(imported, str) and tags <= set(as_list(task.get("tags", []))):
+            files.add(imported)
+    return files
+
+
+def role_task_file(result: dict[str, Any], role: str, roles: Path = ROLES) -> str | None:
+    """The file under roles/ROLE/tasks/ a recorded task result comes from (None: not the role's)."""
+    tasks = (roles / role / "tasks").resolve()
+    path = Path(result["path"].rpartition(":")[0] or result["path"]).resolve()
+    return path.name if path.parent == tasks else None
+
+
+def tag_work(
+    results: list[dict[str, Any]], role: str, tag: str, host: str, roles: Path = ROLES
+) -> tuple[list[str], list[str]]:
+    """What a run with --tags TAG did on host of the role's own, beyond what every tag runs.
+
+    Returns (ran, decided): "FILE:LINE name" of each task of the role that ran (ok or changed, not
+    an include) outside the shared task files, and of each one there that its condition skipped.
+    A shared file is the tag's own work when the tag is named after it (ROLE_preflight runs
+    preflight.yml, nvidia_driver_detect detect.yml)."""
+    shared = shared_task_files(role, roles) - {f"{tag.removeprefix(role + '_')}.yml"}
+    ran: list[str] = []
+    decided: list[str] = []
+    for result in results:
+        file = role_task_file(result, role, roles)
+        if result["host"] != host or file is None or file in shared:
+            continue
+        where = f"{file}:{result['path'].rpartition(':')[2]} {result['name']}"
+        if result["status"] in ("ok", "changed") and not result["include"]:
+            ran.append(where)
+        elif result["status"] == "skipped":
+            decided.append(where)
+    return ran, decided
 
 
 def check_mode_changes_nothing(host, run: Run, snapshot: Snapshot, *extra_args: str) -> str:
@@ -139,15 +195,15 @@ class ConcurrentRuns:
     """Runs that must leave a host as it was, started together once per host: the first test of
     the batch that calls batch(host) starts them, the others read what they left. It returns
     (before, after, results): the host's snapshot before and after the whole batch, and for each
-    key of cases (a dict, or a function of the host giving one) the (rc, output) of
-    run(host, *cases[key]). Each test still asserts on its own run, and that the snapshot did
+    key of cases (a dict, or a function of the host giving one) what run(host, *cases[key])
+    returned ((rc, output) for a host_runner). Each test still asserts on its own run, and that the snapshot did
     not move: a run that changed something fails every test of its batch."""
 
     def __init__(self, run: Run, snapshot: Snapshot, cases: Cases | Callable[[Any], Cases]):
         self.run, self.snapshot, self.cases = run, snapshot, cases
-        self.done: dict[str, tuple[Any, Any, dict[Any, tuple[int, str]]]] = {}
+        self.done: dict[str, tuple[Any, Any, dict[Any, Any]]] = {}
 
-    def __call__(self, host) -> tuple[Any, Any, dict[Any, tuple[int, str]]]:
+    def __call__(self, host) -> tuple[Any, Any, dict[Any, Any]]:
         name = host.backend.host
         if name not in self.done:
             before = self.snapshot(host)
@@ -162,24 +218,58 @@ class ConcurrentRuns:
 # --- tests every role's scenario runs alike ------------------------------------------------------
 
 
-def every_tag_check_mode_test(role: str, run: Run, snapshot: Snapshot, *, runs_on: Callable[[Any], bool] = on_bookworm):
+def every_tag_check_mode_test(
+    role: str,
+    run: Run,
+    snapshot: Snapshot,
+    *,
+    runs_on: Callable[[Any], bool] = on_bookworm,
+    nothing_to_do: dict[str, str] | None = None,
+):
     """A test, parametrized by each tag of the role (role_tags), that runs the role with that tag
     alone in check mode on the converged hosts: it must succeed, read no undefined variable,
-    run tasks of the role, and change nothing. Tags do not depend on the platform: the hosts
-    runs_on accepts run it, the others skip. The tags' runs go together (ConcurrentRuns)."""
+    change nothing, and run a task of the role's own for that tag: one outside the files every
+    tag runs (shared_task_files: preflight, detection, report), as tag_work reads them from the
+    task_record callback.
+
+    nothing_to_do: tag -> why the tag legitimately has nothing to do on these hosts (nvidia_driver's
+    services, reboot and verify steps on a host without a GPU). Such a tag must still reach its own
+    decision (a task of its own whose condition skipped it) and must run nothing of its own: once
+    it does, the declaration is wrong and the test says so. Tags do not depend on the platform: the
+    hosts runs_on accepts run it, the others skip. The tags' runs go together (ConcurrentRuns)."""
 
     tags = role_tags(role)
-    batch = ConcurrentRuns(run, snapshot, {tag: ("--check", "--tags", tag) for tag in tags})
+    declared = dict(nothing_to_do or {})
+    unknown = set(declared) - set(tags)
+    if unknown:
+        raise ValueError(f"nothing_to_do names tags {role} does not have: {sorted(unknown)}; its tags: {tags}")
+    batch = ConcurrentRuns(
+        lambda host, *args: run_recording_tasks(run, host, *args),
+        snapshot,
+        {tag: ("--check", "--tags", tag) for tag in tags},
+    )
 
     @pytest.mark.parametrize("tag", tags)
     def test_every_documented_tag_runs_alone_in_check_mode(host, tag):
         if not runs_on(host):
             pytest.skip("tags do not depend on the platform; one platform runs them")
         before, after, results = batch(host)
-        rc, output = results[tag]
+        rc, output, recorded = results[tag]
         assert rc == 0, output
         assert "undefined" not in output.lower(), output
-        assert ran_role_tasks(output, role), output
+        assert recorded, f"the task_record callback recorded nothing (ANSIBLE_CALLBACK_PLUGINS={CALLBACK_PLUGINS})"
+        ran, decided = tag_work(recorded, role, tag, host.backend.host)
+        if tag in declared:
+            assert not ran, (
+                f"--tags {tag} ran tasks of its own, though the scenario declares it has nothing to do"
+                f" ({declared[tag]}): {ran}; remove it from nothing_to_do"
+            )
+            assert decided, f"--tags {tag} never reached a decision of its own (a task whose condition skipped it)"
+        else:
+            assert ran, (
+                f"--tags {tag} ran nothing of its own, only what every tag runs: skipped {decided}."
+                " Tag the step's tasks, or declare the tag in nothing_to_do with the reason"
+            )
         assert after == before
 
     return test_every_documented_tag_runs_alone_in_check_mode
