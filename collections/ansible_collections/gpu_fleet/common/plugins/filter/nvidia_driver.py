@@ -1023,11 +1023,12 @@ FIRST_TURING_DEVICE = 0x1E00
 # Blackwell (GB100 0x29xx, GB20x 0x2Bxx-0x2Fxx) and later run only the open modules
 # (NVIDIA driver installation guide, "Kernel Modules").
 FIRST_BLACKWELL_DEVICE = 0x2900
-# Grace Hopper (GH200 120GB/480GB 0x2342, GH200 144G HBM3e 0x2348: NVIDIA/open-gpu-kernel-modules
-# README, "Compatible GPUs") runs only the open modules: "For cutting-edge platforms such as NVIDIA
-# Grace Hopper or NVIDIA Blackwell, you must use the open-source GPU kernel modules. The proprietary
-# drivers are unsupported on these platforms" (NVIDIA technical blog, "NVIDIA Transitions Fully
-# Towards Open-Source GPU Kernel Modules"). Its device ids lie among Hopper's, below Blackwell's.
+# Grace Hopper (GH200 120GB/480GB 0x2342, GH200 144G HBM3e 0x2348: the list of
+# NVIDIA/open-gpu-kernel-modules README, "Compatible GPUs") runs only the open modules:
+# "For cutting-edge platforms such as NVIDIA Grace Hopper or NVIDIA Blackwell, you must use
+# the open-source GPU kernel modules. The proprietary drivers are unsupported on these
+# platforms" (NVIDIA technical blog, "NVIDIA Transitions Fully Towards Open-Source GPU Kernel
+# Modules"). Its device ids lie among Hopper's, below Blackwell's.
 GRACE_HOPPER_DEVICES = frozenset({0x2342, 0x2348})
 # R580 is the last branch for Maxwell, Pascal and Volta (NVIDIA's "CUDA toolkit,
 # driver and architecture matrix"; NVIDIA/yum-packaging-precompiled-kmod issue #68:
