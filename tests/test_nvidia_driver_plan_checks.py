@@ -382,3 +382,58 @@ def test_libnvsdm_missing_on_nvlink5_is_refused_and_dnf_rows_are_read_too():
     assert nv.fabric_manager_availability_errors(rows, b200, "NVIDIA's repository") == []
     none = nv.fabric_manager(tree_state("recorded_tree_vm_no_gpu"), "auto", platform("RedHat-9"), "cuda", "580", "")
     assert nv.fabric_manager_availability_errors("", none, "NVIDIA's repository") == []
+
+
+# ------------------------------------------- item 11: the dnf repository's id and file
+
+# NVIDIA's own repository file, as `dnf config-manager --add-repo
+# <base>/rhel9/x86_64/cuda-rhel9.repo` installs it (/etc/yum.repos.d/cuda-rhel9.repo); its
+# content as vendor repository catalogues reproduce it (handwritten here, keys as published).
+NVIDIA_REPO_FILE = """\
+[cuda-rhel9-x86_64]
+name=cuda-rhel9-x86_64
+baseurl=https://developer.download.nvidia.com/compute/cuda/repos/rhel9/x86_64
+enabled=1
+gpgcheck=1
+gpgkey=https://developer.download.nvidia.com/compute/cuda/repos/rhel9/x86_64/D42D0685.pub
+"""
+
+
+def yum_repository_task() -> dict:
+    tasks = yaml.safe_load(task_text("repository.yml"))
+    block = next(task for task in tasks if task.get("name") == "Configure NVIDIA's dnf repository")["block"]
+    return next(task for task in block if "ansible.builtin.yum_repository" in task)["ansible.builtin.yum_repository"]
+
+
+def rendered(template: str, name: str, arch: str) -> str:
+    values = {"__nvidia_driver_platform_data": platform(name), "__nvidia_driver_repo_arch": arch}
+    return jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(template).render(values)
+
+
+@pytest.mark.parametrize("name", ["RedHat-8", "RedHat-9"])
+def test_the_roles_repository_id_lives_in_nvidias_file_not_in_a_second_one(tmp_path, name):
+    """dnf refuses an id that two .repo files define ("listed more than once"). A host that followed
+    NVIDIA's instructions has cuda-rhel9.repo with [cuda-rhel9-x86_64]; the role's section must land
+    in that same file (yum_repository `file`, default: the id), so the folder defines each id once."""
+    task = yum_repository_task()
+    repo_id = rendered(task["name"], name, "x86_64")
+    file_name = rendered(task.get("file", task["name"]), name, "x86_64") + ".repo"
+    dist = platform(name)["repo_dist"]
+    nvidia_file = f"cuda-{dist}.repo"
+    (tmp_path / nvidia_file).write_text(NVIDIA_REPO_FILE.replace("rhel9", dist))
+    role_file = tmp_path / file_name
+    existing = role_file.read_text() if role_file.exists() else ""
+    if f"[{repo_id}]" not in existing:  # yum_repository edits the section in place, else appends it
+        role_file.write_text(existing + f"[{repo_id}]\nname=NVIDIA CUDA repository\n")
+    defined = {}
+    for path in sorted(tmp_path.glob("*.repo")):
+        for line in path.read_text().splitlines():
+            if line.startswith("[") and line.endswith("]"):
+                defined.setdefault(line[1:-1], []).append(path.name)
+    assert defined == {repo_id: [nvidia_file]}, f"dnf would see these ids in several files: {defined}"
+
+
+def test_the_repository_file_of_earlier_role_versions_is_removed_before_the_new_one():
+    text = task_text("repository.yml")
+    removed = text.index('path: "/etc/yum.repos.d/cuda-{{ __nvidia_driver_platform_data.repo_dist }}-')
+    assert removed < text.index("ansible.builtin.yum_repository:")
