@@ -437,3 +437,29 @@ def test_the_repository_file_of_earlier_role_versions_is_removed_before_the_new_
     text = task_text("repository.yml")
     removed = text.index('path: "/etc/yum.repos.d/cuda-{{ __nvidia_driver_platform_data.repo_dist }}-')
     assert removed < text.index("ansible.builtin.yum_repository:")
+
+
+# ---------------------------------- item 8: dkms must not pull in a newer kernel on EL9
+
+RUNNING_EL9 = "5.14.0-427.13.1.el9_4.x86_64"
+
+
+def test_el9_installs_kernel_devel_matched_at_the_running_kernel_before_dkms():
+    """dkms requires (kernel-devel-matched if kernel-core) on EL9; unpinned, dnf takes the newest,
+    with a newer kernel that the next boot starts."""
+    assert nv.dkms_kernel_pin_packages(platform("RedHat-9"), RUNNING_EL9, "dkms") == [
+        f"kernel-devel-matched-{RUNNING_EL9}"
+    ]
+    assert nv.dkms_kernel_pin_packages(platform("RedHat-9"), RUNNING_EL9, "precompiled") == []
+    for name in ("RedHat-8", "Debian-12", "Ubuntu-24"):  # no kernel-devel-matched there
+        assert nv.dkms_kernel_pin_packages(platform(name), "6.1.0-50-amd64", "dkms") == []
+    with pytest.raises(ValueError, match="not a kernel release"):
+        nv.dkms_kernel_pin_packages(platform("RedHat-9"), "latest", "dkms")
+
+
+def test_the_pin_is_among_the_header_packages_installed_and_probed_before_the_driver():
+    text = " ".join(ROLE_VARS["__nvidia_driver_header_packages"].split())
+    assert "nvidia_driver_dkms_kernel_pin_packages(ansible_facts['kernel']" in text
+    packages = task_text("packages.yml")
+    headers = packages.index("Install the kernel headers DKMS builds against (dnf)")
+    assert headers < packages.index("Install the driver packages (dnf)")

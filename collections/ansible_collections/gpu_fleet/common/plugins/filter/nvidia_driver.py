@@ -546,6 +546,22 @@ def kernel_header_packages(platform: dict, kernels, build) -> list[str]:
     return names
 
 
+def dkms_kernel_pin_packages(platform: dict, running_kernel, build) -> list[str]:
+    """The running kernel's kernel-devel-matched (EL9), so that dkms does not pull in a newer kernel.
+
+    dkms on EL9 requires `(kernel-devel-matched if kernel-core)` (Fedora/EPEL dkms.spec), a
+    package that itself requires kernel-core and kernel-devel of its own version: dnf satisfies
+    it with the newest, which installs a newer kernel that the next boot starts (issue 29, item 8).
+    Installed first at the running kernel's version, it satisfies dkms and pulls in nothing.
+    """
+    template = platform.get("dkms_kernel_pin", "")
+    if build != "dkms" or not template or not running_kernel:
+        return []
+    if not valid_kernel(running_kernel):
+        raise ValueError(f"the running kernel {running_kernel!r} is not a kernel release such as '6.1.0-50-amd64'")
+    return [template.replace("{kernel}", str(running_kernel))]
+
+
 KERNEL_RE = re.compile(r"^[0-9]+\.[0-9]+[A-Za-z0-9._+~-]*$")
 
 
@@ -1325,6 +1341,7 @@ class FilterModule:
             "reboot_decision": reboot_decision,
             "is_controller": is_controller,
             "kernel_header_packages": kernel_header_packages,
+            "dkms_kernel_pin_packages": dkms_kernel_pin_packages,
             "valid_kernel": valid_kernel,
             "marker_prefix": marker_prefix,
             "driver_marker": driver_marker,
