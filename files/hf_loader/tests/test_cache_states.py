@@ -353,15 +353,49 @@ def test_invalid_id_is_usage_error_with_near_miss(both, capsys, bad):
 # ------------------------------------------------------------------------ 9. first batch
 
 
-def test_first_batch_of_a_small_stream_does_not_wait_for_thread_shutdown(hub_only, capsys):
-    """`datasets` sleeps 5 s when a stream ends inside the shuffle buffer; the test keeps the
-    buffer below the rows each worker streams. The bound is the fixed sleep, not a speed."""
+def test_first_batch_of_a_small_stream_does_not_wait_for_thread_shutdown(
+    hub_only, capsys, monkeypatch, tmp_path
+):
+    """`datasets` sleeps 5 s (SLEEP_TIME_ON_THREADS_SHUTDOWN) when a stream of parquet files
+    ends; a stream that ends while the shuffle buffer fills sleeps before its first row, and
+    the sleep is timed as the first batch. The test's buffer leaves rows unread in each
+    worker's shards, so every stream hands out rows before it ends or is closed.
+
+    Decided by order, not by a time: each shutdown sleep is recorded (not slept) with the
+    rows its process had handed out by then, in the DataLoader's forked workers too."""
+    import types
+
+    import datasets.iterable_dataset
+
+    import hf_loader.data
+
+    sleeps = tmp_path / "shutdown-sleeps"
+    rows_handed_out: dict[int, int] = {}  # by process: a forked worker inherits its parent's
+    image_bytes = hf_loader.data._image_bytes
+
+    def count_row(value):
+        rows_handed_out[os.getpid()] = rows_handed_out.get(os.getpid(), 0) + 1
+        return image_bytes(value)
+
+    def record_sleep(seconds):
+        with sleeps.open("a") as out:
+            out.write(
+                f"pid {os.getpid()}: {rows_handed_out.get(os.getpid(), 0)} rows before the sleep\n"
+            )
+
+    monkeypatch.setattr(hf_loader.data, "_image_bytes", count_row)
+    # The module's own name for `time` (its only use is this sleep), not `time.sleep` itself.
+    monkeypatch.setattr(
+        datasets.iterable_dataset, "time", types.SimpleNamespace(sleep=record_sleep)
+    )
     code, doc = run_json(capsys, DATASET)
     code2 = main([DATASET, "--json", "--batches", "2", "--batch-size", "3", "--workers", "2"])
     doc2 = json.loads(capsys.readouterr().out)
     assert code == code2 == 0
-    assert doc["loading"]["first_batch_s"] < 4.0
-    assert doc2["loading"]["first_batch_s"] < 4.0
+    assert doc["loading"]["batches"] == doc2["loading"]["batches"] == 2
+    recorded = sleeps.read_text().splitlines()
+    assert recorded, "no shutdown sleep was recorded: datasets no longer sleeps there?"
+    assert [line for line in recorded if ": 0 rows" in line] == [], recorded
 
 
 # --------------------------------------------- item 10: the warning names the broken copy
