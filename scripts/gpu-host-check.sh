@@ -7,6 +7,9 @@
 #   capture  the role's probe and nvidia-smi query, raw, for tests/fixtures/nvidia;
 #   cache    a small ImageNet-shaped cache written by `datasets` and `hf-cache-test`
 #            on it, offline;
+#   pytest   the hf_loader tests marked gpu (files/hf_loader/tests, `pytest -m gpu`; the CPU
+#            run deselects them): pinned host batches, amp_bf16 and cudnn_benchmark through
+#            hf_loader.train on CUDA, checked from inside the Trainer;
 #   train    `hf-train` (ResNet-50, Composer Trainer.fit) on the GPU from that cache;
 #   launch   the same through Composer's launcher on every GPU of the host, with the
 #            command line of hf-train@.service and the launcher environment train.yml writes;
@@ -14,11 +17,11 @@
 #            (not in the default STEPS: about ten minutes on one H200).
 #
 # Needs ansible-core (ansible-playbook on PATH) and the loader stack importable by
-# $PYTHON; hf_loader is taken from files/hf_loader/src. It changes nothing on the host
+# $PYTHON, with pytest for the pytest step; hf_loader is taken from files/hf_loader/src. It changes nothing on the host
 # but /etc/ansible/facts.d/nvidia_driver.fact and $OUT_DIR.
 # Settings: OUT_DIR (gpu-check), PYTHON (python3), NVIDIA_DRIVER_BRANCH (580),
 # EXPECTED_GPUS (0 = any), TRAIN_IMAGES (4096), TRAIN_DURATION (2ep), BATCH_SIZE (256),
-# TRAIN_DEVICE (gpu), STEPS (driver capture cache train launch), SPEED_ARGS (speed's flags).
+# TRAIN_DEVICE (gpu), STEPS (driver capture cache pytest train launch), SPEED_ARGS (speed's flags).
 # Exit status: the number of steps that failed; every step's log is in $OUT_DIR.
 set -u
 cd "$(dirname "$0")/.."
@@ -31,7 +34,7 @@ TRAIN_IMAGES=${TRAIN_IMAGES:-4096}
 TRAIN_DURATION=${TRAIN_DURATION:-2ep}
 BATCH_SIZE=${BATCH_SIZE:-256}
 TRAIN_DEVICE=${TRAIN_DEVICE:-gpu}
-STEPS=${STEPS:-driver capture cache train launch}
+STEPS=${STEPS:-driver capture cache pytest train launch}
 mkdir -p "$OUT_DIR"
 OUT_DIR=$(cd "$OUT_DIR" && pwd)
 CACHE=$OUT_DIR/hf-cache
@@ -128,6 +131,16 @@ EOF
     local rc=$?
     say "hf-cache-test exit $rc"
     [ "$rc" -eq 0 ] || fail "hf-cache-test exit $rc (cache-test.json, cache-test.log)"
+}
+
+step_pytest() {
+    # -m gpu replaces the -m 'not gpu' of the package's pytest settings; no gpu test collected
+    # is pytest's exit 5, a failure here too.
+    (cd files/hf_loader && "$PYTHON" -m pytest -q -rA -p no:cacheprovider -m gpu tests) \
+        >"$OUT_DIR/pytest-gpu.log" 2>&1
+    local rc=$?
+    say "pytest -m gpu: $(tail -1 "$OUT_DIR/pytest-gpu.log")"
+    [ "$rc" -eq 0 ] || fail "pytest -m gpu exit $rc (pytest-gpu.log)"
 }
 
 offline_env() {

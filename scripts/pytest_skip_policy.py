@@ -4,7 +4,9 @@
 PYTHONPATH). A skip is allowed only when ALLOWED_SKIPS holds a pattern for the test's id and
 the skip's reason says what the pattern expects; every other skip (a tool missing on a fresh
 machine, a fixture that found nothing) is listed at the end with its reason and the session
-fails. The summary line counts the skips in any case, so a run says what it did not test.
+fails. The summary line counts the skips in any case, so a run says what it did not test, and
+the tests a marker expression deselected (the gpu tests, run on a GPU host with -m gpu): those
+never ran here, and are not skips.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ ALLOWED_SKIPS: dict[str, tuple[str, str]] = {
 class _SkipPolicy:
     def __init__(self) -> None:
         self.skipped: list[tuple[str, str]] = []
+        self.deselected = 0
 
     @staticmethod
     def _reason(report: pytest.TestReport) -> str:
@@ -36,6 +39,9 @@ class _SkipPolicy:
             fnmatch.fnmatchcase(nodeid, pattern) and words in reason for pattern, (words, _why) in ALLOWED_SKIPS.items()
         )
 
+    def pytest_deselected(self, items: list[pytest.Item]) -> None:
+        self.deselected += len(items)
+
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.skipped and not hasattr(report, "wasxfail"):
             self.skipped.append((report.nodeid, self._reason(report)))
@@ -47,7 +53,7 @@ class _SkipPolicy:
         bad = self.unexpected()
         terminalreporter.write_line(
             f"skip policy: {len(self.skipped)} skipped, {len(self.skipped) - len(bad)} allowed "
-            f"(scripts/pytest_skip_policy.py), {len(bad)} not allowed"
+            f"(scripts/pytest_skip_policy.py), {len(bad)} not allowed; {self.deselected} deselected (not run here)"
         )
         for nodeid, why in bad:
             terminalreporter.write_line(f"  NOT ALLOWED: {nodeid}: {why}", red=True)

@@ -60,3 +60,24 @@ def test_an_allowed_pattern_with_another_reason_still_fails(tmp_path):
     )
     done = run_suite(tmp_path, allow)
     assert done.returncode == 1 and "NOT ALLOWED" in done.stdout, done.stdout
+
+
+def test_a_deselected_test_is_counted_apart_and_is_no_skip(tmp_path):
+    """The gpu tests' way (files/hf_loader/pyproject.toml: -m 'not gpu'): deselected, not skipped."""
+    (tmp_path / "tests").mkdir()
+    (tmp_path / "tests" / "test_suite.py").write_text(
+        "import pytest\n\ndef test_runs():\n    assert True\n\n"
+        "@pytest.mark.gpu\ndef test_needs_cuda():\n    assert False\n"
+    )
+    (tmp_path / "pytest.ini").write_text("[pytest]\nmarkers =\n    gpu: needs CUDA\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "pytest_skip_policy", "-m", "not gpu"],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(SCRIPTS), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1 passed, 1 deselected" in done.stdout
+    assert "0 not allowed; 1 deselected (not run here)" in done.stdout
