@@ -39,6 +39,7 @@ def fixture(name: str) -> str:
 
 def tree_state(tree: str) -> dict:
     """The role's own probe script run on a fixture tree, as the role runs it on '/'."""
+    assert (FIXTURES / tree).is_dir(), f"no fixture tree {tree}"  # else the probe sees a host without GPUs
     done = subprocess.run(
         ["sh", "-c", ROLE_VARS["__nvidia_driver_probe_script"], "nvidia-driver-probe", str(FIXTURES / tree)],
         capture_output=True,
@@ -305,8 +306,8 @@ def test_the_plan_runs_the_simulation_and_refuses_before_the_first_change():
 
 # ----------------------------------- item 6: fabric manager checked with the plan
 
-HGX_H100 = "recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"
-HGX_B200 = "recorded_tree_hgx_b200_8gpu_nvlink5_580.95.05_open"
+HGX_H100 = "handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"
+HGX_B200 = "handwritten_tree_hgx_b200_8gpu_nvlink5_580.95.05_open"
 
 
 @pytest.mark.parametrize(
@@ -341,7 +342,7 @@ def test_nvlink5_waits_for_ib_umad_and_mlx5_core_and_nvswitch_hosts_do_not():
 
 
 def test_no_fabric_manager_packages_are_read_where_none_is_needed():
-    state = tree_state("recorded_tree_rtx4090_nouveau_no_driver")
+    state = tree_state("handwritten_tree_rtx4090_nouveau_no_driver")
     assert nv.fabric_manager_held_names(state, "auto", platform("Ubuntu-24"), "cuda", "580") == []
     # A source without a fabric manager is refused by fabric_manager_errors in the detection, not listed here.
     assert (
@@ -380,7 +381,7 @@ def test_libnvsdm_missing_on_nvlink5_is_refused_and_dnf_rows_are_read_too():
     assert errors and "libnvsdm (has 580.95.05)" in errors[0]
     rows += "libnvsdm | 3:580.82.07-1.el9 | cuda-rhel9-x86_64\n"
     assert nv.fabric_manager_availability_errors(rows, b200, "NVIDIA's repository") == []
-    none = nv.fabric_manager(tree_state("recorded_tree_vm_no_gpu"), "auto", platform("RedHat-9"), "cuda", "580", "")
+    none = nv.fabric_manager(tree_state("handwritten_tree_vm_no_gpu"), "auto", platform("RedHat-9"), "cuda", "580", "")
     assert nv.fabric_manager_availability_errors("", none, "NVIDIA's repository") == []
 
 
@@ -463,3 +464,98 @@ def test_the_pin_is_among_the_header_packages_installed_and_probed_before_the_dr
     packages = task_text("packages.yml")
     headers = packages.index("Install the kernel headers DKMS builds against (dnf)")
     assert headers < packages.index("Install the driver packages (dnf)")
+
+
+# -------------- items 5 and 6 through NVIDIA's repository path of the probe, with real apt and gpg
+
+
+def build_signed_mirror(root: Path) -> tuple[str, str]:
+    """A flat apt repository laid out like NVIDIA's (BASE/debian12/x86_64/), signed with a key made
+    here: stand-in packages of 580.82.07, 580.95.05 and 590.44.01 with the driver's own dependency
+    edges (as molecule/nvidia_driver/files/mirror-packages.tsv has them), a fabric manager in each,
+    and libnvidia-nscq published only at 580.82.07. Returns (base URL, armored key)."""
+    repo = root / "mirror" / "debian12" / "x86_64"
+    repo.mkdir(parents=True)
+    gnupg = root / "gnupg"
+    gnupg.mkdir(mode=0o700)
+    env = {**os.environ, "GNUPGHOME": str(gnupg)}
+
+    stanzas = []
+
+    def package(name, version, depends=""):
+        # apt's simulation reads only the index: no .deb is built.
+        stanza = f"Package: {name}\nVersion: {version}\nArchitecture: amd64\n"
+        stanza += f"Depends: {depends}\n" if depends else ""
+        stanzas.append(stanza + f"Filename: ./{name}_{version}_amd64.deb\nSize: 1000\nDescription: stand-in\n")
+
+    for version in ("580.82.07-1", "580.95.05-1", "590.44.01-1"):
+        for name in ("nvidia-smi", "libcuda1", "nvidia-kernel-support", "nvidia-persistenced", "nvidia-fabricmanager"):
+            package(name, version)
+        package("nvidia-driver-cuda", version, f"nvidia-smi (= {version}), libcuda1 (= {version})")
+        package("nvidia-kernel-open-dkms", version, f"nvidia-kernel-support (= {version})")
+    package("libnvidia-nscq", "580.82.07-1")
+    (repo / "Packages").write_text("\n".join(stanzas))
+    digest = subprocess.run(["sha256sum", "Packages"], cwd=repo, check=True, capture_output=True, text=True)
+    size = (repo / "Packages").stat().st_size
+    (repo / "Release").write_text(f"Origin: test\nSHA256:\n {digest.stdout.split()[0]} {size} Packages\n")
+    gpg = ["gpg", "--batch", "--quiet", "--passphrase", ""]
+    subprocess.run([*gpg, "--quick-gen-key", "mirror <m@t.invalid>", "ed25519", "sign", "never"], env=env, check=True)
+    subprocess.run(
+        [*gpg, "--yes", "--clearsign", "-o", str(repo / "InRelease"), str(repo / "Release")], env=env, check=True
+    )
+    key = subprocess.run([*gpg, "--armor", "--export"], env=env, check=True, capture_output=True, text=True).stdout
+    return f"file://{repo}/", key
+
+
+def probe_nvidia_repository(base, key, branch, pin, fabric_manager) -> dict:
+    env = {
+        "LC_ALL": "C",
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "NVIDIA_DRIVER_SIMULATE": "nvidia-driver-cuda nvidia-kernel-open-dkms nvidia-persistenced",
+        "NVIDIA_DRIVER_PIN": rendered_preferences(branch, pin),
+        "NVIDIA_DRIVER_PIN_FILE": "/etc/apt/preferences.d/nvidia-driver.pref",
+        "NVIDIA_DRIVER_FM": " ".join(fabric_manager),
+    }
+    script = ROLE_VARS["__nvidia_driver_sources_probe_script"]
+    done = subprocess.run(
+        ["sh", "-c", script, "nvidia-sources-probe", "apt", base, "", "nvidia-driver-cuda"],
+        input=key,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return nv.parse_probe(done.stdout)
+
+
+@pytest.mark.skipif(
+    not all(shutil.which(tool) for tool in ("apt-get", "gpg")),
+    reason="needs apt and gpg (make test-tools installs the host tools)",
+)
+def test_nvidias_repository_path_resolves_the_pin_and_refuses_a_fabric_manager_set_it_lacks(tmp_path):
+    """The role's probe reads NVIDIA's (stand-in, signed) repository into a private apt state, then
+    simulates the install there beside the host's own sources, under the role's rendered pin: the
+    exact pin 580.82.07 is what apt installs (not the newer 580.95.05 or 590), and the branch-only
+    target resolves 580.95.05, whose libnvidia-nscq the repository lacks: refused before any change."""
+    base, key = build_signed_mirror(tmp_path)
+    debian = platform("Debian-12")
+    hgx = tree_state(HGX_H100)
+    held = nv.fabric_manager_held_names(hgx, "auto", debian, "cuda", "580")
+    assert held == ["nvidia-fabricmanager", "libnvidia-nscq"]
+
+    pinned = probe_nvidia_repository(base, key, "580", "580.82.07", held)
+    assert pinned["simulate_rc"].strip() == "0", pinned["simulate"]
+    assert nv.simulated_install_errors(pinned["simulate"], "580", "580.82.07", pinned["simulate_rc"]) == []
+    version = nv.simulated_driver_version(pinned["simulate"], "nvidia-driver-cuda")
+    assert version == "580.82.07"
+    fm = nv.fabric_manager(hgx, "auto", debian, "cuda", "580", version)
+    assert nv.fabric_manager_availability_errors(pinned["fabric_manager"], fm, "the mirror") == []
+
+    branch = probe_nvidia_repository(base, key, "580", "", held)
+    carried = nv.carried_versions(branch["versions"], debian, "cuda", "open", "dkms", "headless")
+    simulated = nv.simulated_driver_version(branch["simulate"], "nvidia-driver-cuda")
+    version = nv.planned_driver_version(carried, "580", "", simulated)
+    assert version == "580.95.05"
+    fm = nv.fabric_manager(hgx, "auto", debian, "cuda", "580", version)
+    errors = nv.fabric_manager_availability_errors(branch["fabric_manager"], fm, "the mirror")
+    assert errors and "libnvidia-nscq (has 580.82.07)" in errors[0]
