@@ -134,8 +134,8 @@ EOF
 }
 
 step_pytest() {
-    # -m gpu replaces the -m 'not gpu' of the package's pytest settings; no gpu test collected
-    # is pytest's exit 5, a failure here too.
+    # Without -m gpu, the tests' conftest deselects them; no gpu test collected is pytest's
+    # exit 5, a failure here too.
     (cd files/hf_loader && "$PYTHON" -m pytest -q -rA -p no:cacheprovider -m gpu tests) \
         >"$OUT_DIR/pytest-gpu.log" 2>&1
     local rc=$?

@@ -11,6 +11,11 @@ from pathlib import Path
 import pytest
 
 DATASET = "ILSVRC/imagenet-1k"
+# test_gpu.py's tests need CUDA. Unless the marker expression (-m) names them they are
+# deselected, not skipped: the CPU run (make loader-test) counts them apart and its skip policy
+# stays empty. scripts/gpu-host-check.sh runs them with -m gpu on a GPU host; run there without
+# CUDA, they fail.
+GPU_MARKER = "gpu"
 
 # Offline before anything imports datasets/huggingface_hub in this process.
 os.environ["HF_DATASETS_OFFLINE"] = "1"
@@ -139,3 +144,18 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "getaddrinfo", no_lookup)
     monkeypatch.setattr(socket, "gethostbyname", no_lookup)
     return attempts
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", f"{GPU_MARKER}: needs CUDA; deselected unless -m names it (gpu-host-check.sh)"
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if GPU_MARKER in (config.getoption("markexpr") or ""):
+        return  # -m gpu, -m "not gpu": the expression decides
+    gpu = [item for item in items if item.get_closest_marker(GPU_MARKER)]
+    if gpu:
+        config.hook.pytest_deselected(items=gpu)
+        items[:] = [item for item in items if not item.get_closest_marker(GPU_MARKER)]

@@ -1,10 +1,10 @@
 """The GPU path of hf-train on CUDA, for real: pinned host batches, amp_bf16 and cudnn_benchmark
 through `hf_loader.train.train` (Composer's Trainer.fit of ResNet-50, two batches, tiny cache).
 
-Marked `gpu`: the CPU run deselects them (pyproject.toml's addopts: -m "not gpu"), so they
-are neither run nor skipped there. scripts/gpu-host-check.sh runs them on a GPU host (its
-`pytest` step: `pytest -m gpu`). Run on a host without CUDA they fail, naming why: a GPU test
-that skipped would say nothing about the GPU path.
+Marked `gpu`: without -m naming them, conftest.py deselects them, so the CPU run neither
+runs nor skips them (the skip policy counts them as deselected). scripts/gpu-host-check.sh
+runs them on a GPU host (its `pytest` step: `pytest -m gpu`). Run on a host without CUDA they
+fail, naming why: a GPU test that skipped would say nothing about the GPU path.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def cuda():
             f"CUDA is not available to torch {torch.__version__}"
             f" (built for CUDA {torch.version.cuda}): the gpu tests need a GPU host with its"
             " driver loaded. Run them there (scripts/gpu-host-check.sh, step pytest); the CPU"
-            " run deselects them (-m 'not gpu')",
+            " run deselects them",
             pytrace=False,
         )
     benchmark = torch.backends.cudnn.benchmark
