@@ -2,15 +2,21 @@
 """Rehearse the rolling driver upgrade (playbooks/upgrade-driver.yml) on lab hosts with a
 simulated GPU driver and real reboots, and check what it did on the hosts themselves.
 
-    make lab-upgrade          # 6 hosts, canary + batches of 2, the 4th host fails verification
+    make lab-upgrade          # 6 hosts, canary + batches of 2, the 4th host fails verification;
+                              # nvidia_driver's GPU tags alone (--gpu-tags)
     make lab-upgrade-short    # 2 hosts, canary + a batch of 1, the 2nd host fails (in `make test`)
-    .venvs/controller/bin/python scripts/upgrade_rehearsal.py --hosts 6 --serial 2 --fail 4 [--keep]
+    .venvs/controller/bin/python scripts/upgrade_rehearsal.py --hosts 6 --serial 2 --fail 4 [--gpu-tags] [--keep]
 
 Steps, each checked:
 1. Its own lab (lab/upgrade, hosts upgrade-gpu-NN on 127.0.0.1:2601..): `scripts/lab.py up
    --gpu sim` with the older simulated driver; site.yml converges it with the light software
    stack (the fleet bench's) and reboots each host to load the driver. Every host must then run
    the older driver with its dataset volume mounted again after the reboot.
+   With --gpu-tags (make lab-upgrade): nvidia_driver's GPU steps (GPU_TAGS: services, reboot,
+   verify), each tag alone through site.yml, all at once: the Molecule containers have no GPU,
+   so this is where they have work to do. Each run must succeed, change nothing, and run on
+   every host tasks of the step's own file (roles/nvidia_driver/tasks/STEP.yml), as the
+   task_record callback (molecule/shared/callback_plugins) records them.
 2. The cache test must catch a volume that did not come back: on the last host the volume is
    unmounted, playbooks/cache-test.yml must fail there naming the mount point, and it is
    mounted again.
@@ -39,9 +45,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,6 +68,11 @@ LATE_HOOK_TEXT = f'DPkg::Post-Invoke {{ "systemctl start {LATE_JOB} || true"; }}
 ROLLOUT_CORDON = "/var/lib/gpu-fleet/cordon/upgrade-driver"  # hf_loader_cordon_dir / upgrade_driver_cordon_owner
 # Extra vars as JSON: a list given as key=value would reach the runbook as a string.
 TRAINING_UNITS = json.dumps({"upgrade_driver_training_units": ["hf-train@*.service", "lab-train@*.service"]})
+# nvidia_driver's steps of a host with a GPU: on the Molecule containers (no GPU) they have
+# nothing to do (molecule/nvidia_driver declares them so); here each runs alone.
+GPU_TAGS = ["nvidia_driver_services", "nvidia_driver_reboot", "nvidia_driver_verify"]
+TASK_RECORD_PLUGINS = ROOT / "molecule" / "shared" / "callback_plugins"
+DRIVER_TASKS = (ROOT / "roles" / "nvidia_driver" / "tasks").resolve()
 
 
 def log(msg: str) -> None:
@@ -89,8 +102,11 @@ def lab(cmd: str, n: int, fail: list[str]) -> None:
     subprocess.run(args, cwd=ROOT, env=lab_env(fail), check=True)
 
 
-def playbook(name: str, inventory: Path, extra: list[str], logfile: Path, *more: str) -> tuple[int, float, str]:
+def playbook(
+    name: str, inventory: Path, extra: list[str], logfile: Path, *more: str, env_more: dict | None = None
+) -> tuple[int, float, str]:
     env = dict(os.environ, ANSIBLE_CACHE_PLUGIN_CONNECTION=str(ROOT / LAB / "facts"), ANSIBLE_NOCOLOR="1")
+    env.update(env_more or {})
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
     cmd = [str(BIN / "ansible-playbook"), "-i", str(inventory), name, *more]
     for e in extra:
@@ -152,6 +168,46 @@ def train_refused(inventory: Path, extra: list[str], logs: Path, host: str, tag:
     return rc != 0 and "it is cordoned: upgrade-driver" in text, line
 
 
+def step_tasks_run(record: Path, step: str) -> dict[str, list[str]]:
+    """host -> the tasks of roles/nvidia_driver/tasks/STEP.yml that ran there (ok or changed, not an
+    include), from a task_record callback file."""
+    ran: dict[str, list[str]] = {}
+    lines = record.read_text().splitlines() if record.exists() else []
+    for result in map(json.loads, lines):
+        file = Path(result["path"].rpartition(":")[0]).resolve()
+        if file == DRIVER_TASKS / f"{step}.yml" and result["status"] in ("ok", "changed") and not result["include"]:
+            ran.setdefault(result["host"], []).append(result["name"])
+    return ran
+
+
+def changed_per_host(text: str) -> dict[str, int]:
+    """host -> changed= of the PLAY RECAP."""
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", text, re.M)}
+
+
+def gpu_tags_alone(inventory: Path, extra: list[str], logs: Path, hosts: list[str], checks: Checks) -> None:
+    """Each of GPU_TAGS alone through site.yml on the converged sim-GPU hosts, the runs together."""
+
+    def run(tag: str) -> tuple[int, float, str]:
+        record = logs / f"tag-{tag}.jsonl"
+        record.unlink(missing_ok=True)
+        env_more = {"ANSIBLE_CALLBACK_PLUGINS": str(TASK_RECORD_PLUGINS), "ANSIBLE_TASK_RECORD": str(record)}
+        more = ("--tags", tag, "--skip-tags", "report")
+        return playbook("site.yml", inventory, extra, logs / f"tag-{tag}.log", *more, env_more=env_more)
+
+    with ThreadPoolExecutor(max_workers=len(GPU_TAGS)) as pool:
+        done = dict(zip(GPU_TAGS, pool.map(run, GPU_TAGS), strict=True))
+    for tag, (rc, seconds, text) in done.items():
+        step = tag.removeprefix("nvidia_driver_")
+        changed = changed_per_host(text)
+        ran = step_tasks_run(logs / f"tag-{tag}.jsonl", step)
+        checks.expect(rc == 0, f"--tags {tag} alone succeeds ({seconds} s, log {logs / f'tag-{tag}.log'})")
+        for host in hosts:
+            checks.expect(changed.get(host) == 0, f"{host}: --tags {tag} changes nothing (changed={changed.get(host)})")
+            checks.expect(bool(ran.get(host)), f"{host}: --tags {tag} ran {step}.yml's tasks: {ran.get(host, [])}")
+        checks.expect(all(loaded_driver(h) for h in hosts), f"after --tags {tag}: every host still runs its driver")
+
+
 class Checks:
     def __init__(self) -> None:
         self.failed: list[str] = []
@@ -171,6 +227,11 @@ def main() -> int:
     )
     p.add_argument("--versions", default=os.environ.get("LAB_GPU_DRIVER_VERSIONS", "580.82.07 580.95.05"))
     p.add_argument("--keep", action="store_true", help="keep the lab hosts afterwards")
+    p.add_argument(
+        "--gpu-tags",
+        action="store_true",
+        help="after the first converge, run nvidia_driver's GPU tags alone (GPU_TAGS)",
+    )
     args = p.parse_args()
     old, new = args.versions.split()[:2]
     hosts = [f"{PREFIX}{i:02d}" for i in range(1, args.hosts + 1)]
@@ -196,6 +257,13 @@ def main() -> int:
             checks.expect(mounted(host), f"{host} has its volume at {CACHE_ROOT} after the reboot")
         if checks.failed:
             return 1
+        if args.gpu_tags:
+            log(f"nvidia_driver's GPU tags alone, together: {' '.join(GPU_TAGS)}")
+            t0 = time.monotonic()
+            gpu_tags_alone(inventory, extra, logs, hosts, checks)
+            times["GPU tags alone"] = round(time.monotonic() - t0, 1)
+            if checks.failed:
+                return 1
 
         probe = hosts[-1]
         on(probe, "umount", CACHE_ROOT)
