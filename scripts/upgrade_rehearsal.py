@@ -185,8 +185,11 @@ def changed_per_host(text: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", text, re.M)}
 
 
-def gpu_tags_alone(inventory: Path, extra: list[str], logs: Path, hosts: list[str], checks: Checks) -> None:
-    """Each of GPU_TAGS alone through site.yml on the converged sim-GPU hosts, the runs together."""
+def gpu_tags_alone(
+    inventory: Path, extra: list[str], logs: Path, hosts: list[str], driver: str, checks: Checks
+) -> None:
+    """Each of GPU_TAGS alone through site.yml on the converged sim-GPU hosts (running `driver`),
+    the runs together."""
 
     def run(tag: str) -> tuple[int, float, str]:
         record = logs / f"tag-{tag}.jsonl"
@@ -205,7 +208,7 @@ def gpu_tags_alone(inventory: Path, extra: list[str], logs: Path, hosts: list[st
         for host in hosts:
             checks.expect(changed.get(host) == 0, f"{host}: --tags {tag} changes nothing (changed={changed.get(host)})")
             checks.expect(bool(ran.get(host)), f"{host}: --tags {tag} ran {step}.yml's tasks: {ran.get(host, [])}")
-        checks.expect(all(loaded_driver(h) for h in hosts), f"after --tags {tag}: every host still runs its driver")
+    checks.expect(all(loaded_driver(h) == driver for h in hosts), f"after the GPU tags: every host still runs {driver}")
 
 
 class Checks:
@@ -260,7 +263,7 @@ def main() -> int:
         if args.gpu_tags:
             log(f"nvidia_driver's GPU tags alone, together: {' '.join(GPU_TAGS)}")
             t0 = time.monotonic()
-            gpu_tags_alone(inventory, extra, logs, hosts, checks)
+            gpu_tags_alone(inventory, extra, logs, hosts, old, checks)
             times["GPU tags alone"] = round(time.monotonic() - t0, 1)
             if checks.failed:
                 return 1
