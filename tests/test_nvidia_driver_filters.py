@@ -1,15 +1,18 @@
-"""The nvidia_driver role's decisions, tested from recorded outputs.
+"""The nvidia_driver role's decisions, tested from hand-written and captured outputs.
 
-Fixtures in tests/fixtures/nvidia/ named `recorded_*` reproduce the real formats
-of nvidia-smi, /proc/driver/nvidia/version, /proc/modules and sysfs on GPU hosts
-(written from the known formats, not captured on GPUs); `captured_*` were captured
-on this project's machines: the Molecule containers, and `captured_h200-vm_*` by
-scripts/gpu-host-check.sh on a single-H200 virtual machine (driver 580.159.04, open
-modules, from the image) with the role's own probe script and nvidia-smi query.
+Fixtures in tests/fixtures/nvidia/ named `handwritten_*` were written by hand after
+public outputs of nvidia-smi, /proc/driver/nvidia/version, /proc/modules, sysfs and
+dnf on GPU hosts, not captured on GPUs: each names where its shape comes from and what
+in it is invented (a `# ` header above a file's output, a SOURCE file in a tree).
+`captured_*` were captured on this project's machines: the Molecule containers, and
+`captured_h200-vm_*` by scripts/gpu-host-check.sh on a single-H200 virtual machine
+(driver 580.159.04, open modules, from the image) with the role's own probe script
+and nvidia-smi query.
 """
 
 import ast
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -28,7 +31,43 @@ SMI_FIELDS = ROLE_VARS["__nvidia_driver_smi_fields"]
 
 
 def fixture(name: str) -> str:
-    return (FIXTURES / name).read_text()
+    """The output a fixture holds, without the `# ` lines above it that name its source."""
+    lines = (FIXTURES / name).read_text().splitlines(keepends=True)
+    while lines and lines[0].startswith("# "):
+        lines.pop(0)
+    return "".join(lines)
+
+
+# Where a hand-written fixture's shape comes from: a public issue or pull request (owner/name issue N),
+# NVIDIA's driver container scripts, the PCI ID Repository, or another fixture that names its own.
+SOURCE_NAMED = re.compile(
+    r"[\w.-]+/[\w.-]+ (?:issue|pull) \d+|NVIDIA/gpu-driver-container|PCI ID Repository"
+    r"|(?:handwritten|captured)_[\w.-]+"
+)
+
+
+def handwritten_source(path: Path) -> str:
+    if path.is_dir():
+        return (path / "SOURCE").read_text() if (path / "SOURCE").is_file() else ""
+    header = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("# "):
+            break
+        header.append(line[2:])
+    return "\n".join(header)
+
+
+def test_every_nvidia_fixture_says_whether_it_was_captured_or_written_by_hand():
+    names = sorted(path.name for path in FIXTURES.iterdir())
+    assert [name for name in names if not name.startswith(("captured_", "handwritten_"))] == []
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("handwritten_*")), ids=lambda path: path.name)
+def test_every_handwritten_fixture_names_its_public_source_and_what_is_invented(path):
+    source = " ".join(handwritten_source(path).split())
+    assert source.startswith("Handwritten, not captured"), f"{path.name}: no source header (# lines or SOURCE)"
+    assert SOURCE_NAMED.search(source), f"{path.name} does not say where its shape comes from: {source}"
+    assert "invented" in source or "left out" in source, f"{path.name} does not say what in it is made up"
 
 
 def platform(name: str) -> dict:
@@ -128,10 +167,11 @@ def test_running_version_matches_pin_or_branch(version, pin, branch, matches):
 
 
 def test_nvidia_smi_h100_rows():
-    rows = nv.parse_nvidia_smi_csv(fixture("recorded_h100_580.95.05_nvidia-smi.csv"), SMI_FIELDS)
+    rows = nv.parse_nvidia_smi_csv(fixture("handwritten_h100_580.95.05_nvidia-smi.csv"), SMI_FIELDS)
     assert len(rows) == 8
     assert rows[0]["name"] == "NVIDIA H100 80GB HBM3"
-    assert rows[0]["pci.bus_id"] == "00000000:18:00.0"
+    # nvidia-smi writes the bus id in upper-case hex (sysfs names the same function 0000:2a:00.0).
+    assert [row["pci.bus_id"] for row in rows[:2]] == ["00000000:18:00.0", "00000000:2A:00.0"]
     assert rows[7]["index"] == "7"
     assert {row["driver_version"] for row in rows} == {"580.95.05"}
     assert all(row["uuid"].startswith("GPU-") for row in rows)
@@ -139,14 +179,14 @@ def test_nvidia_smi_h100_rows():
 
 
 def test_nvidia_smi_not_available_values_become_none():
-    rows = nv.parse_nvidia_smi_csv(fixture("recorded_rtx4090_580.82.07_nvidia-smi.csv"), SMI_FIELDS)
+    rows = nv.parse_nvidia_smi_csv(fixture("handwritten_rtx4090_580.82.07_nvidia-smi.csv"), SMI_FIELDS)
     assert rows[0]["serial"] is None
     assert rows[0]["persistence_mode"] == "Disabled"
 
 
 def test_nvidia_smi_wrong_field_count_is_an_error():
     with pytest.raises(ValueError, match="has 8 values for 3 fields"):
-        nv.parse_nvidia_smi_csv(fixture("recorded_h100_580.95.05_nvidia-smi.csv"), ["index", "name", "uuid"])
+        nv.parse_nvidia_smi_csv(fixture("handwritten_h100_580.95.05_nvidia-smi.csv"), ["index", "name", "uuid"])
 
 
 def test_nvidia_smi_empty_output_is_no_gpu():
@@ -161,35 +201,37 @@ def smi(name):
 
 
 def test_verify_passes_on_the_pinned_driver_with_the_expected_count():
-    result = nv.verify(smi("recorded_h100_580.95.05_nvidia-smi.csv"), pin="580.95.05", branch="580", expected_count=8)
+    result = nv.verify(
+        smi("handwritten_h100_580.95.05_nvidia-smi.csv"), pin="580.95.05", branch="580", expected_count=8
+    )
     assert result["verified"], result["problems"]
     assert result["gpu_count"] == 8
     assert result["driver_version"] == "580.95.05"
 
 
 def test_verify_branch_only():
-    assert nv.verify(smi("recorded_h100_580.95.05_nvidia-smi.csv"), branch="580")["verified"]
+    assert nv.verify(smi("handwritten_h100_580.95.05_nvidia-smi.csv"), branch="580")["verified"]
 
 
 def test_verify_names_a_wrong_pin():
-    result = nv.verify(smi("recorded_h100_580.95.05_nvidia-smi.csv"), pin="580.82.07", branch="580")
+    result = nv.verify(smi("handwritten_h100_580.95.05_nvidia-smi.csv"), pin="580.82.07", branch="580")
     assert not result["verified"]
     assert "580.95.05 is running, wanted exactly 580.82.07 (nvidia_driver_version)" in result["problems"][0]
 
 
 def test_verify_names_a_wrong_branch():
-    result = nv.verify(smi("recorded_a100_535.183.01_nvidia-smi.csv"), branch="580")
+    result = nv.verify(smi("handwritten_a100_535.183.01_nvidia-smi.csv"), branch="580")
     assert result["problems"] == ["driver 535.183.01 is running, wanted branch 580 (nvidia_driver_branch)"]
 
 
 def test_verify_gpu_count():
-    result = nv.verify(smi("recorded_h100_580.95.05_nvidia-smi.csv"), branch="580", expected_count=4)
+    result = nv.verify(smi("handwritten_h100_580.95.05_nvidia-smi.csv"), branch="580", expected_count=4)
     assert result["problems"] == ["nvidia-smi lists 8 GPU(s), nvidia_driver_expected_gpu_count is 4"]
-    assert nv.verify(smi("recorded_h100_580.95.05_nvidia-smi.csv"), branch="580", expected_count=0)["verified"]
+    assert nv.verify(smi("handwritten_h100_580.95.05_nvidia-smi.csv"), branch="580", expected_count=0)["verified"]
 
 
 def test_verify_persistence_mode():
-    result = nv.verify(smi("recorded_h100_580.95.05_persistence-off_nvidia-smi.csv"), branch="580")
+    result = nv.verify(smi("handwritten_h100_580.95.05_persistence-off_nvidia-smi.csv"), branch="580")
     assert result["problems"] == ["persistence mode is off on GPU(s) 0, 1"]
 
 
@@ -203,9 +245,9 @@ def test_verify_no_gpu_listed():
 @pytest.mark.parametrize(
     ("name", "version", "modules", "arch"),
     [
-        ("recorded_580.95.05_open_proc-driver-nvidia-version.txt", "580.95.05", "open", "x86_64"),
-        ("recorded_535.183.01_proprietary_proc-driver-nvidia-version.txt", "535.183.01", "proprietary", "x86_64"),
-        ("recorded_580.95.05_open_aarch64_proc-driver-nvidia-version.txt", "580.95.05", "open", "aarch64"),
+        ("handwritten_580.95.05_open_proc-driver-nvidia-version.txt", "580.95.05", "open", "x86_64"),
+        ("handwritten_535.183.01_proprietary_proc-driver-nvidia-version.txt", "535.183.01", "proprietary", "x86_64"),
+        ("handwritten_580.95.05_open_aarch64_proc-driver-nvidia-version.txt", "580.95.05", "open", "aarch64"),
     ],
 )
 def test_proc_driver_version(name, version, modules, arch):
@@ -224,7 +266,7 @@ def test_proc_driver_version_garbage_is_an_error():
 
 
 def test_hgx_tree_through_the_role_probe_script():
-    state = nv.host_state(probe("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"))
+    state = nv.host_state(probe("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"))
     assert state["gpu_count"] == 8  # the ASPEED BMC VGA is no NVIDIA GPU
     assert state["gpu_device_ids"] == ["0x2330"]
     assert state["nvswitch_count"] == 4 and state["nvswitch_present"]
@@ -237,7 +279,7 @@ def test_hgx_tree_through_the_role_probe_script():
 
 
 def test_workstation_with_nouveau_through_the_role_probe_script():
-    state = nv.host_state(probe("recorded_tree_rtx4090_nouveau_no_driver"))
+    state = nv.host_state(probe("handwritten_tree_rtx4090_nouveau_no_driver"))
     assert state["gpu_count"] == 1  # the HDMI audio function 0x22ba is not counted
     assert state["gpu_device_ids"] == ["0x2684"]
     assert not state["nvswitch_present"]
@@ -246,7 +288,7 @@ def test_workstation_with_nouveau_through_the_role_probe_script():
 
 
 def test_vm_without_gpu_through_the_role_probe_script():
-    state = nv.host_state(probe("recorded_tree_vm_no_gpu"))
+    state = nv.host_state(probe("handwritten_tree_vm_no_gpu"))
     assert state["gpu_count"] == 0 and not state["gpu_present"]
     assert state["nvswitch_count"] == 0
     assert not state["nouveau_loaded"] and not state["nvidia_loaded"]
@@ -320,7 +362,7 @@ def state_of(tree):
 
 
 def test_reboot_when_installed_differs_from_loaded():
-    state = state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")
+    state = state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")
     decision = nv.reboot_decision(state, installed_version="580.95.05")
     assert decision == {
         "required": True,
@@ -332,21 +374,21 @@ def test_reboot_when_installed_differs_from_loaded():
 
 
 def test_no_reboot_when_installed_is_loaded():
-    state = state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
+    state = state_of("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
     assert nv.reboot_decision(state, installed_version="580.95.05")["action"] == "none"
     # 580.95.5 is the same version as 580.95.05: numbers, not strings
     assert not nv.reboot_decision(state, installed_version="580.95.5")["required"]
 
 
 def test_reboot_when_nouveau_holds_the_gpu():
-    state = state_of("recorded_tree_rtx4090_nouveau_no_driver")
+    state = state_of("handwritten_tree_rtx4090_nouveau_no_driver")
     decision = nv.reboot_decision(state, installed_version="580.95.05")
     assert decision["required"]
     assert decision["reasons"] == ["nouveau is loaded", "driver 580.95.05 is installed but no nvidia module is loaded"]
 
 
 def test_deferred_and_controller_reboots_stay_required():
-    state = state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")
+    state = state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")
     deferred = nv.reboot_decision(state, installed_version="580.95.05", defer=True)
     assert deferred["required"] and deferred["action"] == "deferred"
     controller = nv.reboot_decision(state, installed_version="580.95.05", defer=False, is_controller=True)
@@ -356,7 +398,7 @@ def test_deferred_and_controller_reboots_stay_required():
 
 
 def test_never_a_reboot_without_a_gpu():
-    state = state_of("recorded_tree_vm_no_gpu")
+    state = state_of("handwritten_tree_vm_no_gpu")
     assert nv.reboot_decision(state, installed_version="580.95.05") == {
         "required": False,
         "reasons": [],
@@ -367,13 +409,15 @@ def test_never_a_reboot_without_a_gpu():
 
 
 def test_module_on_disk_is_the_installed_version_when_packages_say_nothing():
-    state = dict(state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary"), module_on_disk_version="580.95.05")
+    state = dict(
+        state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary"), module_on_disk_version="580.95.05"
+    )
     assert nv.reboot_decision(state)["required"]
 
 
 def test_nothing_installed_nothing_loaded_is_no_reboot():
     state = dict(
-        state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary"), loaded_version="", nvidia_loaded=False
+        state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary"), loaded_version="", nvidia_loaded=False
     )
     assert not nv.reboot_decision(state)["required"]
 
@@ -404,7 +448,7 @@ def test_nothing_installed_nothing_loaded_is_no_reboot():
     ],
 )
 def test_fabric_manager_and_nscq_at_the_driver_version_named_per_branch(platform_name, branch, version, specs):
-    state = state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
+    state = state_of("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
     choice = nv.fabric_manager(state, "auto", platform(platform_name), "cuda", branch, version)
     assert choice["needed"]
     assert choice["specs"] == specs
@@ -415,7 +459,7 @@ def test_fabric_manager_and_nscq_at_the_driver_version_named_per_branch(platform
 
 def test_nvlink5_switch_tray_found_as_nvidia_driver_container_does():
     # HGX B200: no NVSwitch PCI function; a ConnectX port whose VPD holds SW_MNG (_assert_nvlink5_system).
-    state = state_of("recorded_tree_hgx_b200_8gpu_nvlink5_580.95.05_open")
+    state = state_of("handwritten_tree_hgx_b200_8gpu_nvlink5_580.95.05_open")
     assert state["gpu_count"] == 8 and state["nvswitch_count"] == 0
     assert state["nvlink5_present"] and state["nvlink5_devices"] == ["mlx5_0"]
     choice = nv.fabric_manager(state, "auto", platform("Ubuntu-24"), "cuda", "580", "580.95.05-1")
@@ -430,16 +474,16 @@ def test_nvlink5_switch_tray_found_as_nvidia_driver_container_does():
 
 
 def test_no_fabric_manager_without_nvswitch():
-    state = state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")
+    state = state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")
     assert not state["nvlink5_present"]
     assert not nv.fabric_manager(state, "auto", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
     assert nv.fabric_manager(state, "always", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
-    hgx = state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
+    hgx = state_of("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
     assert not nv.fabric_manager(hgx, "never", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
 
 
 def test_fabric_manager_from_a_source_without_one_is_refused():
-    hgx = state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
+    hgx = state_of("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
     errors = nv.fabric_manager_errors(hgx, "auto", platform("Debian-12"), "distribution", "535", "headless")
     assert len(errors) == 1 and "nvidia_driver_source: cuda" in errors[0]
     with pytest.raises(ValueError, match="carries no fabric manager"):
@@ -448,7 +492,7 @@ def test_fabric_manager_from_a_source_without_one_is_refused():
 
 def test_ubuntu_archive_fabric_manager_needs_the_server_line():
     # Ubuntu's nvidia-fabricmanager-580 depends on nvidia-kernel-common-580-server-<version>.
-    hgx = state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
+    hgx = state_of("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
     errors = nv.fabric_manager_errors(hgx, "auto", platform("Ubuntu-24"), "distribution", "580", "headless")
     assert len(errors) == 1 and "nvidia_driver_flavour: server" in errors[0]
     assert nv.fabric_manager_errors(hgx, "auto", platform("Ubuntu-24"), "distribution", "580", "server") == []
@@ -636,7 +680,7 @@ def test_apt_simulation_captured_from_the_molecule_mirror():
 
 
 def test_dnf_dry_run_rows():
-    packages = nv.resolved_packages(fixture("recorded_rhel9_580.95.05_dnf-install-assumeno.txt"))
+    packages = nv.resolved_packages(fixture("handwritten_rhel9_580.95.05_dnf-install-assumeno.txt"))
     versions = {package["name"]: package["version"] for package in packages}
     assert len(packages) == 7
     assert versions["kmod-nvidia-open-dkms"] == "3:580.95.05-1.el9"
@@ -817,7 +861,7 @@ def test_an_empty_index_says_what_to_enable():
 
 
 def test_reboot_is_deferred_while_training_runs():
-    state = state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")
+    state = state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")
     decision = nv.reboot_decision(state, "580.95.05", busy_units=["hf-train@resnet50.service"])
     assert decision["required"]
     assert decision["action"] == "busy"
@@ -826,7 +870,7 @@ def test_reboot_is_deferred_while_training_runs():
 
 
 def test_reboot_stops_training_only_when_asked():
-    state = state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")
+    state = state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")
     decision = nv.reboot_decision(state, "580.95.05", busy_units=["hf-train@a.service"], stop_busy=True)
     assert decision["action"] == "reboot"
     assert decision["stop_units"] == ["hf-train@a.service"]
@@ -835,7 +879,7 @@ def test_reboot_stops_training_only_when_asked():
 
 
 def test_no_reboot_needed_ignores_training():
-    state = state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")
+    state = state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")
     decision = nv.reboot_decision(state, "580.82.07", busy_units=["hf-train@a.service"])
     assert decision["action"] == "none"
 
@@ -883,9 +927,11 @@ def test_module_types_the_gpus_can_run_pass(device_ids, modules, branch):
     assert nv.module_type_errors(gpus(*device_ids), modules, branch) == []
 
 
-def test_recorded_trees_pass_with_their_module_types():
-    assert nv.module_type_errors(state_of("recorded_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"), "open", "580") == []
-    assert nv.module_type_errors(state_of("recorded_tree_rtx4090_nouveau_no_driver"), "open", "580") == []
+def test_handwritten_trees_pass_with_their_module_types():
+    assert (
+        nv.module_type_errors(state_of("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"), "open", "580") == []
+    )
+    assert nv.module_type_errors(state_of("handwritten_tree_rtx4090_nouveau_no_driver"), "open", "580") == []
 
 
 # -------------------------------------------------------------- Secure Boot
@@ -895,7 +941,9 @@ def test_secure_boot_from_the_efi_variable():
     on = nv.host_state("#pci\n0000:ca:00.0 0x10de 0x2335 0x030200\n#secure_boot\n   1\n")
     off = nv.host_state("#pci\n0000:ca:00.0 0x10de 0x2335 0x030200\n#secure_boot\n   0\n")
     assert on["secure_boot"] and not off["secure_boot"]
-    assert not state_of("recorded_tree_h100_pcie_580.82.07_loaded_proprietary")["secure_boot"]  # no efivars: BIOS boot
+    assert not state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")[
+        "secure_boot"
+    ]  # no efivars: BIOS boot
 
 
 def test_unsigned_dkms_modules_under_secure_boot_are_refused_with_the_fix():

@@ -52,7 +52,7 @@ H200_DEVICE = "0x2335"
 CLASS_3D = "0x030200"
 GPU_NAME = "NVIDIA H200"
 GPU_MEMORY_MIB = 143771
-# The bus addresses of an HGX H100/H200 board's eight GPUs (tests/fixtures/nvidia, recorded_h100).
+# The bus addresses of an HGX H100/H200 board's eight GPUs (tests/fixtures/nvidia, handwritten_h100).
 BUS_ADDRESSES = [
     "0000:18:00.0",
     "0000:2a:00.0",
