@@ -551,6 +551,10 @@ def test_nvidias_repository_path_resolves_the_pin_and_refuses_a_fabric_manager_s
     fm = nv.fabric_manager(hgx, "auto", debian, "cuda", "580", version)
     assert nv.fabric_manager_availability_errors(pinned["fabric_manager"], fm, "the mirror") == []
 
+    # Item 11: the key the probe used comes back with it, and its fingerprint is what gpg says.
+    assert nv.openpgp_fingerprints(pinned["key"]) == nv.openpgp_fingerprints(key)
+    assert nv.key_fingerprint_errors(pinned["key"], ["EB693B3035CD5710E231E123A4B469963BF863CC"], "the mirror")
+
     branch = probe_nvidia_repository(base, key, "580", "", held)
     carried = nv.carried_versions(branch["versions"], debian, "cuda", "open", "dkms", "headless")
     simulated = nv.simulated_driver_version(branch["simulate"], "nvidia-driver-cuda")
@@ -559,3 +563,51 @@ def test_nvidias_repository_path_resolves_the_pin_and_refuses_a_fabric_manager_s
     fm = nv.fabric_manager(hgx, "auto", debian, "cuda", "580", version)
     errors = nv.fabric_manager_availability_errors(branch["fabric_manager"], fm, "the mirror")
     assert errors and "libnvidia-nscq (has 580.82.07)" in errors[0]
+
+
+# ------------------------------------------------ item 11: the repository key's fingerprint
+
+
+@pytest.mark.skipif(shutil.which("gpg") is None, reason="needs gpg (make test-tools installs the host tools)")
+def test_a_key_that_is_not_the_repositorys_is_refused_by_its_fingerprint(tmp_path):
+    """A key made here (primary and subkey) is read as gpg reads it; the role refuses it against
+    NVIDIA's published fingerprint and accepts it by its own fingerprint or key id."""
+    env = {**os.environ, "GNUPGHOME": str(tmp_path)}
+    tmp_path.chmod(0o700)
+    gpg = ["gpg", "--batch", "--quiet", "--passphrase", ""]
+    subprocess.run([*gpg, "--quick-gen-key", "other <o@t.invalid>", "ed25519", "sign", "never"], env=env, check=True)
+    listed = subprocess.run(
+        [*gpg, "--with-colons", "--fingerprint"], env=env, check=True, capture_output=True, text=True
+    )
+    primary = next(line.split(":")[9] for line in listed.stdout.splitlines() if line.startswith("fpr:"))
+    subprocess.run([*gpg, "--quick-add-key", primary, "ed25519", "sign", "never"], env=env, check=True)
+    armored = subprocess.run([*gpg, "--armor", "--export"], env=env, check=True, capture_output=True, text=True).stdout
+    colons = subprocess.run(
+        [*gpg, "--with-colons", "--fingerprint", "--fingerprint"], env=env, check=True, capture_output=True, text=True
+    ).stdout
+    expected = [line.split(":")[9] for line in colons.splitlines() if line.startswith("fpr:")]
+    assert len(expected) == 2 and nv.openpgp_fingerprints(armored) == expected
+    nvidia = platform("Ubuntu-24")["repo_key_fingerprints"]
+    errors = nv.key_fingerprint_errors(armored, nvidia, "NVIDIA's repository")
+    assert errors and expected[0] in errors[0] and "nvidia_driver_repo_key_fingerprints" in errors[0]
+    assert nv.key_fingerprint_errors(armored, [expected[0]], "x") == []
+    assert nv.key_fingerprint_errors(armored, [expected[1][-16:].lower()], "x") == []  # the subkey's key id
+    spaced = " ".join(expected[0][i : i + 4] for i in range(0, 40, 4))
+    assert nv.key_fingerprint_errors(armored, [spaced], "x") == []
+    assert nv.key_fingerprint_errors(armored, [], "x") == []
+    assert "cannot be read" in nv.key_fingerprint_errors("not a key", nvidia, "x")[0]
+
+
+@pytest.mark.parametrize("name", PLATFORMS)
+def test_every_platform_names_nvidias_key_for_a_downloaded_key(name):
+    data = platform(name)
+    assert data["repo_key_fingerprints"]
+    assert data["repo_key_name"].split(".")[0].upper() == data["repo_key_fingerprints"][0][-8:]
+
+
+def test_the_key_check_runs_in_the_plan_on_the_key_given_or_downloaded():
+    plan = " ".join(task_text("plan.yml").split())
+    assert "gpu_fleet.common.nvidia_driver_key_fingerprint_errors(__nvidia_driver_key_fingerprints" in plan
+    rule = " ".join(ROLE_VARS["__nvidia_driver_key_fingerprints"].split())
+    assert rule.startswith("{{ nvidia_driver_repo_key_fingerprints if nvidia_driver_repo_key_fingerprints | length > 0")
+    assert "__nvidia_driver_key_content | length == 0 and nvidia_driver_repo_key_url | length == 0" in rule
