@@ -345,13 +345,51 @@ def test_captured_h200_vm_preinstalled_driver_needs_no_reboot():
     assert nv.reboot_decision(state)["action"] == "none"  # nothing on disk to compare with
 
 
-def test_captured_h200_vm_report_of_the_role():
-    # The local fact the role wrote there in verify-only mode (nvidia_driver_preinstalled).
+def test_captured_h200_vm_report_is_what_the_role_decides_from_that_hosts_probe_and_nvidia_smi():
+    """The local fact the role wrote on the H200 VM in verify-only mode (nvidia_driver_preinstalled,
+    defaults otherwise), checked against what the role's filters decide today from the probe and
+    nvidia-smi output captured on the same host in the same run: a change in what the filters
+    read from a real host, or in the report's fields, fails here."""
     report = json.loads(fixture("captured_h200-vm_580.159.04_preinstalled_nvidia_driver.fact"))
-    assert report["action"] == "preinstalled" and report["verified"] and report["problems"] == []
-    assert report["driver_version"] == report["loaded_version"] == "580.159.04"
-    assert report["packages"] == [] and report["reboot_required"] is False
-    assert (report["gpu_count"], report["gpu_device_ids"]) == (1, ["0x2335"])
+    state = nv.host_state(fixture(f"{H200_VM}_probe.txt"))
+    defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+    # detect.yml: where the image owns the driver, the loaded version is the installed one.
+    installed = state["loaded_version"] or state["module_on_disk_version"]
+    # verify.yml: nvidia-smi's rows against the pin, branch and count asked for (the defaults).
+    verification = nv.verify(
+        smi("captured_h200-vm_580.159.04_nvidia-smi.csv"),
+        defaults["nvidia_driver_version"],
+        defaults["nvidia_driver_branch"],
+        defaults["nvidia_driver_expected_gpu_count"],
+    )
+    # reboot.yml: the image's owner reboots it; the role only defers.
+    reboot = nv.reboot_decision(state, installed_version=installed, defer=True)
+    decided = {
+        "action": "preinstalled",
+        "branch": defaults["nvidia_driver_branch"],
+        "pin": defaults["nvidia_driver_version"],
+        "source": defaults["nvidia_driver_source"],
+        "kernel_modules": defaults["nvidia_driver_kernel_modules"],
+        "driver_version": installed,
+        "loaded_version": state["loaded_version"],
+        "loaded_kernel_modules": state["loaded_kernel_modules"],
+        "nouveau_loaded": state["nouveau_loaded"],
+        "gpu_count": state["gpu_count"],
+        "gpu_device_ids": state["gpu_device_ids"],
+        "nvswitch_count": state["nvswitch_count"],
+        "verified": verification["verified"],
+        "problems": verification["problems"],
+        "reboot_required": reboot["required"],
+        "reboot_reasons": reboot["reasons"],
+        "packages": [],  # the role configures nothing where the image owns the driver
+        "package_set": [],
+        "fabric_manager": "",  # one H200, no NVSwitch: none needed
+    }
+    assert {key: report[key] for key in decided} == decided
+    # Every field the fact holds is one report.yml still writes (fields added since are not in it).
+    (task,) = yaml.safe_load((ROLE / "tasks" / "report.yml").read_text())
+    assert set(report) <= set(task["ansible.builtin.set_fact"]["nvidia_driver_report"])
+    assert set(report) == set(decided)
 
 
 # ------------------------------------------------------------------ rebooting
@@ -701,10 +739,20 @@ def test_installed_driver_version_from_package_facts():
     ]
 
 
-def test_filters_are_exported_with_the_role_prefix():
+def test_every_filter_the_role_calls_is_exported_with_the_role_prefix():
+    """A filter renamed or dropped in the plugin but still called by a task or template fails
+    only on a host, at the task that calls it: each name the project's YAML and templates call
+    must be one the plugin exports, under the role's prefix."""
     names = nv.FilterModule().filters()
     assert all(name.startswith("nvidia_driver_") for name in names)
-    assert "nvidia_driver_reboot_decision" in names
+    called = {}
+    for folder in ("roles", "playbooks", "molecule"):
+        for path in (ROOT / folder).rglob("*"):
+            if path.suffix in (".yml", ".yaml", ".j2") and path.is_file():
+                for name in re.findall(r"gpu_fleet\.common\.(nvidia_driver_\w+)", path.read_text()):
+                    called.setdefault(name, str(path.relative_to(ROOT)))
+    assert "nvidia_driver_reboot_decision" in called  # the scan reads the role's tasks
+    assert {name: where for name, where in called.items() if name not in names} == {}
 
 
 @pytest.mark.parametrize(
