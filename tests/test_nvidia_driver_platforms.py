@@ -98,15 +98,53 @@ def test_defaults_install_on_every_platform():
         assert errors == [], name
 
 
-def test_precompiled_modules_only_where_offered():
-    offered = {name for name, source, modules, build, flavour in ALL if build == "precompiled"}
-    assert offered == {"Ubuntu-22", "Ubuntu-24"}
+def test_precompiled_modules_only_where_the_specs_say_they_are_offered():
+    """The spec of nvidia_driver_build names whose archive has precompiled modules; the vars must
+    offer them there (its distribution source), and nowhere else."""
+    description = OPTIONS["nvidia_driver_build"]["description"]
+    description = description if isinstance(description, str) else " ".join(description)
+    (distributor,) = re.findall(r"where offered \((\w+)'s archive\)", description)
+    offered = {(name, source) for name, source, modules, build, flavour in ALL if build == "precompiled"}
+    expected = {(name, "distribution") for name in SUPPORTED if platform(name)["name"].split()[0] == distributor}
+    assert expected and offered == expected
 
 
-def test_distribution_branches_are_what_the_distributions_carry():
-    assert platform("Debian-12")["sources"]["distribution"]["branches"] == ["535"]
-    assert platform("Debian-13")["sources"]["distribution"]["branches"] == ["550"]
-    assert "distribution" not in platform("RedHat-9")["sources"]
+def archive_releases() -> list[dict[str, str]]:
+    """The captured Debian archive listing per release, in its order (bookworm, then trixie):
+    package name -> version. A release's stanzas end where a name comes again."""
+    releases: list[dict[str, str]] = [{}]
+    listing = "\n".join(line for line in ARCHIVE_LISTING.read_text().splitlines() if not line.startswith("#"))
+    for stanza in listing.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines())
+        if fields["Package"] in releases[-1]:
+            releases.append({})
+        releases[-1][fields["Package"]] = fields["Version"]
+    return releases
+
+
+@pytest.mark.parametrize(("name", "release"), [("Debian-12", 0), ("Debian-13", 1)])
+def test_distribution_branches_are_what_the_debian_archive_carries(name, release):
+    """Against Debian's archive as captured (bookworm, trixie): every package the vars take from
+    the distribution is there, and the branch the vars name is the one it is built at."""
+    carried = archive_releases()[release]
+    offer = platform(name)["sources"]["distribution"]
+    wanted = {p for builds in offer["packages"].values() for fl in builds.values() for ps in fl.values() for p in ps}
+    assert {p for p in wanted if p not in carried} == set(), f"{name}: not in the archive"
+    driver_branches = {carried[p].split(".")[0] for p in wanted if not p.startswith("nvidia-persistenced")}
+    assert offer["branches"] == sorted(driver_branches)
+
+
+def test_the_archive_listing_holds_two_releases_of_one_branch_each():
+    bookworm, trixie = archive_releases()
+    assert len(bookworm) > 20 and len(trixie) > 20
+
+
+def test_rhel_has_no_distribution_driver():
+    # RHEL's own repositories carry no NVIDIA driver (NVIDIA's installation guide installs it from
+    # the CUDA repository only): the vars offer no distribution source there.
+    assert [
+        name for name in SUPPORTED if name.startswith("RedHat") and "distribution" in platform(name)["sources"]
+    ] == []
 
 
 def test_specs_list_every_supported_platform_name():
