@@ -281,6 +281,14 @@ def test_console_script_is_declared_and_usage_is_exit_2(capsys):
     assert 'hf-cache-seed = "hf_loader.cacheseed:main"' in scripts
     assert main(["pull", "--root", "/tmp"]) == 2  # --manifest and --from are required
     assert "--manifest" in capsys.readouterr().err
+    # The installed console script itself (the venv's, beside this Python) answers the same.
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "hf-cache-seed"), "pull", "--root", "/tmp"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "--manifest" in done.stderr, (done.stdout, done.stderr)
 
 
 # ------------------------------------------------------------------ attacks (issue 27)
