@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -103,6 +102,44 @@ def ref_main(home: Path) -> Path:
 
 # ------------------------------------------------------------------ 1. refs are not paths
 
+LIST_GUARD = """
+import os
+
+_log = os.environ["HF_TEST_LISTED"]
+
+
+def _guard(function):
+    def listed(path=".", *args, **kwargs):
+        if not isinstance(path, int):
+            with open(_log, "a") as out:
+                out.write(os.path.realpath(os.fsdecode(path)) + "\\n")
+        return function(path, *args, **kwargs)
+
+    return listed
+
+
+os.listdir = _guard(os.listdir)
+os.scandir = _guard(os.scandir)
+"""
+
+
+def list_guard(tmp_path: Path) -> dict:
+    """Environment for run_test: every folder the child lists (os.listdir, os.scandir: what
+    pathlib, glob and os.walk use) is written to a file, by a sitecustomize found first."""
+    guard = tmp_path / "list-guard"
+    guard.mkdir()
+    (guard / "sitecustomize.py").write_text(LIST_GUARD)
+    path = os.pathsep.join(filter(None, [str(guard), os.environ.get("PYTHONPATH")]))
+    return {"PYTHONPATH": path, "HF_TEST_LISTED": str(tmp_path / "listed.txt")}
+
+
+def listed_outside(tmp_path: Path, home: Path) -> list[str]:
+    """Folders the child listed that are the cache root's parents ("/" among them)."""
+    listed = (tmp_path / "listed.txt").read_text().splitlines()
+    assert listed, "the guard recorded nothing: was sitecustomize loaded?"
+    above = {str(parent) for parent in Path(os.path.realpath(home)).parents}
+    return sorted(set(listed) & above)
+
 
 @pytest.mark.parametrize(
     "content",
@@ -116,7 +153,7 @@ def ref_main(home: Path) -> Path:
     ],
     ids=["other-dataset", "root", "two-lines", "padded", "upper", "empty"],
 )
-def test_a_ref_that_is_not_one_commit_is_exit_4_naming_the_ref(hub_and_other, content):
+def test_a_ref_that_is_not_one_commit_is_exit_4_naming_the_ref(hub_and_other, content, tmp_path):
     own = snapshot_dir(hub_and_other).name
     text = content.format(
         other=OTHER_REPO, sha=other_snapshot(hub_and_other).name, own=own, OWN=own.upper()
@@ -124,10 +161,13 @@ def test_a_ref_that_is_not_one_commit_is_exit_4_naming_the_ref(hub_and_other, co
     ref = ref_main(hub_and_other)
     ref.write_text(text)
     before = tree_state(hub_and_other)
-    started = time.monotonic()
-    code, doc, out = run_test(hub_and_other, "--batches", "1", "--batch-size", "2")
+    code, doc, out = run_test(
+        hub_and_other, "--batches", "1", "--batch-size", "2", env=list_guard(tmp_path)
+    )
     assert code == 4, out
-    assert time.monotonic() - started < 60  # "/" is never walked
+    # "/" (or any folder above the cache) is never listed: decided by what the child listed,
+    # not by how long it took.
+    assert listed_outside(tmp_path, hub_and_other) == []
     problems = "\n".join(doc["error"]["problems"])
     assert str(ref) in problems and "not one 40-hex commit" in problems
     assert f"snapshots there: {own}" in problems
