@@ -58,8 +58,8 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff
 pytest: venv test-tools wheelhouse ## unit tests of the roles' logic and the project's conventions
 	PYTHONPATH=$(CURDIR)/scripts $(BIN)/pytest -q -rs -p pytest_skip_policy tests
 
-molecule: venv engine loader-venv wheelhouse ## every Molecule scenario, full sequence with idempotence
-	$(BIN)/molecule test --all
+molecule: venv engine loader-venv wheelhouse ## every Molecule scenario, full sequence with idempotence, in two lanes
+	WHEELHOUSE_DIR=$(WHEELHOUSE_DIR) bash scripts/molecule-lanes.sh
 
 test: ## everything CI checks: lint, pytest, molecule; prints a summary
 	bash scripts/run-tests.sh
