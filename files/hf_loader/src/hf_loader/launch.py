@@ -9,6 +9,8 @@ with two differences, both about `systemctl stop` (KillMode=mixed: SIGTERM to th
   SIGKILL for the ranks still running. Here SIGTERM is turned, once, into the KeyboardInterrupt
   the launcher handles as a request to stop (no traceback); a second SIGTERM is ignored rather
   than cutting short the wait for the ranks' checkpoints.
+  A SIGTERM while Composer is still being imported (seconds) is recorded, and the launcher
+  then exits 0 without starting any rank.
 - That wait is `CLEANUP_TIMEOUT`, 30 s whatever the unit's TimeoutStopSec says. A rank that got
   SIGTERM finishes its batch and writes a checkpoint first, which can take longer: the wait is
   `--stop-timeout` instead (the unit passes its TimeoutStopSec less a margin, so that the
@@ -48,10 +50,23 @@ def main(argv: list[str] | None = None) -> int:
     args, composer_args = parser.parse_known_args(argv)
     if args.stop_timeout <= 0:
         parser.error(f"--stop-timeout must be > 0 seconds (got {args.stop_timeout:g})")
+    # Importing Composer takes seconds (torch) and, once its engine is imported, makes SIGTERM
+    # sys.exit(143): a stop in that window would end the unit "failed" (143, or killed outright
+    # before the engine's handler exists). Recorded instead, and acted on once the import is done.
+    stopped_during_import: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, frame: stopped_during_import.append(signum))
     from composer.cli import launcher
 
+    signal.signal(signal.SIGTERM, _interrupt_once)  # again: the import installed the engine's
+    if stopped_during_import:
+        # No rank was started: nothing to checkpoint, nothing to wait for. A clean stop (0), as
+        # the ranks' own stop at start-up is (stop.StopOnSignal.fit_start).
+        print(
+            "hf_loader.launch: stopped by SIGTERM while starting, before any rank was started",
+            file=sys.stderr,
+        )
+        return 0
     launcher.CLEANUP_TIMEOUT = datetime.timedelta(seconds=args.stop_timeout)
-    signal.signal(signal.SIGTERM, _interrupt_once)  # after the import: it installs the engine's
     sys.argv = ["composer", *composer_args]
     return launcher.main()
 

@@ -235,79 +235,88 @@ def train(cfg: dict, **trainer_overrides):
     from .resolve import load_split, resolve
     from .stop import SharedSaveFolder, StopOnSignal
 
-    rank, world = dist_env()
-    res = resolve(
-        cfg["dataset"],
-        cfg["config"],
-        cfg["revision"],
-        allow_convert=cfg["allow_convert"] and rank == 0,
-    )
-    train_ds = load_split(res, cfg["train_split"])
-    num_classes = cfg["num_classes"] or _num_classes(train_ds)
-    base = LoaderConfig(
-        workers=resolve_workers(cfg["workers"]),
-        output=cfg["output"],
-        crop_decode=cfg["crop_decode"],
-        reuse_batch_memory=cfg["reuse_batch_memory"],
-        crop_size=cfg["crop_size"],
-        val_resize=cfg["val_resize"],
-        seed=cfg["seed"],
-    )
-    train_loader = build_dataloader(
-        train_ds, True, dataclasses.replace(base, batch_size=cfg["batch_size"]), rank, world
-    )
-    eval_spec = None
-    if cfg["eval_split"]:
-        eval_ds = load_split(res, cfg["eval_split"])
-        eval_loader = build_dataloader(
-            eval_ds,
-            False,
-            dataclasses.replace(base, batch_size=cfg["eval_batch_size"]),
-            rank,
-            world,
-        )
-        eval_spec = make_dataspec(eval_loader, channels_last=cfg["channels_last"])
-    model = build_model(num_classes, channels_last=cfg["channels_last"])
-    if cfg["label_smoothing"]:
-        model._loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
-    optimizer_class = ForeachDecoupledSGDW if cfg["foreach_optimizer"] else DecoupledSGDW
-    optimizer = optimizer_class(
-        model.parameters(), lr=cfg["lr"], momentum=cfg["momentum"], weight_decay=cfg["weight_decay"]
-    )
-    device = cfg["device"] or ("gpu" if torch.cuda.is_available() else "cpu")
-    precision = cfg["precision"] or ("amp_bf16" if device == "gpu" else "fp32")
-    if device == "gpu":
-        torch.backends.cudnn.benchmark = bool(cfg["cudnn_benchmark"])
-    kwargs = {
-        "model": model,
-        "train_dataloader": make_dataspec(train_loader, channels_last=cfg["channels_last"]),
-        "eval_dataloader": eval_spec,
-        "eval_interval": cfg["eval_interval"],
-        "eval_subset_num_batches": cfg["eval_subset_num_batches"],
-        "optimizers": optimizer,
-        "schedulers": CosineAnnealingWithWarmupScheduler(t_warmup=cfg["warmup"]),
-        "max_duration": cfg["max_duration"],
-        "device": device,
-        "precision": precision,
-        "seed": cfg["seed"],
-        "save_folder": cfg["save_folder"],
-        "save_interval": cfg["save_interval"],
-        "save_latest_filename": cfg["save_latest_filename"],
-        "save_num_checkpoints_to_keep": cfg["save_num_checkpoints_to_keep"],
-        "run_name": cfg["run_name"],
-        "autoresume": cfg["autoresume"],
-        "progress_bar": cfg["progress_bar"],
-        "log_to_console": cfg["log_to_console"],
-        "compile_config": {} if cfg["compile"] else None,
-    }
-    speed = [SpeedMonitor(window_size=int(cfg["speed_window"]))] if cfg["speed_window"] else []
-    stopper = StopOnSignal()
-    shared = [SharedSaveFolder(cfg["save_folder"])] if cfg["autoresume"] else []
-    kwargs["callbacks"] = shared + [stopper] + speed + list(trainer_overrides.pop("callbacks", []))
-    kwargs.update(trainer_overrides)
-    # Composer's engine made SIGTERM sys.exit(143) when it was imported above: record it instead.
+    # Importing Composer's engine (just above) made SIGTERM its own sys.exit(143): record it
+    # again from here on, before the dataset, the loaders and the model, which take a while. A
+    # stop during that start-up then ends the job at fit's start on every rank
+    # (stop.StopOnSignal.fit_start), exit 0, instead of exit 143 on the signalled rank alone
+    # while the other nodes' ranks wait for it.
     previous = sigterm.install()
     try:
+        rank, world = dist_env()
+        res = resolve(
+            cfg["dataset"],
+            cfg["config"],
+            cfg["revision"],
+            allow_convert=cfg["allow_convert"] and rank == 0,
+        )
+        train_ds = load_split(res, cfg["train_split"])
+        num_classes = cfg["num_classes"] or _num_classes(train_ds)
+        base = LoaderConfig(
+            workers=resolve_workers(cfg["workers"]),
+            output=cfg["output"],
+            crop_decode=cfg["crop_decode"],
+            reuse_batch_memory=cfg["reuse_batch_memory"],
+            crop_size=cfg["crop_size"],
+            val_resize=cfg["val_resize"],
+            seed=cfg["seed"],
+        )
+        train_loader = build_dataloader(
+            train_ds, True, dataclasses.replace(base, batch_size=cfg["batch_size"]), rank, world
+        )
+        eval_spec = None
+        if cfg["eval_split"]:
+            eval_ds = load_split(res, cfg["eval_split"])
+            eval_loader = build_dataloader(
+                eval_ds,
+                False,
+                dataclasses.replace(base, batch_size=cfg["eval_batch_size"]),
+                rank,
+                world,
+            )
+            eval_spec = make_dataspec(eval_loader, channels_last=cfg["channels_last"])
+        model = build_model(num_classes, channels_last=cfg["channels_last"])
+        if cfg["label_smoothing"]:
+            model._loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=cfg["label_smoothing"])
+        optimizer_class = ForeachDecoupledSGDW if cfg["foreach_optimizer"] else DecoupledSGDW
+        optimizer = optimizer_class(
+            model.parameters(),
+            lr=cfg["lr"],
+            momentum=cfg["momentum"],
+            weight_decay=cfg["weight_decay"],
+        )
+        device = cfg["device"] or ("gpu" if torch.cuda.is_available() else "cpu")
+        precision = cfg["precision"] or ("amp_bf16" if device == "gpu" else "fp32")
+        if device == "gpu":
+            torch.backends.cudnn.benchmark = bool(cfg["cudnn_benchmark"])
+        kwargs = {
+            "model": model,
+            "train_dataloader": make_dataspec(train_loader, channels_last=cfg["channels_last"]),
+            "eval_dataloader": eval_spec,
+            "eval_interval": cfg["eval_interval"],
+            "eval_subset_num_batches": cfg["eval_subset_num_batches"],
+            "optimizers": optimizer,
+            "schedulers": CosineAnnealingWithWarmupScheduler(t_warmup=cfg["warmup"]),
+            "max_duration": cfg["max_duration"],
+            "device": device,
+            "precision": precision,
+            "seed": cfg["seed"],
+            "save_folder": cfg["save_folder"],
+            "save_interval": cfg["save_interval"],
+            "save_latest_filename": cfg["save_latest_filename"],
+            "save_num_checkpoints_to_keep": cfg["save_num_checkpoints_to_keep"],
+            "run_name": cfg["run_name"],
+            "autoresume": cfg["autoresume"],
+            "progress_bar": cfg["progress_bar"],
+            "log_to_console": cfg["log_to_console"],
+            "compile_config": {} if cfg["compile"] else None,
+        }
+        speed = [SpeedMonitor(window_size=int(cfg["speed_window"]))] if cfg["speed_window"] else []
+        stopper = StopOnSignal()
+        shared = [SharedSaveFolder(cfg["save_folder"])] if cfg["autoresume"] else []
+        kwargs["callbacks"] = (
+            shared + [stopper] + speed + list(trainer_overrides.pop("callbacks", []))
+        )
+        kwargs.update(trainer_overrides)
         trainer = Trainer(**kwargs)
         trainer.fit()
     finally:
