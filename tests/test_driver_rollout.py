@@ -300,3 +300,36 @@ def test_the_report_names_the_skipped_hosts_and_why():
         "Skipped (left out, with why): h1: cordoned out of rollouts: operator (alice, t): RMA 1234"
         in report_markdown(doc)
     )
+
+
+def test_an_install_deferred_under_a_job_fails_the_host_naming_the_job():
+    # The role found training running at the install and changed nothing: the host is not
+    # upgraded, and the reason names the unit that blocked it, not "not verified".
+    plan = host_plan(PROC_580_82, "", "580", "580.95.05")
+    deferred = {
+        "loaded_version": "580.82.07",
+        "driver_version": "580.82.07",
+        "install_deferred": "True",
+        "install_blocked_by": ["lab-train@late.service"],
+        "reboot_required": "False",
+        "verified": False,
+    }
+    result = outcome(plan, deferred, "580", "580.95.05")
+    assert result["state"] == "failed" and not result["passed"]
+    assert "install of 580.95.05 was deferred" in result["reason"]
+    assert "lab-train@late.service" in result["reason"] and "still runs 580.82.07" in result["reason"]
+    assert "run the rollout again" in result["reason"]
+
+
+def test_a_batch_whose_hosts_did_not_answer_stops_the_rollout_and_is_reported():
+    # What the batch records for a host that does not answer (upgrade-driver-batch.yml).
+    records = {
+        "h1": {"state": "unreachable", "reason": "did not answer when its batch started; not touched"},
+        "h2": {"state": "unreachable", "reason": "did not answer when its batch started; not touched"},
+    }
+    verdict = batch_verdict(["h1", "h2"], records, 50, 2)
+    assert verdict["stop"] and verdict["failed"] == ["h1", "h2"]
+    plans = {host: host_plan(PROC_580_82, "", "580", "580.95.05") for host in ("h1", "h2")}
+    doc = report(["h1", "h2"], plans, records, [verdict], {"branch": "580", "version": "580.95.05"}, "stopped")
+    assert not doc["ok"] and doc["counts"] == {"unreachable": 2}
+    assert all("did not answer" in row["detail"] for row in doc["rows"])

@@ -6,7 +6,7 @@
   before anything changes, and again when the host's batch starts.
 - `outcome`: after the nvidia_driver role, what the host is: upgraded or current only when
   the loaded driver is the target and the role verified it; reboot-pending when the role
-  deferred the reboot; failed otherwise.
+  deferred the reboot; failed otherwise (the install deferred under a job names the job).
 - `canary`: which hosts form the canary batch.
 - `batch_verdict`: after a batch, whether the rollout goes on (max_fail_percentage).
 - `report`: one row per host (its driver before and after, its state, why) and why the
@@ -132,6 +132,17 @@ def outcome(plan: dict, driver_report: dict, branch, pin="", check_mode=False) -
     report = driver_report or {}
     loaded = str(report.get("loaded_version") or "")
     installed = str(report.get("driver_version") or "")
+    if _true(report.get("install_deferred")):
+        # The role found a training unit running and changed nothing: the job was started
+        # after the drain by something the cordon does not hold (not the training unit's gate).
+        blocked = list(report.get("install_blocked_by") or [])
+        units = ", ".join(blocked) or "a unit of upgrade_driver_training_units"
+        reason = (
+            f"the install of {target_text(branch, pin)} was deferred: training runs on the host ({units}), "
+            f"started after its drain; it still runs {loaded or 'no driver'}, nothing was changed. Stop {units} "
+            "(or let it end) and run the rollout again."
+        )
+        return {"state": "failed", "reason": reason, "loaded_version": loaded, "passed": False}
     if _true(report.get("reboot_required")):
         blocked = list(report.get("reboot_blocked_by") or [])
         why = "; ".join(report.get("reboot_reasons") or []) or "the installed module is not the loaded one"

@@ -1,0 +1,127 @@
+"""playbooks/upgrade-driver.yml run for real by ansible-playbook, at the points no host is needed.
+
+Attacks: a drain timeout shorter than the training unit's stop timeout (the rollout would
+fail a host whose job is still checkpointing), a fleet that does not answer (Ansible ends the
+run when every host of a play is unreachable, the report's play included), and a job started
+between the batch's fresh read and its cordon (the order of the batch's steps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on: ssh to it is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _inventory(tmp_path: Path, hosts: dict) -> Path:
+    inventory = tmp_path / "inventory.yml"
+    port = _closed_port()
+    entries = {
+        name: {"ansible_host": "127.0.0.1", "ansible_port": port, "ansible_user": "nobody", **more}
+        for name, more in hosts.items()
+    }
+    inventory.write_text(yaml.safe_dump({"gpu_hosts": {"hosts": entries}}))
+    return inventory
+
+
+def _rollout(tmp_path: Path, inventory: Path, *extra: str) -> tuple[int, str]:
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_HOST_KEY_CHECKING": "false",
+        "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(tmp_path / "facts"),
+        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
+    }
+    done = subprocess.run(
+        [
+            str(ANSIBLE_PLAYBOOK),
+            "-i",
+            str(inventory),
+            str(ROOT / "playbooks" / "upgrade-driver.yml"),
+            "-e",
+            "upgrade_driver_version=580.95.05",
+            "-e",
+            "upgrade_driver_pause_after_canary=false",
+            "-e",
+            f"upgrade_driver_report_dir={tmp_path / 'reports'}",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        check=False,
+        timeout=300,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def _flat(text: str) -> str:
+    return re.sub(r"\s+", " ", text)
+
+
+def test_a_drain_shorter_than_a_hosts_stop_timeout_is_refused_before_any_host(tmp_path):
+    inventory = _inventory(tmp_path, {"gpu-01": {"hf_loader_train_stop_timeout": 900}, "gpu-02": {}})
+    rc, out = _rollout(tmp_path, inventory)
+    flat = _flat(out)
+    assert rc != 0
+    assert "upgrade_driver_drain_timeout 630 s is shorter than" in flat, out[-3000:]
+    assert "hf_loader_train_stop_timeout 900 s" in flat and "upgrade_driver_drain_margin 30 s" in flat
+    assert "Set -e upgrade_driver_drain_timeout=930 or more" in flat
+    assert "gpu-01" not in out.split("PLAY RECAP")[-1], "a host was contacted before the refusal"
+    assert not (tmp_path / "reports").exists()
+
+
+def test_a_drain_shorter_than_the_roles_default_stop_timeout_is_refused(tmp_path):
+    # No stop timeout in the inventory: the unit gets hf_loader's default (600 s).
+    inventory = _inventory(tmp_path, {"gpu-01": {}})
+    rc, out = _rollout(tmp_path, inventory, "-e", "upgrade_driver_drain_timeout=600")
+    flat = _flat(out)
+    assert rc != 0 and "upgrade_driver_drain_timeout 600 s is shorter than" in flat, out[-3000:]
+    assert "hf_loader_train_stop_timeout 600 s" in flat and "upgrade_driver_drain_timeout=630" in flat
+
+
+def test_a_fleet_that_does_not_answer_still_gets_its_report(tmp_path):
+    inventory = _inventory(tmp_path, {"gpu-01": {}, "gpu-02": {}})
+    rc, out = _rollout(tmp_path, inventory)
+    report = tmp_path / "reports" / "upgrade-driver.json"
+    assert report.exists(), f"no report written:\n{out[-3000:]}"
+    doc = json.loads(report.read_text())
+    assert {row["host"]: row["state"] for row in doc["rows"]} == {"gpu-01": "unreachable", "gpu-02": "unreachable"}
+    assert not doc["ok"] and rc != 0
+    assert "The rollout ended with hosts that failed. 2 unreachable." in _flat(out)
+
+
+def test_the_batch_cordons_a_host_before_reading_it_again(tmp_path):
+    # A job started between the fresh read and the cordon would be neither drained nor
+    # refused: in each batch play the cordon must come before the read of the training units,
+    # and what is not upgraded has the cordon lifted again before the drain.
+    inventory = _inventory(tmp_path, {"gpu-01": {}})
+    rc, out = _rollout(tmp_path, inventory, "--list-tasks")
+    assert rc == 0, out[-3000:]
+    plays = re.split(r"\n\s*play #\d+ ", out)
+    batches = [play for play in plays if "Drain the training units" in play]
+    assert len(batches) == 2, out  # the canary and the rest
+    for play in batches:
+        tasks = [line.split("\t")[0].strip() for line in play.splitlines() if "TAGS:" in line]
+        cordon = next(i for i, task in enumerate(tasks) if task.startswith("Cordon the host"))
+        read = tasks.index("Read the active training units")
+        lift = tasks.index("Lift the cordon just set from a host the rollout does not upgrade")
+        assert cordon < read < lift < tasks.index("Drain the training units (SIGTERM)"), tasks
