@@ -304,3 +304,32 @@ def test_check_mode_sets_no_cordon(fleet):
     rc, out = playbook(fleet, "cordon.yml", "--check", "-e", "cordon_reason=maintenance")
     assert rc == 0, out[-3000:]
     assert not (fleet["cordon"] / "operator").exists()
+
+
+def test_a_hand_made_cordon_is_known_and_lifted_by_its_file_name(fleet):
+    # A file written by hand under a name of its own, its JSON naming another owner: the
+    # name is what train.yml shows and what uncordon.yml lifts, so the hold can be lifted.
+    fleet["cordon"].mkdir(parents=True)
+    (fleet["cordon"] / "RMA-1234.json").write_text(json.dumps({"owner": "operator", "reason": "GPU 3 replaced"}))
+    fleet["report"].write_text(json.dumps({"ready": True, "resolution": {"mode": "arrow"}, "message": "ready"}))
+    rc, out = playbook(fleet, "train.yml")
+    assert rc != 0 and "it is cordoned: RMA-1234.json" in out, out[-3000:]
+    assert "-e cordon_owner=RMA-1234.json" in out
+    rc, out = playbook(fleet, "uncordon.yml", "-e", "cordon_owner=RMA-1234.json")
+    assert rc == 0 and "gpu-01 is not cordoned" in out, out[-3000:]
+    assert list(fleet["cordon"].iterdir()) == []
+
+
+def test_a_cordon_folder_among_the_systems_files_is_refused_before_anything_changes(fleet):
+    # Lifting removes <folder>/<owner>: with a folder in /etc, an owner could name a system file.
+    # (The owner named here exists nowhere, so the old behaviour removes nothing either.)
+    rc, out = playbook(
+        fleet, "uncordon.yml", "-e", "hf_loader_cordon_dir=/etc/ssh", "-e", "cordon_owner=no-such-file-here"
+    )
+    assert rc != 0 and "hf_loader_cordon_dir '/etc/ssh' is inside /etc" in out, out[-3000:]
+    assert "/var/lib/gpu-fleet/cordon" in out
+    for folder, why in (("/var/lib/gpu-fleet/../../../etc/cron.d", "'..' segment"), ("/var", "top-level")):
+        rc, out = playbook(
+            fleet, "cordon.yml", "--check", "-e", f"hf_loader_cordon_dir={folder}", "-e", "cordon_reason=x"
+        )
+        assert rc != 0 and f"hf_loader_cordon_dir '{folder}' is" in out and why in out, out[-3000:]

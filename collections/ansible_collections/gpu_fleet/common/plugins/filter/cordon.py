@@ -10,7 +10,9 @@ anything) and the rollout (a cordon with skip_rollouts keeps the host out of rol
 
 A cordon file is one JSON object: owner, reason, user (who set it, on the controller), at
 (UTC), skip_rollouts. A file that is not such an object still cordons the host; its text is
-the reason (a hold must never be lost to a parse error).
+the reason (a hold must never be lost to a parse error). The file's name is its owner, whatever
+the JSON says: it is the name uncordon.yml lifts (-e cordon_owner=NAME), so a file made by hand
+under another name can always be named and lifted.
 """
 
 from __future__ import annotations
@@ -20,17 +22,46 @@ import json
 import re
 
 from ansible.errors import AnsibleFilterError
+from ansible_collections.gpu_fleet.common.plugins.module_utils.preflight import PATH_RULE, path_problem
 
 OWNER = re.compile(r"[a-z][a-z0-9-]{0,31}")
+# A file made by hand may have any plain name; it can be lifted by that name (never a hidden
+# file: the readers skip those, as the temporary files of an atomic write).
+LIFTABLE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+=@-]{0,127}")
 STATES = ("present", "absent")
+# Lifting removes <folder>/<owner>: a cordon folder among the system's files could remove one
+# of them (hf_loader_cordon_dir=/etc, cordon_owner=shadow).
+SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/sbin", "/sys", "/usr")
 
 
-def errors(state, owner, reason, skip_rollouts=False) -> list[str]:
-    """What is wrong with a request to set or lift a cordon (empty: none). Checked before any change."""
+def dir_problem(folder) -> str:
+    """Why `folder` cannot be hf_loader_cordon_dir ('' when it can)."""
+    why = path_problem(folder)
+    if why:
+        return f"{why}; it must be an absolute path {PATH_RULE}"
+    clean = folder.rstrip("/") or "/"
+    if clean.count("/") < 2 or clean == "/var/lib":
+        return "a top-level folder: the cordon needs a folder of its own"
+    system = [top for top in SYSTEM_FOLDERS if clean == top or clean.startswith(top + "/")]
+    return f"inside {system[0]}, the system's files" if system else ""
+
+
+def errors(state, owner, reason, skip_rollouts=False, folder=None) -> list[str]:
+    """What is wrong with a request to set or lift a cordon (empty: none). Checked before any change.
+
+    `folder` (hf_loader_cordon_dir) is checked when given: cordon.yml runs without the role's
+    preflight (playbooks/cordon.yml, uncordon.yml, the driver rollout).
+    """
     problems = []
+    if folder is not None and dir_problem(folder):
+        problems.append(
+            f"hf_loader_cordon_dir {folder!r} is {dir_problem(folder)}. Set it to a folder of its own,"
+            " such as /var/lib/gpu-fleet/cordon (the default)."
+        )
     if state not in STATES:
         problems.append(f"hf_loader_cordon_state must be present or absent; got {state!r}.")
-    if not isinstance(owner, str) or not OWNER.fullmatch(owner):
+    liftable = state == "absent" and isinstance(owner, str) and LIFTABLE.fullmatch(owner)
+    if not liftable and (not isinstance(owner, str) or not OWNER.fullmatch(owner)):
         problems.append(
             f"hf_loader_cordon_owner must be a short lowercase name such as operator (its file's name); got {owner!r}."
         )
@@ -75,7 +106,8 @@ def parse(slurped: list) -> list[dict]:
             doc = {"reason": text or "(an empty cordon file)"}
         cordons.append(
             {
-                "owner": str(doc.get("owner") or name),
+                # The file's name, never the JSON's owner: the name is what uncordon.yml lifts.
+                "owner": name,
                 "file": path,
                 "reason": str(doc["reason"]).strip(),
                 "user": str(doc.get("user", "")),
