@@ -17,6 +17,7 @@ with the loader's Python.
 from __future__ import annotations
 
 import re
+import shlex
 
 NVIDIA_VENDOR = 0x10DE
 # PCI class codes (class/subclass/prog-if as sysfs shows them, e.g. 0x030200).
@@ -762,16 +763,25 @@ def boot_kernel(probe_text: str, override="") -> dict:
         return {"kernel": str(override), "known": True, "how": "nvidia_driver_boot_kernel"}
     sections = parse_probe(probe_text)
     grubby = (sections.get("grubby", "") or "").strip().splitlines()
-    if grubby and grubby[-1].strip().startswith("/boot/vmlinuz-"):
-        return {"kernel": grubby[-1].strip()[len("/boot/vmlinuz-") :], "known": True, "how": "grubby --default-kernel"}
-    images = [line.strip() for line in (sections.get("images", "") or "").splitlines() if valid_kernel(line.strip())]
+    if grubby:
+        printed = grubby[-1].strip()
+        release = printed[len("/boot/vmlinuz-") :] if printed.startswith("/boot/vmlinuz-") else ""
+        # A rescue entry (vmlinuz-0-rescue-<machine id>) or anything else is not a release to build for.
+        if not valid_kernel(release) or _grub_skips(release):
+            return {"kernel": "", "known": False, "how": f"grubby --default-kernel printed {printed!r}"}
+        return {"kernel": release, "known": True, "how": "grubby --default-kernel"}
+    images = [
+        line.strip()
+        for line in (sections.get("images", "") or "").splitlines()
+        if valid_kernel(line.strip()) and not _grub_skips(line.strip())
+    ]
     if not images:
         return {"kernel": "", "known": True, "how": "no kernel image in /boot"}
     default = ""
     for line in (sections.get("grub_default", "") or "").splitlines():
         match = re.match(r"^\s*GRUB_DEFAULT=(.*)$", line)
         if match:
-            default = match.group(1).strip().strip("\"'")  # the last assignment wins, as the shell reads them
+            default = _shell_value(match.group(1))  # the last assignment wins, as the shell reads them
     if default not in ("", "0"):
         return {"kernel": "", "known": False, "how": f"GRUB_DEFAULT={default}"}
     return {
@@ -779,6 +789,22 @@ def boot_kernel(probe_text: str, override="") -> dict:
         "known": True,
         "how": "newest /boot/vmlinuz-* (GRUB_DEFAULT=0)",
     }
+
+
+def _grub_skips(release: str) -> bool:
+    """Images grub-mkconfig leaves out of the menu (grub-mkconfig_lib, grub_file_is_not_garbage):
+    package managers' leftovers and signatures."""
+    return bool(re.search(r"\.dpkg-[^/]*$|\.rpmsave$|\.rpmnew$|\.sig$", release))
+
+
+def _shell_value(text: str) -> str:
+    """A shell assignment's value as /etc/default/grub's reader (sh) sees it: quotes removed,
+    a trailing comment dropped. Unbalanced quotes give the raw text, which is not followed."""
+    try:
+        words = shlex.split(text, comments=True)
+    except ValueError:
+        return text.strip()
+    return " ".join(words)
 
 
 def kernel_header_metapackages(platform: dict, installed_images, build) -> list[str]:
