@@ -56,7 +56,7 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff
 
 # A test skipped here that CI should run fails the stage (scripts/pytest_skip_policy.py).
 pytest: venv test-tools wheelhouse ## unit tests of the roles' logic and the project's conventions
-	PYTHONPATH=$(CURDIR)/scripts $(BIN)/pytest -q -rs -p pytest_skip_policy tests
+	PYTHONPATH=$(CURDIR)/scripts $(BIN)/pytest -q -rs --durations=15 -p pytest_skip_policy tests
 
 molecule: venv engine loader-venv wheelhouse ## every Molecule scenario, full sequence with idempotence, in two lanes
 	WHEELHOUSE_DIR=$(WHEELHOUSE_DIR) bash scripts/molecule-lanes.sh

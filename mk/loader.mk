@@ -47,7 +47,7 @@ $(LOADER_TEST_STAMP): $(LOADER_TEST_LOCK) $(LOADER_STAMP)
 	touch $@
 
 loader-test: $(LOADER_TEST_STAMP) test-tools ## hf_loader tests incl. the Composer ResNet-50 smoke (production pins)
-	cd $(LOADER_DIR) && PYTHONPATH=$(CURDIR)/scripts $(CURDIR)/$(LOADER_BIN)/python -m pytest -q -rs \
+	cd $(LOADER_DIR) && PYTHONPATH=$(CURDIR)/scripts $(CURDIR)/$(LOADER_BIN)/python -m pytest -q -rs --durations=15 \
 		-p no:cacheprovider -p pytest_skip_policy tests
 
 $(LOADER_BENCH_STAMP): $(LOADER_BENCH_LOCK) $(LOADER_STAMP)
