@@ -333,3 +333,11 @@ def test_a_batch_whose_hosts_did_not_answer_stops_the_rollout_and_is_reported():
     doc = report(["h1", "h2"], plans, records, [verdict], {"branch": "580", "version": "580.95.05"}, "stopped")
     assert not doc["ok"] and doc["counts"] == {"unreachable": 2}
     assert all("did not answer" in row["detail"] for row in doc["rows"])
+
+
+def test_a_rollout_whose_hosts_never_answered_does_not_say_every_batch_passed():
+    doc = report(["h1", "h2"], {}, {}, [], {"branch": "580", "version": "580.95.05"})
+    assert not doc["ok"] and doc["counts"] == {"unreachable": 2}
+    text = report_markdown(doc)
+    assert "Every batch passed." not in text
+    assert "**Not done:** 2 host(s) were not upgraded (below)." in text

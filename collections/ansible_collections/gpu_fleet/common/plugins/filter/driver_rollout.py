@@ -268,6 +268,16 @@ def report(
     }
 
 
+def headline(doc: dict) -> str:
+    """Why the rollout stopped, or whether every host it should change was changed."""
+    if doc["stopped"]:
+        return f"**Stopped:** {doc['stopped']}"
+    if doc["ok"]:
+        return "Every batch passed."
+    not_done = sum(doc["counts"].get(state, 0) for state in NOT_DONE)
+    return f"**Not done:** {not_done} host(s) were not upgraded (below)."
+
+
 def report_markdown(doc: dict) -> str:
     """The report as Markdown: the outcome, the batches with their times, one row per host."""
     target = doc["target"]
@@ -278,7 +288,7 @@ def report_markdown(doc: dict) -> str:
         f"Target: {target_text(target['branch'], target.get('version', ''))}.",
         "",
         *(["Check mode: what the rollout would do; no host was changed.", ""] if doc.get("check_mode") else []),
-        f"**Stopped:** {doc['stopped']}" if doc["stopped"] else "Every batch passed.",
+        headline(doc),
         "",
         "Hosts: " + ", ".join(f"{count} {state}" for state, count in doc["counts"].items()) + ".",
         "",
