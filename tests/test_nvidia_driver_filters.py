@@ -505,10 +505,11 @@ def test_nvlink5_switch_tray_found_as_nvidia_driver_container_does():
     assert choice["specs"] == [
         "nvidia-fabricmanager=580.95.05-*",
         "libnvidia-nscq=580.95.05-*",
+        "libnvsdm=580.95.05-*",
         "nvlsm",
         "infiniband-diags",
     ]
-    assert choice["held"] == ["nvidia-fabricmanager", "libnvidia-nscq"]
+    assert choice["held"] == ["nvidia-fabricmanager", "libnvidia-nscq", "libnvsdm"]
 
 
 def test_no_fabric_manager_without_nvswitch():
