@@ -7,5 +7,5 @@ UPGRADE_REHEARSAL_ARGS ?=
 lab-upgrade: venv $(LAB_PYTHON_DEP) ## rehearse upgrade-driver.yml: 6 sim-GPU lab hosts, canary + batches of 2, one fails; nvidia_driver's GPU tags alone
 	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python scripts/upgrade_rehearsal.py --hosts 6 --serial 2 --fail 4 --gpu-tags $(UPGRADE_REHEARSAL_ARGS)
 
-lab-upgrade-short: venv $(LAB_PYTHON_DEP) ## the rehearsal's short version (in make test): 2 hosts, a batch each, the 2nd fails
-	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python scripts/upgrade_rehearsal.py --hosts 2 --serial 1 --fail 2 $(UPGRADE_REHEARSAL_ARGS)
+lab-upgrade-short: venv $(LAB_PYTHON_DEP) ## the rehearsal's short version (in make test): 2 hosts, a batch each, the 2nd fails; the GPU tags alone
+	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python scripts/upgrade_rehearsal.py --hosts 2 --serial 1 --fail 2 --gpu-tags $(UPGRADE_REHEARSAL_ARGS)

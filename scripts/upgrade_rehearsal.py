@@ -4,7 +4,7 @@ simulated GPU driver and real reboots, and check what it did on the hosts themse
 
     make lab-upgrade          # 6 hosts, canary + batches of 2, the 4th host fails verification;
                               # nvidia_driver's GPU tags alone (--gpu-tags)
-    make lab-upgrade-short    # 2 hosts, canary + a batch of 1, the 2nd host fails (in `make test`)
+    make lab-upgrade-short    # 2 hosts, canary + a batch of 1, the 2nd host fails (in `make test`); --gpu-tags too
     .venvs/controller/bin/python scripts/upgrade_rehearsal.py --hosts 6 --serial 2 --fail 4 [--gpu-tags] [--keep]
 
 Steps, each checked:
