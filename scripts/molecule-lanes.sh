@@ -11,10 +11,10 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Measured one at a time on a 2-core host (seconds, docs/testing.md):
-# default ~900, hf_seed ~710, nvidia_driver_dkms ~590, nvidia_driver ~570,
-# dataset_volume ~200, hf_env ~120.
-LANES=${MOLECULE_LANES:-"default,nvidia_driver,hf_env hf_seed,nvidia_driver_dkms,dataset_volume"}
+# Measured side by side in a quiet fresh-clone run (2 cores, seconds): default 1223 beside
+# hf_seed 1216, nvidia_driver 900 beside nvidia_driver_dkms (a DKMS build for two kernels, the
+# longest), then hf_env ~250 and dataset_volume ~300 (docs/testing.md).
+LANES=${MOLECULE_LANES:-"default,nvidia_driver,hf_env,dataset_volume hf_seed,nvidia_driver_dkms"}
 LOGS=.cache/test-logs
 mkdir -p "$LOGS"
 
