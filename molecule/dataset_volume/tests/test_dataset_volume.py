@@ -248,7 +248,6 @@ test_every_documented_tag_runs_alone_in_check_mode = every_tag_check_mode_test(
     snapshot,
     nothing_to_do={
         "dataset_volume_format": "converged: no volume is blank, so format.yml is not included",
-        "dataset_volume_mount": "converged: every volume is mounted as wanted, so mount.yml is not included",
     },
 )
 
