@@ -165,88 +165,44 @@ def test_the_driver_version_apt_resolves_and_the_planned_version():
     assert nv.planned_driver_version(carried, "535") == ""
 
 
-def rendered_preferences(branch: str, pin: str = "") -> str:
-    """The role's apt preferences file, rendered from its own template and pattern list."""
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["gpu_fleet.common.nvidia_driver_apt_pin_version"] = nv.apt_pin_version
-    template = env.from_string((ROLE / "templates" / "nvidia-driver.pref.j2").read_text())
-    return template.render(
-        ansible_managed="managed",
-        nvidia_driver_branch=branch,
-        nvidia_driver_version=pin,
-        __nvidia_driver_apt_pinned=ROLE_VARS["__nvidia_driver_apt_pinned"],
+# Stand-in stanzas for noble's archive, names, versions and the amd64 dependency taken from the
+# pages cited in the handwritten fixture: nvidia-headless-550 550.163.01 depends on nvidia-headless-580.
+NOBLE_580 = "580.126.09-0ubuntu0.24.04.1"
+
+
+def stanza(name: str, version: str, depends: str = "", size: int = 12600) -> str:
+    """One stanza of a stand-in archive's Packages index (apt's simulation reads only the index)."""
+    depends_line = f"Depends: {depends}\n" if depends else ""
+    return (
+        f"Package: {name}\nVersion: {version}\nArchitecture: amd64\n{depends_line}"
+        f"Filename: pool/{name}_{version}_amd64.deb\nSize: {size}\n"
     )
 
 
-# Stand-in stanzas for noble's archive, names, versions and the amd64 dependency taken from the
-# pages cited in the handwritten fixture: nvidia-headless-550 550.163.01 depends on nvidia-headless-580.
-NOBLE_STANDIN = """\
-Package: nvidia-headless-550
-Version: 550.163.01-0ubuntu0.24.04.2
-Architecture: amd64
-Depends: nvidia-headless-580
-Filename: pool/nvidia-headless-550_550.163.01-0ubuntu0.24.04.2_amd64.deb
-Size: 10800
-
-Package: nvidia-headless-580
-Version: 580.126.09-0ubuntu0.24.04.1
-Architecture: amd64
-Depends: nvidia-dkms-580, nvidia-headless-no-dkms-580
-Filename: pool/nvidia-headless-580_580.126.09-0ubuntu0.24.04.1_amd64.deb
-Size: 12600
-
-Package: nvidia-dkms-580
-Version: 580.126.09-0ubuntu0.24.04.1
-Architecture: amd64
-Filename: pool/nvidia-dkms-580_580.126.09-0ubuntu0.24.04.1_amd64.deb
-Size: 12600
-
-Package: nvidia-headless-no-dkms-580
-Version: 580.126.09-0ubuntu0.24.04.1
-Architecture: amd64
-Filename: pool/nvidia-headless-no-dkms-580_580.126.09-0ubuntu0.24.04.1_amd64.deb
-Size: 12600
-
-Package: nvidia-utils-580
-Version: 580.126.09-0ubuntu0.24.04.1
-Architecture: amd64
-Filename: pool/nvidia-utils-580_580.126.09-0ubuntu0.24.04.1_amd64.deb
-Size: 12600
-"""
+NOBLE_STANDIN = "\n".join(
+    [
+        stanza("nvidia-headless-550", "550.163.01-0ubuntu0.24.04.2", "nvidia-headless-580", size=10800),
+        stanza("nvidia-headless-580", NOBLE_580, "nvidia-dkms-580, nvidia-headless-no-dkms-580"),
+        # The branch's leaf packages: no dependency of their own in the stand-in.
+        *(stanza(name, NOBLE_580) for name in ("nvidia-dkms-580", "nvidia-headless-no-dkms-580", "nvidia-utils-580")),
+    ]
+)
 
 
-def run_sources_probe(tmp_path: Path, listing: str, packages: list[str], branch: str, pin: str = "") -> dict:
+def run_sources_probe(tmp_path: Path, settings: dict, packages: list[str], preferences: str) -> dict:
     """The role's own sources probe (distribution source: the host's apt) over a private apt state.
 
-    APT_CONFIG points apt at a flat file repository holding `listing`, an empty dpkg status and
-    private lists; the script adds the role's rendered pin for its simulation, as on a host.
+    APT_CONFIG points apt at `settings` (the private_apt_state fixture's: a flat file repository,
+    an empty dpkg status, private lists); the script adds `preferences`, the role's rendered pin,
+    for its simulation, as on a host.
     """
-    repo = tmp_path / "repo"
-    for folder in ("repo", "parts", "prefs", "lists/partial", "cache/archives/partial"):
-        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
-    (repo / "Packages").write_text(listing)
-    (tmp_path / "sources.list").write_text(f"deb [trusted=yes] file:{repo} ./\n")
-    (tmp_path / "status").write_text("")
-    settings = {
-        "Dir::Etc::SourceList": tmp_path / "sources.list",
-        "Dir::Etc::SourceParts": tmp_path / "parts",
-        "Dir::Etc::Preferences": tmp_path / "none.pref",
-        "Dir::Etc::PreferencesParts": tmp_path / "prefs",
-        "Dir::State::Lists": tmp_path / "lists",
-        "Dir::State::status": tmp_path / "status",
-        "Dir::Cache": tmp_path / "cache",
-        "APT::Sandbox::User": "root",
-        "Debug::NoLocking": "true",
-        "APT::Architecture": "amd64",
-        "APT::Architectures": "amd64",
-    }
     (tmp_path / "apt.conf").write_text("".join(f'{key} "{value}";\n' for key, value in settings.items()))
     env = {
         "LC_ALL": "C",
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "APT_CONFIG": str(tmp_path / "apt.conf"),
         "NVIDIA_DRIVER_SIMULATE": " ".join(packages),
-        "NVIDIA_DRIVER_PIN": rendered_preferences(branch, pin),
+        "NVIDIA_DRIVER_PIN": preferences,
         "NVIDIA_DRIVER_PIN_FILE": str(tmp_path / "host-prefs" / "nvidia-driver.pref"),
         "NVIDIA_DRIVER_FM": "",
     }
@@ -271,11 +227,14 @@ def run_sources_probe(tmp_path: Path, listing: str, packages: list[str], branch:
 
 
 @pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt (make test-tools installs the host tools)")
-def test_real_apt_under_the_roles_pin_installs_another_branch_and_the_plan_refuses_it(tmp_path):
+def test_real_apt_under_the_roles_pin_installs_another_branch_and_the_plan_refuses_it(
+    tmp_path, private_apt_state, rendered_preferences
+):
     """The attack: a 550 target whose transitional metapackage pulls in 580. The availability check
     passes (550.163.01 is carried); the role's own probe script simulates the install with real apt
     under the role's rendered 550 pin, and the plan must refuse what apt would install."""
-    sections = run_sources_probe(tmp_path, NOBLE_STANDIN, ["nvidia-headless-550"], "550")
+    apt = private_apt_state(NOBLE_STANDIN)
+    sections = run_sources_probe(tmp_path, apt, ["nvidia-headless-550"], rendered_preferences("550"))
     carried = nv.carried_versions(
         sections["versions"], platform("Ubuntu-24"), "distribution", "proprietary", "dkms", "headless"
     )
@@ -287,8 +246,10 @@ def test_real_apt_under_the_roles_pin_installs_another_branch_and_the_plan_refus
 
 
 @pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt (make test-tools installs the host tools)")
-def test_real_apt_installing_the_target_branch_passes_the_plan(tmp_path):
-    sections = run_sources_probe(tmp_path, NOBLE_STANDIN, ["nvidia-headless-580", "nvidia-utils-580"], "580")
+def test_real_apt_installing_the_target_branch_passes_the_plan(tmp_path, private_apt_state, rendered_preferences):
+    apt = private_apt_state(NOBLE_STANDIN)
+    packages = ["nvidia-headless-580", "nvidia-utils-580"]
+    sections = run_sources_probe(tmp_path, apt, packages, rendered_preferences("580"))
     assert sections["simulate_rc"].strip() == "0"
     assert nv.simulated_install_errors(sections["simulate"], "580", "", sections["simulate_rc"]) == []
     assert nv.simulated_driver_version(sections["simulate"], "nvidia-headless-580") == "580.126.09"
@@ -507,12 +468,12 @@ def build_signed_mirror(root: Path) -> tuple[str, str]:
     return f"file://{repo}/", key
 
 
-def probe_nvidia_repository(base, key, branch, pin, fabric_manager) -> dict:
+def probe_nvidia_repository(base, key, preferences, fabric_manager) -> dict:
     env = {
         "LC_ALL": "C",
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "NVIDIA_DRIVER_SIMULATE": "nvidia-driver-cuda nvidia-kernel-open-dkms nvidia-persistenced",
-        "NVIDIA_DRIVER_PIN": rendered_preferences(branch, pin),
+        "NVIDIA_DRIVER_PIN": preferences,
         "NVIDIA_DRIVER_PIN_FILE": "/etc/apt/preferences.d/nvidia-driver.pref",
         "NVIDIA_DRIVER_FM": " ".join(fabric_manager),
     }
@@ -532,7 +493,9 @@ def probe_nvidia_repository(base, key, branch, pin, fabric_manager) -> dict:
     not all(shutil.which(tool) for tool in ("apt-get", "gpg")),
     reason="needs apt and gpg (make test-tools installs the host tools)",
 )
-def test_nvidias_repository_path_resolves_the_pin_and_refuses_a_fabric_manager_set_it_lacks(tmp_path):
+def test_nvidias_repository_path_resolves_the_pin_and_refuses_a_fabric_manager_set_it_lacks(
+    tmp_path, rendered_preferences
+):
     """The role's probe reads NVIDIA's (stand-in, signed) repository into a private apt state, then
     simulates the install there beside the host's own sources, under the role's rendered pin: the
     exact pin 580.82.07 is what apt installs (not the newer 580.95.05 or 590), and the branch-only
@@ -543,7 +506,7 @@ def test_nvidias_repository_path_resolves_the_pin_and_refuses_a_fabric_manager_s
     held = nv.fabric_manager_held_names(hgx, "auto", debian, "cuda", "580")
     assert held == ["nvidia-fabricmanager", "libnvidia-nscq"]
 
-    pinned = probe_nvidia_repository(base, key, "580", "580.82.07", held)
+    pinned = probe_nvidia_repository(base, key, rendered_preferences("580", "580.82.07"), held)
     assert pinned["simulate_rc"].strip() == "0", pinned["simulate"]
     assert nv.simulated_install_errors(pinned["simulate"], "580", "580.82.07", pinned["simulate_rc"]) == []
     version = nv.simulated_driver_version(pinned["simulate"], "nvidia-driver-cuda")
@@ -555,7 +518,7 @@ def test_nvidias_repository_path_resolves_the_pin_and_refuses_a_fabric_manager_s
     assert nv.openpgp_fingerprints(pinned["key"]) == nv.openpgp_fingerprints(key)
     assert nv.key_fingerprint_errors(pinned["key"], ["EB693B3035CD5710E231E123A4B469963BF863CC"], "the mirror")
 
-    branch = probe_nvidia_repository(base, key, "580", "", held)
+    branch = probe_nvidia_repository(base, key, rendered_preferences("580"), held)
     carried = nv.carried_versions(branch["versions"], debian, "cuda", "open", "dkms", "headless")
     simulated = nv.simulated_driver_version(branch["simulate"], "nvidia-driver-cuda")
     version = nv.planned_driver_version(carried, "580", "", simulated)

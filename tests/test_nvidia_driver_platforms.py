@@ -6,7 +6,6 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 import yaml
 from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as nv
@@ -257,46 +256,15 @@ def test_stand_in_mirror_carries_every_package_the_role_takes_from_nvidias_debia
 ARCHIVE_LISTING = ROOT / "tests" / "fixtures" / "nvidia" / "captured_debian12-13_archive_driver_packages.txt"
 
 
-def rendered_preferences(branch, pin=""):
-    """The role's apt preferences file, rendered from its own template and pattern list."""
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["gpu_fleet.common.nvidia_driver_apt_pin_version"] = nv.apt_pin_version
-    template = env.from_string((ROLE / "templates" / "nvidia-driver.pref.j2").read_text())
-    return template.render(
-        ansible_managed="managed",
-        nvidia_driver_branch=branch,
-        nvidia_driver_version=pin,
-        __nvidia_driver_apt_pinned=ROLE_VARS["__nvidia_driver_apt_pinned"],
-    )
-
-
-def apt_candidates(tmp_path, listing: str, preferences: str) -> dict[str, str]:
+def apt_candidates(settings: dict, listing: str) -> dict[str, str]:
     """Real apt ranks the listing's versions under the preferences: name -> candidate version.
 
-    A private apt state (as the role's sources probe uses) over a flat file repository:
-    nothing of the machine's own apt configuration, lists or status is read or written.
+    `settings` is the private_apt_state fixture's private apt state over a flat file repository
+    holding `listing`: nothing of the machine's own apt configuration, lists or status is read or
+    written.
     """
-    repo = tmp_path / "repo"
-    for folder in ("repo", "parts", "prefs", "lists/partial", "cache/archives/partial"):
-        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
-    (repo / "Packages").write_text(listing)
-    (tmp_path / "sources.list").write_text(f"deb [trusted=yes] file:{repo} ./\n")
-    (tmp_path / "prefs" / "nvidia-driver.pref").write_text(preferences)
-    (tmp_path / "status").write_text("")
     options = []
-    for key, value in {
-        "Dir::Etc::SourceList": tmp_path / "sources.list",
-        "Dir::Etc::SourceParts": tmp_path / "parts",
-        "Dir::Etc::Preferences": tmp_path / "none.pref",
-        "Dir::Etc::PreferencesParts": tmp_path / "prefs",
-        "Dir::State::Lists": tmp_path / "lists",
-        "Dir::State::status": tmp_path / "status",
-        "Dir::Cache": tmp_path / "cache",
-        "APT::Sandbox::User": "root",
-        "Debug::NoLocking": "true",
-        "APT::Architecture": "amd64",
-        "APT::Architectures": "amd64",
-    }.items():
+    for key, value in settings.items():
         options += ["-o", f"{key}={value}"]
     env = {"LC_ALL": "C", "PATH": "/usr/bin:/bin"}
     subprocess.run(["apt-get", "-q", *options, "update"], check=True, capture_output=True, env=env)
@@ -309,7 +277,9 @@ def apt_candidates(tmp_path, listing: str, preferences: str) -> dict[str, str]:
 
 @pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt (make test-tools installs the host tools)")
 @pytest.mark.parametrize(("branch", "pin"), [("535", ""), ("535", "535.261.03")])
-def test_the_apt_pin_holds_every_package_built_from_the_driver_when_a_newer_branch_appears(tmp_path, branch, pin):
+def test_the_apt_pin_holds_every_package_built_from_the_driver_when_a_newer_branch_appears(
+    private_apt_state, rendered_preferences, branch, pin
+):
     """Item 4 of issue 29: Debian 12's driver (535) beside Debian 13's (550), as a host sees a newer
     branch appear. Every package of bookworm's driver sources must stay at 535 under the role's pin;
     by binary names alone the GL/EGL libraries (libglx-nvidia0, libegl-nvidia0, libgles-nvidia1/2,
@@ -321,7 +291,8 @@ def test_the_apt_pin_holds_every_package_built_from_the_driver_when_a_newer_bran
     assert {"libglx-nvidia0", "libegl-nvidia0", "libgl1-nvidia-glvnd-glx"} <= set(
         bookworm
     ) & newer  # the listing shows it
-    candidates = apt_candidates(tmp_path, listing + "\n", rendered_preferences(branch, pin))
+    settings = private_apt_state(listing + "\n", rendered_preferences(branch, pin))
+    candidates = apt_candidates(settings, listing + "\n")
 
     def held(name, version):
         candidate = candidates.get(name, "0.0")
