@@ -11,11 +11,13 @@ import gzip
 import hashlib
 import json
 import os
+import queue
 import re
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -335,6 +337,35 @@ def test_the_boot_marker_changes_only_with_a_new_boot(tmp_path):
 # ------------------------------------------------------------------ lab-train
 
 
+def lines_until(proc: subprocess.Popen, needle: str, timeout: float) -> list[str]:
+    """proc's stdout lines up to the first that holds `needle`; the test fails after `timeout` s.
+
+    A thread reads the pipe (a blocking readline has no timeout of its own) and keeps reading
+    it afterwards, so the process never blocks on a full pipe.
+    """
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put("")  # end of output
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while True:
+        try:
+            line = lines.get(timeout=max(deadline - time.monotonic(), 0))
+        except queue.Empty:
+            proc.kill()
+            pytest.fail(f"no line with {needle!r} within {timeout} s; it printed {seen}")
+        if not line:
+            pytest.fail(f"it exited (rc {proc.wait()}) before a line with {needle!r}; it printed {seen}")
+        seen.append(line)
+        if needle in line:
+            return seen
+
+
 def test_lab_train_reads_and_checkpoints_on_sigterm(tmp_path):
     data, state = tmp_path / "hf", tmp_path / "state"
     (data / "datasets").mkdir(parents=True)
@@ -346,8 +377,9 @@ def test_lab_train_reads_and_checkpoints_on_sigterm(tmp_path):
         stdout=subprocess.PIPE,
         text=True,
     )
-    assert "reading 1 files" in proc.stdout.readline()
-    time.sleep(1.2)
+    # SIGTERM once it says it has read a file, not after a guessed delay.
+    printed = lines_until(proc, "first step done", timeout=30)
+    assert "reading 1 files" in printed[0] and str(data / "datasets" / "train.arrow") in printed[-1]
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 0
     checkpoint = (state / "checkpoint").read_text()

@@ -5,7 +5,8 @@ Why it exists: the light software stack of the multi-host lab runs (the benchmar
 has no Composer, so the real hf-train@ job cannot run there; runbooks that must find a
 training job on a host (a reboot that waits for it, or stops it) start this one instead.
 It only reads: every second it reads the next file of the dataset cache under
-LAB_TRAIN_DATA (default /data/hf, the cache root), as a data loader would. On SIGTERM (a
+LAB_TRAIN_DATA (default /data/hf, the cache root), as a data loader would, and says so
+once after the first file ("first step done"). On SIGTERM (a
 stop, or a reboot that stops it) it writes a "checkpoint" to
 $STATE_DIRECTORY/checkpoint (/var/lib/lab-train/<instance>/checkpoint: when, how many
 steps, the last file read) and exits 0. Without a single readable file under the cache
@@ -55,6 +56,8 @@ def main(argv: list[str]) -> int:
         with path.open("rb") as handle:
             handle.read(CHUNK)
         steps, last = steps + 1, str(path)
+        if steps == 1:  # once: the job really reads (a stop from now on checkpoints a step)
+            print(f"lab-train {instance}: first step done, read {last}", flush=True)
         time.sleep(1)
     state.mkdir(parents=True, exist_ok=True)
     tmp = state / "checkpoint.tmp"
