@@ -4,7 +4,6 @@ import pytest
 from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout import (
     FilterModule,
     batch_verdict,
-    canary,
     host_plan,
     outcome,
     report,
@@ -12,6 +11,7 @@ from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout import (
     target_errors,
     valid_serial,
 )
+from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_jobs import job_drains
 
 # /proc/driver/nvidia/version as the open module writes it (the format parse_proc_version reads).
 PROC_580_82 = (
@@ -21,6 +21,11 @@ PROC_580_82 = (
 PROC_580_95 = PROC_580_82.replace("580.82.07", "580.95.05")
 # `systemctl list-units --plain --no-legend --state=active,... hf-train@*.service` lines.
 UNITS_BUSY = "hf-train@resnet50.service loaded active running Train resnet50 from the local cache\n"
+
+
+def drains(plan: dict, mode: str = "drain") -> list[str]:
+    """What the batch drains on a host alone in its batch (driver_rollout_job_drains)."""
+    return job_drains(["h"], {"h": plan}, mode)["h"]["drain_units"]
 
 
 def test_filters_are_exported_with_the_prefix():
@@ -53,22 +58,22 @@ def test_target_errors_name_the_variable_and_the_fix():
 def test_host_already_on_the_pin_is_left_alone_even_when_busy():
     plan = host_plan(PROC_580_95, UNITS_BUSY, "580", "580.95.05")
     assert plan["action"] == "current"
-    assert plan["drain_units"] == []
+    assert drains(plan) == []
     assert plan["loaded_version"] == "580.95.05"
 
 
 def test_busy_host_is_drained_then_upgraded():
     plan = host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05")
     assert plan["action"] == "upgrade"
-    assert plan["drain_units"] == ["hf-train@resnet50.service"]
+    assert drains(plan) == ["hf-train@resnet50.service"]
     assert plan["reason"] == "runs 580.82.07, wanted 580.95.05"
 
 
 def test_busy_host_is_skipped_when_asked():
     plan = host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05", "skip")
     assert plan["action"] == "skip"
-    assert plan["drain_units"] == []
-    assert "hf-train@resnet50.service" in plan["reason"] and "upgrade_driver_busy is skip" in plan["reason"]
+    assert drains(plan, "skip") == []
+    assert "hf-train@resnet50.service" in plan["reason"] and "upgrade_driver_jobs is skip" in plan["reason"]
 
 
 def test_idle_host_without_a_loaded_driver_is_upgraded_without_a_drain():
@@ -78,8 +83,8 @@ def test_idle_host_without_a_loaded_driver_is_upgraded_without_a_drain():
         "reason": "runs no driver, wanted branch 590 (newest)",
         "loaded_version": "",
         "busy_units": [],
-        "drain_units": [],
         "restart_units": [],
+        "jobs": [],
         "cordons": [],
     }
 
@@ -87,11 +92,12 @@ def test_idle_host_without_a_loaded_driver_is_upgraded_without_a_drain():
 def test_units_an_earlier_rollout_left_stopped_start_once_the_host_passes():
     left = "hf-train@old.service\n\n"
     plan = host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05", "drain", left)
-    assert plan["drain_units"] == ["hf-train@resnet50.service"]
-    assert plan["restart_units"] == ["hf-train@old.service", "hf-train@resnet50.service"]
+    assert drains(plan) == ["hf-train@resnet50.service"]
+    assert plan["restart_units"] == ["hf-train@old.service"]
     current = host_plan(PROC_580_95, "", "580", "580.95.05", "drain", left)
     assert current["action"] == "current" and current["restart_units"] == ["hf-train@old.service"]
-    assert host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05", "skip", left)["restart_units"] == []
+    skipped = host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05", "skip", left)
+    assert skipped["action"] == "skip" and drains(skipped, "skip") == []
 
 
 def test_a_branch_target_is_met_by_any_version_of_the_branch():
@@ -99,20 +105,9 @@ def test_a_branch_target_is_met_by_any_version_of_the_branch():
     assert host_plan(PROC_580_82, "", "590")["action"] == "upgrade"
 
 
-def test_unknown_busy_policy_is_refused():
-    with pytest.raises(ValueError, match="upgrade_driver_busy"):
+def test_unknown_jobs_mode_is_refused():
+    with pytest.raises(ValueError, match="upgrade_driver_jobs"):
         host_plan(PROC_580_82, "", "580", "", "kill")
-
-
-def test_canary():
-    groups = {"all": ["a", "b", "c"], "canaries": ["c", "x"], "ungrouped": []}
-    assert canary(["a", "b", "c"], "first", groups) == ["a"]
-    assert canary(["a", "b", "c"], "", groups) == []
-    assert canary(["a", "b", "c"], "canaries", groups) == ["c"]
-    with pytest.raises(ValueError, match=r"neither 'first'.*canaries"):
-        canary(["a"], "nope", groups)
-    with pytest.raises(ValueError, match="none of the hosts"):
-        canary(["a", "b"], "canaries", groups)
 
 
 def test_batch_goes_on_when_all_hosts_pass():
@@ -231,13 +226,13 @@ VERIFIED_95 = {"loaded_version": "580.95.05", "driver_version": "580.95.05", "re
 
 def test_a_cordon_with_skip_rollouts_keeps_even_a_busy_outdated_host_out():
     plan = host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05", "drain", "", [OPERATOR_SKIP])
-    assert plan["action"] == "skip" and plan["drain_units"] == [] and plan["restart_units"] == []
+    assert plan["action"] == "skip" and drains(plan) == []
     assert plan["reason"] == "cordoned out of rollouts: operator (alice, t): RMA 1234 [keeps the host out of rollouts]"
 
 
 def test_a_cordon_without_skip_rollouts_leaves_the_plan_and_is_remembered():
     plan = host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05", "drain", "", [OPERATOR_HOLD])
-    assert plan["action"] == "upgrade" and plan["drain_units"] == ["hf-train@resnet50.service"]
+    assert plan["action"] == "upgrade" and drains(plan) == ["hf-train@resnet50.service"]
     assert plan["cordons"] == ["operator"]
 
 
@@ -245,7 +240,7 @@ def test_a_job_started_after_the_plan_is_drained_by_the_batchs_fresh_read():
     # The same function reads the host when its batch starts: the job seen now is drained.
     first = host_plan(PROC_580_82, "", "580", "580.95.05")
     again = host_plan(PROC_580_82, UNITS_BUSY, "580", "580.95.05")
-    assert first["drain_units"] == [] and again["drain_units"] == ["hf-train@resnet50.service"]
+    assert drains(first) == [] and drains(again) == ["hf-train@resnet50.service"]
 
 
 def test_a_deferred_reboot_is_reboot_pending_never_upgraded():

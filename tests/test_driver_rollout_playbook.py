@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,5 +124,40 @@ def test_the_batch_cordons_a_host_before_reading_it_again(tmp_path):
         tasks = [line.split("\t")[0].strip() for line in play.splitlines() if "TAGS:" in line]
         cordon = next(i for i, task in enumerate(tasks) if task.startswith("Cordon the host"))
         read = tasks.index("Read the active training units")
-        lift = tasks.index("Lift the cordon just set from a host the rollout does not upgrade")
-        assert cordon < read < lift < tasks.index("Drain the training units (SIGTERM)"), tasks
+        decide = tasks.index("Decide, job by job, what the batch drains, waits for or skips")
+        lift = tasks.index("Lift the cordon just set from a host the rollout does not take out of training")
+        drain = tasks.index("Drain the training units (SIGTERM)")
+        restart = tasks.index("Decide which jobs start again")
+        assert cordon < read < decide < lift < drain < restart, tasks
+        # A job starts again on all its hosts at once: after every host of the batch has its outcome.
+        assert tasks.index("Start the job units again") > restart > tasks.index("Record the host's outcome")
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (
+            ["-e", "upgrade_driver_busy=skip"],
+            "upgrade_driver_busy is now upgrade_driver_jobs (drain, wait or skip): rename it.",
+        ),
+        (["-e", "upgrade_driver_jobs=kill"], 'upgrade_driver_jobs must be drain, wait or skip; got "kill".'),
+        (
+            ["-e", "upgrade_driver_max_unavailable=lots"],
+            "upgrade_driver_max_unavailable must be a host count or a percentage",
+        ),
+        (
+            ["-e", "upgrade_driver_wait_timeout=soon"],
+            'upgrade_driver_wait_timeout must be a number of seconds; got "soon".',
+        ),
+        (
+            ["-e", "upgrade_driver_canary=canaries"],
+            'upgrade_driver_canary must be idle, first, "" or a group holding hosts',
+        ),
+    ],
+)
+def test_bad_job_and_budget_settings_are_refused_before_any_host(tmp_path, extra, message):
+    inventory = _inventory(tmp_path, {"gpu-01": {}, "gpu-02": {}})
+    rc, out = _rollout(tmp_path, inventory, *extra)
+    assert rc != 0 and message in _flat(out), out[-3000:]
+    assert "gpu-01" not in out.split("PLAY RECAP")[-1], "a host was contacted before the refusal"
+    assert not (tmp_path / "reports").exists()

@@ -7,7 +7,7 @@
 - `outcome`: after the nvidia_driver role, what the host is: upgraded or current only when
   the loaded driver is the target and the role verified it; reboot-pending when the role
   deferred the reboot; failed otherwise (the install deferred under a job names the job).
-- `canary`: which hosts form the canary batch.
+- `canary`, batches and jobs: driver_rollout_jobs.py.
 - `batch_verdict`: after a batch, whether the rollout goes on (max_fail_percentage).
 - `report`: one row per host (its driver before and after, its state, why) and why the
   rollout stopped, if it did; `report_markdown` renders it.
@@ -20,6 +20,7 @@ import re
 
 from ansible.errors import AnsibleFilterError
 from ansible_collections.gpu_fleet.common.plugins.filter.cordon import text as cordon_text
+from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_jobs import JOB_MODES
 from ansible_collections.gpu_fleet.common.plugins.filter.nvidia_driver import (
     parse_proc_version,
     parse_units,
@@ -29,7 +30,6 @@ from ansible_collections.gpu_fleet.common.plugins.filter.nvidia_driver import (
     version_matches,
 )
 
-BUSY_POLICIES = ("drain", "skip")
 # A record's state, in the order the report sorts them (worst first).
 STATES = ("failed", "reboot-pending", "unreachable", "skipped", "not-reached", "upgraded", "current")
 # States that count against a batch (max_fail_percentage) and make the rollout's run fail.
@@ -64,23 +64,27 @@ def loaded_version(proc_version_text: str) -> str:
 
 
 def host_plan(
-    proc_version_text: str, units_text: str, branch, pin="", busy_policy="drain", drained_text="", cordons=None
+    proc_version_text: str, units_text: str, branch, pin="", jobs_mode="drain", drained_text="", cordons=None, jobs=None
 ) -> dict:
     """What the rollout does on one host, from /proc/driver/nvidia/version, its active training
-    units, the units an earlier rollout drained there and did not start again (one a line) and
-    its cordons (gpu_fleet.common.cordon_parse).
+    units, the units an earlier rollout drained there and did not start again (one a line), its
+    cordons (gpu_fleet.common.cordon_parse) and its job records
+    (gpu_fleet.common.driver_rollout_job_records).
 
     A cordon with skip_rollouts keeps the host out, whatever it runs ('skip', with the
     cordon's reason). Other cordons do not change the plan; the rollout never lifts one it did
-    not set, and keeps the host's training stopped while one is left.
+    not set, and keeps the host's training stopped while one is left. A job record that cannot
+    be read skips the host: the rollout would not know which hosts its job spans.
 
     A host whose loaded driver already is the target is only verified again, its training
-    left running ('current'); the others are drained (their active training units stopped)
-    and upgraded, or, with busy_policy 'skip', skipped while a training unit is active.
-    Once a host passes, the units drained now and those an earlier run left stopped start.
+    left running ('current'); the others are upgraded ('upgrade'), or, with jobs_mode 'skip',
+    skipped while a training unit is active. What happens to the jobs (drained whole, waited
+    for) is decided for the whole batch (driver_rollout_job_drains): `jobs` lists the recorded
+    jobs whose unit is active here or was left stopped by an earlier rollout.
     """
-    if busy_policy not in BUSY_POLICIES:
-        raise ValueError(f"upgrade_driver_busy must be one of {', '.join(BUSY_POLICIES)}; got {busy_policy!r}")
+    if jobs_mode not in JOB_MODES:
+        raise ValueError(f"upgrade_driver_jobs must be one of {', '.join(JOB_MODES)}; got {jobs_mode!r}")
+    jobs = jobs or {"jobs": [], "errors": []}
     loaded = loaded_version(proc_version_text)
     busy = parse_units(units_text)
     left_stopped = sorted({line.strip() for line in (drained_text or "").splitlines() if line.strip()})
@@ -88,21 +92,27 @@ def host_plan(
     if skip_marks:
         action = "skip"
         reason = f"cordoned out of rollouts: {cordon_text(skip_marks)}"
+    elif jobs.get("errors"):
+        action = "skip"
+        reason = "its job records cannot be read: " + "; ".join(jobs["errors"])
     elif loaded and version_matches(loaded, pin, branch):
         action, reason = "current", f"already runs {loaded}"
-    elif busy and busy_policy == "skip":
-        action, reason = "skip", f"training runs ({', '.join(busy)}) and upgrade_driver_busy is skip"
+    elif busy and jobs_mode == "skip":
+        action, reason = "skip", f"training runs ({', '.join(busy)}) and upgrade_driver_jobs is skip"
     else:
         action = "upgrade"
         reason = f"runs {loaded or 'no driver'}, wanted {target_text(branch, pin)}"
-    drain = busy if action == "upgrade" else []
     return {
         "action": action,
         "reason": reason,
         "loaded_version": loaded,
         "busy_units": busy,
-        "drain_units": drain,
-        "restart_units": sorted(set(drain) | set(left_stopped)) if action != "skip" else [],
+        "restart_units": left_stopped,
+        "jobs": [
+            {**job, "active": job["unit"] in busy}
+            for job in jobs.get("jobs", [])
+            if job["unit"] in busy or job["unit"] in left_stopped
+        ],
         "cordons": [cordon.get("owner", "") for cordon in cordons or []],
     }
 
@@ -171,25 +181,6 @@ def outcome(plan: dict, driver_report: dict, branch, pin="", check_mode=False) -
     return {"state": "failed", "reason": reason, "loaded_version": loaded, "passed": False}
 
 
-def canary(hosts: list[str], spec, groups: dict) -> list[str]:
-    """The canary batch: 'first' (the first host), a group's hosts among `hosts`, or none ('')."""
-    hosts = list(hosts)
-    if spec in ("", None, "none"):
-        return []
-    if spec == "first":
-        return hosts[:1]
-    if spec not in groups:
-        raise ValueError(
-            f"upgrade_driver_canary {spec!r} is neither 'first', '' nor a group of the inventory "
-            f"(groups: {', '.join(sorted(g for g in groups if g not in ('all', 'ungrouped')))})"
-        )
-    members = set(groups[spec])
-    chosen = [host for host in hosts if host in members]
-    if not chosen:
-        raise ValueError(f"upgrade_driver_canary group {spec!r} has none of the hosts being upgraded")
-    return chosen
-
-
 def batch_verdict(batch: list[str], records: dict, max_fail_percentage, number=1) -> dict:
     """Whether the rollout goes on after a batch.
 
@@ -216,15 +207,25 @@ def batch_verdict(batch: list[str], records: dict, max_fail_percentage, number=1
 
 
 def report(
-    hosts: list[str], before: dict, records: dict, batches: list[dict], target: dict, stopped="", check_mode=False
+    hosts: list[str],
+    before: dict,
+    records: dict,
+    batches: list[dict],
+    target: dict,
+    stopped="",
+    check_mode=False,
+    skipped=None,
+    notes=None,
 ) -> dict:
     """One row per host and the rollout's outcome.
 
     `before`: each host's host_plan (read before anything changed; absent: unreachable at
     the start). `records`: what the rollout did on the hosts it reached. `batches`: each
     batch's verdict with its seconds. A host neither recorded nor unreachable was never
-    reached: it keeps its driver and its training.
+    reached: it keeps its driver and its training. `skipped`: hosts the schedule left out
+    (the availability budget), with why.
     """
+    records = {**{host: {"state": "skipped", "reason": why} for host, why in (skipped or {}).items()}, **records}
     rows = []
     for host in hosts:
         plan = before.get(host)
@@ -263,6 +264,7 @@ def report(
         "batch_seconds": durations,
         "fleet_seconds": round(sum(durations), 1),
         "stopped": stopped,
+        "notes": [note for note in notes or [] if note],
         "check_mode": bool(check_mode),
         "ok": not stopped and not any(counts[state] for state in NOT_DONE),
     }
@@ -290,6 +292,8 @@ def report_markdown(doc: dict) -> str:
         *(["Check mode: what the rollout would do; no host was changed.", ""] if doc.get("check_mode") else []),
         headline(doc),
         "",
+        *[f"Note: {note}." for note in doc.get("notes", [])],
+        *([""] if doc.get("notes") else []),
         "Hosts: " + ", ".join(f"{count} {state}" for state, count in doc["counts"].items()) + ".",
         "",
         *(
@@ -355,7 +359,6 @@ class FilterModule:
             target_errors,
             loaded_version,
             host_plan,
-            canary,
             batch_verdict,
             outcome,
             report,
