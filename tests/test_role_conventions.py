@@ -18,6 +18,13 @@ SCENARIO_OF_ROLE = {"hf_loader": "default"}
 # starts (Molecule's create step cannot give it): the pull lab boots real NoCloud instances and
 # runs the role there, its second run (drift) changing nothing (make lab-pull-short, in make test).
 REHEARSAL_OF_ROLE = {"fleet_pull": ("scripts/pull_lab.py", "lab-pull-short")}
+# The Slurm roles need a controller and nodes that reach each other (munge, slurmctld, slurmd): the
+# Slurm lab runs them on lab hosts, their second run changing nothing (make lab-slurm, mk/slurm.mk;
+# not in make test, whose budget is spent).
+LAB_OF_ROLE = {
+    "slurm_controller": ("scripts/slurm_lab.py", "lab-slurm", "mk/slurm.mk"),
+    "slurm_node": ("scripts/slurm_lab.py", "lab-slurm", "mk/slurm.mk"),
+}
 SPEC_TYPES = {"str", "path", "bool", "int", "float", "list", "dict", "raw"}
 
 
@@ -74,6 +81,10 @@ def test_role_has_the_standard_files(role):
     if role in REHEARSAL_OF_ROLE:
         script, target = REHEARSAL_OF_ROLE[role]
         assert (ROOT / script).is_file() and target in (ROOT / "scripts" / "run-tests.sh").read_text()
+        return
+    if role in LAB_OF_ROLE:
+        script, target, makefile = LAB_OF_ROLE[role]
+        assert (ROOT / script).is_file() and f"\n{target}:" in (ROOT / makefile).read_text()
         return
     scenario = SCENARIO_OF_ROLE.get(role, role)
     assert (ROOT / "molecule" / scenario / "molecule.yml").is_file(), "each role has a Molecule scenario"

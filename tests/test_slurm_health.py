@@ -1,0 +1,206 @@
+"""The Slurm health check and Prolog (roles/slurm_node/files/slurm_health.py): its drain and resume
+decisions, and its checks on real files and real commands (the real hf-cache-test gate; nvidia-smi
+and scontrol, absent on this machine, are stand-ins that print the captured shapes).
+
+Each attack is performed and fails the test if it works: an operator's drain whose reason looks
+like the health check's is resumed or overwritten; a munge key made world-readable or swapped for a
+link passes; a cordoned host passes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "roles" / "slurm_node" / "files" / "slurm_health.py"
+FIXTURES = ROOT / "tests" / "fixtures"
+HF_CACHE_TEST = ROOT / ".venvs" / "loader" / "bin" / "hf-cache-test"
+
+spec = importlib.util.spec_from_file_location("slurm_health", SCRIPT)
+health = importlib.util.module_from_spec(spec)
+sys.modules["slurm_health"] = health
+spec.loader.exec_module(health)
+
+PREFIX = health.REASON_PREFIX
+
+
+def node(state: str, reason: str = "") -> health.Node:
+    return health.Node("gpu-01", frozenset(state.split("+")), reason)
+
+
+# --- decisions ---------------------------------------------------------------------------------
+
+
+def test_a_node_not_ready_is_drained_with_the_prefixed_reasons():
+    decision = health.decide(node("IDLE"), ["cache test exit 4: shard missing", "cordoned by operator: disk"], "")
+    assert decision.action == "drain"
+    assert decision.reason == f"{PREFIX}cache test exit 4: shard missing; cordoned by operator: disk"
+
+
+def test_its_own_drain_is_resumed_when_ready_again():
+    ours = health.reason_text(["cache test exit 4: shard missing"])
+    decision = health.decide(node("IDLE+DRAIN", ours), [], recorded=ours)
+    assert decision.action == "resume"
+
+
+@pytest.mark.parametrize(
+    "operator_reason",
+    [
+        "maintenance: swapping GPU 3",
+        "hf-health:maintenance",  # no space after the prefix
+        "HF-HEALTH: maintenance",  # another case
+        " hf-health: maintenance",  # a leading blank
+        "hf-health - maintenance",
+        "hf-healthy: yes",
+        # Our exact prefix, the operator's own text: not the reason this check recorded.
+        f"{PREFIX}investigating, keep it drained",
+    ],
+)
+@pytest.mark.parametrize("state", ["IDLE+DRAIN", "ALLOCATED+DRAIN", "MIXED+DRAIN", "DOWN+DRAIN"])
+def test_an_operators_drain_is_never_resumed_nor_overwritten(operator_reason, state):
+    recorded = health.reason_text(["cache test exit 4: shard missing"])
+    # The attack: the node passes again; a resume would put the operator's node back in service.
+    assert health.decide(node(state, operator_reason), [], recorded).action == "none"
+    # The node fails while the operator holds it: the operator's reason must stay.
+    assert health.decide(node(state, operator_reason), ["cache test exit 3: not cached"], recorded).action == "none"
+
+
+def test_a_drain_is_not_resumed_when_our_record_of_it_is_lost():
+    ours = health.reason_text(["cordoned by operator: disk"])
+    assert health.decide(node("IDLE+DRAIN", ours), [], recorded="").action == "none"
+
+
+def test_a_new_failure_replaces_its_own_reason_and_the_same_one_changes_nothing():
+    ours = health.reason_text(["cache test exit 4: shard missing"])
+    again = health.decide(node("IDLE+DRAIN", ours), ["cache test exit 4: shard missing"], ours)
+    assert again.action == "none"
+    other = health.decide(node("IDLE+DRAIN", ours), ["2 of 8 GPUs visible"], ours)
+    assert other.action == "drain" and other.reason == f"{PREFIX}2 of 8 GPUs visible"
+
+
+def test_a_ready_node_that_is_not_drained_is_left_alone():
+    assert health.decide(node("IDLE"), [], "").action == "none"
+    assert health.decide(node("ALLOCATED"), [], "").action == "none"
+
+
+def test_reasons_are_one_short_line():
+    reason = health.reason_text(["a\nmulti-line\tfailure", "x" * 500])
+    assert "\n" not in reason and "\t" not in reason and len(reason) <= health.MAX_REASON
+    assert reason.startswith(PREFIX + "a multi-line failure; ")
+
+
+SCONTROL_DRAINED = """NodeName=slurm-gpu-01 Arch=x86_64 CoresPerSocket=1
+   CPUAlloc=0 CPUEfctv=2 CPUTot=2 CPULoad=0.31
+   State=IDLE+DRAIN ThreadsPerCore=1 TmpDisk=0 Weight=1 Owner=N/A MCS_label=N/A
+   Partitions=gpu
+   Reason=hf-health: cache test exit 4: a [bracket] inside [root@2026-12-04T21:40:02]
+"""
+
+
+def test_the_state_and_reason_are_read_from_scontrol_show_node():
+    parsed = health.parse_node(SCONTROL_DRAINED, "slurm-gpu-01")
+    assert parsed.drained and parsed.flags == {"IDLE", "DRAIN"}
+    assert parsed.reason == "hf-health: cache test exit 4: a [bracket] inside"
+    idle = health.parse_node(SCONTROL_DRAINED.replace("IDLE+DRAIN", "IDLE*").split("   Reason")[0], "n")
+    assert not idle.drained and idle.reason == ""
+    with pytest.raises(health.HealthError, match="NodeName"):
+        health.parse_node("Node slurm-gpu-09 not found\n", "slurm-gpu-09")
+
+
+# --- checks on real files ----------------------------------------------------------------------
+
+
+def test_a_cordon_makes_the_node_unhealthy_with_its_reason(tmp_path):
+    folder = tmp_path / "cordon"
+    assert health.cordon_failures(str(folder)) == []  # no folder: nobody cordoned the host
+    folder.mkdir()
+    assert health.cordon_failures(str(folder)) == []
+    (folder / "operator").write_text(json.dumps({"owner": "operator", "reason": "disk replacement"}))
+    (folder / "by-hand").write_text("not json, still a hold\n")
+    (folder / ".operator.tmp").write_text("a write in progress")
+    assert health.cordon_failures(str(folder)) == [
+        "cordoned by by-hand: not json, still a hold",
+        "cordoned by operator: disk replacement",
+    ]
+
+
+@pytest.fixture
+def key_file(tmp_path) -> Path:
+    key = tmp_path / "munge.key"
+    key.write_bytes(os.urandom(1024))
+    key.chmod(0o400)
+    return key
+
+
+def test_a_private_munge_key_passes(key_file):
+    assert health.munge_key_failures(str(key_file)) == []
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o440, 0o404, 0o402, 0o600 | stat.S_IWOTH])
+def test_a_munge_key_others_can_read_or_write_fails(key_file, mode):
+    key_file.chmod(mode)  # the attack: the key made readable (or writable) by others
+    failures = health.munge_key_failures(str(key_file))
+    assert failures and "rotate the key" in failures[0], failures
+
+
+def test_a_symlinked_munge_key_fails(key_file, tmp_path):
+    link = tmp_path / "link.key"
+    link.symlink_to(key_file)  # the attack: the key path swapped for a link to a key held elsewhere
+    failures = health.munge_key_failures(str(link))
+    assert failures and "symbolic link" in failures[0]
+    assert health.munge_key_failures(str(tmp_path / "none")) == [f"munge key {tmp_path / 'none'} missing"]
+    assert "not a regular file" in health.munge_key_failures(str(tmp_path))[0]
+
+
+def test_the_real_cache_test_gate_closes_without_a_report(tmp_path):
+    failures = health.cache_failures(str(HF_CACHE_TEST), str(tmp_path / "cache-test.json"), "")
+    assert len(failures) == 1 and failures[0].startswith("cache test exit 7: no cache test report at ")
+    failures = health.cache_failures(str(HF_CACHE_TEST), str(tmp_path / "cache-test.json"), "1h")
+    assert failures[0].startswith("cache test exit 7")
+    assert health.cache_failures(str(tmp_path / "absent"), "/r.json", "") == [
+        f"cache test {tmp_path / 'absent'} is not installed (run the hf_loader role)"
+    ]
+
+
+def nvidia_smi(tmp_path: Path, csv: str, rc: int = 0) -> Path:
+    """A stand-in for nvidia-smi (none on this machine) printing index and driver_version of a
+    captured `nvidia-smi --query-gpu` CSV (columns: index, bus id, name, uuid, driver, ...)."""
+    rows = [line.split(", ") for line in csv.splitlines() if line.strip() and not line.startswith("#")]
+    text = "".join(f"{row[0]}, {row[4]}\n" for row in rows)
+    stub = tmp_path / "nvidia-smi"
+    stub.write_text(f"#!/bin/sh\nprintf '%s' '{text}'\nexit {rc}\n")
+    stub.chmod(0o755)
+    return stub
+
+
+def test_gpus_and_driver_from_captured_nvidia_smi(tmp_path):
+    captured = (FIXTURES / "nvidia" / "captured_h200-vm_580.159.04_nvidia-smi.csv").read_text()
+    smi = str(nvidia_smi(tmp_path, captured))
+    assert health.gpu_failures(1, "580.159.04", smi) == []
+    assert health.gpu_failures(8, "", smi) == ["1 of 8 GPUs visible"]
+    assert health.gpu_failures(1, "580.95.05", smi) == ["driver 580.159.04, expected 580.95.05"]
+    assert health.gpu_failures(0, "", str(tmp_path / "absent")) == []  # a node without GPUs
+    assert health.gpu_failures(2, "", str(tmp_path / "absent")) == [
+        f"nvidia-smi not found at {tmp_path / 'absent'} (2 GPUs expected)"
+    ]
+    eight = (FIXTURES / "nvidia" / "handwritten_h100_580.95.05_nvidia-smi.csv").read_text()
+    assert health.gpu_failures(8, "580.95.05", str(nvidia_smi(tmp_path, eight))) == []
+
+
+def test_nvidia_smi_that_cannot_reach_the_driver_fails(tmp_path):
+    stub = tmp_path / "nvidia-smi"
+    stub.write_text(
+        '#!/bin/sh\necho "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\nexit 9\n'
+    )
+    stub.chmod(0o755)
+    failures = health.gpu_failures(1, "", str(stub))
+    assert failures == [
+        "nvidia-smi exit 9: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."
+    ]
