@@ -696,17 +696,19 @@ def test_epel_refused_by_the_variable_fails_with_the_reason():
 
 
 def test_versionlock_drops_other_versions_and_adds_the_pin():
-    # `dnf versionlock list` lines (NVIDIA driver installation guide, "Version locking", DNF 4).
+    # `dnf versionlock list` lines as the plugin writes them (NAME-EPOCH:VERSION-RELEASE.*;
+    # NVIDIA driver installation guide, "Version locking", DNF 4). The exact line goes, so that
+    # community.general.dnf_versionlock (raw, absent) deletes it and no lock at the pin.
     listing = "nvidia-driver-cuda-3:580.82.07-1.el9.*\nkmod-nvidia-open-dkms-3:580.95.05-1.el9.*\n"
     names = ["nvidia-driver-cuda", "kmod-nvidia-open-dkms", "nvidia-persistenced"]
-    assert nv.versionlock_plan(listing, names, "580.95.05") == {
-        "delete": ["nvidia-driver-cuda"],
+    assert nv.FilterModule().filters()["nvidia_driver_versionlock_plan"](listing, names, "580", "580.95.05") == {
+        "delete": ["nvidia-driver-cuda-3:580.82.07-1.el9.*"],
         "add": ["nvidia-driver-cuda-580.95.05", "nvidia-persistenced-580.95.05"],
     }
     held = "\n".join(f"{name}-3:580.95.05-1.el9.*" for name in names)
-    assert nv.versionlock_plan(held, names, "580.95.05") == {"delete": [], "add": []}
+    assert nv.package_lock_plan(held, names, "580", "580.95.05") == {"delete": [], "add": []}
     # "nvidia-driver" is not "nvidia-driver-cuda": no lock is mistaken for another package's.
-    assert nv.versionlock_plan(listing, ["nvidia-driver"], "580.95.05")["add"] == ["nvidia-driver-580.95.05"]
+    assert nv.package_lock_plan(listing, ["nvidia-driver"], "580", "580.95.05")["add"] == ["nvidia-driver-580.95.05"]
 
 
 def test_apt_simulation_captured_from_the_molecule_mirror():
@@ -721,7 +723,7 @@ def test_apt_simulation_captured_from_the_molecule_mirror():
 def test_dnf_dry_run_rows():
     packages = nv.resolved_packages(fixture("handwritten_rhel9_580.95.05_dnf-install-assumeno.txt"))
     versions = {package["name"]: package["version"] for package in packages}
-    assert len(packages) == 7
+    assert len(packages) == 10  # the kernel's headers and kernel-devel-matched beside the driver
     assert versions["kmod-nvidia-open-dkms"] == "3:580.95.05-1.el9"
     assert versions["dkms"] == "3.2.1-1.el9"
 

@@ -424,7 +424,7 @@ def test_the_pin_is_among_the_header_packages_installed_and_probed_before_the_dr
     assert "nvidia_driver_dkms_kernel_pin_packages(ansible_facts['kernel']" in text
     packages = task_text("packages.yml")
     headers = packages.index("Install the kernel headers DKMS builds against (dnf)")
-    assert headers < packages.index("Install the driver packages (dnf)")
+    assert headers < packages.index("Install and hold the driver packages at the target (dnf versionlock)")
 
 
 # -------------- items 5 and 6 through NVIDIA's repository path of the probe, with real apt and gpg
@@ -574,3 +574,58 @@ def test_the_key_check_runs_in_the_plan_on_the_key_given_or_downloaded():
     rule = " ".join(ROLE_VARS["__nvidia_driver_key_fingerprints"].split())
     assert rule.startswith("{{ nvidia_driver_repo_key_fingerprints if nvidia_driver_repo_key_fingerprints | length > 0")
     assert "__nvidia_driver_key_content | length == 0 and nvidia_driver_repo_key_url | length == 0" in rule
+
+
+# ------------------------------------------------------ item 11: Debian's contrib component
+
+# Stand-in for NVIDIA's Debian packages with the dependency edges Debian's own packaging gives them
+# (Debian 12 archive, apt-cache show: nvidia-kernel-support Depends nvidia-kernel-common, Section
+# contrib/kernel; libcuda1 Depends nvidia-support, contrib/misc); a host without contrib lacks both.
+DEBIAN_DRIVER = "580.95.05-1"
+DEBIAN_WITHOUT_CONTRIB = "\n".join(
+    [
+        stanza("nvidia-driver-cuda", DEBIAN_DRIVER, f"libcuda1 (= {DEBIAN_DRIVER}), nvidia-kernel-support"),
+        stanza("libcuda1", DEBIAN_DRIVER, "nvidia-support"),
+        stanza("nvidia-kernel-support", DEBIAN_DRIVER, "nvidia-kernel-common (>= 20151021)"),
+    ]
+)
+DEBIAN_WITH_CONTRIB = "\n".join(
+    [
+        DEBIAN_WITHOUT_CONTRIB,
+        stanza("nvidia-kernel-common", "20220217+3~deb12u1"),
+        stanza("nvidia-support", "20220217+3~deb12u1"),
+    ]
+)
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt (make test-tools installs the host tools)")
+def test_a_debian_host_without_contrib_is_refused_naming_contrib(tmp_path, private_apt_state, rendered_preferences):
+    """NVIDIA's Debian packages need Debian's contrib (NVIDIA's Debian instructions enable it); the
+    role leaves the host's sources alone, so real apt's failed simulation must name the remedy."""
+    hint = platform("Debian-12")["sources"]["cuda"]["unmet_hint"]
+    assert hint == platform("Debian-13")["sources"]["cuda"]["unmet_hint"]
+    apt = private_apt_state(DEBIAN_WITHOUT_CONTRIB)
+    sections = run_sources_probe(tmp_path, apt, ["nvidia-driver-cuda"], rendered_preferences("580"))
+    assert sections["simulate_rc"].strip() == "100", sections["simulate"]
+    errors = nv.simulated_install_errors(sections["simulate"], "580", "", sections["simulate_rc"], unmet_hint=hint)
+    assert len(errors) == 1 and "contrib" in errors[0] and "apt-get update" in errors[0]
+    assert "nvidia-kernel-common" in errors[0] or "nvidia-support" in errors[0]
+    # Where apt names none of contrib's packages, the message stays apt's own.
+    assert (
+        "contrib"
+        not in nv.simulated_install_errors("E: Unable to locate package x\n", "580", "", "100", unmet_hint=hint)[0]
+    )
+
+
+@pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt (make test-tools installs the host tools)")
+def test_a_debian_host_with_contrib_passes(tmp_path, private_apt_state, rendered_preferences):
+    apt = private_apt_state(DEBIAN_WITH_CONTRIB)
+    sections = run_sources_probe(tmp_path, apt, ["nvidia-driver-cuda"], rendered_preferences("580"))
+    hint = platform("Debian-12")["sources"]["cuda"]["unmet_hint"]
+    assert nv.simulated_install_errors(sections["simulate"], "580", "", sections["simulate_rc"], unmet_hint=hint) == []
+
+
+def test_the_plan_hands_the_platforms_contrib_remedy_to_the_simulation_check():
+    assert "unmet_hint=__nvidia_driver_platform_data.sources[nvidia_driver_source].unmet_hint" in " ".join(
+        task_text("plan.yml").split()
+    )

@@ -19,6 +19,12 @@ from __future__ import annotations
 import re
 import shlex
 
+# dnf versionlock decisions live beside this module (module_utils); exported below as filters.
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver_dnf_locks import (
+    driver_lock_plan,
+    package_lock_plan,
+)
+
 NVIDIA_VENDOR = 0x10DE
 # PCI class codes (class/subclass/prog-if as sysfs shows them, e.g. 0x030200).
 CLASS_VGA = 0x0300
@@ -891,8 +897,14 @@ DRIVER_PACKAGE_RE = re.compile(r"^(nvidia-|libnvidia-|libcuda1$|libnvcuvid1$|lib
 BRANCH_IN_NAME_RE = re.compile(r"-([1-9][0-9]{2})(?=-|$)")
 
 
-def simulated_install_errors(text: str, branch, pin="", rc="0", where="apt-get install --simulate") -> list[str]:
+def simulated_install_errors(
+    text: str, branch, pin="", rc="0", where="apt-get install --simulate", unmet_hint: dict | None = None
+) -> list[str]:
     """Why the simulated install would not give the target driver ([] when it would).
+
+    unmet_hint: the platform's remedy ({'packages': [...], 'hint': '...'}) when apt cannot install
+    one of those packages: NVIDIA's Debian packages depend on helper packages that Debian keeps in
+    contrib, a component a minimal Debian host does not enable.
 
     text: `apt-get install --simulate` output ('Inst NAME [OLD] (VERSION ORIGIN [ARCH])'). Every
     NVIDIA driver package apt would install (DRIVER_PACKAGE_RE; not linux-modules-*, which carry
@@ -902,9 +914,17 @@ def simulated_install_errors(text: str, branch, pin="", rc="0", where="apt-get i
     """
     if str(rc).strip() not in ("", "0"):
         reasons = [line.strip() for line in (text or "").splitlines() if line.startswith(("E: ", " "))]
+        hint = unmet_hint or {}
+        unmet = [
+            name
+            for name in hint.get("packages") or []
+            if any(re.search(rf"(?:^|[\s:|]){re.escape(name)}(?:[\s(]|$)", reason) for reason in reasons)
+        ]
+        remedy = f"{', '.join(unmet)} cannot be installed: {hint.get('hint', '')}" if unmet else ""
         return [
             f"{where} cannot install the driver packages (rc {str(rc).strip()}): "
-            f"{' '.join(reasons[-8:]) or 'no reason given'}. Check the package sources (apt-get update) and holds"
+            f"{' '.join(reasons[-8:]).rstrip('.') or 'no reason given'}. "
+            + (remedy or "Check the package sources (apt-get update) and holds")
         ]
     wrong = []
     for package in resolved_packages(text):
@@ -1309,7 +1329,7 @@ def key_fingerprint_errors(armored: str, expected, where: str) -> list[str]:
     ]
 
 
-# ------------------------------------------------------------ RHEL: EPEL, CRB, versionlock
+# ------------------------------------------------------------ RHEL: EPEL, CRB
 
 
 def rhel_repo_plan(platform: dict, distribution, arch, enabled_repos: str, dkms_available, build, allow=True) -> dict:
@@ -1344,33 +1364,6 @@ def rhel_repo_plan(platform: dict, distribution, arch, enabled_repos: str, dkms_
             "or set nvidia_driver_enable_epel: true"
         )
     return plan
-
-
-def versionlock_plan(list_text: str, names, pin) -> dict:
-    """`dnf versionlock` entries to delete (other versions of these names) and to add.
-
-    Lines of `dnf versionlock list` look like 'kmod-nvidia-open-dkms-3:580.95.05-1.el9.*'
-    (NVIDIA driver installation guide, "Version locking", DNF 4). A lock at another
-    version makes dnf refuse the pinned one, so stale locks go before the install.
-    """
-    locked: dict[str, set] = {}
-    for line in (list_text or "").splitlines():
-        text = line.strip()
-        for name in names:
-            match = re.match(rf"^{re.escape(name)}-(?:\d+:)?(\d[\w.]*)-[^-]+$", text)
-            if match:
-                locked.setdefault(name, set()).add(match.group(1))
-    delete, add = [], []
-    for name in names:
-        versions = locked.get(name, set())
-        if not pin:
-            continue
-        stale = [version for version in versions if version_tuple(version) != version_tuple(pin)]
-        if stale:
-            delete.append(name)
-        if stale or not versions:
-            add.append(f"{name}-{pin}")
-    return {"delete": delete, "add": add}
 
 
 # ------------------------------------------------------------------- rebooting
@@ -1450,7 +1443,8 @@ class FilterModule:
             "fabric_manager_held_names": fabric_manager_held_names,
             "existing_source_plan": existing_source_plan,
             "rhel_repo_plan": rhel_repo_plan,
-            "versionlock_plan": versionlock_plan,
+            "versionlock_plan": package_lock_plan,
+            "dnf_lock_plan": driver_lock_plan,
             "resolved_packages": resolved_packages,
             "installed_driver_version": installed_driver_version,
             "installed_package_set": installed_package_set,
