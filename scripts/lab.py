@@ -29,7 +29,10 @@ repository built once per lab by scripts/gpu_sim (<LAB_DIR>/gpu-sim), so that th
 nvidia_driver role installs, reboots and verifies there; --gpu-fail (LAB_GPU_FAIL) names
 hosts where one GPU fails to initialise under the newest simulated driver. A host made with
 another GPU mode or count is recreated (its volume is kept). docs/lab.md, "Simulated GPUs
-and reboots".
+and reboots". LAB_SHARED=FOLDER:PATH bind-mounts the lab's folder FOLDER (under LAB_DIR,
+created and removed with the lab) at PATH in every host, one folder for all of them, as a
+shared filesystem (NFS, Lustre) is on a real fleet: a multi-node job's save_folder; a host made
+with another LAB_SHARED is recreated (its volume is kept).
 Python 3.11 standard library only; run as root (losetup, docker).
 """
 
@@ -94,6 +97,9 @@ GPU_REPO_MOUNT = "/srv/gpu-sim/repo"  # the sim hosts' nvidia_driver_repo_url (h
 GPU_MAX = 8  # an HGX board's eight GPUs (the bus addresses in gpu_sim/payload/lab_boot.py)
 DRIVER_VERSIONS = os.environ.get("LAB_GPU_DRIVER_VERSIONS", " ".join(gpu_build.DEFAULT_VERSIONS))
 LABEL = "project.lab"
+# A folder of the lab seen by every host at the same path (LAB_SHARED=FOLDER:PATH, FOLDER relative
+# to LAB_DIR): what a shared filesystem is to a fleet, e.g. a multi-node job's checkpoints.
+SHARED = os.environ.get("LAB_SHARED", "")
 RESTART_POLICY = "unless-stopped"
 # Ansible's jsonfile fact cache (ansible.cfg): a new container must not inherit the facts of
 # an earlier one of the same name (smart gathering would skip it for hours).
@@ -323,6 +329,20 @@ def forget_facts(host: str) -> None:
                 path.unlink(missing_ok=True)
 
 
+def shared_folder(state: dict) -> Path:
+    """LAB_SHARED's folder on this machine, created (and recorded for `down`) on first use."""
+    name, _, path = SHARED.partition(":")
+    folder = LAB / name
+    if not name or not path.startswith("/") or folder.resolve().parent != LAB.resolve():
+        die(
+            f"LAB_SHARED must be FOLDER:/PATH (a folder name under {os.environ.get('LAB_DIR', 'lab')}, an absolute path"
+            f" in the hosts); got {SHARED!r}"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    remember(state, "dirs", folder)
+    return folder
+
+
 def gpu_labels(gpu: str, gpu_count: int) -> dict[str, str]:
     """The container labels of a GPU mode (a container without them was made before GPU modes: none)."""
     return {"lab.gpu": gpu, "lab.gpu_count": str(gpu_count if gpu == "sim" else 0)}
@@ -343,6 +363,12 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str,
             # The loop device changed (e.g. after a reboot): a privileged container only
             # sees the device nodes present when it was created.
             log(f"{host}: loop device or port changed, recreating the container")
+            run("docker", "rm", "-f", host)
+            info = None
+        elif labels.get("lab.shared", "") != SHARED:
+            # Bind mounts are fixed when a container is made.
+            was = labels.get("lab.shared", "")
+            log(f"{host}: made with LAB_SHARED {was!r}, {SHARED!r} asked: recreating the container")
             run("docker", "rm", "-f", host)
             info = None
         elif made_gpu != want_gpu:
@@ -370,6 +396,7 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str,
         if gpu == "sim":
             # The simulated NVIDIA repository, read-only (nvidia_driver_repo_url file:///srv/gpu-sim/repo).
             gpu_args = ["--volume", f"{GPU_DIR / 'repo'}:{GPU_REPO_MOUNT}:ro"]
+        shared_args = ["--volume", f"{shared_folder(state)}:{SHARED.split(':', 1)[1]}"] if SHARED else []
         run(
             "docker", "run", "--detach",
             "--name", host,
@@ -378,10 +405,12 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str,
             "--label", f"lab.loop={loop}",
             "--label", f"lab.port={port}",
             *(f"--label={key}={value}" for key, value in want_gpu.items()),
+            "--label", f"lab.shared={SHARED}",
             "--privileged",
             "--cgroupns", "host",
             "--volume", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
             *gpu_args,
+            *shared_args,
             "--tmpfs", "/run",
             "--tmpfs", "/run/lock",
             "--publish", f"127.0.0.1:{port}:22",
@@ -603,6 +632,8 @@ def up(n: int, engine: bool, seed: str, gpu: str = "none", gpu_count: int = 2, g
         die(f"--gpu-fail/LAB_GPU_FAIL names {', '.join(unknown)}, not among the hosts {hosts[0]}..{hosts[-1]}")
     if gpu_fail and gpu != "sim":
         die("--gpu-fail/LAB_GPU_FAIL needs --gpu sim (LAB_GPU=sim)")
+    if SHARED:
+        shared_folder(load_state())  # a bad LAB_SHARED is refused before any host changes
     if engine:
         run("make", "--no-print-directory", "-C", ROOT, "engine", capture=False)
     state = load_state()
