@@ -393,6 +393,164 @@ def test_lab_train_fails_without_a_cache(tmp_path, capsys, monkeypatch):
     assert "is the dataset volume mounted?" in capsys.readouterr().out
 
 
+# ------------------------------------------------------------------ the health gate's stand-ins
+
+GPU_CHECK = ROOT / "scripts" / "gpu_sim" / "payload" / "gpu_check.py"
+
+
+def real_gpu_check():
+    """hf_loader.gpu_check, the module the stand-in stands for (its decisions import without torch)."""
+    sys.path.insert(0, str(ROOT / "files" / "hf_loader" / "src"))
+    from hf_loader import gpu_check
+
+    return gpu_check
+
+
+def sim_root(tmp_path, loaded="580.95.05", gpus=2, fail=None) -> Path:
+    """What lab-boot writes for a boot (driver loaded, the GPUs that initialised) and the fault file."""
+    root = tmp_path / "sim"
+    (root / "run" / "gpu-sim").mkdir(parents=True)
+    (root / "etc" / "gpu-sim").mkdir(parents=True)
+    if loaded:
+        (root / "proc" / "driver" / "nvidia").mkdir(parents=True)
+        (root / "proc" / "driver" / "nvidia" / "version").write_text(lab_boot.proc_version_text(loaded, 0))
+    (root / "run" / "gpu-sim" / "gpus").write_text(json.dumps(lab_boot.gpu_records("lab-gpu-01", gpus)))
+    if fail is not None:
+        (root / "etc" / "gpu-sim" / "gpu-check-fail").write_text(fail)
+    return root
+
+
+def stand_in(root: Path, *args: str, library: str = "580.95.05") -> tuple[int, dict]:
+    """The stand-in as the lab installs it (LIBRARY_VERSION set by the build), run as a program."""
+    program = root.parent / "gpu-check"
+    program.write_bytes(build.versioned_program("gpu_check.py", library))
+    env = {**os.environ, "LAB_GPU_SIM_ROOT": str(root)}
+    done = subprocess.run(
+        [sys.executable, str(program), *args], capture_output=True, text=True, env=env, check=False, timeout=60
+    )
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_the_cuda_stand_in_prints_the_real_modules_report_shape_fields_and_fixes(tmp_path):
+    real = real_gpu_check()
+    code, doc = stand_in(sim_root(tmp_path), "--expect-gpus", "2", "--size", "64")
+    assert code == real.EXIT_PASSED and doc["passed"], doc
+    settings = {"size": 64, "tolerance": 1e-4, "alloc_mib": 256, "expect_gpus": 2, "seed": 1}
+    assert list(doc) == list(real.report(gpus=[], visible=2, expected=2, settings=settings))
+    assert [tuple(gpu) for gpu in doc["gpus"]] == [real.GPU_RECORD_FIELDS] * 2
+    assert [gpu["bus_id"] for gpu in doc["gpus"]] == ["00000000:18:00.0", "00000000:2A:00.0"]
+    assert all(gpu["relative_error"] < 1e-12 for gpu in doc["gpus"])  # a real product, compared
+    assert doc["message"] == "2 GPU(s) passed: allocate, matmul 64x64, compare with the CPU"
+    sim = {}
+    exec(compile(GPU_CHECK.read_text(), str(GPU_CHECK), "exec"), sim)  # its constants, not run
+    for name in ("GPU_RECORD_FIELDS", "FIX_WRONG_RESULT", "FIX_MISSING_GPUS", "FIX_NO_DEVICE", "REPORT_VERSION"):
+        assert sim[name] == getattr(real, name), name
+    for name in ("EXIT_PASSED", "EXIT_USAGE", "EXIT_NO_CUDA", "EXIT_MISSING_GPUS", "EXIT_GPU_FAILED"):
+        assert sim[name] == getattr(real, name), name
+
+
+def test_the_cuda_stand_in_fails_the_gpu_named_in_the_fault_file(tmp_path):
+    real = real_gpu_check()
+    code, doc = stand_in(sim_root(tmp_path, fail="1\n"), "--expect-gpus", "2")
+    assert code == real.EXIT_GPU_FAILED and not doc["passed"]
+    good, bad = doc["gpus"]
+    assert good["passed"] and not bad["passed"]
+    assert bad["relative_error"] == pytest.approx(0.01, rel=1e-6)
+    (problem,) = doc["problems"]
+    assert problem["gpu"] == 1 and problem["bus_id"] == "00000000:2A:00.0"
+    assert "matmul differs from the CPU's" in problem["what"] and problem["fix"] == real.FIX_WRONG_RESULT
+    code, doc = stand_in(sim_root(tmp_path / "all", fail="all"), "--expect-gpus", "2")
+    assert code == 5 and [p["gpu"] for p in doc["problems"]] == [0, 1]
+
+
+def test_the_cuda_stand_in_without_a_driver_fewer_gpus_or_before_the_reboot(tmp_path):
+    code, doc = stand_in(sim_root(tmp_path / "none", loaded=""), "--expect-gpus", "2")
+    assert code == 3 and "no NVIDIA driver loaded" in doc["message"]
+    # lab-boot's fault version: the last GPU did not initialise; the report's count says 2.
+    code, doc = stand_in(sim_root(tmp_path / "short", gpus=1), "--expect-gpus", "2")
+    assert code == 4 and doc["problems"][0]["what"] == "CUDA sees 1 GPU(s), the host has 2 (--expect-gpus)"
+    # The newer package installed, the old module still loaded: CUDA refuses, as cuInit does.
+    code, doc = stand_in(sim_root(tmp_path / "old", loaded="580.82.07"), "--expect-gpus", "2")
+    assert code == 3 and "reboot" in doc["problems"][0]["fix"]
+    code, doc = stand_in(sim_root(tmp_path / "usage"), "--size", "0")
+    assert code == 2 and not doc["passed"]
+
+
+def test_the_health_gate_reads_the_stand_ins_failure_naming_the_gpu(tmp_path):
+    from ansible_collections.gpu_fleet.common.plugins.filter import health_gate
+
+    root = sim_root(tmp_path, fail="0")
+    program = root.parent / "gpu-check"
+    program.write_bytes(build.versioned_program("gpu_check.py", "580.95.05"))
+    done = subprocess.run(
+        [sys.executable, str(program), "--expect-gpus", "2"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "LAB_GPU_SIM_ROOT": str(root)},
+        check=False,
+    )
+    problems = health_gate.cuda_problems(done.stdout, done.stderr, done.returncode, ["gpu-check"], 300)
+    assert [(p["check"], p["gpu"]) for p in problems] == [("cuda", 0)]
+    assert problems[0]["what"].startswith("GPU 0 (NVIDIA H200, GPU-") and "00000000:18:00.0" in problems[0]["what"]
+
+
+def test_libcuda1_carries_the_cuda_stand_in_at_its_own_version():
+    files, _scripts = build.package_contents("libcuda1", "580.82.07")
+    data, mode = files[build.GPU_CHECK_PATH]
+    assert mode == 0o755 and b'LIBRARY_VERSION = "580.82.07"' in data
+    assert "gpu_check.py" in build.PACKAGED  # a change to it rebuilds the repository
+
+
+def smi_q(monkeypatch, tmp_path, capsys, fabric_text=None) -> tuple[int, str]:
+    proc = tmp_path / "version"
+    proc.write_text(lab_boot.proc_version_text("580.95.05", 0))
+    gpu_file = tmp_path / "gpus"
+    gpu_file.write_text(json.dumps(lab_boot.gpu_records("lab-gpu-01", 2)))
+    fabric = tmp_path / "fabric-state"
+    if fabric_text is not None:
+        fabric.write_text(fabric_text)
+    monkeypatch.setattr(nvidia_smi, "PROC_VERSION", proc)
+    monkeypatch.setattr(nvidia_smi, "GPUS", gpu_file)
+    monkeypatch.setattr(nvidia_smi, "FABRIC_STATE", fabric)
+    monkeypatch.setattr(nvidia_smi, "LIBRARY_VERSION", "580.95.05")
+    monkeypatch.setattr(nvidia_smi, "persistence_active", lambda: True)
+    code = nvidia_smi.main(["-q"])
+    return code, capsys.readouterr().out
+
+
+def test_nvidia_smi_q_gives_the_fabric_section_the_health_gate_reads(monkeypatch, tmp_path, capsys):
+    from ansible_collections.gpu_fleet.common.plugins.filter import health_gate
+
+    code, out = smi_q(monkeypatch, tmp_path, capsys)
+    assert code == 0
+    gpus = health_gate.fabric_parse(out)
+    assert [(g["index"], g["bus_id"], g["name"]) for g in gpus] == [
+        (0, "00000000:18:00.0", "NVIDIA H200"),
+        (1, "00000000:2A:00.0", "NVIDIA H200"),
+    ]
+    assert [g["fabric"] for g in gpus] == [{"State": "N/A", "Status": "N/A"}] * 2  # outside an NVSwitch fabric
+    assert health_gate.fabric_problems(out, 0, "active", "nvidia-fabricmanager", 120) == []
+
+
+@pytest.mark.parametrize(
+    ("fabric_text", "wanted"),
+    [
+        ("In Progress\n", "fabric state In Progress (status N/A), not Completed"),
+        ("Not Started\n", "fabric state Not Started (status N/A), not Completed"),
+        ("Completed\nFailure\n", "fabric registration completed with status Failure, not Success"),
+    ],
+)
+def test_nvidia_smi_q_fault_injection_fails_every_gpus_fabric(monkeypatch, tmp_path, capsys, fabric_text, wanted):
+    from ansible_collections.gpu_fleet.common.plugins.filter import health_gate
+
+    code, out = smi_q(monkeypatch, tmp_path, capsys, fabric_text)
+    problems = health_gate.fabric_problems(out, code, "active", "nvidia-fabricmanager", 120)
+    assert [p["gpu"] for p in problems] == [0, 1]
+    assert all(wanted in p["what"] for p in problems), problems
+    _code, out = smi_q(monkeypatch, tmp_path, capsys, "Completed\n")
+    assert health_gate.fabric_problems(out, 0, "active", "nvidia-fabricmanager", 120) == []
+
+
 # ------------------------------------------------------------------ the build (dpkg-deb, gpg)
 
 

@@ -42,6 +42,8 @@ REPO_KEY_NAME = "3bf863cc.pub"  # vars/Debian-12.yml repo_key_name
 DEB_ARCH = "amd64"
 REVISION = "1"
 DEFAULT_VERSIONS = ("580.82.07", "580.95.05")
+# The health gate's CUDA workload on sim hosts (inventory/lab/group_vars/gpu_hosts.yml).
+GPU_CHECK_PATH = "/usr/lib/gpu-sim/gpu-check"
 # NVIDIA's spelling of driver versions (the role's PIN_RE): 580.95.05, never 580.95.5.
 VERSION_RE = re.compile(r"^[1-9][0-9]{2}\.(0|[1-9][0-9]{0,2})\.[0-9]{2}$")
 MAINTAINER = "gpu-fleet lab <lab@gpu-fleet.invalid>"
@@ -59,6 +61,8 @@ PACKAGES = {
     "nvidia-driver-cuda": "nvidia-smi (= {v}), libcuda1 (= {v}), nvidia-kernel-support (= {v})",
     # Ships /usr/bin/nvidia-smi, a python3 script (every lab image has python3; not declared).
     "nvidia-smi": "",
+    # Ships /usr/lib/gpu-sim/gpu-check, the stand-in of the health gate's CUDA workload
+    # (payload/gpu_check.py, a python3 script): the real libcuda1 holds the library CUDA needs.
     "libcuda1": "",
     "nvidia-kernel-support": "",
     # The real package depends on dkms and DKMS compiles the module; this one does not
@@ -106,12 +110,17 @@ def doc(name: str, what: str) -> dict[str, tuple[bytes, int]]:
     return {f"/usr/share/doc/{name}/README.lab-gpu-sim": (text.encode(), 0o644)}
 
 
-def nvidia_smi_program(version: str) -> bytes:
-    text = (PAYLOAD / "nvidia_smi.py").read_text()
+def versioned_program(name: str, version: str) -> bytes:
+    """A payload script with its LIBRARY_VERSION set to the package's version."""
+    text = (PAYLOAD / name).read_text()
     line = 'LIBRARY_VERSION = ""'
     if line not in text:
-        raise BuildError(f"{PAYLOAD / 'nvidia_smi.py'} has no line {line!r} to set the version in")
+        raise BuildError(f"{PAYLOAD / name} has no line {line!r} to set the version in")
     return text.replace(line, f'LIBRARY_VERSION = "{version}"', 1).encode()
+
+
+def nvidia_smi_program(version: str) -> bytes:
+    return versioned_program("nvidia_smi.py", version)
 
 
 def nvidia_module(version: str) -> bytes:
@@ -124,6 +133,8 @@ def package_contents(name: str, version: str) -> tuple[dict, dict]:
     scripts: dict[str, str] = {}
     if name == "nvidia-smi":
         files["/usr/bin/nvidia-smi"] = (nvidia_smi_program(version), 0o755)
+    elif name == "libcuda1":
+        files[GPU_CHECK_PATH] = (versioned_program("gpu_check.py", version), 0o755)
     elif name == "nvidia-kernel-open-dkms":
         files[f"/usr/src/nvidia-{version}/nvidia.ko"] = (nvidia_module(version), 0o644)
         scripts["postinst"] = (PAYLOAD / "dkms-postinst.sh").read_text().replace("@VERSION@", version)
@@ -184,6 +195,7 @@ def headers_package(out_dir: Path, kernel: str) -> Path:
 # What goes into the packages: a change to any of these makes the next `up` build again.
 PACKAGED = ["nvidia_smi.py", "nvidia-persistenced.sh", "nvidia-persistenced.service", "dkms-postinst.sh"]
 PACKAGED += ["dkms-postrm.sh", "persistenced-postinst.sh", "persistenced-prerm.sh", "persistenced-postrm.sh"]
+PACKAGED += ["gpu_check.py"]
 
 
 def builder_digest() -> str:

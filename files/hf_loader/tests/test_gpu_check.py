@@ -92,6 +92,15 @@ def test_the_workload_on_the_cpu_device_passes():
     assert measured["passed"] and measured["pattern_errors"] == 0
 
 
+def test_a_measured_record_has_exactly_the_documented_fields():
+    """The lab's stand-in prints records with GPU_RECORD_FIELDS (tests/test_gpu_sim.py)."""
+    a, b, reference = product(32)
+    record = gpu_check.new_record(0)
+    record.update(gpu_check.check_gpu(torch, torch.device("cpu"), a, b, reference, TOLERANCE, 1))
+    assert tuple(record) == gpu_check.GPU_RECORD_FIELDS
+    assert None not in record.values()
+
+
 def test_the_workload_fails_a_device_whose_product_is_not_the_reference():
     """The same path as a GPU whose matmul differs: the reference moved by one element."""
     a, b, reference = product(128)

@@ -7,6 +7,7 @@ It answers what the nvidia_driver role and people ask:
 
     nvidia-smi --query-gpu=FIELDS --format=csv[,noheader][,nounits]
     nvidia-smi -L
+    nvidia-smi -q                   (each GPU's identity and its Fabric section)
     nvidia-smi                      (a short table)
 
 from what the lab's boot script (lab-boot) wrote for this boot: the loaded driver's
@@ -15,6 +16,12 @@ version in /proc/driver/nvidia/version and the GPUs that initialised in /run/gpu
 shapes are the real tool's: 'NVIDIA H200', bus id '00000000:18:00.0', 'GPU-<uuid>',
 memory in MiB, 'Enabled'/'Disabled', values joined by ', '; the messages and exit codes
 for "no driver" (9) and "driver/library version mismatch" (18) are the real ones.
+
+`-q` prints the Fabric section the health gate reads (roles/hf_loader/tasks/health_gate.yml):
+State N/A and Status N/A, as a GPU outside an NVSwitch fabric reports, unless
+/etc/gpu-sim/fabric-state says otherwise (fault injection): its first line is every GPU's State
+(Not Started, In Progress, Completed), its second the Status (default: Success when Completed,
+else N/A).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from pathlib import Path
 LIBRARY_VERSION = ""  # set by scripts/gpu_sim/build.py for each package version
 PROC_VERSION = Path("/proc/driver/nvidia/version")
 GPUS = Path("/run/gpu-sim/gpus")
+FABRIC_STATE = Path("/etc/gpu-sim/fabric-state")
 
 NO_DRIVER = (
     "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver. "
@@ -131,6 +139,48 @@ def table(rows: list[dict], driver_version: str) -> list[str]:
     return lines
 
 
+def fabric_state(text: str) -> tuple[str, str]:
+    """(State, Status) of every GPU's Fabric section from /etc/gpu-sim/fabric-state's text ('' : none)."""
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if not lines:
+        return "N/A", "N/A"
+    state = lines[0]
+    return state, lines[1] if len(lines) > 1 else ("Success" if state == "Completed" else "N/A")
+
+
+def full_query(rows: list[dict], driver_version: str, fabric: tuple[str, str]) -> list[str]:
+    """Lines of `nvidia-smi -q`: the log header and, per GPU, its identity and Fabric section."""
+
+    def attribute(name: str, value: str, depth: int = 1) -> str:
+        return f"{' ' * 4 * depth}{name:<{50 - 4 * depth}} : {value}"
+
+    lines = [
+        "",
+        "==============NVSMI LOG==============",
+        "",
+        f"{'Timestamp':<54} : {time.strftime('%a %b %d %H:%M:%S %Y')}",
+        f"{'Driver Version':<54} : {driver_version}",
+        f"{'CUDA Version':<54} : 13.0",
+        "",
+        f"{'Attached GPUs':<54} : {len(rows)}",
+    ]
+    for row in rows:
+        lines += [
+            f"GPU {row['bus_id']}",
+            attribute("Product Name", row["name"]),
+            attribute("Persistence Mode", row["persistence_mode"]),
+            attribute("Serial Number", row["serial"]),
+            attribute("GPU UUID", row["uuid"]),
+            attribute("Minor Number", row["index"]),
+            "    Fabric",
+            attribute("State", fabric[0], 2),
+            attribute("Status", fabric[1], 2),
+            attribute("Processes", "None"),
+            "",
+        ]
+    return lines
+
+
 def persistence_active() -> bool:
     try:
         done = subprocess.run(["systemctl", "is-active", "--quiet", "nvidia-persistenced"], check=False)
@@ -147,6 +197,8 @@ def parse_args(argv: list[str]) -> dict:
             asked["mode"] = "help"
         elif arg in ("-L", "--list-gpus"):
             asked["mode"] = "list"
+        elif arg in ("-q", "--query"):
+            asked["mode"] = "full"
         elif arg.startswith("--query-gpu="):
             asked["mode"] = "query"
             asked["fields"] = [field.strip() for field in arg.split("=", 1)[1].split(",") if field.strip()]
@@ -175,7 +227,7 @@ def main(argv: list[str]) -> int:
         return EXIT_USAGE
     if asked["mode"] == "help":
         print("NVIDIA System Management Interface -- lab gpu-sim stand-in (scripts/gpu_sim)")
-        print("    -L, --list-gpus   --query-gpu=FIELDS --format=csv[,noheader][,nounits]")
+        print("    -L, --list-gpus   -q, --query   --query-gpu=FIELDS --format=csv[,noheader][,nounits]")
         print("    fields: " + ", ".join(sorted(FIELDS)))
         return 0
     try:
@@ -202,6 +254,12 @@ def main(argv: list[str]) -> int:
         lines = query(rows, asked["fields"], asked["header"], asked["units"])
     elif asked["mode"] == "list":
         lines = listing(rows)
+    elif asked["mode"] == "full":
+        try:
+            fabric = fabric_state(FABRIC_STATE.read_text())
+        except OSError:
+            fabric = fabric_state("")
+        lines = full_query(rows, version, fabric)
     else:
         lines = table(rows, version)
     print("\n".join(lines))

@@ -106,7 +106,34 @@ class GpuFailedError(GpuCheckError):
     kind = "gpu_failed"
 
 
+# Every GPU record has exactly these keys (None where not measured): the lab's stand-in
+# (scripts/gpu_sim/payload/gpu_check.py) prints the same, tests/test_gpu_sim.py compares them.
+GPU_RECORD_FIELDS = (
+    "index",
+    "name",
+    "uuid",
+    "bus_id",
+    "passed",
+    "problem",
+    "fix",
+    "pattern_errors",
+    "seconds",
+    "max_abs_error",
+    "relative_error",
+    "nonfinite",
+    "worst",
+    "detail",
+)
+
+
 # ------------------------------------------------------------------ pure decisions
+
+
+def new_record(index: int) -> dict:
+    """A GPU's record before the workload: every field, None where not measured yet."""
+    record = dict.fromkeys(GPU_RECORD_FIELDS)
+    record.update(index=index, name="", uuid="", bus_id="", passed=False, problem="", fix="")
+    return record
 
 
 def compare(result: Any, reference: Any, tolerance: float) -> dict:
@@ -362,7 +389,7 @@ def run(settings: dict) -> dict:
     visible = torch.cuda.device_count()
     gpus = []
     for index in range(visible):
-        record = {"index": index, "name": "", "uuid": "", "bus_id": ""}
+        record = new_record(index)
         try:
             record.update(identity(torch, index))
             device = torch.device("cuda", index)
