@@ -295,6 +295,9 @@ def test_a_branch_only_target_is_installed_and_held_through_versionlock_too():
     assert steps.index("Install the packages at the target") < steps.index("Lock the packages at the installed version")
     lock = task("versionlock.yml", "Lock the packages at the installed version")["community.general.dnf_versionlock"]
     assert lock == {"name": "{{ __nvidia_driver_lock_plan.add }}", "state": "present"}  # not raw: the installed NEVRA
+    # The module fails without the plugin's configuration: check mode on a host without the plugin skips it.
+    guard = task("versionlock.yml", "Lock the packages at the installed version")["when"]
+    assert "not (ansible_check_mode and __nvidia_driver_lock_plugin is changed)" in guard
 
 
 # ------------------------------------------------ item 8: the dry run recorded from the role's command
