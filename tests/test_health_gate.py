@@ -253,6 +253,13 @@ def test_cuda_output_the_gate_cannot_trust_fails(stdout, rc, wanted):
     assert wanted in problem["what"]
 
 
+def test_a_host_whose_loader_predates_the_module_is_told_to_update_it():
+    stderr = "/opt/hf-loader/venv/bin/python: No module named hf_loader.gpu_check\n"
+    (problem,) = cuda_problems("", stderr, 1, ["/opt/hf-loader/venv/bin/python", "-m", "hf_loader.gpu_check"], 300)
+    assert "cannot import its module: /opt/hf-loader/venv/bin/python: No module named" in problem["what"]
+    assert "site.yml --tags loader" in problem["fix"]
+
+
 def test_a_passing_report_with_exit_0_passes_and_is_kept():
     assert cuda_problems(cuda_doc(), "", 0, ["gpu-check"], 300) == []
     assert cuda_report(cuda_doc())["passed"] is True

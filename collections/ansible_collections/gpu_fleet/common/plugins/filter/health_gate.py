@@ -142,6 +142,16 @@ def cuda_problems(stdout: str, stderr: str, rc: int, command: list, timeout: int
     except ValueError:
         doc = None
     if not isinstance(doc, dict) or doc.get("check") != "cuda" or not isinstance(doc.get("problems"), list):
+        if "No module named" in (stderr or ""):
+            return [
+                _problem(
+                    "cuda",
+                    None,
+                    f"{shown} cannot import its module: {_tail(stderr, 1)}",
+                    "the host's loader predates hf_loader.gpu_check: install the current package"
+                    " (site.yml --tags loader), then run the gate again",
+                )
+            ]
         return [
             _problem(
                 "cuda",
