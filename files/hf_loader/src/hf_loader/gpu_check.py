@@ -383,6 +383,7 @@ def run(settings: dict) -> dict:
             **versions,
         )
     # Full float32 on the GPU: TF32 would move a healthy product by about 1e-3.
+    torch.set_float32_matmul_precision("highest")
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     a, b, reference = make_inputs(torch, settings["size"], settings["seed"])
