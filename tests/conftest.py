@@ -3,6 +3,8 @@
 Fixtures shared by several test files live here too.
 """
 
+import os
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,28 @@ sys.path.insert(0, str(ROOT / "collections"))
 from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as nv  # noqa: E402
 
 NVIDIA_DRIVER = ROOT / "roles" / "nvidia_driver"
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+
+
+def run_playbook(inventory: Path, name: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """playbooks/<name> run for real on `inventory` with the project's ansible.cfg, facts cached
+    beside the inventory (never in the checkout's own cache): (exit status, stdout and stderr)."""
+    done = subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(ROOT / "playbooks" / name), *args],
+        capture_output=True,
+        text=True,
+        env={
+            **os.environ,
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_LOCALHOST_WARNING": "false",
+            "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(inventory.parent / "facts"),
+            **(env or {}),
+        },
+        cwd=ROOT,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
 
 
 @pytest.fixture

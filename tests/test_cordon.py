@@ -25,9 +25,10 @@ import pytest
 import yaml
 from ansible_collections.gpu_fleet.common.plugins.filter.cordon import errors, owned_by, parse, record, text
 
+from conftest import run_playbook
+
 ROOT = Path(__file__).resolve().parent.parent
 UNIT_TEMPLATE = ROOT / "roles" / "hf_loader" / "templates" / "hf-train@.service.j2"
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 
 # ---- the training unit's gate: the ExecStartPre= line of the real template, run by sh ----
@@ -219,22 +220,7 @@ def fleet(tmp_path: Path) -> dict:
 
 
 def playbook(fleet: dict, name: str, *args: str) -> tuple[int, str]:
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCALHOST_WARNING": "false",
-        "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(fleet["inventory"].parent / "facts"),
-    }
-    done = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(fleet["inventory"]), str(ROOT / "playbooks" / name), *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        check=False,
-    )
-    return done.returncode, done.stdout + done.stderr
+    return run_playbook(fleet["inventory"], name, *args)
 
 
 def recap(output: str) -> dict:

@@ -12,15 +12,13 @@ job and a job without autoresume still pass.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+from conftest import run_playbook
+
 RESUMING = {"save_folder": "/data/checkpoints/{run_name}", "run_name": "resnet50-imagenet", "autoresume": True}
 
 
@@ -51,23 +49,8 @@ def write_fleet(tmp_path: Path, hosts: dict[str, tuple[str, dict, dict]]) -> Pat
 
 
 def train(inventory: Path) -> tuple[int, str]:
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "ANSIBLE_LOCALHOST_WARNING": "false",
-        "ANSIBLE_GATHERING": "explicit",  # no facts needed: rank 0's address falls back to 127.0.0.1
-        "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(inventory.parent / "facts"),
-    }
-    done = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(ROOT / "playbooks" / "train.yml")],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        check=False,
-    )
-    return done.returncode, done.stdout + done.stderr
+    # No facts needed: rank 0's address falls back to 127.0.0.1.
+    return run_playbook(inventory, "train.yml", env={"ANSIBLE_GATHERING": "explicit"})
 
 
 def launched(tmp_path: Path, name: str) -> str | None:
