@@ -94,7 +94,12 @@ def playbook(name: str, inventory: Path, extra: list[str], logfile: Path, *more:
 
 
 def on(host: str, *argv: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker", "exec", host, *argv], capture_output=True, text=True, check=False, timeout=timeout)
+    try:
+        return subprocess.run(
+            ["docker", "exec", host, *argv], capture_output=True, text=True, check=False, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as error:
+        return subprocess.CompletedProcess(error.cmd, 124, str(error.stdout or ""), f"timed out after {timeout} s")
 
 
 def changed_per_host(text: str) -> dict[str, int]:
@@ -195,11 +200,15 @@ def main() -> int:
         logged = (logs / "slurm.log").read_text() + text
         checks.expect(key not in logged and key[:40] not in logged, "the munge key is never logged")
 
+        # slurmd ran the health check at its start; run it once more now, as every
+        # HealthCheckInterval would (a kept lab's nodes may hold an older drain of the check's own).
+        for name in nodes:
+            log(f"{name}: {on(name, HEALTH).stdout.strip()}")
         states = wait_idle(controller, nodes)
         checks.expect(all(s == "IDLE" for s in states.values()), f"sinfo: every node idle ({states})")
         sinfo = on(controller, "sinfo", "-N", "-h", "-o", "%N %t %G %f").stdout.strip()
         log(f"sinfo -N: {sinfo!r}")
-        srun = on(controller, "srun", f"-N{len(nodes)}", "--time=1", "hostname", timeout=120)
+        srun = on(controller, "srun", f"-N{len(nodes)}", "--immediate=30", "--time=1", "hostname", timeout=120)
         ran = sorted(srun.stdout.split())
         checks.expect(srun.returncode == 0 and ran == sorted(nodes), f"srun -N{len(nodes)} hostname ran on {ran}")
 
@@ -240,7 +249,7 @@ def main() -> int:
 
         # A cordon: the Prolog refuses a job on the node before it starts.
         on(first, "sh", "-c", f'mkdir -p {CORDON_DIR} && echo \'{{"reason": "lab check"}}\' > {CORDON_DIR}/operator')
-        srun = on(controller, "srun", "-w", first, "--time=1", "hostname", timeout=60)
+        srun = on(controller, "srun", "-w", first, "--immediate=30", "--time=1", "hostname", timeout=60)
         state, reason = node_state(controller, first)
         checks.expect(
             srun.returncode != 0 and first not in srun.stdout,

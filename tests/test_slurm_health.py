@@ -9,11 +9,15 @@ link passes; a cordoned host passes.
 
 from __future__ import annotations
 
+import grp
 import importlib.util
 import json
 import os
+import pwd
+import shutil
 import stat
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -102,6 +106,16 @@ SCONTROL_DRAINED = """NodeName=slurm-gpu-01 Arch=x86_64 CoresPerSocket=1
    Partitions=gpu
    Reason=hf-health: cache test exit 4: a [bracket] inside [root@2026-12-04T21:40:02]
 """
+
+
+def test_the_state_and_reason_of_a_captured_drained_node():
+    # Captured in the lab (Slurm 22.05.8): the health check's own drain, its reason cut to MAX_REASON.
+    text = (FIXTURES / "slurm" / "captured_22.05.8_scontrol-show-node_drained.txt").read_text()
+    parsed = health.parse_node(text, "slurm-gpu-02")
+    assert parsed.drained and parsed.flags == {"IDLE", "DRAIN"}
+    assert parsed.reason.startswith(PREFIX + "cache test exit 7: ") and parsed.reason.endswith("(hf-cache-test --...")
+    assert len(parsed.reason) == health.MAX_REASON
+    assert health.decide(parsed, [], recorded=parsed.reason).action == "resume"
 
 
 def test_the_state_and_reason_are_read_from_scontrol_show_node():
@@ -204,3 +218,28 @@ def test_nvidia_smi_that_cannot_reach_the_driver_fails(tmp_path):
     assert failures == [
         "nvidia-smi exit 9: NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver."
     ]
+
+
+def test_the_gate_runs_as_the_training_user_who_owns_the_report():
+    # Found in the lab: run as root, the gate refuses the report the cache test unit wrote as the
+    # training user ("not trusted ... owned by uid N, not by this user"): the check must run it as
+    # that user, as the training unit does.
+    folder = Path(tempfile.mkdtemp(prefix="slurm-health-"))
+    try:
+        folder.chmod(0o755)
+        report = folder / "cache-test.json"
+        report.write_text('{"ready": true}')
+        nobody = pwd.getpwnam("nobody")
+        os.chown(report, nobody.pw_uid, nobody.pw_gid)
+        group = grp.getgrgid(nobody.pw_gid).gr_name
+        as_root = health.cache_failures(str(HF_CACHE_TEST), str(report), "")
+        assert "is not trusted" in as_root[0] and f"owned by uid {nobody.pw_uid}" in as_root[0]
+        # Who runs the gate: a probe in its place prints the account it runs as (the real gate, in
+        # the project's virtual environment, cannot be reached by `nobody` on this machine).
+        probe = folder / "gate-probe"
+        probe.write_text('#!/bin/sh\necho "run as $(id -un):$(id -gn) in $(pwd)"\nexit 7\n')
+        probe.chmod(0o755)
+        as_owner = health.cache_failures(str(probe), str(report), "", "nobody", group)
+        assert as_owner == [f"cache test exit 7: run as nobody:{group} in /"]
+    finally:
+        shutil.rmtree(folder)

@@ -151,13 +151,18 @@ def cordon_failures(folder: str) -> list[str]:
     return found
 
 
-def cache_failures(hf_cache_test: str, report_file: str, max_age: str, run=subprocess.run) -> list[str]:
-    """The training unit's gate: the last cache test report must say ready."""
+def cache_failures(
+    hf_cache_test: str, report_file: str, max_age: str, user: str = "", group: str = "", run=subprocess.run
+) -> list[str]:
+    """The training unit's gate, run as the training unit runs it (as `user`, the training user:
+    the gate trusts only a report of its own user or root, and the cache test unit writes it as
+    the training user): the last cache test report must say ready."""
     argv = [hf_cache_test, "--require-ready", report_file]
     if max_age:
         argv += ["--max-age", str(max_age)]
+    as_user = {"user": user, "group": group or user, "extra_groups": [], "cwd": "/"} if user else {}
     try:
-        done = run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+        done = run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False, **as_user)
     except FileNotFoundError:
         return [f"cache test {hf_cache_test} is not installed (run the hf_loader role)"]
     except subprocess.TimeoutExpired:
@@ -212,7 +217,13 @@ def munge_key_failures(key_file: str) -> list[str]:
 
 def failures(config: dict, run=subprocess.run) -> list[str]:
     found = cordon_failures(config["cordon_dir"])
-    found += cache_failures(config["hf_cache_test"], config["report_file"], config.get("report_max_age", ""), run)
+    found += cache_failures(
+        config["hf_cache_test"],
+        config["report_file"],
+        config.get("report_max_age", ""),
+        config.get("cache_test_user", ""),
+        run,
+    )
     found += gpu_failures(int(config.get("gpu_count", 0)), config.get("gpu_driver", ""), config["nvidia_smi"], run)
     found += munge_key_failures(config["munge_key_file"])
     return found
