@@ -9,7 +9,8 @@ Steps, each checked:
    host the controller. site.yml converges the nodes with the light software stack (the fleet
    bench's), so that each has the real cache test and a report that says ready.
 2. playbooks/slurm.yml with a munge key made for this lab (Debian 12's Slurm 22.05;
-   proctrack/linuxproc and task/none in containers); a second run changes nothing.
+   proctrack/linuxproc and task/none in containers); a second run, and one with --check --diff,
+   change nothing; the key is in no log.
 3. `sinfo` shows every node idle; `srun -N<nodes> hostname` runs on each of them.
 4. An operator's drain whose reason looks like the health check's (no space after the prefix)
    survives a passing health check: it is never resumed.
@@ -196,8 +197,16 @@ def main() -> int:
         times["slurm.yml again"] = round(time.monotonic() - t0, 1)
         changed = changed_per_host(text)
         checks.expect(rc == 0 and changed and not any(changed.values()), f"a second run changes nothing ({changed})")
+        rc, text = playbook(
+            "playbooks/slurm.yml", inventory, slurm_extra, logs / "slurm-check.log", "--check", "--diff"
+        )
+        changed = changed_per_host(text)
+        checks.expect(
+            rc == 0 and changed and not any(changed.values()),
+            f"--check --diff on the cluster changes nothing ({changed})",
+        )
         key = json.loads(secret.read_text())["slurm_node_munge_key"]
-        logged = (logs / "slurm.log").read_text() + text
+        logged = "".join((logs / name).read_text() for name in ("slurm.log", "slurm-again.log", "slurm-check.log"))
         checks.expect(key not in logged and key[:40] not in logged, "the munge key is never logged")
 
         # slurmd ran the health check at its start; run it once more now, as every
