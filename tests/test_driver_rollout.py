@@ -295,6 +295,18 @@ def test_the_report_names_the_skipped_hosts_and_why():
         "Skipped (left out, with why): h1: cordoned out of rollouts: operator (alice, t): RMA 1234"
         in report_markdown(doc)
     )
+    # Passing batches do not hide hosts that kept their old driver.
+    assert "Every batch passed. 1 host(s) were skipped and keep their driver (below)." in report_markdown(doc)
+
+
+def test_hosts_the_schedule_left_out_are_reported_skipped_with_the_notes():
+    plans = {"h1": host_plan(PROC_580_82, "", "580"), "h2": host_plan(PROC_580_82, "", "580")}
+    doc = report(
+        ["h1", "h2"], plans, {}, [], {"branch": "580", "version": ""}, "", False, {"h2": "too big"}, ["a note"]
+    )
+    states = {row["host"]: (row["state"], row["detail"]) for row in doc["rows"]}
+    assert states["h2"] == ("skipped", "too big") and states["h1"][0] == "not-reached"
+    assert "Note: a note." in report_markdown(doc)
 
 
 def test_an_install_deferred_under_a_job_fails_the_host_naming_the_job():

@@ -161,3 +161,21 @@ def test_bad_job_and_budget_settings_are_refused_before_any_host(tmp_path, extra
     assert rc != 0 and message in _flat(out), out[-3000:]
     assert "gpu-01" not in out.split("PLAY RECAP")[-1], "a host was contacted before the refusal"
     assert not (tmp_path / "reports").exists()
+
+
+def test_the_drivers_plan_is_checked_on_every_host_before_the_first_drain(tmp_path):
+    # A wrong target or a source without the branch must be found with every job still running:
+    # the role's checks run in the play that reads every host, before the canary's play.
+    inventory = _inventory(tmp_path, {"gpu-01": {}, "gpu-02": {}})
+    rc, out = _rollout(tmp_path, inventory, "--list-tasks")
+    assert rc == 0, out[-3000:]
+    plays = re.split(r"\n\s*play #\d+ ", out)
+    reading = next(play for play in plays if "Read every host's driver and training" in play)
+    assert "Run the nvidia_driver role's checks and plan in check mode" in reading
+    assert "Drain the training units" not in reading
+    planning = next(play for play in plays if "Plan the canary and the batches" in play)
+    tasks = [line.split("\t")[0].strip() for line in planning.splitlines() if "TAGS:" in line]
+    assert tasks.index("Stop before the first drain when the check failed on a host") < tasks.index("Show the batches")
+    check = (ROOT / "roles" / "nvidia_driver" / "tasks" / "check.yml").read_text()
+    # Only reads: the role's own checks and plan, never a step that changes the host.
+    assert re.findall(r"(?:import|include)_tasks: (\S+)", check) == ["preflight.yml", "detect.yml", "plan.yml"]

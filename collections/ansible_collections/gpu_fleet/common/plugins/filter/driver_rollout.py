@@ -275,7 +275,9 @@ def headline(doc: dict) -> str:
     if doc["stopped"]:
         return f"**Stopped:** {doc['stopped']}"
     if doc["ok"]:
-        return "Every batch passed."
+        skipped = doc["counts"].get("skipped", 0)
+        kept = f" {skipped} host(s) were skipped and keep their driver (below)." if skipped else ""
+        return "Every batch passed." + kept
     not_done = sum(doc["counts"].get(state, 0) for state in NOT_DONE)
     return f"**Not done:** {not_done} host(s) were not upgraded (below)."
 

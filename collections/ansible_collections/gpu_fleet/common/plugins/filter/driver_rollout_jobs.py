@@ -214,7 +214,6 @@ def schedule(
     unavailable = set(unreachable) | {host for host in hosts if plans[host].get("cordons")}
     units = _units(hosts, plans)
     canary_units, note = _canary_units(units, hosts, plans, canary, groups)
-    notes = [note] if note else []
     skipped: dict[str, str] = {}
 
     def fits(batch: list[str], unit: list[str]) -> bool:
@@ -242,6 +241,8 @@ def schedule(
             canary_hosts += unit
         else:
             too_big(unit)
+    # A canary the budget left out has its reason in `skipped`.
+    notes = [note] if note and canary_hosts else []
     rest_units = [unit for unit in units if unit not in canary_units]
     size = _serial_size(serial, sum(len(unit) for unit in rest_units) or 1)
     batches: list[list[str]] = []
