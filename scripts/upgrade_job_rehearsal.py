@@ -172,6 +172,8 @@ def wait_for_batches(host: str, since: float, after: float, count: int, timeout:
         seen = [(at, n) for at, n in console_batches(journal(host, since)) if at >= after]
         if len(seen) >= count:
             return seen
+        if any(unit_active(h) not in ("active", "activating") for h in HOSTS):
+            break  # a rank crashed: its journal says why
         time.sleep(3)
     return [(at, n) for at, n in console_batches(journal(host, since)) if at >= after]
 

@@ -122,3 +122,32 @@ class SharedSaveFolder(Callback):
                 remedy="set save_folder to a folder every host of the job mounts (a shared"
                 " filesystem), or train on one host (hf_loader_train_multi_node: false)",
             )
+
+
+def signal_files_per_node() -> None:
+    """Give each node its own autoresume signal file, so that a save_folder the nodes share works.
+
+    Composer 0.32.1's autoresume (Trainer._get_autoresume_checkpoint) has local rank 0 of every
+    node write a signal file into save_folder, wait on it and remove it, named by
+    `dist.get_node_signal_file_name()`, which broadcasts rank 0's name, node 0's, to every rank.
+    In a folder the nodes share (what multi-node autoresume needs) they all write and remove the
+    same file, and the second node's `os.remove` raises FileNotFoundError at every start of the
+    job (seen in the lab: rank 1 exits 5 before the first batch). The name keeps its random part,
+    the same on every rank as the wait needs, with the node's own rank in place of node 0's.
+    """
+    from composer.utils import dist
+
+    composers = dist.get_node_signal_file_name
+    if getattr(composers, "per_node", False):
+        return
+
+    def per_node(rng=None) -> str:
+        name = composers(rng)
+        head, marker, tail = name.partition("_signal_file_node")
+        _, underscore, random_part = tail.partition("_")
+        if not (marker and underscore):
+            return name  # another Composer's naming: left as it is
+        return f"{head}{marker}{dist.get_node_rank()}_{random_part}"
+
+    per_node.per_node = True
+    dist.get_node_signal_file_name = per_node

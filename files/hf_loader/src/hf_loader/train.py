@@ -233,7 +233,7 @@ def train(cfg: dict, **trainer_overrides):
     from .data import LoaderConfig, build_dataloader, dist_env, make_dataspec
     from .optim import ForeachDecoupledSGDW
     from .resolve import load_split, resolve
-    from .stop import SharedSaveFolder, StopOnSignal
+    from .stop import SharedSaveFolder, StopOnSignal, signal_files_per_node
 
     # Importing Composer's engine (just above) made SIGTERM its own sys.exit(143): record it
     # again from here on, before the dataset, the loaders and the model, which take a while. A
@@ -317,6 +317,7 @@ def train(cfg: dict, **trainer_overrides):
             shared + [stopper] + speed + list(trainer_overrides.pop("callbacks", []))
         )
         kwargs.update(trainer_overrides)
+        signal_files_per_node()  # before the Trainer: its autoresume writes them
         trainer = Trainer(**kwargs)
         trainer.fit()
     finally:
