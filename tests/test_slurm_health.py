@@ -16,6 +16,7 @@ import os
 import pwd
 import shutil
 import stat
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -243,3 +244,115 @@ def test_the_gate_runs_as_the_training_user_who_owns_the_report():
         assert as_owner == [f"cache test exit 7: run as nobody:{group} in /"]
     finally:
         shutil.rmtree(folder)
+
+
+SCONTROL_STAND_IN = r"""#!/usr/bin/env python3
+# scontrol's stand-in (Slurm is absent here): one node's State= and Reason= in a JSON file,
+# printed as Slurm 22.05 prints them, every call recorded.
+import json, sys
+from pathlib import Path
+state_file = Path(__file__).with_name("node.json")
+node = json.loads(state_file.read_text())
+with Path(__file__).with_name("calls").open("a") as calls:
+    calls.write(" ".join(sys.argv[1:]) + "\n")
+if node.get("down"):
+    print("slurm_load_node error: Unable to contact slurm controller (connect failure)", file=sys.stderr)
+    sys.exit(1)
+if sys.argv[1:3] == ["show", "node"]:
+    print(f"NodeName={sys.argv[3]} Arch=x86_64 CoresPerSocket=2\n   State={node['state']} ThreadsPerCore=1")
+    if node["reason"]:
+        print(f"   Reason={node['reason']} [{node['user']}@2026-12-04T21:24:33]")
+elif sys.argv[1] == "update":
+    args = dict(arg.split("=", 1) for arg in sys.argv[2:])
+    if args["state"] == "drain":
+        node.update(state="IDLE+DRAIN", reason=args["reason"], user="root")
+    elif args["state"] == "resume":
+        node.update(state="IDLE", reason="", user="")
+    state_file.write_text(json.dumps(node))
+"""
+
+
+@pytest.fixture
+def node_host(tmp_path, key_file) -> dict:
+    """A node's health check settings on this machine: the real cache test gate (no report yet),
+    a real cordon folder and munge key, scontrol's stand-in; node.json is the controller's view."""
+    slurm = tmp_path / "slurm"
+    slurm.mkdir()
+    scontrol = slurm / "scontrol"
+    scontrol.write_text(SCONTROL_STAND_IN)
+    scontrol.chmod(0o755)
+    (slurm / "node.json").write_text(json.dumps({"state": "IDLE", "reason": "", "user": ""}))
+    config = {
+        "node_name": "gpu-01",
+        "hf_cache_test": str(HF_CACHE_TEST),
+        "report_file": str(tmp_path / "cache-test.json"),
+        "report_max_age": "",
+        "cache_test_user": "",
+        "cache_test_group": "",
+        "cordon_dir": str(tmp_path / "cordon"),
+        "gpu_count": 0,
+        "gpu_driver": "",
+        "nvidia_smi": str(tmp_path / "no-nvidia-smi"),
+        "munge_key_file": str(key_file),
+        "scontrol": str(scontrol),
+        "state_file": str(tmp_path / "state" / "drain-reason"),
+    }
+    (tmp_path / "slurm-health.json").write_text(json.dumps(config))
+    return {"config": str(tmp_path / "slurm-health.json"), "slurm": slurm, "settings": config}
+
+
+def run_check(host: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--config", host["config"], *args], capture_output=True, text=True, check=False
+    )
+
+
+def controller_view(host: dict) -> dict:
+    return json.loads((host["slurm"] / "node.json").read_text())
+
+
+def test_the_program_drains_records_its_reason_and_leaves_an_operators_drain(node_host):
+    done = run_check(node_host)
+    view = controller_view(node_host)
+    assert done.returncode == 1 and view["state"] == "IDLE+DRAIN"
+    assert view["reason"].startswith(f"{PREFIX}cache test exit 7: no cache test report at ")
+    recorded = Path(node_host["settings"]["state_file"])
+    assert recorded.read_text().strip() == view["reason"] and stat.S_IMODE(recorded.stat().st_mode) == 0o600
+    # Unchanged failure: no second update.
+    calls = (node_host["slurm"] / "calls").read_text().splitlines()
+    run_check(node_host)
+    assert (node_host["slurm"] / "calls").read_text().splitlines()[len(calls) :] == ["show node gpu-01"]
+    # The attack: an operator takes the drain over with a reason in our own words; the check, which
+    # still fails, must neither overwrite it nor, later, resume it.
+    taken_over = {"state": "IDLE+DRAIN", "reason": f"{PREFIX}keep drained, RMA open", "user": "admin"}
+    (node_host["slurm"] / "node.json").write_text(json.dumps(taken_over))
+    done = run_check(node_host)
+    assert controller_view(node_host) == taken_over and "drained by someone else" in done.stdout
+
+
+def test_the_prolog_refuses_a_job_on_a_node_that_is_not_ready_even_without_the_controller(node_host):
+    cordon = Path(node_host["settings"]["cordon_dir"])
+    cordon.mkdir()
+    (cordon / "operator").write_text(json.dumps({"owner": "operator", "reason": "bad DIMM"}))
+    done = run_check(node_host, "--prolog")
+    assert done.returncode == 1 and "job refused on gpu-01" in done.stderr and "bad DIMM" in done.stderr
+    assert "cordoned by operator: bad DIMM" in controller_view(node_host)["reason"]
+    (node_host["slurm"] / "node.json").write_text(json.dumps({"state": "IDLE", "reason": "", "user": "", "down": True}))
+    done = run_check(node_host, "--prolog")
+    assert done.returncode == 1 and "Unable to contact slurm controller" in done.stderr
+
+
+def test_a_prolog_without_its_settings_refuses_the_job(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--prolog", "--config", str(tmp_path / "absent.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "rerun the slurm_node role" in done.stderr
+
+
+def test_dry_run_changes_nothing(node_host):
+    done = run_check(node_host, "--dry-run")
+    assert done.returncode == 1 and "draining gpu-01" in done.stdout
+    assert controller_view(node_host)["state"] == "IDLE" and not Path(node_host["settings"]["state_file"]).exists()
