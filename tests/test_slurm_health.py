@@ -287,8 +287,9 @@ def node_host(tmp_path, key_file) -> dict:
         "hf_cache_test": str(HF_CACHE_TEST),
         "report_file": str(tmp_path / "cache-test.json"),
         "report_max_age": "",
-        "cache_test_user": "",
-        "cache_test_group": "",
+        # As the role writes it: the gate runs as the training user (here the account running the tests).
+        "cache_test_user": pwd.getpwuid(os.getuid()).pw_name,
+        "cache_test_group": grp.getgrgid(os.getgid()).gr_name,
         "cordon_dir": str(tmp_path / "cordon"),
         "gpu_count": 0,
         "gpu_driver": "",

@@ -221,8 +221,9 @@ def failures(config: dict, run=subprocess.run) -> list[str]:
         config["hf_cache_test"],
         config["report_file"],
         config.get("report_max_age", ""),
-        config.get("cache_test_user", ""),
-        run,
+        user=config.get("cache_test_user", ""),
+        group=config.get("cache_test_group", ""),
+        run=run,
     )
     found += gpu_failures(int(config.get("gpu_count", 0)), config.get("gpu_driver", ""), config["nvidia_smi"], run)
     found += munge_key_failures(config["munge_key_file"])
