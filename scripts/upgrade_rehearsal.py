@@ -22,7 +22,9 @@ Steps, each checked:
    mounted again.
 3. A stand-in training job (lab-train@rehearsal.service) starts on every host.
 4. The runbook in check mode changes nothing (every host keeps its driver and its job) and
-   writes a report that says so. Then it rolls the newer simulated driver out. On the failing
+   writes a report that says so. A target the repository lacks (a typo) stops the rollout
+   before the first drain: every host keeps its driver and its job, and no cordon is set.
+   Then it rolls the newer simulated driver out. On the failing
    host a second job starts while its driver is installed (a dpkg hook starts
    lab-train@late.service, as a scheduler might after the drain), so the role defers its
    reboot. Expected: every host up to the failing host's batch upgraded (newer driver loaded,
@@ -310,6 +312,30 @@ def main() -> int:
         checks.expect(
             all(loaded_driver(h) == old and job_state(h) == "active" and not checkpointed(h) for h in hosts),
             f"--check: every host still runs {old} and its training, never stopped",
+        )
+        report_file.unlink(missing_ok=True)
+
+        # A version the repository does not carry (a typo) must stop the rollout before the first
+        # drain: the role's checks run on every host first, with every job still running.
+        typo = f"{new.rsplit('.', 1)[0]}.99"
+        rc, times["upgrade-driver.yml, a typo"], _ = playbook(
+            "playbooks/upgrade-driver.yml",
+            inventory,
+            [*runbook_vars, f"upgrade_driver_version={typo}"],
+            logs / "upgrade-driver-typo.log",
+        )
+        typoed = json.loads(report_file.read_text()) if report_file.exists() else {}
+        checks.expect(
+            rc != 0 and "the check before the first drain failed" in typoed.get("stopped", ""),
+            f"a target the repository lacks ({typo}) stops the rollout before any drain: "
+            f"{typoed.get('stopped', '')[:200]}",
+        )
+        checks.expect(
+            all(
+                loaded_driver(h) == old and job_state(h) == "active" and not checkpointed(h) and not rollout_cordon(h)
+                for h in hosts
+            ),
+            f"after the typo every host still runs {old} and its training, never stopped nor cordoned",
         )
         report_file.unlink(missing_ok=True)
 
