@@ -182,10 +182,16 @@ def unit_active(host: str) -> str:
     return on(host, "systemctl", "is-active", UNIT).stdout.strip()
 
 
-def boot_started(host: str) -> float:
-    """Wall time of the host's current boot: its first journal entry in this boot."""
-    proc = on(host, "sh", "-c", "journalctl --no-pager -b 0 -o json | head -n 1")
-    return int(json.loads(proc.stdout)["__REALTIME_TIMESTAMP"]) / 1e6 if proc.stdout.strip() else 0.0
+def boots(host: str, since: float) -> list[float]:
+    """Wall times at which the host booted since `since`: lab-boot.service starts at every boot
+    (a container's restart keeps the machine's kernel boot id, so journalctl's boots do not tell)."""
+    proc = on(host, "journalctl", "--no-pager", "-o", "json", "-u", "lab-boot.service", "--since", f"@{int(since)}")
+    starts = []
+    for text in proc.stdout.splitlines():
+        entry = json.loads(text)
+        if str(entry.get("MESSAGE", "")).startswith("lab-boot: boot id "):  # its first line at every boot
+            starts.append(int(entry["__REALTIME_TIMESTAMP"]) / 1e6)
+    return starts
 
 
 def checkpoint_stamp(python: Path) -> tuple[str, dict]:
@@ -331,13 +337,13 @@ def main() -> int:
             checks.expect(rows.get(host, {}).get("state") == "upgraded", f"{host}: upgraded ({rows.get(host, {})})")
             checks.expect(loaded_driver(host) == mid, f"{host} runs {mid}")
             checks.expect(unit_active(host) == "active", f"{host}: {UNIT} runs again")
-        boots = {host: boot_started(host) for host in HOSTS}
+        booted = {host: max(boots(host, before), default=0.0) for host in HOSTS}
         restarted = first["_started"]
         checks.expect(
-            all(restarted.values()) and min(restarted.values()) > max(boots.values()),
-            "both units started again only after both hosts were back from their reboot "
-            f"(started {sorted(round(t - before, 1) for t in restarted.values())} s, "
-            f"boots {sorted(round(t - before, 1) for t in boots.values())} s into the rollout)",
+            all(booted.values()) and all(restarted.values()) and min(restarted.values()) > max(booted.values()),
+            "both hosts rebooted after the drain, and both units started again only after both were back "
+            f"(booted {sorted(round(t - before, 1) for t in booted.values())} s, "
+            f"started {sorted(round(t - before, 1) for t in restarted.values())} s into the rollout)",
         )
         resumed = wait_for_batches(HOSTS[0], before, max(restarted.values() or [before]), args.batches, timeout=900)
         checks.expect(
