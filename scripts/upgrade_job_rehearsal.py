@@ -24,12 +24,14 @@ under the newest) and one folder of the lab bind-mounted at /data/checkpoints in
    Measured from the hosts' journals (both share this machine's clock): the drain (SIGTERM to
    both units inactive), the whole job down (SIGTERM to both units active again) and until the
    first batch trained after the restart.
-4. Unless --no-fail: the rollout to the newest driver, under which one GPU of the 2nd host
-   fails. Expected: the job drained whole again (both ranks stop at the same batch M, and
-   their last lines say they had resumed from batch N, sample N x the global batch, and count
-   M x the global batch samples), the 1st host upgraded, the 2nd failed and cordoned with the
-   reason, the job stopped on BOTH hosts with the report saying why, the drained unit
-   remembered on both, train.yml refusing the 2nd host; the runbook exits non-zero.
+4. Unless --no-fail: the rollout to the branch alone (upgrade_driver_branch=580, no version:
+   the branch's newest driver is the target), under which one GPU of the 2nd host fails.
+   Expected: the job drained whole again (both ranks stop at the same batch M, and their
+   last lines say they had resumed from batch N, sample N x the global batch, and count
+   M x the global batch samples), the 1st host upgraded to the branch's newest, the 2nd
+   failed and cordoned with the reason, the job stopped on BOTH hosts with the report saying
+   why, the drained unit remembered on both, train.yml refusing the 2nd host; the runbook
+   exits non-zero.
    Without the failing case the job is stopped by hand at the end for its last lines.
 The measured times are printed and written to lab/upgrade-job/results.json. The lab is
 removed at the end unless --keep. Python 3.11 standard library (the checkpoint is read with
@@ -358,10 +360,11 @@ def main() -> int:
 
         second_step = None
         if not args.no_fail:
-            log(f"upgrade-driver.yml: {mid} -> {new}; one GPU of {FAILING} fails under it")
+            branch = new.split(".")[0]
+            log(f"upgrade-driver.yml: {mid} -> branch {branch}, its newest {new}; one GPU of {FAILING} fails under it")
             before = time.time()
-            rc, times[f"upgrade-driver.yml to {new}"], _ = playbook(
-                "playbooks/upgrade-driver.yml", inventory, [*rollout_vars, f"upgrade_driver_version={new}"],
+            rc, times[f"upgrade-driver.yml to branch {branch} ({new})"], _ = playbook(
+                "playbooks/upgrade-driver.yml", inventory, [*rollout_vars, f"upgrade_driver_branch={branch}"],
                 logs / "upgrade-driver-fail.log",
             )  # fmt: skip
             doc2 = json.loads(report_file.read_text()) if report_file.exists() else {"rows": [], "batches": []}
@@ -394,6 +397,10 @@ def main() -> int:
             )
             passed, failing = HOSTS[0], FAILING
             checks.expect(rows.get(passed, {}).get("state") == "upgraded", f"{passed}: upgraded")
+            checks.expect(
+                loaded_driver(passed) == new,
+                f"{passed} runs the branch's newest driver {new}, not the {mid} it had ({loaded_driver(passed)})",
+            )
             checks.expect(
                 rows.get(failing, {}).get("state") == "failed",
                 f"{failing}: failed ({json.dumps(rows.get(failing, {}))[:300]})",
