@@ -195,3 +195,97 @@ def test_autoresume_needs_save_folder_and_run_name():
     assert "run_name is not set" in both[1] and "Set run_name" in both[1]
     assert logic.checkpoint_problems({"autoresume": False}, CACHE, ROLE_FOLDERS) == []
     assert logic.checkpoint_problems({}, CACHE, ROLE_FOLDERS) == []
+
+
+# Which Python the venv is made with (gpu_fleet.common.hf_loader_python).
+def facts(family, distribution, version, python=(3, 11)):
+    return {
+        "os_family": family,
+        "distribution": distribution,
+        "distribution_version": version,
+        "distribution_major_version": version.split(".")[0],
+        "python": {"version": {"major": python[0], "minor": python[1], "micro": 2}},
+    }
+
+
+@pytest.mark.parametrize(
+    ("host", "version"),
+    [
+        (facts("Debian", "Debian", "12.8", (3, 11)), "3.11"),
+        (facts("Debian", "Debian", "13.1", (3, 13)), "3.13"),
+        (facts("Debian", "Ubuntu", "22.04", (3, 10)), "3.10"),
+        (facts("Debian", "Ubuntu", "24.04", (3, 12)), "3.12"),
+    ],
+)
+def test_debian_and_ubuntu_keep_the_system_python3_and_its_packages(host, version):
+    # As before the choice existed: python3 -m venv, the wheelhouse folder of the Python Ansible
+    # runs, and no package besides vars/Debian.yml's.
+    choice = logic.python_choice(host, "")
+    assert choice == {"command": "python3", "version": version, "tag": "cp" + version.replace(".", ""),
+                      "packages": [], "problem": ""}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("distribution", "version"),
+    [("RedHat", "8.8"), ("RedHat", "8.10"), ("Rocky", "8.9"), ("RedHat", "9.2"), ("AlmaLinux", "9.6"), ("CentOS", "9")],
+)
+def test_el_8_and_9_use_appstreams_python3_11_whatever_python_ansible_runs(distribution, version):
+    # Ansible may run on /usr/bin/python3 (3.9 on EL 9) or on python3.11 itself: the venv's Python is
+    # the distribution's, not Ansible's. CentOS Stream reports its major release alone.
+    for ansible_python in [(3, 9), (3, 11), (3, 12)]:
+        choice = logic.python_choice(facts("RedHat", distribution, version, ansible_python), "")
+        assert choice["command"] == "python3.11" and choice["tag"] == "cp311" and choice["problem"] == ""
+        assert choice["packages"] == ["python3.11", "python3.11-setuptools"]
+
+
+@pytest.mark.parametrize(("version", "since"), [("8.7", "8.8"), ("8.1", "8.8"), ("9.0", "9.2"), ("9.1", "9.2")])
+def test_an_el_minor_release_without_python3_11_is_refused_with_the_release_that_has_it(version, since):
+    choice = logic.python_choice(facts("RedHat", "RedHat", version, (3, 9)), "")
+    assert f"RedHat {version}'s python3 is" in choice["problem"]
+    assert f"only from {since}" in choice["problem"] and "dnf upgrade" in choice["problem"]
+
+
+def test_el_releases_are_compared_as_versions_not_as_strings():
+    # As strings "8.10" < "8.8" and "9.10" < "9.2": both releases carry python3.11.
+    assert logic.python_choice(facts("RedHat", "RedHat", "8.10"), "")["problem"] == ""
+    assert logic.python_choice(facts("RedHat", "RedHat", "9.10"), "")["problem"] == ""
+    assert logic.python_choice(facts("RedHat", "RedHat", "8.7"), "")["problem"] != ""
+
+
+def test_el_7_has_no_python3_11_and_is_refused():
+    problem = logic.python_choice(facts("RedHat", "CentOS", "7.9", (3, 6)), "")["problem"]
+    assert "python3 is 3.6" in problem and "no python3.11" in problem and "hf_loader_python" in problem
+
+
+def test_a_redhat_family_release_with_a_new_python3_keeps_it():
+    # EL 10 (python3 3.12) and Fedora: the system python3, installed as before.
+    for host in [facts("RedHat", "RedHat", "10.0", (3, 12)), facts("RedHat", "Fedora", "42", (3, 13))]:
+        choice = logic.python_choice(host, "")
+        assert choice["command"] == "python3" and choice["packages"] == ["python3"] and choice["problem"] == ""
+
+
+def test_an_explicit_interpreter_is_taken_with_its_packages_and_version():
+    choice = logic.python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), "python3.12")
+    assert choice == {"command": "python3.12", "version": "3.12", "tag": "cp312",
+                      "packages": ["python3.12", "python3.12-setuptools"], "problem": ""}  # fmt: skip
+    choice = logic.python_choice(facts("Debian", "Ubuntu", "22.04", (3, 10)), "python3.11")
+    assert choice["packages"] == ["python3.11", "python3.11-venv"] and choice["tag"] == "cp311"
+
+
+@pytest.mark.parametrize("requested", ["python3.9", "python2.7", "/usr/bin/python3.11", "py3"])
+def test_an_explicit_interpreter_too_old_or_not_a_versioned_command_is_refused(requested):
+    problem = logic.python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), requested)["problem"]
+    assert problem.startswith("hf_loader_python") and requested in problem
+    assert "python3.11" in problem
+
+
+def test_python3_requested_where_it_is_too_old_is_refused_naming_its_version():
+    problem = logic.python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), "python3")["problem"]
+    assert "python3, which is Python 3.9 on RedHat 9.4" in problem
+    assert logic.python_choice(facts("Debian", "Debian", "12.8", (3, 11)), "python3")["problem"] == ""
+
+
+def test_no_python_facts_is_refused_rather_than_guessed():
+    host = facts("Debian", "Debian", "12.8")
+    del host["python"]
+    assert "gather facts" in logic.python_choice(host, "")["problem"]
