@@ -289,3 +289,30 @@ def test_no_python_facts_is_refused_rather_than_guessed():
     host = facts("Debian", "Debian", "12.8")
     del host["python"]
     assert "gather facts" in logic.python_choice(host, "")["problem"]
+
+
+def test_the_role_makes_the_venv_with_the_chosen_python_and_refuses_in_preflight():
+    # The choice is wired in: the venv's interpreter, the wheelhouse folder and the packages come
+    # from gpu_fleet.common.hf_loader_python, not from a hard-coded python3 or Ansible's own Python.
+    role = ROOT / "roles" / "hf_loader"
+    install = (role / "tasks" / "install.yml").read_text()
+    assert 'virtualenv_command: "{{ __hf_loader_python.command }} -m venv"' in install
+    role_vars = yaml.safe_load((role / "vars" / "main.yml").read_text())
+    assert "gpu_fleet.common.hf_loader_python(hf_loader_python)" in role_vars["__hf_loader_python"]
+    assert role_vars["__hf_loader_python_tag"] == "{{ __hf_loader_python.tag }}"
+    assert "__hf_loader_python.packages" in role_vars["__hf_loader_packages"]
+    preflight = yaml.safe_load((role / "tasks" / "preflight.yml").read_text())
+    checks = next(task for task in preflight if "gpu_fleet.common.preflight" in task)["gpu_fleet.common.preflight"]
+    assert any("__hf_loader_python.problem | length == 0" in check["ok"] for check in checks["checks"])
+    assert "ansible_facts['python']" not in (role / "vars" / "main.yml").read_text()
+
+
+def test_debian_and_ubuntu_install_the_same_packages_as_before():
+    os_packages = yaml.safe_load((ROOT / "roles" / "hf_loader" / "vars" / "Debian.yml").read_text())
+    choice = logic.python_choice(facts("Debian", "Debian", "12.8"), "")
+    assert choice["packages"] + os_packages["__hf_loader_os_packages"] == ["python3-venv", "python3-packaging", "rsync"]
+    redhat = yaml.safe_load((ROOT / "roles" / "hf_loader" / "vars" / "RedHat.yml").read_text())
+    el9 = logic.python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), "")
+    assert el9["packages"] + redhat["__hf_loader_os_packages"] == [
+        "python3.11", "python3.11-setuptools", "python3-packaging", "rsync"
+    ]  # fmt: skip
