@@ -169,7 +169,7 @@ def checkpoint_problems(train_config, cache_root: str, protected: dict | None = 
 # files/hf_loader/pyproject.toml: requires-python = ">=3.10".
 LOADER_MIN_PYTHON = (3, 10)
 # EL's python3 for a whole major release, and the first minor release whose AppStream carries
-# python3.11 (a separate, parallel-installable package with its own venv and ensurepip: Red Hat,
+# python3.11 (a separate, parallel-installable package whose venv module Red Hat's guide runs alone: Red Hat,
 # "Installing and using dynamic programming languages", RHEL 9 tables 1.1 and section "Using
 # Python", and RHEL 8 "Configuring basic system settings", the same chapter: RHEL 8 python3 is 3.6,
 # python3.11 from 8.8; RHEL 9 python3 is 3.9, python3.11 from 9.2). EL 7 has no python3.11 at all.
