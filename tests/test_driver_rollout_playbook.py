@@ -178,4 +178,5 @@ def test_the_drivers_plan_is_checked_on_every_host_before_the_first_drain(tmp_pa
     assert tasks.index("Stop before the first drain when the check failed on a host") < tasks.index("Show the batches")
     check = (ROOT / "roles" / "nvidia_driver" / "tasks" / "check.yml").read_text()
     # Only reads: the role's own checks and plan, never a step that changes the host.
-    assert re.findall(r"(?:import|include)_tasks: (\S+)", check) == ["preflight.yml", "detect.yml", "plan.yml"]
+    steps = re.findall(r"(?:import|include)_tasks:\s+(?:file: )?(\S+)", check)
+    assert steps == ["preflight.yml", "detect.yml", "plan.yml"]
