@@ -78,6 +78,12 @@ def _flat(text: str) -> str:
     return re.sub(r"\s+", " ", text)
 
 
+def _task_names(play: str) -> list[str]:
+    """The task names --list-tasks gives for a play, without the role's "upgrade_driver : " prefix."""
+    names = [line.split("\t")[0].strip() for line in play.splitlines() if "TAGS:" in line]
+    return [name.split(" : ", 1)[-1] for name in names]
+
+
 def test_a_drain_shorter_than_a_hosts_stop_timeout_is_refused_before_any_host(tmp_path):
     inventory = _inventory(tmp_path, {"gpu-01": {"hf_loader_train_stop_timeout": 900}, "gpu-02": {}})
     rc, out = _rollout(tmp_path, inventory)
@@ -121,7 +127,7 @@ def test_the_batch_cordons_a_host_before_reading_it_again(tmp_path):
     batches = [play for play in plays if "Drain the training units" in play]
     assert len(batches) == 2, out  # the canary and the rest
     for play in batches:
-        tasks = [line.split("\t")[0].strip() for line in play.splitlines() if "TAGS:" in line]
+        tasks = _task_names(play)
         cordon = next(i for i, task in enumerate(tasks) if task.startswith("Cordon the host"))
         read = tasks.index("Read the active training units")
         decide = tasks.index("Decide, job by job, what the batch drains, waits for or skips")
@@ -174,7 +180,7 @@ def test_the_drivers_plan_is_checked_on_every_host_before_the_first_drain(tmp_pa
     assert "Run the nvidia_driver role's checks and plan in check mode" in reading
     assert "Drain the training units" not in reading
     planning = next(play for play in plays if "Plan the canary and the batches" in play)
-    tasks = [line.split("\t")[0].strip() for line in planning.splitlines() if "TAGS:" in line]
+    tasks = _task_names(planning)
     assert tasks.index("Stop before the first drain when the check failed on a host") < tasks.index("Show the batches")
     check = (ROOT / "roles" / "nvidia_driver" / "tasks" / "check.yml").read_text()
     # Only reads: the role's own checks and plan, never a step that changes the host.

@@ -17,7 +17,13 @@ SCENARIO_OF_ROLE = {"hf_loader": "default"}
 # fleet_pull works at boot, from cloud-init's seed, which must be in place before the container
 # starts (Molecule's create step cannot give it): the pull lab boots real NoCloud instances and
 # runs the role there, its second run (drift) changing nothing (make lab-pull-short, in make test).
-REHEARSAL_OF_ROLE = {"fleet_pull": ("scripts/pull_lab.py", "lab-pull-short")}
+# upgrade_driver is a runbook's steps (playbooks/upgrade-driver.yml): the upgrade lab runs it over
+# simulated-GPU lab hosts with real reboots, one host failing, then again with nothing to change
+# (make lab-upgrade-short, in make test).
+REHEARSAL_OF_ROLE = {
+    "fleet_pull": ("scripts/pull_lab.py", "lab-pull-short"),
+    "upgrade_driver": ("scripts/upgrade_rehearsal.py", "lab-upgrade-short"),
+}
 # The Slurm roles need a controller and nodes that reach each other (munge, slurmctld, slurmd): the
 # Slurm lab runs them on lab hosts, their second run changing nothing (make lab-slurm, mk/slurm.mk;
 # not in make test, whose budget is spent).
