@@ -24,7 +24,7 @@ under the newest) and one folder of the lab bind-mounted at /data/checkpoints in
    Measured from the hosts' journals (both share this machine's clock): the drain (SIGTERM to
    both units inactive), the whole job down (SIGTERM to both units active again) and until the
    first batch trained after the restart.
-4. Unless --no-fail: the rollout to the branch alone (upgrade_driver_branch=580, no version:
+4. Unless --no-fail: the rollout to a new branch alone (upgrade_driver_branch=590, no version:
    the branch's newest driver is the target), under which one GPU of the 2nd host fails.
    Expected: the job drained whole again (both ranks stop at the same batch M, and their
    last lines say they had resumed from batch N, sample N x the global batch, and count
@@ -59,7 +59,9 @@ LAB = "lab/upgrade-job"
 PREFIX = "upgrade-job-"
 HOSTS = [f"{PREFIX}01", f"{PREFIX}02"]
 FAILING = HOSTS[1]  # one GPU fails there under the newest simulated driver
-VERSIONS = ("580.82.07", "580.95.05", "580.105.08")  # first converge, the rollout that passes, the one that fails
+# First converge, the rollout that passes (an exact version), the one that fails (a branch alone:
+# a host already on a branch is current for that branch, so the branch target is a new one).
+VERSIONS = ("580.82.07", "580.95.05", "590.44.01")
 CHECKPOINTS = "/data/checkpoints"  # in every host: the lab's folder SHARED_DIR
 SHARED_DIR = "shared"
 RUN_NAME = "rehearsal"
@@ -399,7 +401,7 @@ def main() -> int:
             checks.expect(rows.get(passed, {}).get("state") == "upgraded", f"{passed}: upgraded")
             checks.expect(
                 loaded_driver(passed) == new,
-                f"{passed} runs the branch's newest driver {new}, not the {mid} it had ({loaded_driver(passed)})",
+                f"{passed} runs branch {branch}'s newest driver {new}, not the {mid} it had ({loaded_driver(passed)})",
             )
             checks.expect(
                 rows.get(failing, {}).get("state") == "failed",
