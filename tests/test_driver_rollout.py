@@ -80,7 +80,7 @@ def test_idle_host_without_a_loaded_driver_is_upgraded_without_a_drain():
     plan = host_plan("", "", "590")
     assert plan == {
         "action": "upgrade",
-        "reason": "runs no driver, wanted branch 590 (newest)",
+        "reason": "runs no driver, wanted branch 590 (its newest, for hosts on another branch)",
         "loaded_version": "",
         "busy_units": [],
         "restart_units": [],
@@ -101,7 +101,12 @@ def test_units_an_earlier_rollout_left_stopped_start_once_the_host_passes():
 
 
 def test_a_branch_target_is_met_by_any_version_of_the_branch():
-    assert host_plan(PROC_580_82, "", "580")["action"] == "current"
+    within = host_plan(PROC_580_82, "", "580")
+    assert within["action"] == "current"
+    # The lab's job rehearsal showed it: the report must say that a newer version of the branch
+    # is not rolled out by the branch alone, and how it is.
+    assert "name the version to move inside the branch (upgrade_driver_version)" in within["reason"]
+    assert "move inside" not in host_plan(PROC_580_82, "", "580", "580.82.07")["reason"]
     assert host_plan(PROC_580_82, "", "590")["action"] == "upgrade"
 
 

@@ -55,7 +55,7 @@ def target_errors(branch, pin) -> list[str]:
 
 
 def target_text(branch, pin="") -> str:
-    return pin or f"branch {branch} (newest)"
+    return pin or f"branch {branch} (its newest, for hosts on another branch)"
 
 
 def loaded_version(proc_version_text: str) -> str:
@@ -97,6 +97,10 @@ def host_plan(
         reason = "its job records cannot be read: " + "; ".join(jobs["errors"])
     elif loaded and version_matches(loaded, pin, branch):
         action, reason = "current", f"already runs {loaded}"
+        if not pin:
+            # As nvidia_driver keeps a host on its branch between runs (no drift), a branch target
+            # does not move a host inside the branch; the report says how to.
+            reason += f", of branch {branch}: name the version to move inside the branch (upgrade_driver_version)"
     elif busy and jobs_mode == "skip":
         action, reason = "skip", f"training runs ({', '.join(busy)}) and upgrade_driver_jobs is skip"
     else:
