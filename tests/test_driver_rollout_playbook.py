@@ -159,6 +159,14 @@ def test_the_batch_cordons_a_host_before_reading_it_again(tmp_path):
             ["-e", "upgrade_driver_canary=canaries"],
             'upgrade_driver_canary must be idle, first, "" or a group holding hosts',
         ),
+        (
+            ["-e", "upgrade_driver_phase=rollout"],
+            "upgrade_driver_phase must be all (the whole rollout), canary (the canary batch only) or rest",
+        ),
+        (
+            ["-e", "upgrade_driver_phase=canary", "-e", "upgrade_driver_canary="],
+            "upgrade_driver_phase=canary needs a canary, but upgrade_driver_canary is empty",
+        ),
     ],
 )
 def test_bad_job_and_budget_settings_are_refused_before_any_host(tmp_path, extra, message):
@@ -186,3 +194,61 @@ def test_the_drivers_plan_is_checked_on_every_host_before_the_first_drain(tmp_pa
     # Only reads: the role's own checks and plan, never a step that changes the host.
     steps = re.findall(r"(?:import|include)_tasks:\s+(?:file: )?(\S+)", check)
     assert steps == ["preflight.yml", "detect.yml", "plan.yml"]
+
+
+@pytest.mark.parametrize("awx_var", ["awx_job_id", "tower_job_id"])
+def test_under_awx_the_pause_is_refused_before_any_host(tmp_path, awx_var):
+    # AWX gives every job awx_job_id (tower_job_id in older releases); there is no terminal, so the
+    # pause would not wait and the canary gate would silently disappear.
+    inventory = _inventory(tmp_path, {"gpu-01": {}, "gpu-02": {}})
+    rc, out = _rollout(tmp_path, inventory, "-e", "upgrade_driver_pause_after_canary=true", "-e", f"{awx_var}=42")
+    flat = _flat(out)
+    assert rc != 0 and "This run is an AWX job (42)" in flat, out[-3000:]
+    assert "two job templates with an approval between them" in flat
+    assert "set upgrade_driver_pause_after_canary=false to roll on without a gate" in flat
+    assert "gpu-01" not in out.split("PLAY RECAP")[-1], "a host was contacted before the refusal"
+    assert not (tmp_path / "reports").exists()
+
+
+@pytest.mark.parametrize(
+    "extra", [["-e", "upgrade_driver_phase=canary"], ["-e", "upgrade_driver_pause_after_canary=false"]]
+)
+def test_under_awx_the_canary_phase_and_a_rollout_without_pause_pass_the_check(tmp_path, extra):
+    inventory = _inventory(tmp_path, {"gpu-01": {}})
+    rc, out = _rollout(
+        tmp_path, inventory, "-e", "upgrade_driver_pause_after_canary=true", "-e", "awx_job_id=42", *extra
+    )
+    assert "This run is an AWX job" not in _flat(out)
+    assert "gpu-01" in out.split("PLAY RECAP")[-1], out[-3000:]  # past the checks, on to the hosts
+    # The host does not answer: reported unreachable, the run fails on that, not on the checks.
+    assert rc != 0 and (tmp_path / "reports" / "upgrade-driver.json").exists()
+
+
+def test_the_rest_phase_without_a_canary_is_refused_before_the_first_cordon(tmp_path):
+    inventory = _inventory(tmp_path, {"gpu-01": {}, "gpu-02": {}})
+    rc, out = _rollout(tmp_path, inventory, "-e", "upgrade_driver_phase=rest")
+    flat = _flat(out)
+    assert rc != 0 and "upgrade_driver_phase=rest refused: no host shows that a canary of 580.95.05 passed" in flat
+    assert "-e upgrade_driver_phase=canary with the same target first" in flat
+    # No batch ran: nothing cordoned, drained or installed.
+    for step in ("Cordon the host before it is read again", "Drain the training units", "Install the driver"):
+        assert step not in out, step
+    doc = json.loads((tmp_path / "reports" / "upgrade-driver.json").read_text())
+    assert doc["stopped"].startswith("upgrade_driver_phase=rest refused") and not doc["ok"] and doc["batches"] == []
+    assert doc["phase"] == "rest"
+
+
+def test_only_the_canary_play_marks_its_hosts_after_its_batch(tmp_path):
+    inventory = _inventory(tmp_path, {"gpu-01": {}})
+    rc, out = _rollout(tmp_path, inventory, "--list-tasks")
+    assert rc == 0, out[-3000:]
+    plays = re.split(r"\n\s*play #\d+ ", out)
+    canary = next(play for play in plays if "Upgrade the canary" in play.splitlines()[0])
+    tasks = _task_names(canary)
+    assert tasks.index("Write the canary's mark (the target it passed with)") > tasks.index(
+        "Decide whether the rollout goes on"
+    )
+    rest = next(play for play in plays if "Upgrade the rest of the fleet" in play.splitlines()[0])
+    assert "Write the canary's mark (the target it passed with)" not in rest
+    mark = (ROOT / "roles" / "upgrade_driver" / "tasks" / "mark.yml").read_text()
+    assert "upgrade_driver_phase == 'canary'" in mark and "upgrade_driver_record.passed" in mark
