@@ -3,7 +3,8 @@
 
 Reads REPORT_DIR/hosts/*.json (stored by the hf_loader role after each cache
 test: the host's report, as the package wrote it, plus driver and volume facts)
-and writes REPORT_DIR/fleet.html and REPORT_DIR/fleet.md. Each report is
+and writes REPORT_DIR/fleet.html, REPORT_DIR/fleet.md and REPORT_DIR/fleet.json (the
+summary for scripts and the run's results: each host's state and the counts). Each report is
 validated against the package's JSON Schema; an invalid one is shown as such
 and never counted as ready.
 
@@ -219,6 +220,20 @@ def summary_line(rows: list[dict]) -> str:
     return line
 
 
+def summary(rows: list[dict]) -> dict:
+    """The fleet's state in a few stable keys (no times): what playbooks/report.yml hands on as
+    the run's result (set_stats and the artifact file) and what scripts read."""
+    in_run = [row for row in rows if row["state"] != "not-in-run"]
+    counts = {state: sum(row["state"] == state for row in rows) for state in VERDICTS}
+    return {
+        "summary": summary_line(rows),
+        "ready": sum(row["state"] in READY_STATES for row in in_run),
+        "hosts_in_run": len(in_run),
+        "counts": {state: count for state, count in counts.items() if count},
+        "hosts": {row["host"]: row["state"] for row in rows},
+    }
+
+
 def render_markdown(rows: list[dict]) -> str:
     lines = ["# Fleet readiness", "", summary_line(rows), "", "| " + " | ".join(COLUMNS) + " |"]
     lines.append("|" + " --- |" * len(COLUMNS))
@@ -273,8 +288,9 @@ def main(argv=None) -> int:
     args.report_dir.mkdir(parents=True, exist_ok=True)
     changed = write_if_changed(args.report_dir / "fleet.html", render_html(rows))
     changed |= write_if_changed(args.report_dir / "fleet.md", render_markdown(rows))
+    changed |= write_if_changed(args.report_dir / "fleet.json", json.dumps(summary(rows), indent=2) + "\n")
     print(summary_line(rows))
-    print(f"report: {args.report_dir / 'fleet.html'} and fleet.md")
+    print(f"report: {args.report_dir / 'fleet.html'}, fleet.md and fleet.json")
     print("written" if changed else "unchanged")
     return 0
 

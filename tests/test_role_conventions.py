@@ -31,6 +31,9 @@ LAB_OF_ROLE = {
     "slurm_controller": ("scripts/slurm_lab.py", "lab-slurm", "mk/slurm.mk"),
     "slurm_node": ("scripts/slurm_lab.py", "lab-slurm", "mk/slurm.mk"),
 }
+# fleet_artifact touches no host (set_stats and a file on the controller): pytest runs the
+# runbooks that apply it on this machine and reads both (tests/test_run_results.py).
+PYTEST_OF_ROLE = {"fleet_artifact": "tests/test_run_results.py"}
 SPEC_TYPES = {"str", "path", "bool", "int", "float", "list", "dict", "raw"}
 
 
@@ -91,6 +94,9 @@ def test_role_has_the_standard_files(role):
     if role in LAB_OF_ROLE:
         script, target, makefile = LAB_OF_ROLE[role]
         assert (ROOT / script).is_file() and f"\n{target}:" in (ROOT / makefile).read_text()
+        return
+    if role in PYTEST_OF_ROLE:
+        assert (ROOT / PYTEST_OF_ROLE[role]).is_file()
         return
     scenario = SCENARIO_OF_ROLE.get(role, role)
     assert (ROOT / "molecule" / scenario / "molecule.yml").is_file(), "each role has a Molecule scenario"
