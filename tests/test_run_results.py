@@ -1,0 +1,243 @@
+"""Results that outlive the controller: each runbook's summary as set_stats and as an artifact file.
+
+The runbooks run for real on this machine as conftest.run_playbook runs them (the project's
+ansible.cfg, local-connection hosts, facts beside the inventory), with the ansible.posix.json
+callback and show_custom_stats, which prints the run's global stats as AWX takes them (runner's
+playbook_on_stats event carries stats.custom['_run'] as artifact_data). Each test reads the
+stats and the file fleet_artifact wrote, and checks that both say the same.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from test_fleet_report import READY_REPORT, summary
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "collections"))
+
+from ansible_collections.gpu_fleet.common.plugins.filter.run_results import state_counts  # noqa: E402
+
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+
+
+def run(inventory: Path, name: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict, str]:
+    """playbooks/<name> as conftest.run_playbook runs it, its output as JSON: (rc, output, stderr)."""
+    environment = {key: value for key, value in os.environ.items() if key != "AWX_ISOLATED_DATA_DIR"}
+    done = subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(ROOT / "playbooks" / name), *args],
+        capture_output=True,
+        text=True,
+        env={
+            **environment,
+            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_LOCALHOST_WARNING": "false",
+            "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(inventory.parent / "facts"),
+            "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
+            "ANSIBLE_SHOW_CUSTOM_STATS": "true",
+            **(env or {}),
+        },
+        cwd=ROOT,
+        check=False,
+        timeout=300,
+    )
+    assert done.stdout.strip(), done.stderr
+    return done.returncode, json.loads(done.stdout), done.stderr
+
+
+def stats(output: dict) -> dict:
+    """The run's global stats: what AWX shows as the job's artifacts."""
+    return output["global_custom_stats"]
+
+
+def changed(output: dict, task: str) -> bool:
+    """Whether the named task changed anything on any host, in any play."""
+    return any(
+        result.get("changed", False)
+        for play in output["plays"]
+        for entry in play["tasks"]
+        if entry["task"]["name"] == task
+        for result in entry["hosts"].values()
+    )
+
+
+def local_hosts(tmp_path: Path, hosts: dict[str, dict]) -> Path:
+    """Hosts of this machine (local connection, no become), each with its own variables."""
+    inventory = tmp_path / "inventory.yml"
+    entries = {
+        name: {
+            "ansible_connection": "local",
+            "ansible_become": False,
+            "ansible_python_interpreter": sys.executable,
+            **more,
+        }
+        for name, more in hosts.items()
+    }
+    inventory.write_text(yaml.safe_dump({"gpu_hosts": {"hosts": entries}}))
+    return inventory
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> dict:
+    """Two hosts whose cache tests the controller stored: gpu-01 ready, gpu-02 not ready."""
+    reports = tmp_path / "reports"
+    (reports / "hosts").mkdir(parents=True)
+    for item in (summary("gpu-01", READY_REPORT), summary("gpu-02", None, problem="no report stored")):
+        (reports / "hosts" / f"{item['host']}.json").write_text(json.dumps(item))
+    inventory = local_hosts(tmp_path, {"gpu-01": {}, "gpu-02": {}})
+    return {"inventory": inventory, "reports": reports, "artifacts": tmp_path / "artifacts"}
+
+
+def test_the_fleet_report_goes_out_as_stats_and_as_a_file_and_a_rerun_changes_neither(fleet):
+    args = ("-e", f"fleet_report_dir={fleet['reports']}", "-e", f"fleet_artifact_dir={fleet['artifacts']}")
+    rc, output, stderr = run(fleet["inventory"], "report.yml", *args)
+    assert rc == 0, stderr
+    sent = stats(output)["gpu_fleet_report"]
+    assert sent == {
+        "summary": "fleet: 1 of 2 hosts ready to train; not ready: gpu-02",
+        "ready": 1,
+        "hosts_in_run": 2,
+        "counts": {"ready": 1, "not-ready": 1},
+        "hosts": {"gpu-01": "ready", "gpu-02": "not-ready"},
+        "report": f"{fleet['reports']}/fleet.html",
+        "check_mode": False,
+    }
+    assert json.loads((fleet["artifacts"] / "gpu_fleet_report.json").read_text()) == sent
+    # Only the global stats: nothing per host (AWX would not show it).
+    assert not output["custom_stats"]
+
+    rc, output, stderr = run(fleet["inventory"], "report.yml", *args)
+    assert rc == 0, stderr
+    assert stats(output)["gpu_fleet_report"] == sent
+    assert not changed(output, "Write the summary"), "a rerun that saw the same fleet rewrote its summary"
+
+
+def test_under_ansible_runner_the_file_goes_to_the_runs_artifact_folder_by_default(fleet):
+    # ansible-runner (and so navigator and AWX) names the run's artifacts/<ident> in AWX_ISOLATED_DATA_DIR.
+    runner_artifacts = fleet["artifacts"] / "artifacts" / "ident-1"
+    runner_artifacts.mkdir(parents=True)
+    rc, output, stderr = run(
+        fleet["inventory"],
+        "report.yml",
+        "-e",
+        f"fleet_report_dir={fleet['reports']}",
+        env={"AWX_ISOLATED_DATA_DIR": str(runner_artifacts)},
+    )
+    assert rc == 0, stderr
+    written = json.loads((runner_artifacts / "gpu_fleet_report.json").read_text())
+    assert written == stats(output)["gpu_fleet_report"]
+    assert not (fleet["reports"] / "gpu_fleet_report.json").exists()
+
+
+def test_without_runner_the_file_goes_beside_the_fleet_report_and_an_empty_folder_writes_none(fleet):
+    rc, output, stderr = run(fleet["inventory"], "report.yml", "-e", f"fleet_report_dir={fleet['reports']}")
+    assert rc == 0, stderr
+    assert json.loads((fleet["reports"] / "gpu_fleet_report.json").read_text()) == stats(output)["gpu_fleet_report"]
+
+    (fleet["reports"] / "gpu_fleet_report.json").unlink()
+    rc, output, stderr = run(
+        fleet["inventory"], "report.yml", "-e", f"fleet_report_dir={fleet['reports']}", "-e", "fleet_artifact_dir="
+    )
+    assert rc == 0, stderr
+    assert stats(output)["gpu_fleet_report"]["hosts"] == {"gpu-01": "ready", "gpu-02": "not-ready"}
+    assert not (fleet["reports"] / "gpu_fleet_report.json").exists()
+
+
+def test_check_mode_sends_the_summary_marked_as_a_check(fleet):
+    args = ("-e", f"fleet_report_dir={fleet['reports']}", "-e", f"fleet_artifact_dir={fleet['artifacts']}")
+    rc, output, stderr = run(fleet["inventory"], "report.yml", "--check", *args)
+    assert rc == 0, stderr
+    assert stats(output)["gpu_fleet_report"]["check_mode"] is True
+    assert json.loads((fleet["artifacts"] / "gpu_fleet_report.json").read_text())["check_mode"] is True
+
+
+def test_a_relative_artifact_folder_is_refused_naming_the_variable(fleet):
+    rc, output, stderr = run(
+        fleet["inventory"], "report.yml", "-e", f"fleet_report_dir={fleet['reports']}", "-e", "fleet_artifact_dir=out"
+    )
+    assert rc != 0
+    message = json.dumps(output)
+    assert "Bad path(s): fleet_artifact_dir" in message, message[-2000:]
+    assert "gpu_fleet_report" not in stats(output)
+
+
+def test_pull_collect_sends_each_hosts_last_pull_run_and_the_fleet_report(tmp_path):
+    # gpu-01's last pull run finished ready; gpu-02 has not finished one (no ready.json).
+    home = tmp_path / "gpu-01-home"
+    (home / "reports" / "hosts").mkdir(parents=True)
+    (home / "ready.json").write_text(json.dumps({"ready": True, "running": False, "host": "pulled-01"}))
+    stored = summary("pulled-01", READY_REPORT)
+    (home / "reports" / "hosts" / "pulled-01.json").write_text(json.dumps(stored))
+    inventory = local_hosts(
+        tmp_path, {"gpu-01": {"fleet_pull_home": str(home)}, "gpu-02": {"fleet_pull_home": str(tmp_path / "none")}}
+    )
+    artifacts = tmp_path / "artifacts"
+    rc, output, stderr = run(
+        inventory,
+        "pull-collect.yml",
+        "-e",
+        f"fleet_report_dir={tmp_path / 'reports'}",
+        "-e",
+        f"fleet_artifact_dir={artifacts}",
+    )
+    assert rc == 0, stderr
+    sent = stats(output)
+    assert sent["gpu_fleet_pull_collect"] == {
+        "counts": {"no-run": 1, "ready": 1},
+        "hosts": {"gpu-01": "ready", "gpu-02": "no-run"},
+        "report": f"{tmp_path / 'reports'}/fleet.html",
+        "check_mode": False,
+    }
+    assert sent["gpu_fleet_report"]["hosts"] == {"gpu-01": "ready", "gpu-02": "not-ready"}
+    for name in ("gpu_fleet_pull_collect", "gpu_fleet_report"):
+        assert json.loads((artifacts / f"{name}.json").read_text()) == sent[name]
+
+
+def _closed_port() -> int:
+    """A local TCP port nothing listens on: ssh to it is refused at once."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_driver_rollout_that_reached_no_host_still_sends_its_summary(tmp_path):
+    port = _closed_port()
+    inventory = tmp_path / "inventory.yml"
+    hosts = {name: {"ansible_host": "127.0.0.1", "ansible_port": port, "ansible_user": "nobody"} for name in ("gpu-01", "gpu-02")}
+    inventory.write_text(yaml.safe_dump({"gpu_hosts": {"hosts": hosts}}))
+    artifacts = tmp_path / "artifacts"
+    rc, output, stderr = run(
+        inventory,
+        "upgrade-driver.yml",
+        "-e",
+        "upgrade_driver_version=580.95.05",
+        "-e",
+        "upgrade_driver_pause_after_canary=false",
+        "-e",
+        f"upgrade_driver_report_dir={tmp_path / 'reports'}",
+        "-e",
+        f"fleet_artifact_dir={artifacts}",
+        env={"ANSIBLE_HOST_KEY_CHECKING": "false"},
+    )
+    assert rc != 0  # the rollout fails: no host was upgraded
+    sent = stats(output)["gpu_fleet_upgrade_driver"]
+    assert sent["ok"] is False
+    assert sent["hosts"] == {"gpu-01": "unreachable", "gpu-02": "unreachable"}
+    assert sent["counts"] == {"unreachable": 2}
+    assert sent["target"]["version"] == "580.95.05"
+    assert sent["report"] == f"{tmp_path / 'reports'}/upgrade-driver.md"
+    assert json.loads((artifacts / "gpu_fleet_upgrade_driver.json").read_text()) == sent
+
+
+def test_state_counts_counts_hosts_per_state_in_a_stable_order():
+    assert state_counts({"b": "ready", "a": "failed", "c": "ready"}) == {"failed": 1, "ready": 2}
+    assert list(state_counts({"x": "z", "y": "a"})) == ["a", "z"]
+    assert state_counts({}) == {}
