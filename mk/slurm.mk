@@ -6,3 +6,10 @@ SLURM_LAB_ARGS ?=
 
 lab-slurm: venv $(LAB_PYTHON_DEP) ## Slurm on lab hosts: a controller and 2 nodes, sinfo idle, srun, the health check drains a broken cache and resumes it
 	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python scripts/slurm_lab.py $(SLURM_LAB_ARGS)
+
+SLURM_JOB_LAB_ARGS ?=
+
+.PHONY: lab-slurm-job
+
+lab-slurm-job: venv $(LAB_PYTHON_DEP) wheelhouse ## train.yml -e train_launcher=slurm on lab hosts: a real 2-node Composer job (CPU, gloo) with sbatch, SIGTERM and scontrol requeue, resumed from its checkpoint
+	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python scripts/slurm_job_lab.py $(SLURM_JOB_LAB_ARGS)

@@ -1,0 +1,335 @@
+#!/usr/bin/env python3
+"""Training as a Slurm batch job (playbooks/train.yml -e train_launcher=slurm), checked on the lab
+hosts themselves with a real 2-node Composer job.
+
+    make lab-slurm-job                               # removed at the end; not in `make test`
+    .venvs/controller/bin/python scripts/slurm_job_lab.py [--batches 3] [--keep]
+
+Its own lab (lab/slurm-job, hosts slurm-job-01..03 on 127.0.0.1:2741..; the last one the
+controller), one folder of the lab bind-mounted at /data/checkpoints in every host (LAB_SHARED):
+what a shared filesystem is to a cluster. Steps, each checked:
+1. site.yml converges the two nodes with the loader's production stack (the wheelhouse of
+   `make wheelhouse`: Composer, torch; CPU, gloo) and a training configuration that runs far
+   longer than the lab (autoresume, run_name, save_folder on the shared folder).
+2. playbooks/slurm.yml makes them Slurm nodes of the controller (Debian 12's Slurm 22.05.8).
+3. train.yml -e train_launcher=slurm submits one sbatch job on both nodes from the first node;
+   a second run submits nothing. The job runs on both nodes (squeue) and trains --batches
+   batches (rank 0's Composer console in the job's log).
+4. `scancel --batch --signal=TERM` (what --signal=B:TERM@S delivers before the time limit): both
+   ranks stop after the same batch N, rank 0 naming its checkpoint; the checkpoint on the shared
+   folder says batch N; the job requeues itself, runs again (restart 1) and its first batch is
+   N+1, not 1.
+5. `scontrol requeue` (an operator's requeue; a preemption with PreemptMode=REQUEUE alike): both
+   ranks stop after the same batch M with a checkpoint; the job runs again (restart 2) and its
+   first batch is M+1.
+The lab is removed at the end unless --keep. Python 3.11 standard library (the checkpoint is read
+with the loader's venv, LAB_PYTHON).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "scripts"))
+from fleet_rerun import BIN, lab_inventory  # noqa: E402  the fleet bench's lab helpers
+from slurm_lab import HEALTH, Checks, changed_per_host, on, wait_idle, write_slurm_inventory  # noqa: E402
+from upgrade_job_rehearsal import READ_TIMESTAMP  # noqa: E402
+
+LAB = "lab/slurm-job"
+PREFIX = "slurm-job-"
+CHECKPOINTS = "/data/checkpoints"
+SHARED_DIR = "shared"
+RUN_NAME = "slurm-job"
+JOB_NAME = "hf-train-default"
+LOG_DIR = "/var/lib/hf-loader"  # slurm_node_job_log_dir's default: the training user's home
+BATCH = 8  # per rank
+WORLD = 2  # one rank a node
+SIGNAL_SECONDS = 120
+TRAIN_CONFIG = {
+    "batch_size": BATCH,
+    "eval_batch_size": BATCH,
+    "workers": 0,
+    "crop_size": 64,
+    "val_resize": 72,
+    "max_duration": "100000ba",
+    "eval_interval": "100000ba",
+    "eval_subset_num_batches": 1,
+    "warmup": "0ba",
+    "lr": 0.1,
+    "device": "cpu",
+    "speed_window": 0,
+    "save_folder": f"{CHECKPOINTS}/{{run_name}}",
+    "save_interval": "100000ba",
+    "run_name": RUN_NAME,
+    "autoresume": True,
+}
+STOPPED_LINE = re.compile(r"hf-train: stopped by SIGTERM after batch (\d+), (.*?) \(rank (\d+) of (\d+), (.*)\)$")
+CONSOLE_BATCH = re.compile(r"\[batch=(\d+)/\d+\]")
+RESTART_LINE = re.compile(r"^gpu-fleet: job (\d+) \(restart (\d+)\) on (\S+): world (\d+), master (\S+)")
+
+
+def log(msg: str) -> None:
+    print(f"[slurm-job-lab] {msg}", flush=True)
+
+
+def lab_env() -> dict:
+    return dict(
+        os.environ,
+        LAB_DIR=LAB,
+        LAB_INVENTORY=f"{LAB}/inventory/hosts.yml",
+        LAB_PREFIX=PREFIX,
+        LAB_BASE_PORT="2740",
+        LAB_FACT_CACHE=f"{LAB}/facts",
+        LAB_HOST_REPORTS=f"{LAB}/reports/hosts",
+        LAB_SEED="full",
+        LAB_SHARDS="2",
+        LAB_GPU="none",
+        LAB_SHARED=f"{SHARED_DIR}:{CHECKPOINTS}",
+    )
+
+
+def lab(cmd: str, n: int) -> None:
+    args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
+    if cmd == "up":
+        args += ["--hosts", str(n)]
+    subprocess.run(args, cwd=ROOT, env=lab_env(), check=True)
+
+
+def playbook(name: str, inventory: Path, extra: list[str], logfile: Path, *more: str) -> tuple[int, str]:
+    env = dict(os.environ, ANSIBLE_CACHE_PLUGIN_CONNECTION=str(ROOT / LAB / "facts"), ANSIBLE_NOCOLOR="1")
+    env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
+    cmd = [str(BIN / "ansible-playbook"), "-i", str(inventory), name, *more]
+    for e in extra:
+        cmd += ["-e", e]
+    with logfile.open("w") as out:
+        rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, check=False).returncode
+    return rc, logfile.read_text()
+
+
+def job_state(controller: str, job: str) -> tuple[str, str, str]:
+    """(state, node list, restart count) of the job from scontrol."""
+    text = on(controller, "scontrol", "show", "job", job).stdout
+    state = re.search(r"\bJobState=(\S+)", text)
+    nodes = re.search(r"(?<![A-Za-z])NodeList=(\S+)", text)
+    restarts = re.search(r"\bRestarts=(\d+)", text)
+    return (state[1] if state else ""), (nodes[1] if nodes else ""), (restarts[1] if restarts else "")
+
+
+def job_log(node: str, job: str) -> list[str]:
+    return on(node, "cat", f"{LOG_DIR}/{JOB_NAME}-{job}.out").stdout.splitlines()
+
+
+def runs(lines: list[str]) -> list[list[str]]:
+    """The log's lines per run of the job (each run starts with the batch script's first line)."""
+    found: list[list[str]] = []
+    for line in lines:
+        if RESTART_LINE.match(line):
+            found.append([])
+        if found:
+            found[-1].append(line)
+    return found
+
+
+def batches(lines: list[str]) -> list[int]:
+    return [int(m[1]) for line in lines if (m := CONSOLE_BATCH.search(line))]
+
+
+def wait_for(what, timeout: float, every: float = 3):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = what()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def checkpoint_stamp(python: Path) -> tuple[str, dict]:
+    latest = ROOT / LAB / SHARED_DIR / RUN_NAME / "latest-rank0.pt"
+    if not latest.is_symlink():
+        return "", {}
+    proc = subprocess.run([str(python), "-c", READ_TIMESTAMP, str(latest)], capture_output=True, text=True, check=False)
+    stamp = json.loads(proc.stdout) if proc.returncode == 0 else {"error": proc.stderr[-400:]}
+    return str(latest.readlink()), stamp
+
+
+def stop_and_resume(checks: Checks, how: str, node: str, job: str, run: int, batches_wanted: int, python: Path) -> int:
+    """After `how` stopped run `run - 1`: both ranks stopped after one batch N with a checkpoint that
+    says N, and run `run` trains N+1 first. Returns N (-1 when unknown)."""
+
+    def run_lines(index: int) -> list[str]:
+        found = runs(job_log(node, job))
+        return found[index] if len(found) > index else []
+
+    def stopped_ranks() -> bool:
+        return len([m for line in run_lines(run - 1) if STOPPED_LINE.search(line)]) >= WORLD
+
+    stopped = wait_for(stopped_ranks, 300)
+    previous = run_lines(run - 1)
+    stops = [m for line in previous if (m := STOPPED_LINE.search(line))]
+    ranks = {int(m[3]): int(m[1]) for m in stops}
+    checks.expect(
+        bool(stopped) and sorted(ranks) == list(range(WORLD)) and len(set(ranks.values())) == 1,
+        f"{how}: both ranks stopped after the same batch: {ranks}",
+    )
+    for m in stops:
+        log(f"  {m[0]}")
+    step = ranks.get(0, -1)
+    saved = next((m[2] for m in stops if m[3] == "0"), "")
+    target, stamp = checkpoint_stamp(python)
+    checks.expect(
+        bool(target) and saved == f"checkpoint {CHECKPOINTS}/{RUN_NAME}/{Path(target).name}",
+        f"{how}: rank 0 wrote the checkpoint at the stop: {saved!r} (latest-rank0.pt -> {target})",
+    )
+    checks.expect(
+        stamp.get("batch") == step and stamp.get("sample") == step * BATCH * WORLD,
+        f"{how}: the checkpoint says batch {step}, sample {step * BATCH * WORLD}: {stamp}",
+    )
+    resumed = wait_for(lambda: len(batches(run_lines(run))) >= batches_wanted, 600)
+    again = run_lines(run)
+    first = RESTART_LINE.match(again[0]) if again else None
+    log(f"  {again[0] if again else '(no run after the stop)'}")
+    checks.expect(
+        bool(first) and first[2] == str(run),
+        f"{how}: the job runs again as restart {run} ({first[0] if first else None})",
+    )
+    seen = batches(again)
+    checks.expect(
+        bool(resumed) and bool(seen) and seen[0] == step + 1,
+        f"{how}: the requeued job's first batch is {seen[0] if seen else None}, the checkpoint's {step} + 1 "
+        f"(batches {seen[:batches_wanted]})",
+    )
+    return step
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batches", type=int, default=3, help="batches each run trains before it is stopped")
+    p.add_argument("--keep", action="store_true", help="keep the lab hosts afterwards")
+    args = p.parse_args()
+    python = ROOT / os.environ.get("LAB_PYTHON", ".venvs/loader/bin/python")
+    hosts = [f"{PREFIX}{i:02d}" for i in range(1, 4)]
+    nodes, controller = hosts[:-1], hosts[-1]
+    first = nodes[0]
+    work = ROOT / LAB
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    inventory, group_vars = lab_inventory(work)
+    reports = work / "reports"
+    extra = [
+        json.dumps(
+            {
+                "hf_loader_train_config": TRAIN_CONFIG,
+                "hf_loader_train_save_folder_shared": True,
+                "fleet_report_dir": str(reports),
+                "hf_loader_fleet_report_dir": f"{reports}/hosts",
+            }
+        )
+    ]
+    job_vars = json.dumps(
+        {
+            "train_launcher": "slurm",
+            "train_slurm_submit_host": first,
+            "slurm_node_job_gres": "",  # the lab's nodes have no GPUs
+            "slurm_node_job_signal_seconds": SIGNAL_SECONDS,
+        }
+    )
+    checks = Checks()
+    times: dict[str, float] = {}
+    try:
+        t0 = time.monotonic()
+        lab("up", len(hosts))
+        times["lab up"] = round(time.monotonic() - t0, 1)
+        secret = write_slurm_inventory(work, nodes, controller)
+
+        log("site.yml: the nodes, with the loader's production stack")
+        t0 = time.monotonic()
+        rc, _ = playbook("site.yml", inventory, extra, logs / "site.log", "--limit", ",".join(nodes))
+        times["site.yml (nodes)"] = round(time.monotonic() - t0, 1)
+        if not checks.expect(rc == 0, f"site.yml converged the nodes (log {logs / 'site.log'})"):
+            return 1
+        uids = {host: on(host, "id", "-u", "trainer").stdout.strip() for host in nodes}
+        checks.expect(len(set(uids.values())) == 1, f"the training user has one uid on both nodes: {uids}")
+
+        t0 = time.monotonic()
+        rc, _ = playbook("playbooks/slurm.yml", inventory, [f"@{secret}"], logs / "slurm.log")
+        times["slurm.yml"] = round(time.monotonic() - t0, 1)
+        if not checks.expect(rc == 0, f"playbooks/slurm.yml made the cluster (log {logs / 'slurm.log'})"):
+            return 1
+        for name in nodes:
+            on(name, HEALTH)
+        states = wait_idle(controller, nodes)
+        if not checks.expect(all(s == "IDLE" for s in states.values()), f"every node idle ({states})"):
+            return 1
+
+        log("train.yml -e train_launcher=slurm")
+        t0 = time.monotonic()
+        rc, text = playbook("playbooks/train.yml", inventory, [*extra, job_vars], logs / "train.log")
+        times["train.yml (sbatch)"] = round(time.monotonic() - t0, 1)
+        submitted = re.search(r"Submitted job (\d+)", text)
+        if not checks.expect(rc == 0 and bool(submitted), f"train.yml submitted the job (log {logs / 'train.log'})"):
+            return 1
+        job = submitted[1]
+        script = on(first, "cat", f"/etc/gpu-fleet/slurm-jobs/{JOB_NAME}.sbatch").stdout
+        log("batch script options: " + " ".join(line[8:] for line in script.splitlines() if line.startswith("#SBATCH")))
+        rc, text = playbook("playbooks/train.yml", inventory, [*extra, job_vars], logs / "train-again.log")
+        changed = changed_per_host(text)
+        checks.expect(
+            rc == 0 and "Not submitted: job " + job in " ".join(text.split()) and not any(changed.values()),
+            f"a second train.yml submits nothing while job {job} is queued ({changed})",
+        )
+        running = wait_for(lambda: job_state(controller, job)[0] == "RUNNING", 120)
+        state, nodelist, _ = job_state(controller, job)
+        names = on(controller, "scontrol", "show", "hostnames", nodelist).stdout.split()
+        checks.expect(bool(running) and sorted(names) == sorted(nodes), f"job {job} {state} on {names}")
+        procs = {n: on(n, "pgrep", "-u", "trainer", "-f", "hf_loader.train").stdout.split() for n in nodes}
+        checks.expect(all(procs.values()), f"a training rank runs on each node: {procs}")
+        t0 = time.monotonic()
+        trained = wait_for(lambda: len(batches(job_log(first, job))) >= args.batches, 900)
+        times[f"job start to batch {args.batches}"] = round(time.monotonic() - t0, 1)
+        lines = job_log(first, job)
+        log(f"  {lines[0] if lines else '(no log)'}")
+        checks.expect(
+            bool(trained), f"the job trained batches {batches(lines)[: args.batches]} (log {LOG_DIR} on {first})"
+        )
+        if checks.failed:
+            return 1
+        procs = {n: on(n, "pgrep", "-u", "trainer", "-f", "hf_loader.train").stdout.split() for n in nodes}
+        checks.expect(all(procs.values()), f"both ranks still run after {args.batches} batches: {procs}")
+
+        log(f"scancel --batch --signal=TERM {job}: what --signal=B:TERM@{SIGNAL_SECONDS} sends before the time limit")
+        t0 = time.monotonic()
+        on(controller, "scancel", "--batch", "--signal=TERM", job)
+        stop_and_resume(checks, "SIGTERM to the batch shell", first, job, 1, args.batches, python)
+        times["SIGTERM to resumed batches"] = round(time.monotonic() - t0, 1)
+
+        log(f"scontrol requeue {job}: an operator's requeue")
+        t0 = time.monotonic()
+        requeue = on(controller, "scontrol", "requeue", job)
+        checks.expect(requeue.returncode == 0, f"scontrol requeue {job}: {requeue.stderr.strip() or 'ok'}")
+        stop_and_resume(checks, "scontrol requeue", first, job, 2, args.batches, python)
+        times["requeue to resumed batches"] = round(time.monotonic() - t0, 1)
+        on(controller, "scancel", job)
+        print("Steps (wall seconds):")
+        for step, seconds in times.items():
+            print(f"  {step:28s} {seconds:7.1f}")
+    finally:
+        if not args.keep:
+            group_vars.unlink(missing_ok=True)
+            lab("down", len(hosts))
+            (work / "munge-key.yml").unlink(missing_ok=True)
+    for what in checks.failed:
+        print(f"[slurm-job-lab] FAILED: {what}", file=sys.stderr)
+    return 1 if checks.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
