@@ -24,9 +24,11 @@ ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 def run_playbook(inventory: Path, name: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """playbooks/<name> run for real on `inventory` with the project's ansible.cfg, facts cached
-    beside the inventory (never in the checkout's own cache): (exit status, stdout and stderr)."""
+    beside the inventory (never in the checkout's own cache), and so are the runbook's summaries
+    (fleet_artifact_dir; an -e in `args` wins): (exit status, stdout and stderr)."""
+    artifacts = f"fleet_artifact_dir={inventory.parent / 'artifacts'}"
     done = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(ROOT / "playbooks" / name), *args],
+        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(ROOT / "playbooks" / name), "-e", artifacts, *args],
         capture_output=True,
         text=True,
         env={

@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from test_fleet_report import READY_REPORT, summary
+from test_train_save_folder import RESUMING, write_fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "collections"))
@@ -233,3 +234,37 @@ def test_state_counts_counts_hosts_per_state_in_a_stable_order():
     assert state_counts({"b": "ready", "a": "failed", "c": "ready"}) == {"failed": 1, "ready": 2}
     assert list(state_counts({"x": "z", "y": "a"})) == ["a", "z"]
     assert state_counts({}) == {}
+
+
+def test_train_sends_which_hosts_started_and_which_were_refused(tmp_path):
+    # A stand-in systemctl on PATH: the training unit "starts" on this machine without systemd.
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "systemctl").write_text(
+        "#!/bin/sh\n"
+        'for arg in "$@"; do case "$arg" in show) show=1;; -*) ;; *) unit=$arg;; esac; done\n'
+        '[ -n "$show" ] && printf \'Id=%s\\nLoadState=loaded\\nActiveState=inactive\\nSubState=dead\\n\' "$unit"\n'
+        "exit 0\n"
+    )
+    (fake / "systemctl").chmod(0o755)
+    once = {**RESUMING, "autoresume": False}
+    inventory = write_fleet(tmp_path, {name: ("arrow", once, {}) for name in ("gpu-01", "gpu-02", "gpu-03")})
+    # gpu-03's last cache test failed: train.yml refuses it.
+    (tmp_path / "gpu-03" / "cache-test.json").write_text(json.dumps({"ready": False, "message": "not cached"}))
+    artifacts = tmp_path / "artifacts"
+    rc, output, stderr = run(
+        inventory,
+        "train.yml",
+        "-e",
+        f"fleet_artifact_dir={artifacts}",
+        env={"ANSIBLE_GATHERING": "explicit", "PATH": f"{fake}:{os.environ['PATH']}"},
+    )
+    assert rc != 0, "the refused host fails the run"
+    sent = stats(output)["gpu_fleet_train"]
+    assert sent == {
+        "job": "default",
+        "counts": {"not-started": 1, "started": 2},
+        "hosts": {"gpu-01": "started", "gpu-02": "started", "gpu-03": "not-started"},
+        "check_mode": False,
+    }, stderr
+    assert json.loads((artifacts / "gpu_fleet_train.json").read_text()) == sent
