@@ -263,6 +263,13 @@ def test_the_slurm_launcher_submits_one_job_once(tmp_path):
     assert "changed=0" in out and "Not submitted: job 4242 RUNNING" in " ".join(out.split())
 
 
+def test_check_mode_submits_nothing(tmp_path):
+    rc, out = train(tmp_path, "-e", "train_launcher=slurm", "--check", "--diff")
+    assert rc == 0, out[-3000:]
+    assert "Would submit a job (check mode)" in " ".join(out.split()) and not (tmp_path / "sbatch").exists()
+    assert not (tmp_path / "jobs").exists() and "#SBATCH --requeue" in out  # the script shown, not written
+
+
 def written_hosts(tmp_path: Path) -> list[str]:
     return sorted(p.name for p in (tmp_path / "gpu-01" / "etc-hf-loader").iterdir())
 
