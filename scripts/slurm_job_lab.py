@@ -258,6 +258,11 @@ def main() -> int:
             return 1
         uids = {host: on(host, "id", "-u", "trainer").stdout.strip() for host in nodes}
         checks.expect(len(set(uids.values())) == 1, f"the training user has one uid on both nodes: {uids}")
+        # slurmctld must know a job's user too (a site's directory service; the lab's controller is
+        # not converged by site.yml): the same uid and gid.
+        uid, gid = uids[first], on(first, "id", "-g", "trainer").stdout.strip()
+        on(controller, "groupadd", "-g", gid, "trainer")
+        on(controller, "useradd", "-u", uid, "-g", gid, "-M", "-d", LOG_DIR, "-s", "/usr/sbin/nologin", "trainer")
 
         t0 = time.monotonic()
         rc, _ = playbook("playbooks/slurm.yml", inventory, [f"@{secret}"], logs / "slurm.log")
