@@ -176,7 +176,8 @@ def main() -> int:
     base = rows["real data, every lever"]
     print(f"\n{'run':<40} {'images/s':>10} {'x every lever':>14}")
     for name, ips in rows.items():
-        print(f"{name:<40} {ips:>10.0f} {ips / base:>13.2f}x")
+        # A CPU smoke run trains a few images a second, fewer on a busy machine: whole numbers would print 0.
+        print(f"{name:<40} {ips:>10.{0 if ips >= 100 else 3}f} {ips / base:>13.2f}x")
     share = base / rows["synthetic data on the device"]
     if args.device == "gpu":
         print(
