@@ -15,13 +15,13 @@ what a shared filesystem is to a cluster. Steps, each checked:
 3. train.yml -e train_launcher=slurm submits one sbatch job on both nodes from the first node;
    a second run submits nothing. The job runs on both nodes (squeue) and trains --batches
    batches (rank 0's Composer console in the job's log).
-4. `scancel --batch --signal=TERM` (what --signal=B:TERM@S delivers before the time limit): both
+4. SIGTERM to the batch shell alone (what --signal=B:TERM@S delivers before the time limit): both
    ranks stop after the same batch N, rank 0 naming its checkpoint; the checkpoint on the shared
    folder says batch N; the job requeues itself, runs again (restart 1) and its first batch is
    N+1, not 1.
-5. `scontrol requeue` (an operator's requeue; a preemption with PreemptMode=REQUEUE alike): both
-   ranks stop after the same batch M with a checkpoint; the job runs again (restart 2) and its
-   first batch is M+1.
+5. `scontrol requeue` (an operator's requeue): the job runs again (restart 2) and its first batch
+   is the latest checkpoint's + 1 (srun kills its tasks on the job's SIGTERM, so the ranks may not
+   write a new checkpoint: what they said is printed).
 The lab is removed at the end unless --keep. Python 3.11 standard library (the checkpoint is read
 with the loader's venv, LAB_PYTHON).
 """
@@ -310,17 +310,38 @@ def main() -> int:
         procs = {n: on(n, "pgrep", "-u", "trainer", "-f", "hf_loader.train").stdout.split() for n in nodes}
         checks.expect(all(procs.values()), f"both ranks still run after {args.batches} batches: {procs}")
 
-        log(f"scancel --batch --signal=TERM {job}: what --signal=B:TERM@{SIGNAL_SECONDS} sends before the time limit")
+        # --signal=B:TERM@S signals the batch shell alone, S seconds before the time limit: the same,
+        # now, without waiting for a limit (Slurm may send it up to 60 s early anyway).
+        shell = on(first, "pgrep", "-u", "trainer", "-f", "slurm_script").stdout.split()
+        log(f"SIGTERM to the batch shell {shell} on {first}: what --signal=B:TERM@{SIGNAL_SECONDS} sends")
+        checks.expect(len(shell) == 1, f"one batch shell of job {job} on {first}: {shell}")
         t0 = time.monotonic()
-        on(controller, "scancel", "--batch", "--signal=TERM", job)
-        stop_and_resume(checks, "SIGTERM to the batch shell", first, job, 1, args.batches, python)
+        on(first, "kill", "-TERM", *shell[:1])
+        step = stop_and_resume(checks, "SIGTERM to the batch shell", first, job, 1, args.batches, python)
         times["SIGTERM to resumed batches"] = round(time.monotonic() - t0, 1)
 
+        # An operator's requeue (a preemption alike): Slurm signals the whole job, srun kills its tasks
+        # at once, so the ranks may not checkpoint; the job must resume from the latest checkpoint.
         log(f"scontrol requeue {job}: an operator's requeue")
         t0 = time.monotonic()
         requeue = on(controller, "scontrol", "requeue", job)
         checks.expect(requeue.returncode == 0, f"scontrol requeue {job}: {requeue.stderr.strip() or 'ok'}")
-        stop_and_resume(checks, "scontrol requeue", first, job, 2, args.batches, python)
+        resumed_run = wait_for(lambda: len(batches((runs(job_log(first, job)) + [[]] * 3)[2])) >= args.batches, 600)
+        all_runs = runs(job_log(first, job))
+        stops = [m[0] for line in (all_runs[1] if len(all_runs) > 1 else []) if (m := STOPPED_LINE.search(line))]
+        log(f"  at the requeue the ranks said: {stops or 'nothing (killed)'}")
+        again = all_runs[2] if len(all_runs) > 2 else []
+        log(f"  {again[0] if again else '(no run after the requeue)'}")
+        target, stamp = checkpoint_stamp(python)
+        seen = batches(again)
+        checks.expect(
+            bool(resumed_run)
+            and bool(seen)
+            and stamp.get("batch", -1) >= step
+            and seen[0] == stamp.get("batch", -2) + 1,
+            f"scontrol requeue: the job runs again ({again[0][:60] if again else None}) and its first batch is "
+            f"{seen[0] if seen else None}, the latest checkpoint's {stamp.get('batch')} + 1 ({target})",
+        )
         times["requeue to resumed batches"] = round(time.monotonic() - t0, 1)
         on(controller, "scancel", job)
         print("Steps (wall seconds):")

@@ -290,14 +290,20 @@ case "$1 $2" in
 esac
 """
 # srun: runs its command once per node of the allocation (SLURM_NODEID 0, 1), as slurmstepd would;
-# passes a SIGTERM on to them.
+# its own SIGTERM kills them (SIGKILL), as Slurm's srun does.
 SRUN = """#!/bin/bash
 printf '%s\\n' "$*" >> "$FAKE_SLURM_LOG/srun"
 cmd=("${@: -3}")
 pids=()
 for id in 0 1; do SLURM_NODEID=$id "${cmd[@]}" & pids+=($!); done
-trap 'kill -TERM "${pids[@]}"' TERM
+printf '%s\\n' "${pids[@]}" > "$FAKE_SLURM_LOG/tasks"
+trap 'kill -KILL "${pids[@]}"' TERM
 for p in "${pids[@]}"; do while kill -0 "$p" 2>/dev/null; do wait "$p"; done; done
+"""
+# scancel --signal=TERM JOB: SIGTERM to the tasks of the job's steps (through slurmd, not srun).
+SCANCEL = """#!/bin/sh
+printf '%s\\n' "$*" >> "$FAKE_SLURM_LOG/scancel"
+kill -TERM $(cat "$FAKE_SLURM_LOG/tasks")
 """
 # The loader's Python: records its arguments and environment; with FAKE_TRAIN_SECONDS it trains
 # until then or a SIGTERM, and says which.
@@ -320,7 +326,7 @@ def batch_script(tmp_path: Path) -> Path:
     text = text.replace("/opt/hf-loader/venv", str(venv)).replace("/etc/hf-cache/hf.env", str(tmp_path / "hf.env"))
     script = tmp_path / "job.sbatch"
     script.write_text(text)
-    fake_bin(tmp_path, {"scontrol": SCONTROL, "srun": SRUN})
+    fake_bin(tmp_path, {"scontrol": SCONTROL, "srun": SRUN, "scancel": SCANCEL})
     return script
 
 
@@ -365,5 +371,6 @@ def test_a_sigterm_checkpoints_every_node_then_requeues_the_job(tmp_path):
     out, _ = job.communicate(timeout=30)
     launch = (tmp_path / "launch").read_text()
     assert "node 0: SIGTERM, checkpoint" in launch and "node 1: SIGTERM, checkpoint" in launch
+    assert (tmp_path / "scancel").read_text() == "--signal=TERM 4242\n"
     assert "requeue 4242\n" in (tmp_path / "scontrol").read_text(), out
     assert "after SIGTERM: requeueing job 4242" in out
