@@ -38,10 +38,20 @@ from ansible_collections.gpu_fleet.common.plugins.filter.health_gate import (
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "nvidia"
-DCGM4_PASS = (FIXTURES / "handwritten_dcgm-4.6.0_diag-r1_hgx-h100-8gpu_pass.txt").read_text()
-DCGM4_FAIL = (FIXTURES / "handwritten_dcgm-4.6.0_diag-r1_hgx-h100-8gpu_gpu3-persistence-fail.txt").read_text()
-DCGM3_FAIL = (FIXTURES / "handwritten_dcgm-3.3.9_diag-r1_2gpu_gpu1-row-remap-fail.txt").read_text()
-SMI_Q = (FIXTURES / "handwritten_hgx-h100-8gpu_580.95.05_nvidia-smi-q_fabric-completed.txt").read_text()
+
+
+def output(name: str) -> str:
+    """What the command printed: the fixture without the `# ` lines above it that name its source."""
+    lines = (FIXTURES / name).read_text().splitlines(keepends=True)
+    while lines and lines[0].startswith("# "):
+        lines.pop(0)
+    return "".join(lines)
+
+
+DCGM4_PASS = output("handwritten_dcgm-4.6.0_diag-r1_hgx-h100-8gpu_pass.txt")
+DCGM4_FAIL = output("handwritten_dcgm-4.6.0_diag-r1_hgx-h100-8gpu_gpu3-persistence-fail.txt")
+DCGM3_FAIL = output("handwritten_dcgm-3.3.9_diag-r1_2gpu_gpu1-row-remap-fail.txt")
+SMI_Q = output("handwritten_hgx-h100-8gpu_580.95.05_nvidia-smi-q_fabric-completed.txt")
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 GPU_CHECK = ROOT / "scripts" / "gpu_sim" / "payload" / "gpu_check.py"
 sys.path.insert(0, str(ROOT / "scripts" / "gpu_sim" / "payload"))
