@@ -62,6 +62,8 @@ def _rollout(tmp_path: Path, inventory: Path, *extra: str) -> tuple[int, str]:
             "upgrade_driver_pause_after_canary=false",
             "-e",
             f"upgrade_driver_report_dir={tmp_path / 'reports'}",
+            "-e",
+            f"fleet_artifact_dir={tmp_path / 'artifacts'}",
             *extra,
         ],
         capture_output=True,
