@@ -123,21 +123,21 @@ def test_the_fleet_report_goes_out_as_stats_and_beside_the_report_and_a_rerun_ch
     assert not changed(output, "Write the summary"), "a rerun that saw the same fleet rewrote its summary"
 
 
-def test_under_ansible_runner_the_file_goes_to_the_runs_artifact_folder_also_in_check_mode(fleet):
+def test_under_ansible_runner_the_file_goes_to_the_runs_artifact_folder_and_check_mode_writes_none(fleet):
     # ansible-runner (and so navigator and AWX) names the run's artifacts/<ident> in AWX_ISOLATED_DATA_DIR.
     runner_artifacts = fleet["artifacts"] / "artifacts" / "ident-1"
     runner_artifacts.mkdir(parents=True)
-    rc, output, stderr = run(
-        fleet["inventory"],
-        "report.yml",
-        "--check",
-        "-e",
-        f"fleet_report_dir={fleet['reports']}",
-        env={"AWX_ISOLATED_DATA_DIR": str(runner_artifacts)},
-    )
+    args = ("-e", f"fleet_report_dir={fleet['reports']}")
+    env = {"AWX_ISOLATED_DATA_DIR": str(runner_artifacts)}
+    rc, output, stderr = run(fleet["inventory"], "report.yml", "--check", *args, env=env)
+    assert rc == 0, stderr
+    assert stats(output)["gpu_fleet_report"]["check_mode"] is True
+    assert not list(runner_artifacts.iterdir()), "check mode wrote the artifact file"
+
+    rc, output, stderr = run(fleet["inventory"], "report.yml", *args, env=env)
     assert rc == 0, stderr
     sent = stats(output)["gpu_fleet_report"]
-    assert sent["check_mode"] is True
+    assert sent["check_mode"] is False
     assert json.loads((runner_artifacts / "gpu_fleet_report.json").read_text()) == sent
     assert not (fleet["reports"] / "gpu_fleet_report.json").exists()
 
