@@ -299,6 +299,9 @@ def main() -> int:
         times[f"job start to batch {args.batches}"] = round(trained[-1][0] - started_at, 1) if trained else -1
         checks.expect(len(trained) >= args.batches, f"the job trained {len(trained)} batches before the rollout")
         if checks.failed:
+            for host in HOSTS:  # the lab is removed at the end: keep why a rank stopped
+                for _, line in journal(host, started_at)[-15:]:
+                    log(f"{host} {UNIT}: {line}")
             return 1
 
         log(f"upgrade-driver.yml: {old} -> {mid} under the job")
