@@ -170,7 +170,7 @@ def stop_and_resume(checks: Checks, how: str, node: str, job: str, run: int, bat
         return found[index] if len(found) > index else []
 
     def stopped_ranks() -> bool:
-        return len([m for line in run_lines(run - 1) if STOPPED_LINE.search(line)]) >= WORLD
+        return sum(1 for line in run_lines(run - 1) if STOPPED_LINE.search(line)) >= WORLD
 
     stopped = wait_for(stopped_ranks, 300)
     previous = run_lines(run - 1)
