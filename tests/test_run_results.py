@@ -61,14 +61,17 @@ def stats(output: dict) -> dict:
 
 
 def changed(output: dict, task: str) -> bool:
-    """Whether the named task changed anything on any host, in any play."""
-    return any(
-        result.get("changed", False)
+    """Whether the named task changed anything on any host, in any play. A role's task is named
+    "role : task" in the output; a task that did not run at all fails the test, so that a
+    misnamed task cannot pass for one that changed nothing."""
+    entries = [
+        entry
         for play in output["plays"]
         for entry in play["tasks"]
-        if entry["task"]["name"] == task
-        for result in entry["hosts"].values()
-    )
+        if entry["task"]["name"] == task or entry["task"]["name"].endswith(f" : {task}")
+    ]
+    assert entries, f"no task {task!r} in the run"
+    return any(result.get("changed", False) for entry in entries for result in entry["hosts"].values())
 
 
 def local_hosts(tmp_path: Path, hosts: dict[str, dict]) -> Path:
@@ -100,9 +103,14 @@ def fleet(tmp_path: Path) -> dict:
 
 def test_the_fleet_report_goes_out_as_stats_and_beside_the_report_and_a_rerun_changes_neither(fleet):
     # Without ansible-runner the file goes beside the fleet report, where an operator looks.
+    # That folder is another role's, with its own mode (pull mode's reports folder is 0700): the
+    # pull lab's drift run showed both roles setting it on every run.
+    fleet["reports"].chmod(0o700)
     args = ("-e", f"fleet_report_dir={fleet['reports']}")
     rc, output, stderr = run(fleet["inventory"], "report.yml", *args)
     assert rc == 0, stderr
+    assert fleet["reports"].stat().st_mode & 0o777 == 0o700
+    assert not changed(output, "Create the artifact folder")
     sent = stats(output)["gpu_fleet_report"]
     assert sent == {
         "summary": "fleet: 1 of 2 hosts ready to train; not ready: gpu-02",
@@ -134,8 +142,10 @@ def test_under_ansible_runner_the_file_goes_to_the_runs_artifact_folder_and_chec
     assert stats(output)["gpu_fleet_report"]["check_mode"] is True
     assert not list(runner_artifacts.iterdir()), "check mode wrote the artifact file"
 
+    runner_artifacts.rmdir()  # a folder that is missing is made
     rc, output, stderr = run(fleet["inventory"], "report.yml", *args, env=env)
     assert rc == 0, stderr
+    assert changed(output, "Create the artifact folder")
     sent = stats(output)["gpu_fleet_report"]
     assert sent["check_mode"] is False
     assert json.loads((runner_artifacts / "gpu_fleet_report.json").read_text()) == sent
