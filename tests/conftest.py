@@ -22,13 +22,13 @@ NVIDIA_DRIVER = ROOT / "roles" / "nvidia_driver"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 
-def run_playbook(inventory: Path, name: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+def ansible_playbook(
+    inventory: Path, name: str, *args: str, env: dict[str, str] | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
     """playbooks/<name> run for real on `inventory` with the project's ansible.cfg, facts cached
-    beside the inventory (never in the checkout's own cache), and so are the runbook's summaries
-    (fleet_artifact_dir; an -e in `args` wins): (exit status, stdout and stderr)."""
-    artifacts = f"fleet_artifact_dir={inventory.parent / 'artifacts'}"
-    done = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(ROOT / "playbooks" / name), "-e", artifacts, *args],
+    beside the inventory (never in the checkout's own cache); `env` adds to the environment."""
+    return subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(ROOT / "playbooks" / name), *args],
         capture_output=True,
         text=True,
         env={
@@ -41,7 +41,15 @@ def run_playbook(inventory: Path, name: str, *args: str, env: dict[str, str] | N
         },
         cwd=ROOT,
         check=False,
+        timeout=timeout,
     )
+
+
+def run_playbook(inventory: Path, name: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    """ansible_playbook, with the runbook's summaries beside the inventory too (fleet_artifact_dir;
+    an -e in `args` wins): (exit status, stdout and stderr)."""
+    artifacts = f"fleet_artifact_dir={inventory.parent / 'artifacts'}"
+    done = ansible_playbook(inventory, name, "-e", artifacts, *args, env=env)
     return done.returncode, done.stdout + done.stderr
 
 

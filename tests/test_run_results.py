@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
+from conftest import ansible_playbook
 from test_fleet_report import READY_REPORT, summary
 from test_train_save_folder import RESUMING, write_fleet
 
@@ -27,29 +27,14 @@ sys.path.insert(0, str(ROOT / "collections"))
 
 from ansible_collections.gpu_fleet.common.plugins.filter.run_results import state_counts  # noqa: E402
 
-ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
-
 
 def run(inventory: Path, name: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict, str]:
-    """playbooks/<name> as conftest.run_playbook runs it, its output as JSON: (rc, output, stderr)."""
-    environment = {key: value for key, value in os.environ.items() if key != "AWX_ISOLATED_DATA_DIR"}
-    done = subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(ROOT / "playbooks" / name), *args],
-        capture_output=True,
-        text=True,
-        env={
-            **environment,
-            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_LOCALHOST_WARNING": "false",
-            "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(inventory.parent / "facts"),
-            "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-            "ANSIBLE_SHOW_CUSTOM_STATS": "true",
-            **(env or {}),
-        },
-        cwd=ROOT,
-        check=False,
-        timeout=300,
+    """playbooks/<name> as conftest's ansible_playbook runs it, with the role's own artifact folder
+    (no runner's unless `env` names one) and its output as JSON: (rc, output, stderr)."""
+    json_output = {"ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json", "ANSIBLE_SHOW_CUSTOM_STATS": "true"}
+    # The role reads the variable with lookup('env'): empty is the same as unset.
+    done = ansible_playbook(
+        inventory, name, *args, env={"AWX_ISOLATED_DATA_DIR": "", **json_output, **(env or {})}, timeout=300
     )
     assert done.stdout.strip(), done.stderr
     return done.returncode, json.loads(done.stdout), done.stderr
