@@ -21,7 +21,7 @@ import base64
 import json
 import re
 
-from ansible.errors import AnsibleFilterError
+from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed
 from ansible_collections.gpu_fleet.common.plugins.module_utils.preflight import PATH_RULE, path_problem
 
 OWNER = re.compile(r"[a-z][a-z0-9-]{0,31}")
@@ -132,18 +132,8 @@ def owned_by(cordons: list[dict], owner: str) -> list[dict]:
     return [cordon for cordon in cordons or [] if cordon.get("owner") == owner]
 
 
-def _wrap(function):
-    def wrapped(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except (ValueError, KeyError, TypeError) as error:
-            raise AnsibleFilterError(f"cordon_{function.__name__}: {error}") from error
-
-    return wrapped
-
-
 class FilterModule:
     """Filters for the cordon (prefix cordon_)."""
 
     def filters(self):
-        return {f"cordon_{function.__name__}": _wrap(function) for function in (errors, record, parse, text, owned_by)}
+        return prefixed("cordon_", (errors, record, parse, text, owned_by))

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import re
 
-from ansible.errors import AnsibleFilterError
 from ansible_collections.gpu_fleet.common.plugins.filter.cordon import text as cordon_text
 from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_jobs import JOB_MODES
 from ansible_collections.gpu_fleet.common.plugins.filter.nvidia_driver import (
@@ -29,6 +28,7 @@ from ansible_collections.gpu_fleet.common.plugins.filter.nvidia_driver import (
     valid_pin,
     version_matches,
 )
+from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed
 
 # A record's state, in the order the report sorts them (worst first).
 STATES = ("failed", "reboot-pending", "unreachable", "skipped", "not-reached", "upgraded", "current")
@@ -387,16 +387,6 @@ def report_markdown(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _wrap(function):
-    def wrapped(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except (ValueError, KeyError, TypeError) as error:
-            raise AnsibleFilterError(f"driver_rollout_{function.__name__}: {error}") from error
-
-    return wrapped
-
-
 class FilterModule:
     """Filters for playbooks/upgrade-driver.yml (prefix driver_rollout_)."""
 
@@ -411,4 +401,4 @@ class FilterModule:
             report,
             report_markdown,
         ]
-        return {f"driver_rollout_{function.__name__}": _wrap(function) for function in functions}
+        return prefixed("driver_rollout_", functions)

@@ -24,7 +24,7 @@ import json
 import math
 import re
 
-from ansible.errors import AnsibleFilterError
+from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed
 
 JOB_MODES = ("wait", "drain", "skip")
 JOB_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -419,19 +419,9 @@ def job_restarts(batch: list[str], plans: dict, decisions: dict, passed: dict, h
     return result
 
 
-def _wrap(function):
-    def wrapped(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except (ValueError, KeyError, TypeError) as error:
-            raise AnsibleFilterError(f"driver_rollout_{function.__name__}: {error}") from error
-
-    return wrapped
-
-
 class FilterModule:
     """Job-aware filters for playbooks/upgrade-driver.yml (prefix driver_rollout_)."""
 
     def filters(self):
         functions = [job_records, budget_errors, schedule, budget_stop, job_drains, job_restarts]
-        return {f"driver_rollout_{function.__name__}": _wrap(function) for function in functions}
+        return prefixed("driver_rollout_", functions)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 
-from ansible.errors import AnsibleFilterError
+from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed
 
 PHASES = ("all", "canary", "rest")
 NO_CANARY = ("", "none", None)
@@ -140,19 +140,9 @@ def rest_gate(hosts: list[str], plans: dict, marks: dict, branch, pin="", cordon
     )
 
 
-def _wrap(function):
-    def wrapped(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except (ValueError, KeyError, TypeError) as error:
-            raise AnsibleFilterError(f"driver_rollout_{function.__name__}: {error}") from error
-
-    return wrapped
-
-
 class FilterModule:
     """Phase filters for playbooks/upgrade-driver.yml (prefix driver_rollout_)."""
 
     def filters(self):
         functions = [phase_errors, phase_schedule, canary_mark, rest_gate]
-        return {f"driver_rollout_{function.__name__}": _wrap(function) for function in functions}
+        return prefixed("driver_rollout_", functions)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import re
 
-from ansible.errors import AnsibleFilterError
+from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import INPUT_ERRORS, prefixed
 
 CHECKS = ("cuda", "dcgm", "fabric")
 TIMED_OUT = 124  # coreutils timeout: the command ran past its limit
@@ -511,16 +511,6 @@ def verdict(problems: list, skipped: list | None = None) -> dict:
     return {"passed": not problems, "problems": problems, "skipped": list(skipped or []), "message": message}
 
 
-def _wrap(function):
-    def wrapped(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            raise AnsibleFilterError(f"health_gate_{function.__name__}: {error}") from error
-
-    return wrapped
-
-
 class FilterModule:
     """Filters for the health gate (prefix health_gate_)."""
 
@@ -536,4 +526,4 @@ class FilterModule:
             fabric_problems,
             verdict,
         )
-        return {f"health_gate_{function.__name__}": _wrap(function) for function in functions}
+        return prefixed("health_gate_", functions, (*INPUT_ERRORS, AttributeError))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from ansible.errors import AnsibleFilterError
+from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed
 
 # The major releases before the twice-a-year cadence, in order (each one counts as one step).
 EARLY_RELEASES = [(17, 2), (17, 11), (18, 8), (19, 5), (20, 2), (20, 11), (21, 8), (22, 5), (23, 2), (23, 11)]
@@ -140,20 +140,8 @@ def node_conf(facts: dict, gpu_count, name="", address="", features=(), memory_r
     }
 
 
-def _wrap(function):
-    def wrapped(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except (ValueError, KeyError, TypeError) as error:
-            raise AnsibleFilterError(f"slurm_{function.__name__}: {error}") from error
-
-    return wrapped
-
-
 class FilterModule:
     """Filters for the Slurm roles (prefix slurm_)."""
 
     def filters(self):
-        return {
-            f"slurm_{function.__name__}": _wrap(function) for function in (version_problems, debian_versions, node_conf)
-        }
+        return prefixed("slurm_", (version_problems, debian_versions, node_conf))

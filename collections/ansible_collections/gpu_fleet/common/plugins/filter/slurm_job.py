@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from ansible.errors import AnsibleFilterError
+from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed, reporting
 
 LAUNCHERS = ("systemd", "slurm")
 # sbatch --signal's @sig_time is at most 65535 seconds (Slurm's documentation).
@@ -160,24 +160,12 @@ def sbatch_options(job: dict) -> list[str]:
     return options
 
 
-def _wrap(function):
-    def wrapped(*args, **kwargs):
-        try:
-            return function(*args, **kwargs)
-        except (ValueError, KeyError, TypeError) as error:
-            raise AnsibleFilterError(f"slurm_job_{function.__name__}: {error}") from error
-
-    wrapped.__name__ = function.__name__
-    return wrapped
-
-
 class FilterModule:
     """Filters for training as a Slurm batch job."""
 
     def filters(self):
         return {
-            "train_launcher_problems": _wrap(launcher_problems),
-            "slurm_job_problems": _wrap(job_problems),
-            "slurm_job_sbatch_options": _wrap(sbatch_options),
-            "slurm_job_stop_timeout": _wrap(stop_timeout),
+            "train_launcher_problems": reporting(launcher_problems, "train_launcher_problems"),
+            "slurm_job_problems": reporting(job_problems, "slurm_job_problems"),
+            **prefixed("slurm_job_", (sbatch_options, stop_timeout)),
         }
