@@ -225,6 +225,25 @@ def drain_figures(events: dict[str, dict[str, list[float]]], since: float) -> di
     return figures
 
 
+def check_whole_drain(checks: Checks, since: float) -> tuple[dict, dict, dict[str, int]]:
+    """A rollout's drain of the job since `since`, read from both hosts' journals: SIGTERM on
+    both units together, both ranks stopped after the same batch. Returns the drain's figures,
+    each host's stop lines and the batch each rank stopped after."""
+    lines = {host: journal(host, since) for host in HOSTS}
+    figures = drain_figures({host: unit_events(lines[host]) for host in HOSTS}, since)
+    checks.expect(
+        all(figures["_sigterm"].values()) and figures["sigterm_spread_s"] < 10,
+        f"SIGTERM on both units together: {figures['sigterm_spread_s']} s apart",
+    )
+    stops = {host: stopped_lines(lines[host]) for host in HOSTS}
+    steps = {host: int(m[0][1]) for host, m in stops.items() if m}
+    checks.expect(
+        len(steps) == WORLD and len(set(steps.values())) == 1,
+        f"both ranks stopped after the same batch: {steps}",
+    )
+    return figures, stops, steps
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", type=int, default=3, help="batches the job trains before each rollout")
@@ -315,20 +334,8 @@ def main() -> int:
         checks.expect(rc == 0, f"the rollout to {mid} succeeds (rc {rc}, log {logs / 'upgrade-driver.log'})")
         shared_batch = [b for b in doc["batches"] if set(HOSTS) <= set(b["hosts"])]
         checks.expect(bool(shared_batch), f"both job hosts in one batch: {[b['hosts'] for b in doc['batches']]}")
-        lines = {host: journal(host, before) for host in HOSTS}
-        events = {host: unit_events(lines[host]) for host in HOSTS}
-        first = drain_figures(events, before)
+        first, stops, steps = check_whole_drain(checks, before)
         figures[f"to {mid}"] = first
-        checks.expect(
-            all(first["_sigterm"].values()) and first["sigterm_spread_s"] < 10,
-            f"SIGTERM on both units together: {first['sigterm_spread_s']} s apart",
-        )
-        stops = {host: stopped_lines(lines[host]) for host in HOSTS}
-        steps = {host: int(m[0][1]) for host, m in stops.items() if m}
-        checks.expect(
-            len(steps) == WORLD and len(set(steps.values())) == 1,
-            f"both ranks stopped after the same batch: {steps}",
-        )
         step = steps.get(HOSTS[0], -1)
         saved = stops[HOSTS[0]][0][2] if stops[HOSTS[0]] else ""
         target, stamp = checkpoint_stamp(python)
@@ -375,20 +382,8 @@ def main() -> int:
             doc2 = json.loads(report_file.read_text()) if report_file.exists() else {"rows": [], "batches": []}
             rows = {row["host"]: row for row in doc2["rows"]}
             checks.expect(rc != 0, f"the rollout to {new} exits non-zero (rc {rc})")
-            lines = {host: journal(host, before) for host in HOSTS}
-            events = {host: unit_events(lines[host]) for host in HOSTS}
-            second = drain_figures(events, before)
+            second, stops, steps2 = check_whole_drain(checks, before)
             figures[f"to {new}, {FAILING} fails"] = second
-            checks.expect(
-                all(second["_sigterm"].values()) and second["sigterm_spread_s"] < 10,
-                f"SIGTERM on both units together: {second['sigterm_spread_s']} s apart",
-            )
-            stops = {host: stopped_lines(lines[host]) for host in HOSTS}
-            steps2 = {host: int(m[0][1]) for host, m in stops.items() if m}
-            checks.expect(
-                len(steps2) == WORLD and len(set(steps2.values())) == 1,
-                f"both ranks stopped after the same batch: {steps2}",
-            )
             second_step = steps2.get(HOSTS[0], -1)
             tail = f"{second_step} batches, {second_step * BATCH * WORLD} samples, resumed from batch {step} sample"
             tail += f" {step * BATCH * WORLD}"
