@@ -23,6 +23,7 @@ from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_jobs imp
     job_records,
     job_restarts,
     schedule,
+    slurm_jobs,
 )
 
 PROC_580_82 = (
@@ -288,3 +289,50 @@ def test_a_unit_no_record_names_restarts_with_its_own_host():
     decided = job_drains(["d"], plans)
     assert job_restarts(["d"], plans, decided, {"d": True})["d"]["restart"] == ["lab-train@x.service"]
     assert job_restarts(["d"], plans, decided, {"d": False})["d"]["left_stopped"] == ["lab-train@x.service"]
+
+
+# --- Slurm nodes: the jobs Slurm runs there (gpu-fleet-slurm-health --jobs) ---------------------
+
+
+def slurm_job(job_id="41", state="RUNNING", requeue=True, name="hf-train-default", user="trainer") -> dict:
+    return {"id": job_id, "name": name, "user": user, "state": state, "requeue": requeue, "nodes": "gpu-[01-02]"}
+
+
+def test_a_node_without_slurm_jobs_is_upgraded_at_once():
+    for mode in ("drain", "wait", "skip"):
+        assert slurm_jobs([], mode) == {"requeue": [], "wait": [], "skip": ""}
+
+
+def test_drain_requeues_the_running_jobs_and_waits_for_every_job_to_leave():
+    jobs = [slurm_job("41"), slurm_job("42", state="COMPLETING"), slurm_job("43_7", state="SUSPENDED")]
+    # A COMPLETING job is already ending: requeued, Slurm would refuse it; it is only waited for.
+    assert slurm_jobs(jobs, "drain") == {"requeue": ["41", "43_7"], "wait": ["41", "42", "43_7"], "skip": ""}
+
+
+def test_a_job_slurm_may_not_requeue_skips_the_node_and_is_never_killed():
+    # The attack: a job submitted without --requeue would be killed for good by a requeue or by
+    # the reboot; its node must be left alone, with why, and nothing requeued (not even its mates).
+    jobs = [slurm_job("41"), slurm_job("57", requeue=False, name="eval", user="ana")]
+    decided = slurm_jobs(jobs, "drain")
+    assert decided["requeue"] == [] and decided["wait"] == []
+    assert "job 57 (eval, ana, RUNNING)" in decided["skip"] and "--requeue" in decided["skip"]
+    assert "upgrade_driver_jobs wait" in decided["skip"]
+
+
+def test_wait_and_skip_modes_touch_no_job():
+    jobs = [slurm_job("41"), slurm_job("57", requeue=False)]
+    assert slurm_jobs(jobs, "wait") == {"requeue": [], "wait": ["41", "57"], "skip": ""}
+    skipped = slurm_jobs(jobs, "skip")
+    assert (
+        skipped["requeue"] == []
+        and skipped["wait"] == []
+        and "job 41 (hf-train-default, trainer, RUNNING)" in skipped["skip"]
+    )
+
+
+@pytest.mark.parametrize("jobs", [None, "41", [{"name": "no id"}], ["41"]])
+def test_a_job_list_that_is_not_one_is_refused(jobs):
+    with pytest.raises(ValueError, match="Slurm jobs must be a list of jobs with an id"):
+        slurm_jobs(jobs, "drain")
+    with pytest.raises(ValueError, match="upgrade_driver_jobs must be one of"):
+        slurm_jobs([], "kill")

@@ -137,6 +137,16 @@ def test_the_batch_cordons_a_host_before_reading_it_again(tmp_path):
         drain = tasks.index("Drain the training units (SIGTERM)")
         restart = tasks.index("Decide which jobs start again")
         assert cordon < read < decide < lift < drain < restart, tasks
+        # On a Slurm node: held through Slurm before the cordon (a job Slurm sent it after the
+        # cordon would be refused by the Prolog), its Slurm jobs handled once the batch decided,
+        # before the install; released only after the rollout's cordon is lifted (before it, the
+        # release would hand the node to the health check for the rollout's own cordon).
+        hold = tasks.index("Hold the Slurm node before it is cordoned")
+        slurm_jobs = tasks.index("Requeue, wait for or skip the Slurm jobs on the node")
+        install = tasks.index("Install the driver, reboot where needed, verify")
+        uncordon = tasks.index("Lift the rollout's cordon")
+        release = tasks.index("Release the rollout's hold on the Slurm node")
+        assert hold < cordon and decide < slurm_jobs < install < uncordon < release, tasks
         # A job starts again on all its hosts at once: after every host of the batch has its outcome.
         assert tasks.index("Start the job units again") > restart > tasks.index("Record the host's outcome")
 
@@ -149,6 +159,12 @@ def test_the_batch_cordons_a_host_before_reading_it_again(tmp_path):
             "upgrade_driver_busy is now upgrade_driver_jobs (drain, wait or skip): rename it.",
         ),
         (["-e", "upgrade_driver_jobs=kill"], 'upgrade_driver_jobs must be drain, wait or skip; got "kill".'),
+        # It names the cordon file and the Slurm hold's record beside the health check's.
+        (
+            ["-e", "upgrade_driver_cordon_owner=../drain-reason"],
+            "upgrade_driver_cordon_owner must be a short lower-case name",
+        ),
+        (["-e", "upgrade_driver_slurm_health=gpu-fleet-slurm-health"], "the absolute path of the health check program"),
         (
             ["-e", "upgrade_driver_max_unavailable=lots"],
             "upgrade_driver_max_unavailable must be a host count or a percentage",

@@ -248,9 +248,11 @@ def test_the_gate_runs_as_the_training_user_who_owns_the_report():
 
 SCONTROL_STAND_IN = r"""#!/usr/bin/env python3
 # scontrol's stand-in (Slurm is absent here): one node's State= and Reason= in a JSON file,
-# printed as Slurm 22.05 prints them, every call recorded.
-import json, sys
+# printed as Slurm 22.05 prints them, every call recorded. A job's line is the one captured in
+# the lab (`scontrol -o show job`), with the job's own id, state and Requeue= put in.
+import json, re, sys
 from pathlib import Path
+JOB_LINE = Path(__file__).with_name("job-line.txt").read_text().strip()
 state_file = Path(__file__).with_name("node.json")
 node = json.loads(state_file.read_text())
 with Path(__file__).with_name("calls").open("a") as calls:
@@ -262,6 +264,18 @@ if sys.argv[1:3] == ["show", "node"]:
     print(f"NodeName={sys.argv[3]} Arch=x86_64 CoresPerSocket=2\n   State={node['state']} ThreadsPerCore=1")
     if node["reason"]:
         print(f"   Reason={node['reason']} [{node['user']}@2026-12-04T21:24:33]")
+elif sys.argv[1:4] == ["-o", "show", "job"]:
+    job = next(job for job in node.get("jobs", []) if job["id"] == sys.argv[4])
+    line = re.sub(r"(^|\s)JobId=\S+", lambda m: f"{m.group(1)}JobId={job['id']}", JOB_LINE)
+    line = re.sub(r"\sJobState=\S+", f" JobState={job['state']}", line)
+    print(re.sub(r"\sRequeue=\S+", f" Requeue={job['requeue']}", line))
+elif sys.argv[1] == "requeue":
+    job = next(job for job in node["jobs"] if job["id"] == sys.argv[2])
+    if job["requeue"] == "0":
+        print(f"Requested operation is presently disabled for job {job['id']}", file=sys.stderr)
+        sys.exit(1)
+    job["state"] = "PENDING"
+    state_file.write_text(json.dumps(node))
 elif sys.argv[1] == "update":
     args = dict(arg.split("=", 1) for arg in sys.argv[2:])
     if args["state"] == "drain":
@@ -269,6 +283,19 @@ elif sys.argv[1] == "update":
     elif args["state"] == "resume":
         node.update(state="IDLE", reason="", user="")
     state_file.write_text(json.dumps(node))
+"""
+
+SQUEUE_STAND_IN = r"""#!/usr/bin/env python3
+# squeue's stand-in: the ids of the node's jobs in the states asked for (--states=A,B), one a line.
+import json, sys
+from pathlib import Path
+node = json.loads(Path(__file__).with_name("node.json").read_text())
+with Path(__file__).with_name("calls").open("a") as calls:
+    calls.write("squeue " + " ".join(sys.argv[1:]) + "\n")
+states = next(arg.split("=", 1)[1] for arg in sys.argv[1:] if arg.startswith("--states=")).split(",")
+for job in node.get("jobs", []):
+    if job["state"] in states:
+        print(job["id"])
 """
 
 
@@ -281,6 +308,9 @@ def node_host(tmp_path, key_file) -> dict:
     scontrol = slurm / "scontrol"
     scontrol.write_text(SCONTROL_STAND_IN)
     scontrol.chmod(0o755)
+    (slurm / "squeue").write_text(SQUEUE_STAND_IN)
+    (slurm / "squeue").chmod(0o755)
+    shutil.copy(FIXTURES / "slurm" / "captured_22.05.8_scontrol-o-show-job_running.txt", slurm / "job-line.txt")
     (slurm / "node.json").write_text(json.dumps({"state": "IDLE", "reason": "", "user": ""}))
     config = {
         "node_name": "gpu-01",
@@ -357,3 +387,132 @@ def test_dry_run_changes_nothing(node_host):
     done = run_check(node_host, "--dry-run")
     assert done.returncode == 1 and "draining gpu-01" in done.stdout
     assert controller_view(node_host)["state"] == "IDLE" and not Path(node_host["settings"]["state_file"]).exists()
+
+
+# --- a runbook's hold: --hold, --jobs, --requeue, --release ------------------------------------
+
+OWNER = "upgrade-driver"
+HOLD = f"{health.HOLD_PREFIX}{OWNER}: "
+
+
+def runbook_step(host: dict, *args: str) -> tuple[int, dict, str]:
+    done = run_check(host, *args)
+    return done.returncode, (json.loads(done.stdout) if done.returncode == 0 else {}), done.stderr
+
+
+def set_view(host: dict, **view) -> None:
+    (host["slurm"] / "node.json").write_text(json.dumps({"state": "IDLE", "reason": "", "user": "", **view}))
+
+
+def checks_pass(host: dict) -> None:
+    """The node's checks pass from now on: the cache test gate answers ready."""
+    settings = dict(host["settings"], hf_cache_test="/bin/true")
+    Path(host["config"]).write_text(json.dumps(settings))
+
+
+def test_a_hold_drains_the_node_as_its_owner_and_only_its_release_resumes_it(node_host):
+    checks_pass(node_host)
+    rc, out, err = runbook_step(node_host, "--hold", OWNER, "--reason", "driver rollout to 580.95.05")
+    assert rc == 0, err
+    assert out["action"] == "drain" and out["held"] is True
+    view = controller_view(node_host)
+    assert view["state"] == "IDLE+DRAIN" and view["reason"] == f"{HOLD}driver rollout to 580.95.05"
+    record = Path(node_host["settings"]["state_file"]).with_name(f"hold-{OWNER}")
+    assert record.read_text().strip() == view["reason"] and stat.S_IMODE(record.stat().st_mode) == 0o600
+    # The same hold again changes nothing; a new reason replaces its own.
+    rc, out, _ = runbook_step(node_host, "--hold", OWNER, "--reason", "driver rollout to 580.95.05")
+    assert out["action"] == "none" and out["held"] is True
+    rc, out, _ = runbook_step(node_host, "--hold", OWNER, "--reason", "failed at verify")
+    assert out["action"] == "drain" and controller_view(node_host)["reason"] == f"{HOLD}failed at verify"
+    # The attack: the health check, whose checks pass, resumes a node a runbook holds.
+    done = run_check(node_host)
+    assert done.returncode == 0 and "drained by someone else" in done.stdout
+    assert controller_view(node_host)["reason"] == f"{HOLD}failed at verify"
+    # Another owner's release does not end this one's hold.
+    rc, out, _ = runbook_step(node_host, "--release", "pull")
+    assert out["action"] == "none" and controller_view(node_host)["state"] == "IDLE+DRAIN"
+    rc, out, _ = runbook_step(node_host, "--release", OWNER)
+    assert rc == 0 and out["action"] == "resume" and controller_view(node_host)["state"] == "IDLE"
+    assert record.read_text().strip() == ""
+
+
+@pytest.mark.parametrize(
+    "reason",
+    ["RMA: GPU 3 fell off the bus", f"{health.REASON_PREFIX}cache test exit 4: shard missing", f"{HOLD}by hand"],
+)
+def test_a_drain_someone_else_set_is_neither_taken_over_nor_resumed(node_host, reason):
+    checks_pass(node_host)
+    # The attack: the rollout holds and releases a node an operator (or the health check, or a
+    # person using the rollout's own words) drained; the release would put it back in service.
+    set_view(node_host, state="MIXED+DRAIN", reason=reason, user="admin")
+    rc, out, _ = runbook_step(node_host, "--hold", OWNER, "--reason", "driver rollout to 580.95.05")
+    assert rc == 0 and out["action"] == "none" and out["held"] is False and "someone else" in out["message"]
+    rc, out, _ = runbook_step(node_host, "--release", OWNER)
+    assert rc == 0 and out["action"] == "none"
+    assert controller_view(node_host)["reason"] == reason and controller_view(node_host)["state"] == "MIXED+DRAIN"
+
+
+def test_a_release_on_a_node_that_is_not_ready_hands_it_to_the_health_check(node_host):
+    # No cache test report yet: the node is not ready. Resumed, Slurm would send it a job that the
+    # Prolog refuses; it stays drained as the health check's, which resumes it once it is ready.
+    rc, out, err = runbook_step(node_host, "--hold", OWNER, "--reason", "driver rollout to 580.95.05")
+    assert rc == 0, err
+    rc, out, _ = runbook_step(node_host, "--release", OWNER)
+    assert rc == 0 and out["action"] == "handover"
+    view = controller_view(node_host)
+    assert view["state"] == "IDLE+DRAIN" and view["reason"].startswith(f"{health.REASON_PREFIX}cache test exit 7")
+    checks_pass(node_host)
+    done = run_check(node_host)
+    assert done.returncode == 0 and "resuming gpu-01" in done.stdout and controller_view(node_host)["state"] == "IDLE"
+
+
+def test_the_jobs_on_the_node_and_their_requeue(node_host):
+    jobs = [
+        {"id": "41", "state": "RUNNING", "requeue": "1"},
+        {"id": "42", "state": "PENDING", "requeue": "1"},
+        {"id": "57", "state": "RUNNING", "requeue": "0"},
+    ]
+    set_view(node_host, state="ALLOCATED", jobs=jobs)
+    rc, out, err = runbook_step(node_host, "--jobs")
+    assert rc == 0, err
+    listed = {job["id"]: job for job in out["jobs"]}
+    assert sorted(listed) == ["41", "57"]  # a pending job does not hold the node
+    assert listed["41"]["requeue"] is True and listed["57"]["requeue"] is False
+    captured = health.parse_job((FIXTURES / "slurm" / "captured_22.05.8_scontrol-o-show-job_running.txt").read_text())
+    assert {key: listed["41"][key] for key in ("name", "user", "nodes")} == {
+        key: captured[key] for key in ("name", "user", "nodes")
+    }
+    rc, out, _ = runbook_step(node_host, "--requeue", "41")
+    assert rc == 0 and out["requeued"] == ["41"]
+    assert [job["state"] for job in controller_view(node_host)["jobs"]] == ["PENDING", "PENDING", "RUNNING"]
+    rc, _, err = runbook_step(node_host, "--requeue", "57")
+    assert rc == 2 and "presently disabled" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--requeue", "41;scancel -u root"], "--requeue takes Slurm job ids"),
+        (["--requeue=-u"], "--requeue takes Slurm job ids"),
+        (["--hold", "../health", "--reason", "x"], "is not a short lower-case name"),
+        (["--release", "Upgrade Driver"], "is not a short lower-case name"),
+        (["--hold", OWNER], "--hold needs --reason"),
+    ],
+)
+def test_bad_owners_job_ids_and_reasons_are_refused_before_anything_changes(node_host, args, message):
+    # The attack: a job id or an owner that is really an option or a path (they reach scontrol's
+    # argv and name a record file beside the health check's).
+    set_view(node_host, jobs=[{"id": "41", "state": "RUNNING", "requeue": "1"}])
+    done = run_check(node_host, *args)
+    assert done.returncode == 2 and message in done.stderr
+    view = controller_view(node_host)
+    assert view["state"] == "IDLE" and view["jobs"][0]["state"] == "RUNNING"
+    assert not list(Path(node_host["settings"]["state_file"]).parent.glob("hold-*"))
+
+
+def test_a_dry_run_hold_says_what_it_would_do_and_changes_nothing(node_host):
+    rc, out, _ = runbook_step(node_host, "--dry-run", "--hold", OWNER, "--reason", "driver rollout to 580.95.05")
+    assert rc == 0 and out["action"] == "drain"
+    assert (
+        controller_view(node_host)["state"] == "IDLE" and not Path(node_host["settings"]["state_file"]).parent.exists()
+    )

@@ -5,6 +5,18 @@
     gpu-fleet-slurm-health --prolog [--config FILE]    Prolog: refuse a job on a node not ready
     gpu-fleet-slurm-health --dry-run [--config FILE]   print the checks and the decision only
 
+For a runbook that takes the node out of service (the driver rollout), one JSON line each:
+
+    gpu-fleet-slurm-health --hold OWNER --reason TEXT  drain the node as OWNER (reason HOLD_PREFIX
+                                                       OWNER: TEXT), unless someone else drained it
+    gpu-fleet-slurm-health --jobs                      the jobs on the node: id, name, user, state,
+                                                       whether Slurm may requeue them
+    gpu-fleet-slurm-health --requeue JOBID [JOBID...]  requeue those jobs (scontrol requeue: each
+                                                       gets SIGTERM, then goes back to pending)
+    gpu-fleet-slurm-health --release OWNER             end OWNER's hold: resume the node, or, when
+                                                       the checks fail, leave it drained as this
+                                                       health check's own (it resumes it later)
+
 The checks (the readiness gate): the cache test's last report (`hf-cache-test --require-ready`),
 the GPUs nvidia-smi sees and their driver, the cordon folder (a cordoned host is not healthy),
 and the munge key's file (a key others can read is a leaked key).
@@ -16,8 +28,15 @@ never resumed, and an operator's drain is never overwritten with ours.
 
 Slurm runs the health check as root (SlurmdUser) with no arguments; its exit status is ignored
 by Slurm, so this program drains the node itself. A Prolog that exits non-zero makes Slurm
-requeue the job (and hold it unless SchedulerParameters=nohold_on_prolog_fail). Python 3
-standard library only.
+requeue the job (and hold it unless SchedulerParameters=nohold_on_prolog_fail).
+
+A hold is resumed ONLY by its owner's --release, and only while the node's reason is exactly the
+one recorded for that owner: a drain of an operator's, of the health check's or of another owner's
+is left as it is, and a health check never resumes a hold (its reason is not the check's).
+
+Exit status: 0 ready (check) or done (hold, release, jobs, requeue); 1 not ready (check, Prolog);
+2 the program cannot run (its settings, scontrol, a bad OWNER or JOBID). Python 3 standard library
+only.
 """
 
 from __future__ import annotations
@@ -34,6 +53,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REASON_PREFIX = "hf-health: "
+# A runbook's hold: "gpu-fleet upgrade-driver: driver rollout to 580.95.05 ...".
+HOLD_PREFIX = "gpu-fleet "
+OWNER = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
+JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")
+# Jobs that hold the node: running, starting, being stopped or suspended (squeue's state names).
+BUSY_STATES = "RUNNING,CONFIGURING,COMPLETING,SUSPENDED"
 # Slurm keeps reasons whole, but sinfo and the logs show them on one line: keep them short.
 MAX_REASON = 240
 DEFAULT_CONFIG = "/etc/gpu-fleet/slurm-health.json"
@@ -102,6 +127,40 @@ def decide(node: Node, failures: list[str], recorded: str) -> Decision:
             "none", "", f"ready, but {node.name} was drained by someone else and is left drained: {node.reason!r}"
         )
     return Decision("none", "", f"ready, {node.name} is not drained: nothing to do")
+
+
+def hold_reason(owner: str, text: str) -> str:
+    """The drain reason of OWNER's hold: our hold prefix, the owner, one line, at most MAX_REASON."""
+    reason = f"{HOLD_PREFIX}{owner}: {' '.join(text.split())}"
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."
+
+
+def decide_hold(node: Node, owner: str, reason: str, recorded: str) -> Decision:
+    """Drain the node as OWNER, or say why not: a drain someone else set stays as it is (the node
+    takes no new work either way), and OWNER's own hold only takes the new reason."""
+    if not node.drained:
+        return Decision("drain", reason, f"{node.name} held by {owner}: {reason}")
+    if not (recorded and node.reason == recorded and recorded.startswith(f"{HOLD_PREFIX}{owner}: ")):
+        return Decision("none", "", f"{node.name} is already drained by someone else, left as it is: {node.reason!r}")
+    if node.reason == reason:
+        return Decision("none", "", f"{node.name} stays held by {owner}: {reason}")
+    return Decision("drain", reason, f"{node.name} held by {owner} for another reason: {reason}")
+
+
+def decide_release(node: Node, owner: str, recorded: str, failures: list[str]) -> Decision:
+    """End OWNER's hold. Resume the node only when its reason is still the one recorded for OWNER,
+    and only when the checks pass: a node that is not ready becomes the health check's drain
+    ("handover", with its reason), so that the check resumes it once it is ready and no job is
+    sent to it in between."""
+    ours = node.drained and bool(recorded) and node.reason == recorded
+    if not ours:
+        if node.drained:
+            return Decision("none", "", f"{node.name} is drained by someone else, left as it is: {node.reason!r}")
+        return Decision("none", "", f"{node.name} is not drained: nothing to release")
+    if failures:
+        wanted = reason_text(failures)
+        return Decision("handover", wanted, f"{owner} released {node.name}, still not ready: {wanted}")
+    return Decision("resume", "", f"{owner} released {node.name}: ready, resumed")
 
 
 def parse_node(text: str, name: str) -> Node:
@@ -272,6 +331,82 @@ def apply(config: dict, node: Node, decision: Decision, run=subprocess.run) -> N
         record(config["state_file"], "")
 
 
+def hold_file(config: dict, owner: str) -> str:
+    """Where OWNER's hold reason is recorded: beside the health check's own record."""
+    return str(Path(config["state_file"]).with_name(f"hold-{owner}"))
+
+
+def apply_hold(config: dict, node: Node, owner: str, decision: Decision, run=subprocess.run) -> None:
+    if decision.action == "drain":
+        record(hold_file(config, owner), decision.reason)
+        scontrol(config, "update", f"nodename={node.name}", "state=drain", f"reason={decision.reason}", run=run)
+
+
+def apply_release(config: dict, node: Node, owner: str, decision: Decision, run=subprocess.run) -> None:
+    if decision.action == "handover":
+        # The health check's record first: from then on the drain is the check's to resume.
+        record(config["state_file"], decision.reason)
+        scontrol(config, "update", f"nodename={node.name}", "state=drain", f"reason={decision.reason}", run=run)
+    elif decision.action == "resume":
+        scontrol(config, "update", f"nodename={node.name}", "state=resume", run=run)
+    if decision.action in ("handover", "resume"):
+        record(hold_file(config, owner), "")
+
+
+def parse_job(text: str) -> dict:
+    """The fields a runbook needs of `scontrol -o show job ID`'s one line."""
+    fields = {}
+    for key in (
+        "JobId",
+        "ArrayJobId",
+        "ArrayTaskId",
+        "JobName",
+        "UserId",
+        "JobState",
+        "Requeue",
+        "NodeList",
+        "Restarts",
+    ):
+        found = re.search(rf"(?:^|\s){key}=(\S+)", text)
+        fields[key] = found.group(1) if found else ""
+    if not fields["JobId"] or not fields["JobState"]:
+        raise HealthError(f"scontrol show job printed no JobId= or JobState=: {text.strip()[:200]!r}")
+    job_id = fields["JobId"]
+    if fields["ArrayTaskId"] and fields["ArrayJobId"]:
+        job_id = f"{fields['ArrayJobId']}_{fields['ArrayTaskId']}"
+    return {
+        "id": job_id,
+        "name": fields["JobName"],
+        "user": fields["UserId"].split("(")[0],
+        "state": fields["JobState"],
+        "requeue": fields["Requeue"] == "1",
+        "nodes": fields["NodeList"],
+        "restarts": int(fields["Restarts"]) if fields["Restarts"].isdigit() else 0,
+    }
+
+
+def node_jobs(config: dict, node: Node, run=subprocess.run) -> list[dict]:
+    """The jobs that hold the node now (squeue), each as `scontrol show job` describes it."""
+    squeue = config.get("squeue") or str(Path(config["scontrol"]).with_name("squeue"))
+    argv = [squeue, "--noheader", f"--nodelist={node.name}", f"--states={BUSY_STATES}", "--format=%i"]
+    try:
+        done = run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+    except (FileNotFoundError, subprocess.TimeoutExpired) as error:
+        raise HealthError(f"{' '.join(argv)}: {error}") from error
+    if done.returncode != 0:
+        raise HealthError(f"{' '.join(argv)} exited {done.returncode}: {(done.stderr or done.stdout).strip()}")
+    jobs = []
+    for job_id in sorted({line.strip() for line in done.stdout.splitlines() if line.strip()}):
+        text = scontrol(config, "-o", "show", "job", job_id, run=run)
+        jobs.append(parse_job(text))
+    return jobs
+
+
+def requeue(config: dict, job_ids: list[str], run=subprocess.run) -> None:
+    for job_id in job_ids:
+        scontrol(config, "requeue", job_id, run=run)
+
+
 def load_config(path: str) -> dict:
     try:
         config = json.loads(Path(path).read_text())
@@ -286,17 +421,61 @@ def load_config(path: str) -> dict:
     return config
 
 
+def runbook_step(config: dict, args: argparse.Namespace, run=subprocess.run) -> dict:
+    """--hold, --release, --jobs or --requeue: what it did (or, with --dry-run, would do), as JSON."""
+    node = parse_node(scontrol(config, "show", "node", config["node_name"], run=run), config["node_name"])
+    out: dict = {"node": node.name, "state": "+".join(sorted(node.flags)), "reason": node.reason}
+    if args.jobs:
+        return {**out, "jobs": node_jobs(config, node, run)}
+    if args.requeue:
+        bad = [job_id for job_id in args.requeue if not JOB_ID.match(job_id)]
+        if bad:
+            raise HealthError(f"--requeue takes Slurm job ids (123 or 123_4), not {', '.join(map(repr, bad))}")
+        if not args.dry_run:
+            requeue(config, args.requeue, run)
+        return {**out, "action": "requeue", "requeued": args.requeue}
+    owner = args.hold or args.release
+    if not OWNER.match(owner):
+        raise HealthError(f"the owner {owner!r} is not a short lower-case name (a-z, 0-9, -), e.g. upgrade-driver")
+    recorded = read_recorded(hold_file(config, owner))
+    if args.hold:
+        decision = decide_hold(node, owner, hold_reason(owner, args.reason), recorded)
+        if not args.dry_run:
+            apply_hold(config, node, owner, decision, run)
+        held = decision.action == "drain" or (node.drained and node.reason == recorded and bool(recorded))
+        return {**out, "action": decision.action, "held": held, "message": decision.message}
+    decision = decide_release(node, owner, recorded, failures(config, run))
+    if not args.dry_run:
+        apply_release(config, node, owner, decision, run)
+    return {**out, "action": decision.action, "message": decision.message}
+
+
 def main(argv: list[str] | None = None, run=subprocess.run) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=DEFAULT_CONFIG)
-    parser.add_argument("--prolog", action="store_true", help="refuse the job (exit 1) on a node that is not ready")
     parser.add_argument("--dry-run", action="store_true", help="print the decision, change nothing")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--prolog", action="store_true", help="refuse the job (exit 1) on a node that is not ready")
+    mode.add_argument("--hold", metavar="OWNER", help="drain the node as OWNER (with --reason)")
+    mode.add_argument("--release", metavar="OWNER", help="end OWNER's hold")
+    mode.add_argument("--jobs", action="store_true", help="the jobs on the node")
+    mode.add_argument("--requeue", nargs="+", metavar="JOBID", help="requeue these jobs")
+    parser.add_argument("--reason", default="", help="why OWNER holds the node (--hold)")
     args = parser.parse_args(argv)
+    if args.hold and not args.reason.strip():
+        parser.error("--hold needs --reason: the drain reason says who holds the node and why")
     try:
         config = load_config(args.config)
     except HealthError as error:
         print(f"gpu-fleet-slurm-health: {error}", file=sys.stderr, flush=True)
         return 2  # a Prolog that cannot tell whether the node is ready refuses the job
+    if args.hold or args.release or args.jobs or args.requeue:
+        try:
+            print(json.dumps(runbook_step(config, args, run), sort_keys=True), flush=True)
+        except HealthError as error:
+            print(f"gpu-fleet-slurm-health: {error}", file=sys.stderr, flush=True)
+            return 2
+        return 0
     found = failures(config, run)
     if found and args.prolog:
         print(
