@@ -13,3 +13,8 @@ SLURM_JOB_LAB_ARGS ?=
 
 lab-slurm-job: venv $(LAB_PYTHON_DEP) wheelhouse ## train.yml -e train_launcher=slurm on lab hosts: a real 2-node Composer job (CPU, gloo) with sbatch, SIGTERM and scontrol requeue, resumed from its checkpoint
 	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python scripts/slurm_job_lab.py $(SLURM_JOB_LAB_ARGS)
+
+.PHONY: lab-slurm-upgrade
+
+lab-slurm-upgrade: venv $(LAB_PYTHON_DEP) ## lab-slurm with simulated GPUs, then upgrade-driver.yml through Slurm: a requeueable 2-node job requeued, the canary held and resumed, an operator's drain kept
+	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python scripts/slurm_lab.py --rollout $(SLURM_LAB_ARGS)

@@ -20,6 +20,17 @@ Steps, each checked:
 6. A cordon on the first node: the Prolog refuses a job there before it starts and drains the
    node with the cordon's reason; the cordon lifted, the health check resumes it and a job runs
    on every node again.
+With --rollout (make lab-slurm-upgrade) the hosts have simulated GPUs (scripts/gpu_sim: the
+older driver loaded, the newer one in the lab's NVIDIA repository) and, after step 6:
+7. A requeueable 2-node batch job runs on the nodes; an operator drains the last node while it
+   runs. playbooks/upgrade-driver.yml rolls the newer driver out over the nodes (a canary, then
+   batches of one) while a poller reads every node's state and reason from the controller.
+   Expected: every node runs the newer driver; the canary was held with the rollout's reason
+   (gpu-fleet upgrade-driver: ...) before its install, the job requeued (it left both nodes), the
+   canary resumed; the operator's node upgraded but never resumed, its reason as the operator
+   set it; the report says upgraded and names the requeued job. The operator resumes the node:
+   the job runs again, its restart count one higher (Slurm holds a requeued job about two
+   minutes before it may start).
 The lab is removed at the end unless --keep. Python 3.11 standard library.
 """
 
@@ -33,12 +44,16 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from fleet_rerun import BIN, lab_inventory, light_stack  # noqa: E402  the fleet bench's lab helpers
+
+sys.path.insert(0, str(ROOT / "scripts"))
+from gpu_sim import build as gpu_build  # noqa: E402  the simulated driver versions
 
 LAB = "lab/slurm"
 PREFIX = "slurm-gpu-"
@@ -63,7 +78,7 @@ class Checks:
         return ok
 
 
-def lab_env() -> dict:
+def lab_env(gpu: str) -> dict:
     return dict(
         os.environ,
         LAB_DIR=LAB,
@@ -74,15 +89,15 @@ def lab_env() -> dict:
         LAB_HOST_REPORTS=f"{LAB}/reports/hosts",
         LAB_SEED="full",
         LAB_SHARDS="2",
-        LAB_GPU="none",
+        LAB_GPU=gpu,
     )
 
 
-def lab(cmd: str, n: int) -> None:
+def lab(cmd: str, n: int, gpu: str = "none") -> None:
     args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
     if cmd == "up":
-        args += ["--hosts", str(n)]
-    subprocess.run(args, cwd=ROOT, env=lab_env(), check=True)
+        args += ["--hosts", str(n), "--gpu", gpu]
+    subprocess.run(args, cwd=ROOT, env=lab_env(gpu), check=True)
 
 
 def playbook(name: str, inventory: Path, extra: list[str], logfile: Path, *more: str) -> tuple[int, str]:
@@ -127,7 +142,7 @@ def wait_idle(controller: str, nodes: list[str], seconds: int = 90) -> dict[str,
     return states
 
 
-def write_slurm_inventory(work: Path, nodes: list[str], controller: str) -> Path:
+def write_slurm_inventory(work: Path, nodes: list[str], controller: str, gres: bool = True) -> Path:
     """The Slurm groups beside the lab's hosts.yml, and this lab's munge key (0600, never logged)."""
     key = base64.b64encode(secrets.token_bytes(1024)).decode()
     secret = work / "munge-key.yml"
@@ -137,7 +152,8 @@ def write_slurm_inventory(work: Path, nodes: list[str], controller: str) -> Path
         "slurm_controller": {"hosts": {controller: None}},
         "slurm_nodes": {
             "hosts": dict.fromkeys(nodes),
-            "vars": {"slurm_node_memory_reserve_mb": 512},
+            # The simulated GPUs have no /dev/nvidiaN for gres.conf's File=: no Gres in that lab.
+            "vars": {"slurm_node_memory_reserve_mb": 512, **({} if gres else {"slurm_node_gpu_count": 0})},
         },
         "all": {
             "vars": {
@@ -151,6 +167,139 @@ def write_slurm_inventory(work: Path, nodes: list[str], controller: str) -> Path
     return secret
 
 
+class NodeWatch(threading.Thread):
+    """Every node's (State=, Reason=) as the controller reports them, read every 2 s while a runbook
+    runs: each node's successive states, as Slurm showed them."""
+
+    def __init__(self, controller: str, nodes: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.controller, self.nodes = controller, nodes
+        self.seen: dict[str, list[tuple[str, str]]] = {node: [] for node in nodes}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            for node in self.nodes:
+                now = node_state(self.controller, node)
+                if now[0] and (not self.seen[node] or self.seen[node][-1] != now):
+                    self.seen[node].append(now)
+            self.done.wait(2)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=30)
+
+
+def job_fields(controller: str, job_id: str) -> dict[str, str]:
+    """JobState=, Restarts=, NodeList= and Reason= of `scontrol -o show job`."""
+    text = on(controller, "scontrol", "-o", "show", "job", job_id).stdout
+    return {
+        key: (m[1] if (m := re.search(rf"(?:^|\s){key}=(\S*)", text)) else "")
+        for key in ("JobState", "Restarts", "NodeList", "Reason")
+    }
+
+
+def wait_job(controller: str, job_id: str, state: str, seconds: int) -> dict[str, str]:
+    fields = job_fields(controller, job_id)
+    for _ in range(seconds // 3):
+        if fields["JobState"] == state:
+            break
+        time.sleep(3)
+        fields = job_fields(controller, job_id)
+    return fields
+
+
+def loaded_driver(host: str) -> str:
+    text = on(host, "cat", "/proc/driver/nvidia/version").stdout
+    fields = text.split("Kernel Module for x86_64", 1)[-1].split()
+    return fields[0] if text.startswith("NVRM version:") and fields else ""
+
+
+def rollout(checks: Checks, inventory: Path, extra: list[str], logs: Path, nodes: list[str], controller: str) -> float:
+    """Step 7: the driver rollout through Slurm, with a requeueable job on the nodes; its seconds."""
+    versions = gpu_build.parse_versions(os.environ.get("LAB_GPU_DRIVER_VERSIONS", " ".join(gpu_build.DEFAULT_VERSIONS)))
+    old, new = versions[0], versions[-1]
+    canary, last = nodes[0], nodes[-1]
+    for node in nodes:
+        checks.expect(loaded_driver(node) == old, f"{node} runs the older simulated driver {old}")
+    submitted = on(
+        controller,
+        "sbatch",
+        "--parsable",
+        "--requeue",
+        f"-N{len(nodes)}",
+        "--job-name=lab-rollout",
+        "--output=/tmp/lab-rollout-%j.out",
+        "--wrap",
+        "srun sleep 3600",
+    )
+    job = submitted.stdout.strip().split(";")[0]
+    before = wait_job(controller, job, "RUNNING", 60)
+    if not checks.expect(
+        before["JobState"] == "RUNNING", f"job {job} (sbatch --requeue -N{len(nodes)}) runs on {before['NodeList']}"
+    ):
+        return 0.0
+    operator = "RMA fan swap, keep drained"
+    on(controller, "scontrol", "update", f"nodename={last}", "state=drain", f"reason={operator}")
+    reports = ROOT / LAB / "reports"
+    watch = NodeWatch(controller, nodes)
+    watch.start()
+    t0 = time.monotonic()
+    rc, _ = playbook(
+        "playbooks/upgrade-driver.yml",
+        inventory,
+        [
+            *extra,
+            f"upgrade_driver_version={new}",
+            "upgrade_driver_hosts=slurm_nodes",
+            "upgrade_driver_serial=1",
+            "upgrade_driver_pause_after_canary=false",
+            f"upgrade_driver_report_dir={reports}",
+        ],
+        logs / "upgrade-driver.log",
+    )
+    seconds = round(time.monotonic() - t0, 1)
+    watch.stop()
+    for node in nodes:
+        log(f"{node} as the controller showed it during the rollout: {watch.seen[node]}")
+    report = json.loads((reports / "upgrade-driver.json").read_text()) if rc == 0 else {}
+    rows = {row["host"]: row for row in report.get("rows", [])}
+    checks.expect(
+        rc == 0, f"upgrade-driver.yml rolled {new} out over the Slurm nodes (log {logs / 'upgrade-driver.log'})"
+    )
+    for node in nodes:
+        checks.expect(
+            loaded_driver(node) == new and rows.get(node, {}).get("state") == "upgraded",
+            f"{node} runs {new}, reported {rows.get(node, {}).get('state')}",
+        )
+    held = [
+        reason for _, reason in watch.seen[canary] if reason.startswith("gpu-fleet upgrade-driver: driver rollout to")
+    ]
+    checks.expect(bool(held), f"the canary {canary} was held through Slurm with the rollout's reason ({held[:1]})")
+    checks.expect(
+        f"Slurm jobs requeued: {job}" in rows.get(canary, {}).get("detail", ""),
+        f"the report names job {job} requeued on {canary}: {rows.get(canary, {}).get('detail', '')[-200:]!r}",
+    )
+    state, reason = node_state(controller, canary)
+    checks.expect("DRAIN" not in state and not reason, f"the rollout resumed {canary} ({state}, {reason!r})")
+    reasons = {reason for _, reason in watch.seen[last]}
+    state, reason = node_state(controller, last)
+    checks.expect(
+        "DRAIN" in state and reason == operator and reasons == {operator},
+        f"the operator's drain of {last} never taken over nor resumed ({state}, {reason!r}; seen {sorted(reasons)})",
+    )
+    after = job_fields(controller, job)
+    checks.expect(
+        int(after["Restarts"] or 0) > int(before["Restarts"] or 0) and after["JobState"] == "PENDING",
+        f"job {job} was requeued and waits for nodes ({after})",
+    )
+    on(controller, "scontrol", "update", f"nodename={last}", "state=resume")
+    again = wait_job(controller, job, "RUNNING", 240)
+    checks.expect(again["JobState"] == "RUNNING", f"the operator resumed {last}: job {job} runs again ({again})")
+    on(controller, "scancel", job)
+    return seconds
+
+
 def cache_test(host: str) -> int:
     """hf_loader's cache test unit, run now (it writes the report the health check reads)."""
     return on(host, "systemctl", "start", "hf-cache-test.service", timeout=600).returncode
@@ -160,7 +309,11 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--nodes", type=int, default=2)
     p.add_argument("--keep", action="store_true", help="keep the lab hosts afterwards")
+    p.add_argument(
+        "--rollout", action="store_true", help="simulated GPUs, and the driver rollout through Slurm (step 7)"
+    )
     args = p.parse_args()
+    gpu = "sim" if args.rollout else "none"
     if not 1 <= args.nodes <= 8:
         sys.exit("--nodes must be 1..8")
     hosts = [f"{PREFIX}{i:02d}" for i in range(1, args.nodes + 2)]
@@ -176,9 +329,9 @@ def main() -> int:
     first = nodes[0]
     try:
         t0 = time.monotonic()
-        lab("up", len(hosts))
+        lab("up", len(hosts), gpu)
         times["lab up"] = round(time.monotonic() - t0, 1)
-        secret = write_slurm_inventory(work, nodes, controller)
+        secret = write_slurm_inventory(work, nodes, controller, gres=not args.rollout)
 
         t0 = time.monotonic()
         rc, _ = playbook("site.yml", inventory, extra, logs / "site.log", "--limit", ",".join(nodes))
@@ -284,13 +437,15 @@ def main() -> int:
         checks.expect(
             srun.returncode == 0 and ran == sorted(nodes), f"srun -N{len(nodes)} hostname runs again on {ran}"
         )
+        if args.rollout and not checks.failed:
+            times["upgrade-driver.yml"] = rollout(checks, inventory, extra, logs, nodes, controller)
         print("Steps (wall seconds):")
         for step, seconds in times.items():
             print(f"  {step:24s} {seconds:7.1f}")
     finally:
         if not args.keep:
             group_vars.unlink(missing_ok=True)
-            lab("down", len(hosts))
+            lab("down", len(hosts), gpu)
             (work / "munge-key.yml").unlink(missing_ok=True)
     for what in checks.failed:
         print(f"[slurm-lab] FAILED: {what}", file=sys.stderr)

@@ -324,3 +324,60 @@ def test_the_runner_refuses_bad_settings_before_it_does_anything(tmp_path, setti
     )
     assert done.returncode == code and says in done.stderr
     assert not (tmp_path / "home").exists()
+
+
+SLURM_HEALTH_STAND_IN = """#!/bin/sh
+# The slurm_node role's gpu-fleet-slurm-health, standing in: its arguments, one call a line.
+printf '%s|' "$@" >>"$(dirname "$0")/calls"; echo >>"$(dirname "$0")/calls"
+echo '{"action": "drain", "held": true}'
+"""
+
+
+def test_a_failed_run_holds_a_slurm_node_through_slurm_with_its_reason(tmp_path):
+    # A run that fails after its hold file: a secrets file others can read (exit 2, before
+    # ansible-pull). On a Slurm node the failure must also reach Slurm, or the scheduler keeps
+    # sending jobs to a host whose training is held.
+    health = tmp_path / "gpu-fleet-slurm-health"
+    health.write_text(SLURM_HEALTH_STAND_IN)
+    health.chmod(0o755)
+    secrets = tmp_path / "secrets.yml"
+    secrets.write_text("vault_password: x\n")
+    secrets.chmod(0o644)
+    (tmp_path / "pull-settings.yml").write_text("---\n")
+    (tmp_path / "pull-requirements.txt").write_text("")
+    settings = {
+        "GPU_FLEET_REPO_URL": "https://g/x.git",
+        "GPU_FLEET_REPO_REF": "0123456789abcdef0123456789abcdef01234567",
+        "GPU_FLEET_HOME": str(tmp_path / "home"),
+        "GPU_FLEET_VENV": str(tmp_path / "venv"),
+        "GPU_FLEET_CONFIG_DIR": str(tmp_path),
+        "GPU_FLEET_PLAYBOOK": "playbooks/pull.yml",
+        "GPU_FLEET_SECRETS_FILE": str(secrets),
+        "GPU_FLEET_SLURM_HEALTH": str(health),
+    }
+    (tmp_path / "pull.env").write_text("".join(f"{k}='{v}'\n" for k, v in settings.items()))
+    done = subprocess.run(
+        ["bash", ROLE / "files" / "gpu-fleet-pull"],
+        env=dict(os.environ, GPU_FLEET_CONFIG=str(tmp_path / "pull.env")),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    hold = (tmp_path / "home" / "hold").read_text()
+    assert "is readable or owned by others" in hold
+    calls = [line.split("|")[:-1] for line in (tmp_path / "calls").read_text().splitlines()]
+    assert len(calls) == 1 and calls[0][:4] == ["--hold", "pull", "--reason", calls[0][3]], calls
+    assert calls[0][3].startswith("gpu-fleet-pull failed at ") and "is readable or owned by others" in calls[0][3]
+    # No health check installed: no Slurm node, no call, the run as before.
+    health.unlink()
+    done = subprocess.run(
+        ["bash", ROLE / "files" / "gpu-fleet-pull"],
+        env=dict(os.environ, GPU_FLEET_CONFIG=str(tmp_path / "pull.env")),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode == 2 and "Slurm" not in done.stderr
