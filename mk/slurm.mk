@@ -18,3 +18,8 @@ lab-slurm-job: venv $(LAB_PYTHON_DEP) wheelhouse ## train.yml -e train_launcher=
 
 lab-slurm-upgrade: venv $(LAB_PYTHON_DEP) ## lab-slurm with simulated GPUs, then upgrade-driver.yml through Slurm: a requeueable 2-node job requeued, the canary held and resumed, an operator's drain kept
 	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python scripts/slurm_lab.py --rollout $(SLURM_LAB_ARGS)
+
+.PHONY: lab-slurm-job-upgrade
+
+lab-slurm-job-upgrade: venv $(LAB_PYTHON_DEP) wheelhouse ## lab-slurm-job on simulated GPUs, then upgrade-driver.yml while the Composer job trains: stopped at a checkpoint through its batch shell, resumed from the next batch
+	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python scripts/slurm_job_lab.py --rollout $(SLURM_JOB_LAB_ARGS)

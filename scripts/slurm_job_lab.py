@@ -22,6 +22,14 @@ what a shared filesystem is to a cluster. Steps, each checked:
 5. `scontrol requeue` (an operator's requeue): the job runs again (restart 2) and its first batch
    is the latest checkpoint's + 1 (srun kills its tasks on the job's SIGTERM, so the ranks may not
    write a new checkpoint: what they said is printed).
+With --rollout (make lab-slurm-job-upgrade) the hosts have simulated GPUs (scripts/gpu_sim, the
+older driver loaded), and then:
+6. playbooks/upgrade-driver.yml rolls the newer simulated driver out over the two nodes (a canary,
+   then batches of one) while the job trains: the canary is held through Slurm and the job is
+   stopped through its batch shell (SIGTERM, as before a time limit); both ranks stop after the
+   same batch N with a checkpoint that says N; the job requeues itself; both nodes run the newer
+   driver, are resumed, and the job runs again with N+1 as its first batch. The rollout lost no
+   more than the batch in flight.
 The lab is removed at the end unless --keep. Python 3.11 standard library (the checkpoint is read
 with the loader's venv, LAB_PYTHON).
 """
@@ -41,7 +49,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "scripts"))
 from fleet_rerun import BIN, lab_inventory  # noqa: E402  the fleet bench's lab helpers
-from slurm_lab import HEALTH, Checks, changed_per_host, on, wait_idle, write_slurm_inventory  # noqa: E402
+from slurm_lab import (  # noqa: E402
+    HEALTH,
+    Checks,
+    changed_per_host,
+    gpu_build,
+    loaded_driver,
+    on,
+    wait_idle,
+    write_slurm_inventory,
+)
 from upgrade_job_rehearsal import READ_TIMESTAMP  # noqa: E402
 
 LAB = "lab/slurm-job"
@@ -81,7 +98,7 @@ def log(msg: str) -> None:
     print(f"[slurm-job-lab] {msg}", flush=True)
 
 
-def lab_env() -> dict:
+def lab_env(gpu: str) -> dict:
     return dict(
         os.environ,
         LAB_DIR=LAB,
@@ -92,16 +109,16 @@ def lab_env() -> dict:
         LAB_HOST_REPORTS=f"{LAB}/reports/hosts",
         LAB_SEED="full",
         LAB_SHARDS="2",
-        LAB_GPU="none",
+        LAB_GPU=gpu,
         LAB_SHARED=f"{SHARED_DIR}:{CHECKPOINTS}",
     )
 
 
-def lab(cmd: str, n: int) -> None:
+def lab(cmd: str, n: int, gpu: str = "none") -> None:
     args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
     if cmd == "up":
-        args += ["--hosts", str(n)]
-    subprocess.run(args, cwd=ROOT, env=lab_env(), check=True)
+        args += ["--hosts", str(n), "--gpu", gpu]
+    subprocess.run(args, cwd=ROOT, env=lab_env(gpu), check=True)
 
 
 def playbook(name: str, inventory: Path, extra: list[str], logfile: Path, *more: str) -> tuple[int, str]:
@@ -210,11 +227,64 @@ def stop_and_resume(checks: Checks, how: str, node: str, job: str, run: int, bat
     return step
 
 
+def rollout(
+    checks: Checks,
+    inventory: Path,
+    extra: list[str],
+    logs: Path,
+    nodes: list[str],
+    job: str,
+    batches_wanted: int,
+    python: Path,
+) -> float:
+    """Step 6: the driver rollout over the nodes while the job trains; its seconds."""
+    versions = gpu_build.parse_versions(os.environ.get("LAB_GPU_DRIVER_VERSIONS", " ".join(gpu_build.DEFAULT_VERSIONS)))
+    new, canary = versions[-1], nodes[0]
+    run = len(runs(job_log(canary, job)))
+    reports = ROOT / LAB / "reports"
+    log(f"upgrade-driver.yml: {versions[0]} -> {new} over {nodes} while job {job} trains (its run {run - 1})")
+    t0 = time.monotonic()
+    rc, _ = playbook(
+        "playbooks/upgrade-driver.yml",
+        inventory,
+        [
+            *extra,
+            json.dumps(
+                {
+                    "upgrade_driver_version": new,
+                    "upgrade_driver_hosts": "slurm_nodes",
+                    "upgrade_driver_serial": 1,
+                    "upgrade_driver_pause_after_canary": False,
+                    "upgrade_driver_report_dir": str(reports),
+                }
+            ),
+        ],
+        logs / "upgrade-driver.log",
+    )
+    seconds = round(time.monotonic() - t0, 1)
+    report = json.loads((reports / "upgrade-driver.json").read_text()) if rc == 0 else {}
+    rows = {row["host"]: row for row in report.get("rows", [])}
+    checks.expect(rc == 0, f"upgrade-driver.yml rolled {new} out over the nodes (log {logs / 'upgrade-driver.log'})")
+    for node in nodes:
+        checks.expect(
+            loaded_driver(node) == new and rows.get(node, {}).get("state") == "upgraded",
+            f"{node} runs {new}, reported {rows.get(node, {}).get('state')}",
+        )
+    detail = rows.get(canary, {}).get("detail", "")
+    checks.expect(
+        f"Slurm jobs requeued: {job}" in detail, f"the report names job {job} requeued on {canary}: {detail[-160:]!r}"
+    )
+    stop_and_resume(checks, "the driver rollout", canary, job, run, batches_wanted, python)
+    return seconds
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batches", type=int, default=3, help="batches each run trains before it is stopped")
     p.add_argument("--keep", action="store_true", help="keep the lab hosts afterwards")
+    p.add_argument("--rollout", action="store_true", help="simulated GPUs, and the driver rollout while the job trains")
     args = p.parse_args()
+    gpu = "sim" if args.rollout else "none"
     python = ROOT / os.environ.get("LAB_PYTHON", ".venvs/loader/bin/python")
     hosts = [f"{PREFIX}{i:02d}" for i in range(1, 4)]
     nodes, controller = hosts[:-1], hosts[-1]
@@ -246,9 +316,9 @@ def main() -> int:
     times: dict[str, float] = {}
     try:
         t0 = time.monotonic()
-        lab("up", len(hosts))
+        lab("up", len(hosts), gpu)
         times["lab up"] = round(time.monotonic() - t0, 1)
-        secret = write_slurm_inventory(work, nodes, controller)
+        secret = write_slurm_inventory(work, nodes, controller, gres=not args.rollout)
 
         log("site.yml: the nodes, with the loader's production stack")
         t0 = time.monotonic()
@@ -341,6 +411,8 @@ def main() -> int:
             f"{seen[0] if seen else None}, the latest checkpoint's {stamp.get('batch')} + 1 ({target})",
         )
         times["requeue to resumed batches"] = round(time.monotonic() - t0, 1)
+        if args.rollout and not checks.failed:
+            times["upgrade-driver.yml"] = rollout(checks, inventory, extra, logs, nodes, job, args.batches, python)
         on(controller, "scancel", job)
         print("Steps (wall seconds):")
         for step, seconds in times.items():
@@ -348,7 +420,7 @@ def main() -> int:
     finally:
         if not args.keep:
             group_vars.unlink(missing_ok=True)
-            lab("down", len(hosts))
+            lab("down", len(hosts), gpu)
             (work / "munge-key.yml").unlink(missing_ok=True)
     for what in checks.failed:
         print(f"[slurm-job-lab] FAILED: {what}", file=sys.stderr)

@@ -268,6 +268,7 @@ elif sys.argv[1:4] == ["-o", "show", "job"]:
     job = next(job for job in node.get("jobs", []) if job["id"] == sys.argv[4])
     line = re.sub(r"(^|\s)JobId=\S+", lambda m: f"{m.group(1)}JobId={job['id']}", JOB_LINE)
     line = re.sub(r"\sJobState=\S+", f" JobState={job['state']}", line)
+    line = re.sub(r"\sCommand=\S+", f" Command={job.get('command', '(null)')}", line)
     print(re.sub(r"\sRequeue=\S+", f" Requeue={job['requeue']}", line))
 elif sys.argv[1] == "requeue":
     job = next(job for job in node["jobs"] if job["id"] == sys.argv[2])
@@ -283,6 +284,20 @@ elif sys.argv[1] == "update":
     elif args["state"] == "resume":
         node.update(state="IDLE", reason="", user="")
     state_file.write_text(json.dumps(node))
+"""
+
+SCANCEL_STAND_IN = r"""#!/usr/bin/env python3
+# scancel's stand-in: --batch --signal=TERM JOBID is the batch shell's SIGTERM; a fleet batch
+# script stops its ranks at a checkpoint and requeues itself (pending again).
+import json, sys
+from pathlib import Path
+state_file = Path(__file__).with_name("node.json")
+node = json.loads(state_file.read_text())
+with Path(__file__).with_name("calls").open("a") as calls:
+    calls.write("scancel " + " ".join(sys.argv[1:]) + "\n")
+job = next(job for job in node["jobs"] if job["id"] == sys.argv[-1])
+job["state"] = "PENDING"
+state_file.write_text(json.dumps(node))
 """
 
 SQUEUE_STAND_IN = r"""#!/usr/bin/env python3
@@ -308,8 +323,9 @@ def node_host(tmp_path, key_file) -> dict:
     scontrol = slurm / "scontrol"
     scontrol.write_text(SCONTROL_STAND_IN)
     scontrol.chmod(0o755)
-    (slurm / "squeue").write_text(SQUEUE_STAND_IN)
-    (slurm / "squeue").chmod(0o755)
+    for name, text in (("squeue", SQUEUE_STAND_IN), ("scancel", SCANCEL_STAND_IN)):
+        (slurm / name).write_text(text)
+        (slurm / name).chmod(0o755)
     shutil.copy(FIXTURES / "slurm" / "captured_22.05.8_scontrol-o-show-job_running.txt", slurm / "job-line.txt")
     (slurm / "node.json").write_text(json.dumps({"state": "IDLE", "reason": "", "user": ""}))
     config = {
@@ -327,6 +343,7 @@ def node_host(tmp_path, key_file) -> dict:
         "munge_key_file": str(key_file),
         "scontrol": str(scontrol),
         "state_file": str(tmp_path / "state" / "drain-reason"),
+        "job_script_dir": str(tmp_path / "slurm-jobs"),
     }
     (tmp_path / "slurm-health.json").write_text(json.dumps(config))
     return {"config": str(tmp_path / "slurm-health.json"), "slurm": slurm, "settings": config}
@@ -516,3 +533,26 @@ def test_a_dry_run_hold_says_what_it_would_do_and_changes_nothing(node_host):
     assert (
         controller_view(node_host)["state"] == "IDLE" and not Path(node_host["settings"]["state_file"]).parent.exists()
     )
+
+
+def test_a_fleet_job_is_stopped_through_its_batch_shell_and_any_other_is_requeued(node_host):
+    scripts = Path(node_host["settings"]["job_script_dir"])
+    scripts.mkdir()
+    (scripts / "hf-train-default.sbatch").write_text("#!/bin/bash\n")
+    outside = scripts.parent / "elsewhere"
+    outside.mkdir()
+    jobs = [
+        {"id": "41", "state": "RUNNING", "requeue": "1", "command": str(scripts / "hf-train-default.sbatch")},
+        # The attack: a path that names the folder but climbs out of it, to a script that may
+        # ignore SIGTERM and hold the node through the drain.
+        {"id": "42", "state": "RUNNING", "requeue": "1", "command": f"{scripts}/../elsewhere/evil.sh"},
+        {"id": "43", "state": "RUNNING", "requeue": "1"},
+    ]
+    set_view(node_host, state="ALLOCATED", jobs=jobs)
+    rc, out, err = runbook_step(node_host, "--requeue", "41", "42", "43")
+    assert rc == 0, err
+    assert [entry["how"].split(" ")[0] for entry in out["how"]] == ["SIGTERM", "scontrol", "scontrol"]
+    calls = (node_host["slurm"] / "calls").read_text().splitlines()
+    assert "scancel --batch --signal=TERM 41" in calls
+    assert "requeue 42" in calls and "requeue 43" in calls and "requeue 41" not in calls
+    assert [job["state"] for job in controller_view(node_host)["jobs"]] == ["PENDING"] * 3

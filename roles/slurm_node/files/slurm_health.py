@@ -11,8 +11,11 @@ For a runbook that takes the node out of service (the driver rollout), one JSON 
                                                        OWNER: TEXT), unless someone else drained it
     gpu-fleet-slurm-health --jobs                      the jobs on the node: id, name, user, state,
                                                        whether Slurm may requeue them
-    gpu-fleet-slurm-health --requeue JOBID [JOBID...]  requeue those jobs (scontrol requeue: each
-                                                       gets SIGTERM, then goes back to pending)
+    gpu-fleet-slurm-health --requeue JOBID [JOBID...]  requeue those jobs: a job of the slurm_node
+                                                       role's batch scripts gets SIGTERM in its batch
+                                                       shell alone (scancel --batch), as before its
+                                                       time limit: its ranks checkpoint, then it
+                                                       requeues itself; any other, scontrol requeue
     gpu-fleet-slurm-health --release OWNER             end OWNER's hold: resume the node, or, when
                                                        the checks fail, leave it drained as this
                                                        health check's own (it resumes it later)
@@ -357,6 +360,7 @@ def parse_job(text: str) -> dict:
     """The fields a runbook needs of `scontrol -o show job ID`'s one line."""
     fields = {}
     for key in (
+        "Command",
         "JobId",
         "ArrayJobId",
         "ArrayTaskId",
@@ -382,6 +386,7 @@ def parse_job(text: str) -> dict:
         "requeue": fields["Requeue"] == "1",
         "nodes": fields["NodeList"],
         "restarts": int(fields["Restarts"]) if fields["Restarts"].isdigit() else 0,
+        "command": fields["Command"],
     }
 
 
@@ -402,9 +407,38 @@ def node_jobs(config: dict, node: Node, run=subprocess.run) -> list[dict]:
     return jobs
 
 
-def requeue(config: dict, job_ids: list[str], run=subprocess.run) -> None:
+def is_fleet_script(command: str, script_dir: str) -> bool:
+    """Whether a job's batch script is one of the slurm_node role's (in its root-owned folder, the
+    path resolved: a look-alike path that climbs out of the folder is not)."""
+    if not command or not script_dir or not command.startswith("/"):
+        return False
+    return Path(os.path.realpath(command)).parent == Path(os.path.realpath(script_dir))
+
+
+def requeue(config: dict, job_ids: list[str], run=subprocess.run) -> list[dict]:
+    """Requeue each job, the gentlest way it takes. A fleet batch script traps SIGTERM in its shell,
+    stops its ranks at a checkpoint and requeues itself: scancel --batch sends the batch shell
+    alone that SIGTERM (scontrol requeue signals every step too, and srun answers its own SIGTERM
+    with SIGKILL, racing the checkpoint). Any other job: scontrol requeue."""
+    done = []
     for job_id in job_ids:
-        scontrol(config, "requeue", job_id, run=run)
+        job = parse_job(scontrol(config, "-o", "show", "job", job_id, run=run))
+        if is_fleet_script(job["command"], config.get("job_script_dir", "")):
+            scancel = config.get("scancel") or str(Path(config["scontrol"]).with_name("scancel"))
+            argv = [scancel, "--batch", "--signal=TERM", job_id]
+            try:
+                stopped = run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
+            except (FileNotFoundError, subprocess.TimeoutExpired) as error:
+                raise HealthError(f"{' '.join(argv)}: {error}") from error
+            if stopped.returncode != 0:
+                raise HealthError(
+                    f"{' '.join(argv)} exited {stopped.returncode}: {(stopped.stderr or stopped.stdout).strip()}"
+                )
+            done.append({"id": job_id, "how": "SIGTERM to its batch shell (it checkpoints and requeues itself)"})
+        else:
+            scontrol(config, "requeue", job_id, run=run)
+            done.append({"id": job_id, "how": "scontrol requeue"})
+    return done
 
 
 def load_config(path: str) -> dict:
@@ -431,9 +465,8 @@ def runbook_step(config: dict, args: argparse.Namespace, run=subprocess.run) -> 
         bad = [job_id for job_id in args.requeue if not JOB_ID.match(job_id)]
         if bad:
             raise HealthError(f"--requeue takes Slurm job ids (123 or 123_4), not {', '.join(map(repr, bad))}")
-        if not args.dry_run:
-            requeue(config, args.requeue, run)
-        return {**out, "action": "requeue", "requeued": args.requeue}
+        how = requeue(config, args.requeue, run) if not args.dry_run else []
+        return {**out, "action": "requeue", "requeued": args.requeue, "how": how}
     owner = args.hold or args.release
     if not OWNER.match(owner):
         raise HealthError(f"the owner {owner!r} is not a short lower-case name (a-z, 0-9, -), e.g. upgrade-driver")
