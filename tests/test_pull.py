@@ -294,6 +294,28 @@ def test_a_branch_instead_of_a_commit_is_refused_before_anything_is_written(tmp_
     assert not out.exists()
 
 
+def run_runner(tmp_path: Path, **overrides: str) -> subprocess.CompletedProcess:
+    """roles/fleet_pull's runner for real, with valid settings in tmp_path unless `overrides` change them."""
+    settings = {
+        "GPU_FLEET_REPO_URL": "https://g/x.git",
+        "GPU_FLEET_REPO_REF": "0123456789abcdef0123456789abcdef01234567",
+        "GPU_FLEET_HOME": str(tmp_path / "home"),
+        "GPU_FLEET_VENV": str(tmp_path / "venv"),
+        "GPU_FLEET_CONFIG_DIR": str(tmp_path),
+        "GPU_FLEET_PLAYBOOK": "playbooks/pull.yml",
+        **overrides,
+    }
+    (tmp_path / "pull.env").write_text("".join(f"{k}='{v}'\n" for k, v in settings.items()))
+    return subprocess.run(
+        ["bash", ROLE / "files" / "gpu-fleet-pull"],
+        env=dict(os.environ, GPU_FLEET_CONFIG=str(tmp_path / "pull.env")),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
 @pytest.mark.parametrize(
     ("setting", "code", "says"),
     [
@@ -304,24 +326,8 @@ def test_a_branch_instead_of_a_commit_is_refused_before_anything_is_written(tmp_
     ],
 )
 def test_the_runner_refuses_bad_settings_before_it_does_anything(tmp_path, setting, code, says):
-    settings = {
-        "GPU_FLEET_REPO_URL": "https://g/x.git",
-        "GPU_FLEET_REPO_REF": "0123456789abcdef0123456789abcdef01234567",
-        "GPU_FLEET_HOME": str(tmp_path / "home"),
-        "GPU_FLEET_VENV": str(tmp_path / "venv"),
-        "GPU_FLEET_CONFIG_DIR": str(tmp_path),
-        "GPU_FLEET_PLAYBOOK": "playbooks/pull.yml",
-    }
     key, value = setting.split("=", 1)
-    settings[key] = value
-    (tmp_path / "pull.env").write_text("".join(f"{k}='{v}'\n" for k, v in settings.items()))
-    done = subprocess.run(
-        ["bash", ROLE / "files" / "gpu-fleet-pull"],
-        env=dict(os.environ, GPU_FLEET_CONFIG=str(tmp_path / "pull.env")),
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    done = run_runner(tmp_path, **{key: value})
     assert done.returncode == code and says in done.stderr
     assert not (tmp_path / "home").exists()
 
@@ -345,25 +351,8 @@ def test_a_failed_run_holds_a_slurm_node_through_slurm_with_its_reason(tmp_path)
     secrets.chmod(0o644)
     (tmp_path / "pull-settings.yml").write_text("---\n")
     (tmp_path / "pull-requirements.txt").write_text("")
-    settings = {
-        "GPU_FLEET_REPO_URL": "https://g/x.git",
-        "GPU_FLEET_REPO_REF": "0123456789abcdef0123456789abcdef01234567",
-        "GPU_FLEET_HOME": str(tmp_path / "home"),
-        "GPU_FLEET_VENV": str(tmp_path / "venv"),
-        "GPU_FLEET_CONFIG_DIR": str(tmp_path),
-        "GPU_FLEET_PLAYBOOK": "playbooks/pull.yml",
-        "GPU_FLEET_SECRETS_FILE": str(secrets),
-        "GPU_FLEET_SLURM_HEALTH": str(health),
-    }
-    (tmp_path / "pull.env").write_text("".join(f"{k}='{v}'\n" for k, v in settings.items()))
-    done = subprocess.run(
-        ["bash", ROLE / "files" / "gpu-fleet-pull"],
-        env=dict(os.environ, GPU_FLEET_CONFIG=str(tmp_path / "pull.env")),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    slurm = {"GPU_FLEET_SECRETS_FILE": str(secrets), "GPU_FLEET_SLURM_HEALTH": str(health)}
+    done = run_runner(tmp_path, **slurm)
     assert done.returncode == 2, done.stdout + done.stderr
     hold = (tmp_path / "home" / "hold").read_text()
     assert "is readable or owned by others" in hold
@@ -372,12 +361,5 @@ def test_a_failed_run_holds_a_slurm_node_through_slurm_with_its_reason(tmp_path)
     assert calls[0][3].startswith("gpu-fleet-pull failed at ") and "is readable or owned by others" in calls[0][3]
     # No health check installed: no Slurm node, no call, the run as before.
     health.unlink()
-    done = subprocess.run(
-        ["bash", ROLE / "files" / "gpu-fleet-pull"],
-        env=dict(os.environ, GPU_FLEET_CONFIG=str(tmp_path / "pull.env")),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
+    done = run_runner(tmp_path, **slurm)
     assert done.returncode == 2 and "Slurm" not in done.stderr

@@ -296,7 +296,11 @@ def failures(config: dict, run=subprocess.run) -> list[str]:
 
 
 def scontrol(config: dict, *args: str, run=subprocess.run) -> str:
-    argv = [config["scontrol"], *args]
+    return slurm_command([config["scontrol"], *args], run)
+
+
+def slurm_command(argv: list[str], run=subprocess.run) -> str:
+    """A Slurm command's output; HealthError naming the command when it cannot run or fails."""
     try:
         done = run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
     except (FileNotFoundError, subprocess.TimeoutExpired) as error:
@@ -393,15 +397,11 @@ def parse_job(text: str) -> dict:
 def node_jobs(config: dict, node: Node, run=subprocess.run) -> list[dict]:
     """The jobs that hold the node now (squeue), each as `scontrol show job` describes it."""
     squeue = config.get("squeue") or str(Path(config["scontrol"]).with_name("squeue"))
-    argv = [squeue, "--noheader", f"--nodelist={node.name}", f"--states={BUSY_STATES}", "--format=%i"]
-    try:
-        done = run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
-    except (FileNotFoundError, subprocess.TimeoutExpired) as error:
-        raise HealthError(f"{' '.join(argv)}: {error}") from error
-    if done.returncode != 0:
-        raise HealthError(f"{' '.join(argv)} exited {done.returncode}: {(done.stderr or done.stdout).strip()}")
+    listed = slurm_command(
+        [squeue, "--noheader", f"--nodelist={node.name}", f"--states={BUSY_STATES}", "--format=%i"], run
+    )
     jobs = []
-    for job_id in sorted({line.strip() for line in done.stdout.splitlines() if line.strip()}):
+    for job_id in sorted({line.strip() for line in listed.splitlines() if line.strip()}):
         text = scontrol(config, "-o", "show", "job", job_id, run=run)
         jobs.append(parse_job(text))
     return jobs
@@ -425,15 +425,7 @@ def requeue(config: dict, job_ids: list[str], run=subprocess.run) -> list[dict]:
         job = parse_job(scontrol(config, "-o", "show", "job", job_id, run=run))
         if is_fleet_script(job["command"], config.get("job_script_dir", "")):
             scancel = config.get("scancel") or str(Path(config["scontrol"]).with_name("scancel"))
-            argv = [scancel, "--batch", "--signal=TERM", job_id]
-            try:
-                stopped = run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT, check=False)
-            except (FileNotFoundError, subprocess.TimeoutExpired) as error:
-                raise HealthError(f"{' '.join(argv)}: {error}") from error
-            if stopped.returncode != 0:
-                raise HealthError(
-                    f"{' '.join(argv)} exited {stopped.returncode}: {(stopped.stderr or stopped.stdout).strip()}"
-                )
+            slurm_command([scancel, "--batch", "--signal=TERM", job_id], run)
             done.append({"id": job_id, "how": "SIGTERM to its batch shell (it checkpoints and requeues itself)"})
         else:
             scontrol(config, "requeue", job_id, run=run)
