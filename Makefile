@@ -8,7 +8,7 @@ CONTROLLER_STAMP := $(VENV)/.installed-$(shell sha256sum requirements/controller
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 
-.PHONY: help venv engine wheelhouse test-tools lint pytest molecule test lock clean
+.PHONY: help venv engine wheelhouse test-tools test-deps lint pytest molecule test lock clean
 WHEELHOUSE_DIR ?= /var/cache/gpu-fleet/wheelhouse
 
 help: ## list targets
@@ -44,6 +44,8 @@ test-tools: ## the host tools the tests run for real (Debian packages: chromium,
 	@missing=$$(for pair in $(TEST_TOOLS); do command -v $${pair%%:*} >/dev/null || echo $${pair#*:}; done | sort -u); \
 	if [ -n "$$missing" ]; then echo "installing $$missing"; apt-get update -qq && \
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+
+test-deps: venv test-tools wheelhouse loader-venv loader-test-venv ## what the test stages share, built before make test runs them side by side
 
 # All the project's Python, the roles' shared collection included.
 PYTHON_SOURCES := scripts scripts/capfilter-runc tests molecule collections

@@ -17,7 +17,7 @@ LOADER_RUFF_DEP := $(if $(wildcard .venvs/controller/bin/ruff),,$(LOADER_STAMP))
 LOADER_BENCH_ARGS ?=
 TRAIN_BENCH_ARGS ?=
 
-.PHONY: loader-venv loader-lint loader-test loader-bench train-bench lock-hashes
+.PHONY: loader-venv loader-test-venv loader-lint loader-test loader-bench train-bench lock-hashes
 
 loader-venv: $(LOADER_STAMP) ## hf_loader venv (.venvs/loader) from requirements/loader-prod.txt
 
@@ -45,6 +45,8 @@ $(LOADER_TEST_STAMP): $(LOADER_TEST_LOCK) $(LOADER_STAMP)
 	$(LOADER_BIN)/pip install --quiet --no-deps -r $(LOADER_TEST_LOCK)
 	$(LOADER_BIN)/pip check
 	touch $@
+
+loader-test-venv: $(LOADER_TEST_STAMP) ## the loader venv with the test tools (requirements/loader-test.txt)
 
 loader-test: $(LOADER_TEST_STAMP) test-tools ## hf_loader tests incl. the Composer ResNet-50 smoke (production pins)
 	cd $(LOADER_DIR) && PYTHONPATH=$(CURDIR)/scripts $(CURDIR)/$(LOADER_BIN)/python -m pytest -q -rs --durations=15 \

@@ -11,7 +11,7 @@ SLURM_JOB_LAB_ARGS ?=
 
 .PHONY: lab-slurm-job
 
-lab-slurm-job: venv $(LAB_PYTHON_DEP) wheelhouse ## train.yml -e train_launcher=slurm on lab hosts: a real 2-node Composer job (CPU, gloo) with sbatch, SIGTERM and scontrol requeue, resumed from its checkpoint
+lab-slurm-job: venv $(LAB_PYTHON_DEP) wheelhouse ## train.yml -e train_launcher=slurm on lab hosts: a real 3-node Composer job (CPU, gloo) with sbatch, SIGTERM and scontrol requeue, resumed from its checkpoint
 	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python scripts/slurm_job_lab.py $(SLURM_JOB_LAB_ARGS)
 
 .PHONY: lab-slurm-upgrade

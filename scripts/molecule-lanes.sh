@@ -11,10 +11,10 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Measured side by side in a quiet fresh-clone run (2 cores, seconds): default 1223 beside
-# hf_seed 1216, nvidia_driver 900 beside nvidia_driver_dkms (a DKMS build for two kernels, the
-# longest), then hf_env ~250 and dataset_volume ~300 (docs/testing.md).
-LANES=${MOLECULE_LANES:-"default,nvidia_driver,hf_env,dataset_volume hf_seed,nvidia_driver_dkms"}
+# Measured side by side in a fresh-clone run of make test (2 cores, seconds): default 912 beside
+# hf_seed 925, then nvidia_driver 590 beside nvidia_driver_dkms 806 (a real DKMS build), hf_env
+# 127, dataset_volume 390: lanes of 1892 and 1858 s (docs/testing.md).
+LANES=${MOLECULE_LANES:-"default,nvidia_driver,dataset_volume hf_seed,nvidia_driver_dkms,hf_env"}
 LOGS=.cache/test-logs
 mkdir -p "$LOGS"
 

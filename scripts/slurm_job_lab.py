@@ -1,22 +1,22 @@
 #!/usr/bin/env python3
 """Training as a Slurm batch job (playbooks/train.yml -e train_launcher=slurm), checked on the lab
-hosts themselves with a real 2-node Composer job.
+hosts themselves with a real 3-node Composer job (--nodes).
 
     make lab-slurm-job                               # removed at the end; not in `make test`
-    .venvs/controller/bin/python scripts/slurm_job_lab.py [--batches 3] [--keep]
+    .venvs/controller/bin/python scripts/slurm_job_lab.py [--nodes 3] [--batches 3] [--keep]
 
-Its own lab (lab/slurm-job, hosts slurm-job-01..03 on 127.0.0.1:2741..; the last one the
+Its own lab (lab/slurm-job, hosts slurm-job-01..04 on 127.0.0.1:2741..: the nodes, then the
 controller), one folder of the lab bind-mounted at /data/checkpoints in every host (LAB_SHARED):
 what a shared filesystem is to a cluster. Steps, each checked:
-1. site.yml converges the two nodes with the loader's production stack (the wheelhouse of
+1. site.yml converges the nodes with the loader's production stack (the wheelhouse of
    `make wheelhouse`: Composer, torch; CPU, gloo) and a training configuration that runs far
    longer than the lab (autoresume, run_name, save_folder on the shared folder).
 2. playbooks/slurm.yml makes them Slurm nodes of the controller (Debian 12's Slurm 22.05.8).
-3. train.yml -e train_launcher=slurm submits one sbatch job on both nodes from the first node;
-   a second run submits nothing. The job runs on both nodes (squeue) and trains --batches
+3. train.yml -e train_launcher=slurm submits one sbatch job on every node from the first node;
+   a second run submits nothing. The job runs on every node (squeue) and trains --batches
    batches (rank 0's Composer console in the job's log).
-4. SIGTERM to the batch shell alone (what --signal=B:TERM@S delivers before the time limit): both
-   ranks stop after the same batch N, rank 0 naming its checkpoint; the checkpoint on the shared
+4. SIGTERM to the batch shell alone (what --signal=B:TERM@S delivers before the time limit): every
+   rank stops after the same batch N, rank 0 naming its checkpoint; the checkpoint on the shared
    folder says batch N; the job requeues itself, runs again (restart 1) and its first batch is
    N+1, not 1.
 5. `scontrol requeue` (an operator's requeue): the job runs again (restart 2) and its first batch
@@ -24,10 +24,10 @@ what a shared filesystem is to a cluster. Steps, each checked:
    write a new checkpoint: what they said is printed).
 With --rollout (make lab-slurm-job-upgrade) the hosts have simulated GPUs (scripts/gpu_sim, the
 older driver loaded), and then:
-6. playbooks/upgrade-driver.yml rolls the newer simulated driver out over the two nodes (a canary,
+6. playbooks/upgrade-driver.yml rolls the newer simulated driver out over the nodes (a canary,
    then batches of one) while the job trains: the canary is held through Slurm and the job is
-   stopped through its batch shell (SIGTERM, as before a time limit); both ranks stop after the
-   same batch N with a checkpoint that says N; the job requeues itself; both nodes run the newer
+   stopped through its batch shell (SIGTERM, as before a time limit); every rank stops after the
+   same batch N with a checkpoint that says N; the job requeues itself; every node runs the newer
    driver, are resumed, and the job runs again with N+1 as its first batch. The rollout lost no
    more than the batch in flight.
 The lab is removed at the end unless --keep. Python 3.11 standard library (the checkpoint is read
@@ -68,8 +68,7 @@ SHARED_DIR = "shared"
 RUN_NAME = "slurm-job"
 JOB_NAME = "hf-train-default"
 LOG_DIR = "/var/lib/hf-loader"  # slurm_node_job_log_dir's default: the training user's home
-BATCH = 8  # per rank
-WORLD = 2  # one rank a node
+BATCH = 8  # per rank; one rank a node
 SIGNAL_SECONDS = 120
 TRAIN_CONFIG = {
     "batch_size": BATCH,
@@ -178,24 +177,26 @@ def checkpoint_stamp(python: Path) -> tuple[str, dict]:
     return str(latest.readlink()), stamp
 
 
-def stop_and_resume(checks: Checks, how: str, node: str, job: str, run: int, batches_wanted: int, python: Path) -> int:
-    """After `how` stopped run `run - 1`: both ranks stopped after one batch N with a checkpoint that
-    says N, and run `run` trains N+1 first. Returns N (-1 when unknown)."""
+def stop_and_resume(
+    checks: Checks, how: str, node: str, job: str, run: int, world: int, batches_wanted: int, python: Path
+) -> int:
+    """After `how` stopped run `run - 1`: all `world` ranks stopped after one batch N with a checkpoint
+    that says N, and run `run` trains N+1 first. Returns N (-1 when unknown)."""
 
     def run_lines(index: int) -> list[str]:
         found = runs(job_log(node, job))
         return found[index] if len(found) > index else []
 
     def stopped_ranks() -> bool:
-        return sum(1 for line in run_lines(run - 1) if STOPPED_LINE.search(line)) >= WORLD
+        return sum(1 for line in run_lines(run - 1) if STOPPED_LINE.search(line)) >= world
 
     stopped = wait_for(stopped_ranks, 300)
     previous = run_lines(run - 1)
     stops = [m for line in previous if (m := STOPPED_LINE.search(line))]
     ranks = {int(m[3]): int(m[1]) for m in stops}
     checks.expect(
-        bool(stopped) and sorted(ranks) == list(range(WORLD)) and len(set(ranks.values())) == 1,
-        f"{how}: both ranks stopped after the same batch: {ranks}",
+        bool(stopped) and sorted(ranks) == list(range(world)) and len(set(ranks.values())) == 1,
+        f"{how}: all {world} ranks stopped after the same batch: {ranks}",
     )
     for m in stops:
         log(f"  {m[0]}")
@@ -207,8 +208,8 @@ def stop_and_resume(checks: Checks, how: str, node: str, job: str, run: int, bat
         f"{how}: rank 0 wrote the checkpoint at the stop: {saved!r} (latest-rank0.pt -> {target})",
     )
     checks.expect(
-        stamp.get("batch") == step and stamp.get("sample") == step * BATCH * WORLD,
-        f"{how}: the checkpoint says batch {step}, sample {step * BATCH * WORLD}: {stamp}",
+        stamp.get("batch") == step and stamp.get("sample") == step * BATCH * world,
+        f"{how}: the checkpoint says batch {step}, sample {step * BATCH * world}: {stamp}",
     )
     resumed = wait_for(lambda: len(batches(run_lines(run))) >= batches_wanted, 600)
     again = run_lines(run)
@@ -274,19 +275,22 @@ def rollout(
     checks.expect(
         f"Slurm jobs requeued: {job}" in detail, f"the report names job {job} requeued on {canary}: {detail[-160:]!r}"
     )
-    stop_and_resume(checks, "the driver rollout", canary, job, run, batches_wanted, python)
+    stop_and_resume(checks, "the driver rollout", canary, job, run, len(nodes), batches_wanted, python)
     return seconds
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nodes", type=int, default=3, help="Slurm nodes, one rank each (a controller besides)")
     p.add_argument("--batches", type=int, default=3, help="batches each run trains before it is stopped")
     p.add_argument("--keep", action="store_true", help="keep the lab hosts afterwards")
     p.add_argument("--rollout", action="store_true", help="simulated GPUs, and the driver rollout while the job trains")
     args = p.parse_args()
     gpu = "sim" if args.rollout else "none"
     python = ROOT / os.environ.get("LAB_PYTHON", ".venvs/loader/bin/python")
-    hosts = [f"{PREFIX}{i:02d}" for i in range(1, 4)]
+    if args.nodes < 2:
+        p.error("--nodes must be 2 or more: the job is a multi-node one")
+    hosts = [f"{PREFIX}{i:02d}" for i in range(1, args.nodes + 2)]
     nodes, controller = hosts[:-1], hosts[-1]
     first = nodes[0]
     work = ROOT / LAB
@@ -327,7 +331,7 @@ def main() -> int:
         if not checks.expect(rc == 0, f"site.yml converged the nodes (log {logs / 'site.log'})"):
             return 1
         uids = {host: on(host, "id", "-u", "trainer").stdout.strip() for host in nodes}
-        checks.expect(len(set(uids.values())) == 1, f"the training user has one uid on both nodes: {uids}")
+        checks.expect(len(set(uids.values())) == 1, f"the training user has one uid on every node: {uids}")
         # slurmctld must know a job's user too (a site's directory service; the lab's controller is
         # not converged by site.yml): the same uid and gid.
         uid, gid = uids[first], on(first, "id", "-g", "trainer").stdout.strip()
@@ -385,7 +389,7 @@ def main() -> int:
         checks.expect(len(shell) == 1, f"one batch shell of job {job} on {first}: {shell}")
         t0 = time.monotonic()
         on(first, "kill", "-TERM", *shell[:1])
-        step = stop_and_resume(checks, "SIGTERM to the batch shell", first, job, 1, args.batches, python)
+        step = stop_and_resume(checks, "SIGTERM to the batch shell", first, job, 1, len(nodes), args.batches, python)
         times["SIGTERM to resumed batches"] = round(time.monotonic() - t0, 1)
 
         # An operator's requeue (a preemption alike): Slurm signals the whole job, srun kills its tasks

@@ -1,0 +1,80 @@
+"""scripts/run-tests.sh (`make test`), run for real over a Makefile whose stages only sleep, say
+when they ran and exit as told: stages joined by + run side by side, every stage gets its line
+in the summary with its own status, a failure anywhere fails the run, and a failed test-deps
+stops it before the stages that would each build the venvs at once."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "run-tests.sh"
+STAGES = re.search(r"declare -a STAGES=\((.*)\)", SCRIPT.read_text())[1].split()
+SLEEP = 1
+
+
+def run_tests(tmp_path: Path, failing: set[str] = frozenset()) -> tuple[subprocess.CompletedProcess, Path]:
+    (tmp_path / "scripts").mkdir()
+    shutil.copy(SCRIPT, tmp_path / "scripts" / "run-tests.sh")
+    names = [stage for group in STAGES for stage in group.split("+")]
+    recipes = [
+        f"{name}:\n\t@echo start {name} $$(date +%s.%N) >> ran\n\t@sleep {SLEEP}\n\t@echo output of {name}\n"
+        f"\t@echo end {name} $$(date +%s.%N) >> ran\n\t@{'false' if name in failing else 'true'}\n"
+        for name in names
+    ]
+    (tmp_path / "Makefile").write_text("\n".join(recipes))
+    done = subprocess.run(
+        ["bash", "scripts/run-tests.sh"], cwd=tmp_path, capture_output=True, text=True, check=False, timeout=120
+    )
+    return done, tmp_path / "ran"
+
+
+def spans(ran: Path) -> dict[str, tuple[float, float]]:
+    times: dict[str, dict[str, float]] = {}
+    for line in ran.read_text().splitlines():
+        what, name, when = line.split()
+        times.setdefault(name, {})[what] = float(when)
+    return {name: (t["start"], t["end"]) for name, t in times.items()}
+
+
+def summary(output: str) -> dict[str, str]:
+    tail = output.split("===== summary =====", 1)[1]
+    return {m[1]: m[2] for m in re.finditer(r"^(\S+)\s+(ok|FAILED)\s", tail, re.M)}
+
+
+def test_stages_joined_by_plus_run_side_by_side_and_groups_one_after_another(tmp_path):
+    done, ran = run_tests(tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert any("+" in group for group in STAGES), "make test runs no stages side by side any more"
+    times = spans(ran)
+    for before, after in zip(STAGES, STAGES[1:]):
+        last_end = max(times[s][1] for s in before.split("+"))
+        assert all(times[s][0] >= last_end for s in after.split("+")), (before, after, times)
+    for group in (g.split("+") for g in STAGES if "+" in g):
+        latest_start = max(times[s][0] for s in group)
+        assert all(times[s][1] > latest_start for s in group), f"{group} did not overlap: {times}"
+    assert set(summary(done.stdout).values()) == {"ok"}
+    assert list(summary(done.stdout)) == [s for g in STAGES for s in g.split("+")]
+    # A side-by-side stage's output is printed whole after its group.
+    assert "output of loader-test" in done.stdout
+    assert (tmp_path / ".cache" / "test-logs" / "loader-test.log").read_text().strip().endswith("output of loader-test")
+
+
+def test_a_failed_stage_side_by_side_is_named_and_fails_the_run_and_the_others_go_on(tmp_path):
+    done, ran = run_tests(tmp_path, failing={"loader-test"})
+    assert done.returncode != 0
+    result = summary(done.stdout)
+    assert result["loader-test"] == "FAILED" and result["pytest"] == "ok" and result["molecule"] == "ok"
+    assert "1 stage(s) failed" in done.stdout
+    assert "===== why loader-test failed" in done.stdout
+    assert "lab-pull-short" in spans(ran)
+
+
+def test_a_failed_test_deps_stops_before_the_stages_that_need_it(tmp_path):
+    done, ran = run_tests(tmp_path, failing={"test-deps"})
+    assert done.returncode != 0
+    assert summary(done.stdout) == {"venv": "ok", "engine": "ok", "lint": "ok", "test-deps": "FAILED"}
+    assert "pytest" not in spans(ran) and "molecule" not in spans(ran)
