@@ -5,6 +5,7 @@ stops it before the stages that would each build the venvs at once."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -50,7 +51,7 @@ def test_stages_joined_by_plus_run_side_by_side_and_groups_one_after_another(tmp
     assert done.returncode == 0, done.stdout + done.stderr
     assert any("+" in group for group in STAGES), "make test runs no stages side by side any more"
     times = spans(ran)
-    for before, after in zip(STAGES, STAGES[1:]):
+    for before, after in itertools.pairwise(STAGES):
         last_end = max(times[s][1] for s in before.split("+"))
         assert all(times[s][0] >= last_end for s in after.split("+")), (before, after, times)
     for group in (g.split("+") for g in STAGES if "+" in g):
