@@ -92,9 +92,23 @@ def as_list(value) -> list:
     return [value] if isinstance(value, str) else list(value)
 
 
+def tagged_tasks(root: Path, role: str, name: str = "main.yml") -> list[dict]:
+    """The tagged tasks of a role's task file in order. A dispatching include (include_tasks of a
+    file whose own tasks carry the tags, as nvidia_driver's gpu.yml) stands for those tasks: they,
+    not the include, are what a tag picks."""
+    found: list[dict] = []
+    for task in load(root / "roles" / role / "tasks" / name) or []:
+        if not task_tags(task):
+            continue
+        included = task.get("ansible.builtin.include_tasks")
+        inner = tagged_tasks(root, role, included) if isinstance(included, str) else []
+        found += inner or [task]
+    return found
+
+
 def tags_of(root: Path, role: str) -> tuple[list[str], list[dict]]:
     """The role's tags in the order tasks/main.yml first uses them, and its tagged tasks."""
-    tasks = [task for task in load(root / "roles" / role / "tasks" / "main.yml") or [] if task_tags(task)]
+    tasks = tagged_tasks(root, role)
     ordered: list[str] = []
     for task in tasks:
         ordered += [tag for tag in task_tags(task) if tag not in ordered]

@@ -157,6 +157,28 @@ def test_check_fails_when_a_role_readme_is_out_of_date_and_a_rerun_keeps_the_han
     assert role_docs("--check", "--root", str(root)).returncode == 1
 
 
+def test_a_tag_row_names_the_steps_of_a_dispatching_include_not_the_include(tmp_path):
+    """nvidia_driver's main.yml includes gpu.yml, whose own tasks carry the step tags: the table
+    names each tag's own steps (it once said "Install, configure, reboot into and verify the
+    driver" for seven tags)."""
+    root = copy_of_the_roles(tmp_path)
+    tasks = root / "roles" / "hf_env" / "tasks"
+    (tasks / "steps.yml").write_text(
+        "---\n- name: The first step\n  ansible.builtin.import_tasks: first.yml\n  tags: [hf_env_first]\n"
+        "- name: The second step\n  ansible.builtin.import_tasks: second.yml\n  tags: [hf_env_second]\n"
+    )
+    dispatch = (
+        "\n- name: Both steps\n  ansible.builtin.include_tasks: steps.yml\n  tags: [hf_env_first, hf_env_second]\n"
+    )
+    (tasks / "main.yml").write_text((tasks / "main.yml").read_text() + dispatch)
+    assert role_docs("--root", str(root)).returncode == 0
+    readme = (root / "roles" / "hf_env" / "README.md").read_text()
+    assert "| `hf_env_first` | The first step |" in readme and "| `hf_env_second` | The second step |" in readme
+    assert "Both steps" not in readme
+    nvidia = (ROOT / "roles" / "nvidia_driver" / "README.md").read_text()
+    assert "| `nvidia_driver_modprobe` | Blacklist nouveau |" in nvidia
+
+
 # Keys whose whole value is a Jinja expression; elsewhere only {{ ... }} and {% ... %} are.
 EXPRESSION_KEYS = {"when", "that", "changed_when", "failed_when", "until"}
 JINJA = re.compile(r"{{(.*?)}}|{%(.*?)%}", re.S)
