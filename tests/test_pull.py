@@ -6,9 +6,11 @@ are attacked for real in tests/test_pull_trust.py; the whole path runs in the pu
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -339,7 +341,7 @@ echo '{"action": "drain", "held": true}'
 """
 
 
-def test_a_failed_run_holds_a_slurm_node_through_slurm_with_its_reason(tmp_path):
+def test_a_failed_run_holds_a_slurm_node_through_slurm_and_a_good_run_releases_it(tmp_path):
     # A run that fails after its hold file: a secrets file others can read (exit 2, before
     # ansible-pull). On a Slurm node the failure must also reach Slurm, or the scheduler keeps
     # sending jobs to a host whose training is held.
@@ -359,7 +361,26 @@ def test_a_failed_run_holds_a_slurm_node_through_slurm_with_its_reason(tmp_path)
     calls = [line.split("|")[:-1] for line in (tmp_path / "calls").read_text().splitlines()]
     assert len(calls) == 1 and calls[0][:4] == ["--hold", "pull", "--reason", calls[0][3]], calls
     assert calls[0][3].startswith("gpu-fleet-pull failed at ") and "is readable or owned by others" in calls[0][3]
+
+    # The secrets fixed, a run that succeeds (ansible-pull standing in: its recap names this host)
+    # lifts the runner's own hold, and releases the Slurm node as owner pull: nothing else.
+    secrets.chmod(0o600)
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    lock = hashlib.sha256((tmp_path / "pull-requirements.txt").read_bytes()).hexdigest()
+    (venv / ".gpu-fleet-lock").write_text(lock + "\n")
+    pull = venv / "bin" / "ansible-pull"
+    pull.write_text(f"#!/bin/sh\nprintf 'PLAY RECAP\\n%s : ok=3 changed=0 failed=0\\n' {socket.gethostname()}\n")
+    pull.chmod(0o755)
+    done = run_runner(tmp_path, **slurm)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not (tmp_path / "home" / "hold").exists()
+    assert json.loads((tmp_path / "home" / "ready.json").read_text())["ready"] is True
+    calls = [line.split("|")[:-1] for line in (tmp_path / "calls").read_text().splitlines()]
+    assert calls[1:] == [["--release", "pull"]], calls
+
     # No health check installed: no Slurm node, no call, the run as before.
     health.unlink()
+    secrets.chmod(0o644)
     done = run_runner(tmp_path, **slurm)
     assert done.returncode == 2 and "Slurm" not in done.stderr
