@@ -813,7 +813,7 @@ def test_headers_for_every_kernel_to_build_for():
     assert nv.kernel_header_packages(platform("Ubuntu-24"), ["6.8.0-88-generic"], "precompiled") == []
 
 
-@pytest.mark.parametrize("name", ["Debian-12", "Debian-13", "Ubuntu-22", "Ubuntu-24", "RedHat-8", "RedHat-9"])
+@pytest.mark.parametrize("name", ROLE_VARS["__nvidia_driver_supported"])
 def test_every_platform_names_its_header_packages(name):
     assert nv.kernel_header_packages(platform(name), ["6.1.0-50-amd64"], "dkms")
 

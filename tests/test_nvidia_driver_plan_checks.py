@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ROLE = ROOT / "roles" / "nvidia_driver"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nvidia"
 ROLE_VARS = yaml.safe_load((ROLE / "vars" / "main.yml").read_text())
-PLATFORMS = ["Debian-12", "Debian-13", "Ubuntu-22", "Ubuntu-24", "RedHat-8", "RedHat-9"]
+PLATFORMS = ROLE_VARS["__nvidia_driver_supported"]
 
 
 def platform(name: str) -> dict:
@@ -92,18 +92,21 @@ def test_preflight_and_detection_run_the_module_checks_before_any_change():
 # ------------------------------------------------------ item 10: Secure Boot key
 
 
-@pytest.mark.parametrize(
-    ("name", "key"),
-    [
-        ("Ubuntu-22", "/var/lib/shim-signed/mok/MOK.der"),
-        ("Ubuntu-24", "/var/lib/shim-signed/mok/MOK.der"),
-        ("Debian-12", "/var/lib/dkms/mok.pub"),
-        ("Debian-13", "/var/lib/dkms/mok.pub"),
-        ("RedHat-8", "/var/lib/dkms/mok.pub"),
-        ("RedHat-9", "/var/lib/dkms/mok.pub"),
-    ],
-)
-def test_secure_boot_message_names_the_key_dkms_signs_with_there(name, key):
+# The key DKMS signs with on each platform: Ubuntu's shim-signed MOK, elsewhere DKMS's own. A
+# platform added to the role fails here, by name, until its key is written down.
+SECURE_BOOT_KEYS = {
+    "Ubuntu-22": "/var/lib/shim-signed/mok/MOK.der",
+    "Ubuntu-24": "/var/lib/shim-signed/mok/MOK.der",
+    "Debian-12": "/var/lib/dkms/mok.pub",
+    "Debian-13": "/var/lib/dkms/mok.pub",
+    "RedHat-8": "/var/lib/dkms/mok.pub",
+    "RedHat-9": "/var/lib/dkms/mok.pub",
+}
+
+
+@pytest.mark.parametrize("name", PLATFORMS)
+def test_secure_boot_message_names_the_key_dkms_signs_with_there(name):
+    key = SECURE_BOOT_KEYS[name]
     errors = nv.secure_boot_errors({"gpu_present": True, "secure_boot": True}, "dkms", False, platform(name))
     assert errors and f"mokutil --import {key}," in errors[0], errors
     other = {"/var/lib/shim-signed/mok/MOK.der", "/var/lib/dkms/mok.pub"} - {key}
