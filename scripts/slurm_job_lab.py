@@ -156,7 +156,9 @@ def runs(lines: list[str]) -> list[list[str]]:
 
 
 def batches(lines: list[str]) -> list[int]:
-    return [int(m[1]) for line in lines if (m := CONSOLE_BATCH.search(line))]
+    """The batches the log shows, each once, in the order they first appear (every rank's console
+    goes to the one log: a batch of a 3-node job appears three times)."""
+    return list(dict.fromkeys(int(m[1]) for line in lines if (m := CONSOLE_BATCH.search(line))))
 
 
 def wait_for(what, timeout: float, every: float = 3):
