@@ -11,9 +11,9 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Measured side by side in a fresh-clone run of make test (2 cores, seconds): default 912 beside
-# hf_seed 925, then nvidia_driver 590 beside nvidia_driver_dkms 806 (a real DKMS build), hf_env
-# 127, dataset_volume 390: lanes of 1892 and 1858 s (docs/testing.md).
+# Measured side by side in a fresh-clone run of make test (2 cores, seconds): default 756 beside
+# hf_seed 774, then nvidia_driver 542 beside nvidia_driver_dkms 730 (a real DKMS build), then
+# dataset_volume 414 beside hf_env 127: all lanes done in 1712 s (docs/testing.md).
 LANES=${MOLECULE_LANES:-"default,nvidia_driver,dataset_volume hf_seed,nvidia_driver_dkms,hf_env"}
 LOGS=.cache/test-logs
 mkdir -p "$LOGS"
