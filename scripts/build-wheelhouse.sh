@@ -58,11 +58,16 @@ for version in $WHEELHOUSE_PYTHONS; do
     # Reproducible bytes for an unchanged source, and the old file (and its
     # mtime) kept when the bytes are the same, so hosts resync and reinstall
     # the package only when it really changed.
+    # Built from a private copy: the labs of make test build their wheelhouses side by side,
+    # and setuptools' build/ and egg-info folders in the shared source tree made one build
+    # delete what another was copying into them.
     built=$(mktemp -d)
+    cp -r files/hf_loader/pyproject.toml files/hf_loader/README.md files/hf_loader/src "$built/"
+    rm -rf "$built"/src/*.egg-info
+    find "$built/src" -name __pycache__ -prune -exec rm -rf {} +
     SOURCE_DATE_EPOCH=$(git log -1 --format=%ct -- files/hf_loader 2>/dev/null || echo 315532800) \
-        "$PIP" wheel --quiet --no-deps --wheel-dir "$built" files/hf_loader
-    rm -rf files/hf_loader/build files/hf_loader/src/*.egg-info
-    for wheel in "$built"/*.whl; do
+        "$PIP" wheel --quiet --no-deps --wheel-dir "$built/wheels" "$built"
+    for wheel in "$built"/wheels/*.whl; do
         if ! cmp -s "$wheel" "$target/$(basename "$wheel")"; then
             rm -f "$target"/hf_loader-*.whl
             mv "$wheel" "$target/"
