@@ -1,5 +1,5 @@
 # The fleet's lab hosts as a Slurm cluster (scripts/slurm_lab.py, playbooks/slurm.yml). Included by
-# the Makefile; not part of `make test`.
+# the Makefile. lab-slurm-short runs in `make test`; the others are their own targets.
 SLURM_LAB_ARGS ?=
 
 .PHONY: lab-slurm
@@ -18,6 +18,11 @@ lab-slurm-job: venv $(LAB_PYTHON_DEP) wheelhouse ## train.yml -e train_launcher=
 
 lab-slurm-upgrade: venv $(LAB_PYTHON_DEP) ## lab-slurm with simulated GPUs, then upgrade-driver.yml through Slurm: a requeueable 2-node job requeued, the canary held and resumed, an operator's drain kept
 	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python scripts/slurm_lab.py --rollout $(SLURM_LAB_ARGS)
+
+.PHONY: lab-slurm-short
+
+lab-slurm-short: venv $(LAB_PYTHON_DEP) ## lab-slurm-upgrade's short version (in make test): the requeued job's restart is not waited for
+	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python scripts/slurm_lab.py --rollout --short $(SLURM_LAB_ARGS)
 
 .PHONY: lab-slurm-job-upgrade
 
