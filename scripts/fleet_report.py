@@ -15,6 +15,11 @@ it. A host of the run that was not reached and not checked is unreachable:
 shown with the time of its last good check, never counted as ready. Without
 these options every stored summary is shown as it is.
 
+fleet.json also says which run it is (`run`: the summary's format, a digest of the report
+schema the hosts were judged by, the run's id and its target), so that the summaries of one
+run made in slices (--limit, AWX job slicing) can be merged into that run's summary:
+`fleet_report.py merge SLICE.json... [--output FILE]` (see merge_main).
+
 Files are only rewritten when their content changes, so a no-change Ansible
 run stays unchanged. Prints the fleet summary line, then `written` or
 `unchanged`.
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import html
 import json
 import sys
@@ -58,6 +64,9 @@ VERDICTS = {
     "not-in-run": "not in this run",
 }
 READY_STATES = {"ready", "warning"}
+# The format of fleet.json's keys: raised when they change, so that a merge never mixes summaries
+# that mean different things.
+FORMAT = 1
 
 
 @dataclass
@@ -220,9 +229,20 @@ def summary_line(rows: list[dict]) -> str:
     return line
 
 
-def summary(rows: list[dict]) -> dict:
+def schema_digest(schema_file: Path = SCHEMA) -> str:
+    """Which report schema the hosts were judged by: two project revisions with different schemas
+    can judge the same report differently."""
+    return "sha256:" + hashlib.sha256(schema_file.read_bytes()).hexdigest()[:16]
+
+
+def run_info(schema_file: Path = SCHEMA, run_id: str = "", target: dict | None = None) -> dict:
+    return {"format": FORMAT, "schema": schema_digest(schema_file), "id": run_id, "target": target or {}}
+
+
+def summary(rows: list[dict], run: dict | None = None) -> dict:
     """The fleet's state in a few stable keys (no times): what playbooks/report.yml hands on as
-    the run's result (set_stats and the artifact file) and what scripts read."""
+    the run's result (set_stats and the artifact file) and what scripts read. `run` (run_info)
+    says which run it is, for merge."""
     in_run = [row for row in rows if row["state"] != "not-in-run"]
     counts = {state: sum(row["state"] == state for row in rows) for state in VERDICTS}
     return {
@@ -231,7 +251,137 @@ def summary(rows: list[dict]) -> dict:
         "hosts_in_run": len(in_run),
         "counts": {state: count for state, count in counts.items() if count},
         "hosts": {row["host"]: row["state"] for row in rows},
-    }
+    } | ({"run": run} if run is not None else {})
+
+
+class MergeError(Exception):
+    """Slices that cannot make one run's summary; the message names the file and the fix."""
+
+
+# What the merged summary has in place of the whole run's `report` (where fleet.html is): each
+# slice's own. Everything else is the whole run's, key for key.
+SLICES_KEY = "slices"
+
+
+def read_slice(path: Path) -> dict:
+    """One slice's gpu_fleet_report: the artifact file, or an AWX job's artifacts holding it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise MergeError(f"{path}: cannot read it as JSON ({error})") from error
+    if isinstance(data, dict) and isinstance(data.get("gpu_fleet_report"), dict):
+        data = data["gpu_fleet_report"]
+    if not isinstance(data, dict) or not isinstance(data.get("hosts"), dict):
+        raise MergeError(
+            f"{path}: not a fleet report summary (no 'hosts'): give each slice's gpu_fleet_report.json, "
+            "or its AWX job's artifacts (the job's 'artifacts' field)"
+        )
+    run = data.get("run")
+    if not isinstance(run, dict) or run.get("format") != FORMAT:
+        made = (
+            f"format {run.get('format')!r}"
+            if isinstance(run, dict)
+            else "no 'run' (made before slices could be merged)"
+        )
+        raise MergeError(
+            f"{path}: summary {made}, this script merges format {FORMAT}: rerun that slice with this "
+            "revision of the project, or merge with the revision that made it"
+        )
+    bad = sorted(host for host, state in data["hosts"].items() if state not in VERDICTS)
+    if bad:
+        raise MergeError(f"{path}: unknown state for {', '.join(bad)}: not a fleet report summary of this revision")
+    return data
+
+
+def merge(paths: list[Path]) -> dict:
+    """The summary one run over every slice's hosts would have written: each host's state from
+    the slice whose run it was in; a host no slice ran is not in the run. Refuses slices of
+    different runs and a host in the run of two slices (MergeError)."""
+    seen = set()
+    for path in paths:
+        if path.resolve() in seen:
+            raise MergeError(f"{path} is given twice: give each slice's summary once")
+        seen.add(path.resolve())
+    slices = [(path, read_slice(path)) for path in paths]
+    first_path, first = slices[0]
+    with_hosts = [(path, data) for path, data in slices if data.get("hosts_in_run", 0) > 0]
+    checks = [
+        ("schema", "judged hosts by report schema", slices),
+        ("id", "is of run", slices),
+        # A slice with no host says nothing about a target (read on the run's first host).
+        ("target", "has the target", with_hosts),
+    ]
+    for key, what, among in checks:
+        if not among:
+            continue
+        base_path, base = among[0]
+        for path, data in among[1:]:
+            if data["run"].get(key) != base["run"].get(key):
+                raise MergeError(
+                    f"{path} {what} {data['run'].get(key)!r} but {base_path} {base['run'].get(key)!r}: "
+                    "the slices are not of one run (another run, revision or target); merge the "
+                    "gpu_fleet_report of every slice of one run, or rerun the slices"
+                )
+    for path, data in slices[1:]:
+        if data.get("check_mode") != first.get("check_mode"):
+            raise MergeError(
+                f"{path} has check_mode {data.get('check_mode')!r} but {first_path} {first.get('check_mode')!r}: "
+                "a check run and a real run are not one run; merge the slices of one of them"
+            )
+    states: dict[str, str] = {}
+    ran_in: dict[str, Path] = {}
+    for path, data in slices:
+        for host, state in data["hosts"].items():
+            if state == "not-in-run":
+                states.setdefault(host, state)
+                continue
+            if host in ran_in:
+                raise MergeError(
+                    f"{host} is in the run of both {ran_in[host]} and {path}: slices overlap (their "
+                    "--limit patterns share a host, or one is another run's); give each slice once, "
+                    "with limits that split the hosts"
+                )
+            ran_in[host] = path
+            states[host] = state
+    rows = [{"host": host, "state": state} for host, state in states.items()]
+    rows.sort(key=lambda row: (row["state"] == "not-in-run", row["host"]))
+    run = dict(first["run"])
+    if with_hosts:
+        run["target"] = with_hosts[0][1]["run"].get("target", {})
+    merged = summary(rows, run)
+    if "check_mode" in first:
+        merged["check_mode"] = first["check_mode"]
+    merged[SLICES_KEY] = [
+        {"file": str(path), "hosts_in_run": data.get("hosts_in_run", 0), "report": data.get("report")}
+        for path, data in slices
+    ]
+    return merged
+
+
+def merge_main(argv: list[str]) -> int:
+    """fleet_report.py merge: one run's summary from its slices' gpu_fleet_report summaries."""
+    parser = argparse.ArgumentParser(
+        prog="fleet_report.py merge",
+        description="Merge the gpu_fleet_report of each slice of one run (--limit, AWX job slicing) into "
+        "the summary the whole run would have written.",
+    )
+    parser.add_argument("slices", type=Path, nargs="+", help="each slice's gpu_fleet_report.json or job artifacts")
+    parser.add_argument("--output", type=Path, help="write the merged summary here (default: print it)")
+    args = parser.parse_args(argv)
+    try:
+        merged = merge(args.slices)
+    except MergeError as error:
+        print(f"fleet_report.py merge: refused: {error}", file=sys.stderr)
+        return 2
+    content = json.dumps(merged, indent=2) + "\n"
+    if args.output is None:
+        sys.stdout.write(content)
+        return 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    changed = write_if_changed(args.output, content)
+    print(merged["summary"])
+    print("written" if changed else "unchanged")
+    return 0
 
 
 def render_markdown(rows: list[dict]) -> str:
@@ -277,18 +427,26 @@ def write_if_changed(path: Path, content: str) -> bool:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["merge"]:
+        return merge_main(argv[1:])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("report_dir", type=Path, help="folder holding hosts/*.json; the report is written here")
     parser.add_argument("--schema", type=Path, default=SCHEMA, help="the report's JSON Schema (default: %(default)s)")
     parser.add_argument("--run-hosts", help="comma-separated hosts this run was for")
     parser.add_argument("--reached-hosts", help="comma-separated hosts of the run not unreachable nor failed")
     parser.add_argument("--checked-hosts", help="comma-separated hosts whose cache test ran in this run")
+    parser.add_argument("--run-id", default="", help="the run's id (AWX: its slices' workflow job); merge compares it")
+    parser.add_argument("--target", type=json.loads, default={}, help="the run's target as a JSON object")
     args = parser.parse_args(argv)
     rows = load(args.report_dir, Run.from_args(args.run_hosts, args.reached_hosts, args.checked_hosts), args.schema)
     args.report_dir.mkdir(parents=True, exist_ok=True)
     changed = write_if_changed(args.report_dir / "fleet.html", render_html(rows))
     changed |= write_if_changed(args.report_dir / "fleet.md", render_markdown(rows))
-    changed |= write_if_changed(args.report_dir / "fleet.json", json.dumps(summary(rows), indent=2) + "\n")
+    changed |= write_if_changed(
+        args.report_dir / "fleet.json",
+        json.dumps(summary(rows, run_info(args.schema, args.run_id, args.target)), indent=2) + "\n",
+    )
     print(summary_line(rows))
     print(f"report: {args.report_dir / 'fleet.html'}, fleet.md and fleet.json")
     print("written" if changed else "unchanged")

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import fleet_report
 from conftest import ansible_playbook
 from test_fleet_report import READY_REPORT, summary
 from test_train_save_folder import RESUMING, write_fleet
@@ -103,6 +104,13 @@ def test_the_fleet_report_goes_out_as_stats_and_beside_the_report_and_a_rerun_ch
         "hosts_in_run": 2,
         "counts": {"ready": 1, "not-ready": 1},
         "hosts": {"gpu-01": "ready", "gpu-02": "not-ready"},
+        # Which run, for merging slices (tests/test_fleet_slices.py): no AWX id, no target set.
+        "run": {
+            "format": fleet_report.FORMAT,
+            "schema": fleet_report.schema_digest(),
+            "id": "",
+            "target": {"nvidia_driver_branch": "", "nvidia_driver_version": "", "hf_loader_dataset": ""},
+        },
         "report": f"{fleet['reports']}/fleet.html",
         "check_mode": False,
     }
