@@ -31,7 +31,7 @@ older driver loaded, the newer one in the lab's NVIDIA repository) and, after st
    set it; the report says upgraded and names the requeued job. The operator resumes the node:
    the job runs again, its restart count one higher (Slurm holds a requeued job about two
    minutes before it may start).
-With --short (make lab-slurm-short, in make test) step 7 ends at the requeued job's check: the
+With --short (make lab-slurm-short) step 7 ends at the requeued job's check: the
 operator's node is resumed but the job's restart is not waited for (Slurm's BeginTime hold, about
 two minutes of Slurm's own behaviour; the long version waits for it).
 The lab is removed at the end unless --keep. Python 3.11 standard library.
@@ -428,15 +428,8 @@ def main() -> int:
         # A cordon: the Prolog refuses a job on the node before it starts, draining it with its own
         # reason (Slurm keeps it: it drains a node whose Prolog failed only when not drained yet).
         on(first, "sh", "-c", f'mkdir -p {CORDON_DIR} && echo \'{{"reason": "lab check"}}\' > {CORDON_DIR}/operator')
-        for attempt in range(1, 4):
-            srun = on(controller, "srun", "-w", first, "--immediate=30", "--time=1", "hostname", timeout=60)
-            state, reason = node_state(controller, first)
-            # Once on a loaded machine slurmd refused the launch before any Prolog ran ("Invalid
-            # node name specified"; the node stayed IDLE, no reason): that attempt tested nothing
-            # of ours, so it is tried again, and said.
-            if srun.returncode == 0 or "prolog" in srun.stderr.lower() or "DRAIN" in state or attempt == 3:
-                break
-            log(f"attempt {attempt}: the launch failed before any Prolog ran ({srun.stderr.strip()[-120:]!r}); again")
+        srun = on(controller, "srun", "-w", first, "--immediate=30", "--time=1", "hostname", timeout=60)
+        state, reason = node_state(controller, first)
         checks.expect(
             srun.returncode != 0 and first not in srun.stdout and "prolog" in srun.stderr.lower(),
             f"the Prolog refused a job on the cordoned {first} (srun: {srun.stderr.strip()[-120:]!r})",
