@@ -35,17 +35,20 @@ lab-up: venv $(LAB_PYTHON_DEP) ## lab hosts only (engine, containers, volumes, i
 	LAB_PYTHON=$(LAB_PYTHON) $(PYTHON) scripts/lab.py up --hosts $(LAB_HOSTS) --seed $(LAB_SEED) \
 		--gpu $(LAB_GPU) --gpu-count $(LAB_GPU_COUNT) --gpu-fail '$(LAB_GPU_FAIL)'
 
-lab: lab-up wheelhouse ## LAB_HOSTS (3) simulated GPU hosts, site.yml + cache test over SSH, fleet report
+# ARA=1: every run below is recorded by ARA into ARA_DIR (mk/ara.mk sets ANSIBLE_PLAYBOOK);
+# make ara-ui shows them.
+lab: lab-up wheelhouse $(if $(filter 1 yes true,$(ARA)),ara-venv) ## LAB_HOSTS (3) simulated GPU hosts, site.yml + cache test over SSH, fleet report (ARA=1: recorded)
 ifeq ($(LAB_SEED),empty)
-	$(BIN)/ansible-playbook -i inventory/lab $(LAB_SITE) -e hf_loader_cache_test_on_change=false
-	$(BIN)/ansible-playbook -i inventory/lab $(LAB_SEED_PLAYBOOK) -e hf_seed_source_dir=$(LAB_SEED_SOURCE) \
+	$(ANSIBLE_PLAYBOOK) -i inventory/lab $(LAB_SITE) -e hf_loader_cache_test_on_change=false
+	$(ANSIBLE_PLAYBOOK) -i inventory/lab $(LAB_SEED_PLAYBOOK) -e hf_seed_source_dir=$(LAB_SEED_SOURCE) \
 		-e hf_seed_controller_python=$(abspath $(LAB_PYTHON)) -e hf_seed_controller_dir=$(LAB_SEED_CONTROLLER_DIR) \
 		$(LAB_SEED_ARGS)
 else
-	$(BIN)/ansible-playbook -i inventory/lab $(LAB_SITE)
+	$(ANSIBLE_PLAYBOOK) -i inventory/lab $(LAB_SITE)
 endif
-	$(BIN)/ansible-playbook -i inventory/lab $(LAB_CACHE_TEST)
+	$(ANSIBLE_PLAYBOOK) -i inventory/lab $(LAB_CACHE_TEST)
 	@echo "[lab] fleet report: $(CURDIR)/reports/fleet.html (Markdown: reports/fleet.md)"
+	@$(if $(filter 1 yes true,$(ARA)),echo "[lab] run records (ARA): $(ARA_DATABASE); see them: make ara-ui")
 	@echo "[lab] log in: ssh -i lab/ssh/id_ed25519 -p 2201 ansible@127.0.0.1; remove: make lab-down"
 
 lab-down: ## remove every lab container, loop device, volume image and file (lab/state.json)
