@@ -34,7 +34,7 @@ $(ARA_STAMP): requirements/controller.txt $(ARA_LOCK)
 	$(PYTHON) -m venv $(ARA_VENV)
 	$(ARA_BIN)/pip install --quiet --no-deps -r requirements/controller.txt
 	$(ARA_BIN)/pip install --quiet --no-deps --require-hashes --only-binary :all: -r $(ARA_LOCK)
-	$(ARA_BIN)/pip check
+	$(ARA_BIN)/pip check >&2  # stdout is make -s ara-env's exports
 	touch $@
 
 ara-env: $(ARA_STAMP) ## print the exports that make a shell's ansible-playbook runs record into ARA_DIR

@@ -44,7 +44,9 @@ HOSTS = {
 # The check each host fails at (the roles' preflight; nothing is changed before it).
 REFUSED_AT = {
     "ara-gpu-a": "dataset_volume : Check the variables",
-    "ara-gpu-b": "dataset_volume : Check the device, the accounts and the mount point, and refuse a device that may not be used",
+    "ara-gpu-b": (
+        "dataset_volume : Check the device, the accounts and the mount point, and refuse a device that may not be used"
+    ),
 }
 
 
