@@ -35,6 +35,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from conftest import ansible_playbook, chromium_dom
+
 ROOT = Path(__file__).resolve().parent.parent
 ARA_BIN = Path(os.environ.get("ARA_BIN", ROOT / ".venvs" / "ara" / "bin"))
 HOSTS = {
@@ -109,25 +111,7 @@ def browse(tmp_path: Path):
         pytest.fail("chromium is not installed: run `make test-tools`")
 
     def dump(url: str) -> str:
-        done = subprocess.run(
-            [
-                chromium,
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                f"--user-data-dir={tmp_path / 'chromium'}",
-                "--dump-dom",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        done = chromium_dom(chromium, url, tmp_path / "chromium")
         assert done.returncode == 0, done.stderr[-2000:]
         assert "</html>" in done.stdout, f"{url}: no page ({done.stderr[-1000:]})"
         return done.stdout
@@ -142,32 +126,17 @@ def record_site_run(tmp_path: Path, ara_env: dict[str, str]) -> dict[str, list[s
     inventory.write_text(
         yaml.safe_dump({"gpu_hosts": {"hosts": {name: {**common, **more} for name, more in HOSTS.items()}}})
     )
-    done = subprocess.run(
-        [
-            str(ARA_BIN / "ansible-playbook"),
-            "-i",
-            str(inventory),
-            str(ROOT / "site.yml"),
-            "--check",
-            "-e",
-            f"fleet_report_dir={tmp_path / 'reports'}",
-            "-e",
-            f"fleet_artifact_dir={tmp_path / 'artifacts'}",
-        ],
-        capture_output=True,
-        text=True,
-        env={
-            **os.environ,
-            **ara_env,
-            "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
-            "ANSIBLE_NOCOLOR": "1",
-            "ANSIBLE_LOCALHOST_WARNING": "false",
-            "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(tmp_path / "facts"),
-            "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json",
-        },
-        cwd=ROOT,
+    done = ansible_playbook(
+        inventory,
+        str(ROOT / "site.yml"),
+        "--check",
+        "-e",
+        f"fleet_report_dir={tmp_path / 'reports'}",
+        "-e",
+        f"fleet_artifact_dir={tmp_path / 'artifacts'}",
+        env={**ara_env, "ANSIBLE_STDOUT_CALLBACK": "ansible.posix.json"},
         timeout=300,
-        check=False,
+        binary=ARA_BIN / "ansible-playbook",
     )
     # ARA's offline client applies its migrations at every start and says so on stdout, before
     # the JSON document the stdout callback writes at the end.

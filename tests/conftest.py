@@ -23,12 +23,18 @@ ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 
 
 def ansible_playbook(
-    inventory: Path, name: str, *args: str, env: dict[str, str] | None = None, timeout: float | None = None
+    inventory: Path,
+    name: str,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    binary: Path = ANSIBLE_PLAYBOOK,
 ) -> subprocess.CompletedProcess:
-    """playbooks/<name> run for real on `inventory` with the project's ansible.cfg, facts cached
-    beside the inventory (never in the checkout's own cache); `env` adds to the environment."""
+    """playbooks/<name> (or an absolute path: site.yml) run for real on `inventory` with the
+    project's ansible.cfg, facts cached beside the inventory (never in the checkout's own cache);
+    `env` adds to the environment, `binary` is another toolchain's ansible-playbook."""
     return subprocess.run(
-        [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), str(ROOT / "playbooks" / name), *args],
+        [str(binary), "-i", str(inventory), str(ROOT / "playbooks" / name), *args],
         capture_output=True,
         text=True,
         env={
@@ -107,3 +113,27 @@ def nvidia_driver_preferences(branch: str, pin: str = "") -> str:
 def rendered_preferences() -> Callable[..., str]:
     """nvidia_driver_preferences as a fixture: (branch, pin="") -> the role's rendered apt pin."""
     return nvidia_driver_preferences
+
+
+def chromium_dom(chromium: str, url: str, profile: Path) -> subprocess.CompletedProcess:
+    """The DOM headless chromium renders for `url` (scripts run, as a user's browser would), with
+    its own profile folder and nothing fetched in the background."""
+    return subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            "--dump-dom",
+            url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

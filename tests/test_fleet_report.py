@@ -4,12 +4,13 @@ against its schema, shown as the rendering run saw the fleet, opened in a real b
 import copy
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import jsonschema
 import pytest
+
+from conftest import chromium_dom
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -272,25 +273,7 @@ def test_browser_shows_every_hosts_row(tmp_path):
         ]
     )
     profile = tmp_path / "profile"
-    done = subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            "--dump-dom",
-            (report_dir / "fleet.html").as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = chromium_dom(chromium, (report_dir / "fleet.html").as_uri(), profile)
     assert done.returncode == 0, done.stderr[-2000:]
     dom = done.stdout
     for name in names:
