@@ -143,11 +143,19 @@ def test_facts_whose_topology_disagrees_give_the_cpu_count_alone():
         (VM_FACTS, {"name": "node 1"}, "cannot be a Slurm NodeName"),
         (VM_FACTS, {"features": ["gpu,ib"]}, "cannot be a Slurm feature"),  # a comma would add a feature
         (VM_FACTS, {"features": ["a=b State=DOWN"]}, "cannot be a Slurm feature"),  # a word more on the line
+        # The node's own facts give its address: a host that lies in them must not write the controller's config.
+        (VM_FACTS, {"address": "192.0.2.9\nPrologSlurmctld=/tmp/planted"}, "cannot be .* NodeAddr"),
+        (VM_FACTS, {"address": "192.0.2.9 Include=/tmp/planted.conf"}, "cannot be .* NodeAddr"),
     ],
 )
 def test_facts_or_settings_that_cannot_describe_a_node_are_refused(facts, kwargs, words):
     with pytest.raises(ValueError, match=words):
         node_conf(facts, 1, **kwargs)
+
+
+@pytest.mark.parametrize("address", ["192.0.2.2", "2001:db8::7", "gpu-node-017.cluster.example"])
+def test_an_ip_address_or_a_dns_name_is_a_node_address(address):
+    assert f"NodeAddr={address} " in node_conf(VM_FACTS, 0, address=address)["line"]
 
 
 def test_a_negative_gpu_count_is_refused():
