@@ -42,6 +42,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from lab_stack import container_cpu_seconds, lab_inventory, light_stack  # the labs' shared helpers
+
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 BENCH_LAB = "lab/bench-fleet"
@@ -123,31 +126,6 @@ def write_cfg(path: Path, name: str, facts_dir: Path) -> Path:
     return path
 
 
-def container_cpu_seconds(names: list[str]) -> float:
-    """CPU used so far by the lab containers (cgroup v2 cpu.stat or v1 cpuacct), 0 if unreadable."""
-    total = 0.0
-    for name in names:
-        proc = subprocess.run(
-            ["docker", "inspect", "--format", "{{.Id}}", name], capture_output=True, text=True, check=False
-        )
-        cid = proc.stdout.strip()
-        if not cid:
-            continue
-        v1 = Path(f"/sys/fs/cgroup/cpuacct/docker/{cid}/cpuacct.usage")
-        if v1.exists():
-            total += int(v1.read_text()) / 1e9
-            continue
-        for v2 in (
-            Path(f"/sys/fs/cgroup/system.slice/docker-{cid}.scope/cpu.stat"),
-            Path(f"/sys/fs/cgroup/docker/{cid}/cpu.stat"),
-        ):
-            if v2.exists():
-                usage = [ln for ln in v2.read_text().splitlines() if ln.startswith("usage_usec")]
-                total += int(usage[0].split()[1]) / 1e6 if usage else 0
-                break
-    return total
-
-
 def play(name: str, cfg: Path, inventory: Path, playbook: str, extra: list[str], logfile: Path, hosts) -> dict:
     env = dict(os.environ, ANSIBLE_CONFIG=str(cfg), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1")
     env["PATH"] = f"{BIN}:{env.get('PATH', '')}"
@@ -184,44 +162,6 @@ def play(name: str, cfg: Path, inventory: Path, playbook: str, extra: list[str],
         "hosts": sum(1 for host in recap if host in hosts),
         "log": str(logfile.relative_to(ROOT)),
     }
-
-
-# The light stack: the production lock without the training-only packages (Composer,
-# torchvision, CUDA libraries) and with the CPU build of torch, enough for hf-cache-test.
-# About 1 GB a host instead of about 9 GB (3 GB wheelhouse + 5.7 GB venv): 10 hosts fit.
-LIGHT_DROP = re.compile(r"^(composer|torchvision|torch-optimizer|torchmetrics|nvidia-|triton|torch==)", re.I)
-LIGHT_TORCH = "torch==2.13.0"
-
-
-def light_stack(work: Path) -> list[str]:
-    lock = work / "loader-light.txt"
-    wheelhouse = work / "wheelhouse"
-    lines = (ROOT / "requirements" / "loader-prod.txt").read_text().splitlines()
-    kept = [ln for ln in lines if not LIGHT_DROP.match(ln.strip())]
-    lock.write_text("\n".join([*kept, LIGHT_TORCH]) + "\n")
-    env = dict(os.environ, WHEELHOUSE_DIR=str(wheelhouse), WHEELHOUSE_LOCK=str(lock), WHEELHOUSE_PYTHONS="3.11")
-    env.setdefault("PIP", str(BIN / "pip"))
-    # Hosts install with --require-hashes: the CPU torch gets its hash, the kept pins keep the production lock's.
-    hash_lock = [sys.executable, "scripts/hash-lock.py", "--add-missing", "--python", "3.11", str(lock)]
-    subprocess.run(hash_lock, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-    log("light wheelhouse for the bench hosts (production lock without Composer/CUDA, CPU torch)")
-    subprocess.run(["bash", "scripts/build-wheelhouse.sh"], cwd=ROOT, env=env, check=True)
-    defaults = (ROOT / "roles" / "hf_loader" / "defaults" / "main.yml").read_text()
-    for var in ("hf_loader_lock_file", "hf_loader_wheelhouse_dir"):
-        if f"{var}:" not in defaults:
-            sys.exit(f"[bench] roles/hf_loader has no {var} any more: update light_stack() or use --stack prod")
-    return [f"hf_loader_lock_file={lock}", f"hf_loader_wheelhouse_dir={wheelhouse}"]
-
-
-def lab_inventory(work: Path) -> tuple[Path, Path]:
-    """A lab's own inventory folder under `work`: its hosts.yml (lab.py writes it) beside a link
-    to the lab's group_vars. Returns the folder and the link (unlink it when done)."""
-    inventory = work / "inventory"
-    inventory.mkdir(parents=True, exist_ok=True)
-    group_vars = inventory / "group_vars"
-    if not group_vars.is_symlink():
-        group_vars.symlink_to(os.path.relpath(ROOT / "inventory" / "lab" / "group_vars", inventory))
-    return inventory, group_vars
 
 
 def lab(cmd: str, n: int) -> None:

@@ -8,7 +8,7 @@ the lab's cache takes about 25 s.
 
 The bench runs its own lab beside the default one (hosts seed-gpu-01..M on
 127.0.0.1:2401.., M the largest N; folder lab/bench-seed) with blank volumes (LAB_SEED=empty),
-converges it once with site.yml (the light stack of bench/fleet_rerun.py, the cache test
+converges it once with site.yml (the labs' light stack, scripts/lab_stack.py, the cache test
 off: an empty host cannot pass it), then for each N and each mode:
 - blanks every bench host's cache (the dataset's folders under /data/hf/datasets and
   /data/hf/hub, and /data/hf/.hf-seed) over `docker exec`;
@@ -22,8 +22,8 @@ The modes alternate which runs first. seed.yml's cache test after seeding is off
 (hf_loader_cache_test_on_change=false): the bench times the copies. The table gives the
 wall time of each run and the ratio fan-out/single; results.json, the logs and the
 manifest stay in lab/bench-seed. The lab is removed at the end unless --keep.
-Python 3.11 standard library plus bench/fleet_rerun.py (its light stack, ansible.cfg
-writer and timed playbook runs).
+Python 3.11 standard library plus bench/fleet_rerun.py (ansible.cfg writer, timed playbook runs)
+and scripts/lab_stack.py (the light stack).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 
 # bench/ is sys.path[0] when this file runs as a script.
-from fleet_rerun import lab_inventory, light_stack, play, write_cfg
+from fleet_rerun import play, write_cfg  # it puts scripts/ on sys.path
+from lab_stack import lab_environment, lab_inventory, light_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_LAB = "lab/bench-seed"
@@ -71,14 +72,11 @@ def log(msg: str) -> None:
 
 
 def lab_env() -> dict:
-    return dict(
-        os.environ,
-        LAB_DIR=BENCH_LAB,
-        LAB_INVENTORY=f"{BENCH_LAB}/inventory/hosts.yml",
-        LAB_PREFIX=PREFIX,
-        LAB_BASE_PORT=str(BASE_PORT),
+    return lab_environment(
+        BENCH_LAB,
+        PREFIX,
+        BASE_PORT,
         LAB_FACT_CACHE=f"{BENCH_LAB}/facts/{CONFIG}",
-        LAB_HOST_REPORTS=f"{BENCH_LAB}/reports/hosts",
         LAB_SEED="empty",
         # Many files, as the real cache has: a host hands each one on as soon as it has it.
         LAB_SHARDS=os.environ.get("LAB_SHARDS", "24"),

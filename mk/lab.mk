@@ -29,7 +29,7 @@ BENCH_FLEET_HOSTS ?= 10
 BENCH_FLEET_REPS ?= 3
 BENCH_FLEET_ARGS ?=
 
-.PHONY: lab lab-up lab-down lab-status bench-fleet bench-seed
+.PHONY: lab lab-up lab-down lab-status bench-fleet bench-seed ara-lab-test
 
 lab-up: venv $(LAB_PYTHON_DEP) ## lab hosts only (engine, containers, volumes, inventory/lab/hosts.yml)
 	LAB_PYTHON=$(LAB_PYTHON) $(PYTHON) scripts/lab.py up --hosts $(LAB_HOSTS) --seed $(LAB_SEED) \
@@ -50,6 +50,11 @@ endif
 	@echo "[lab] fleet report: $(CURDIR)/reports/fleet.html (Markdown: reports/fleet.md)"
 	@$(if $(filter 1 yes true,$(ARA)),echo "[lab] run records (ARA): $(ARA_DATABASE); see them: make ara-ui")
 	@echo "[lab] log in: ssh -i lab/ssh/id_ed25519 -p 2201 ansible@127.0.0.1; remove: make lab-down"
+
+# Slow (a lab of its own converged for real, ARA's server, a real browser): not in make test.
+ara-lab-test: $(ARA_STAMP) test-tools $(LAB_PYTHON_DEP) ## a real site.yml converge of 2 lab hosts recorded by ARA, every host's tasks found in headless chromium (about 10 min)
+	LAB_PYTHON=$(LAB_PYTHON) PYTHONPATH=$(CURDIR)/scripts ARA_BIN=$(CURDIR)/$(ARA_BIN) $(ARA_BIN)/pytest -q -rs \
+		--durations=5 -p no:cacheprovider -p pytest_skip_policy tests/ara_lab_browser.py
 
 lab-down: ## remove every lab container, loop device, volume image and file (lab/state.json)
 	$(PYTHON) scripts/lab.py down

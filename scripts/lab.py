@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """The lab: N simulated GPU hosts on one machine, reached over SSH like a real fleet.
 
-Each host is a privileged systemd container (the run settings Molecule uses) running
-sshd, published on 127.0.0.1:<2200+i>, with a user `ansible` (key the lab generates,
-passwordless sudo) and a loop-backed ext4 dataset volume (label `hfcache`) that holds a
-small ImageNet-shaped Hugging Face cache made by the real `datasets` library, or with
-LAB_SEED=empty (--seed empty) a blank one of the same size and label, for playbooks/seed.yml
-to fill from the controller's copy of that cache (lab/cache/content, built either way).
+Each host is a privileged systemd container (the run settings Molecule uses) at a fixed
+address on the lab's own bridge network, running sshd, published on 127.0.0.1:<2200+i>, with a
+user `ansible` (key the lab generates, passwordless sudo) and a loop-backed ext4 dataset
+volume (label `hfcache`) that holds a small ImageNet-shaped Hugging Face cache made by the
+real `datasets` library, or with LAB_SEED=empty (--seed empty) a blank one of the same size and
+label, for playbooks/seed.yml to fill from the controller's copy of that cache
+(lab/cache/content, built either way).
 
     lab.py up [--hosts N] [--seed full|empty] [--gpu none|sim] [--gpu-count N] [--gpu-fail HOST,...]
                             create or reuse the hosts, write inventory/lab/hosts.yml
@@ -14,7 +15,7 @@ to fill from the controller's copy of that cache (lab/cache/content, built eithe
     lab.py status           what state.json records and whether it is still there
 
 Everything created is recorded in lab/state.json as soon as it exists, so that `down`
-removes exactly that (containers, loop devices, image files, files) and nothing else. Each
+removes exactly that (containers, the network, loop devices, image files, files) and nothing else. Each
 host's seed mode is recorded with its volume image: `up` with another mode recreates that
 host's image and container (a seeded "empty" host stays as it is on an `up` that asks empty
 again).
@@ -40,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import ipaddress
 import json
 import os
 import shutil
@@ -101,6 +103,15 @@ LABEL = "project.lab"
 # to LAB_DIR): what a shared filesystem is to a fleet, e.g. a multi-node job's checkpoints.
 SHARED = os.environ.get("LAB_SHARED", "")
 RESTART_POLICY = "unless-stopped"
+# Each lab's hosts sit on a bridge network of their own, each at a fixed address (the subnet's
+# .11, .12, ...), as a real host keeps its address across a reboot. On Docker's default bridge a
+# restarted container takes whichever address is free then: with labs side by side another lab's
+# host may hold its old one, and what the facts gathered before the reboot say (Slurm's NodeAddr,
+# torch's rendezvous address, hf_seed's peers) reaches the wrong host.
+NETWORK = f"{PREFIX}net"
+# Private /24s tried in order: Docker refuses one that overlaps a network it has (another lab's).
+SUBNETS = [f"172.30.{i}.0/24" for i in range(256)]
+FIRST_HOST_ADDRESS = 10  # the subnet's .1 is the bridge (this machine)
 # Ansible's jsonfile fact cache (ansible.cfg): a new container must not inherit the facts of
 # an earlier one of the same name (smart gathering would skip it for hours).
 FACT_CACHES = [ROOT / d for d in os.environ.get("LAB_FACT_CACHE", ".cache/facts").split(":") if d]
@@ -329,6 +340,37 @@ def forget_facts(host: str) -> None:
                 path.unlink(missing_ok=True)
 
 
+def ensure_network(state: dict) -> str:
+    """The lab's network, made once and recorded for `down`; returns its subnet."""
+    proc = run("docker", "network", "inspect", "--format", "{{json .}}", NETWORK, check=False)
+    if proc.returncode == 0:
+        info = json.loads(proc.stdout)
+        if (info.get("Labels") or {}).get(LABEL) != str(ROOT):
+            die(f"a docker network named {NETWORK} exists that the lab did not make; remove or rename it")
+        subnet = info["IPAM"]["Config"][0]["Subnet"]
+    else:
+        for subnet in SUBNETS:
+            proc = run(
+                "docker", "network", "create", "--driver", "bridge", "--subnet", subnet,
+                "--label", f"{LABEL}={ROOT}", NETWORK, check=False,
+            )  # fmt: skip
+            if proc.returncode == 0:
+                log(f"network {NETWORK} ({subnet}) created")
+                break
+            if "overlap" not in proc.stderr:
+                die(f"docker network create {NETWORK} --subnet {subnet}: {proc.stderr.strip()}")
+        else:
+            die(f"no free /24 for {NETWORK} among {SUBNETS[0]}..{SUBNETS[-1]}: `docker network ls`, remove stale ones")
+    if state.get("network") != {"name": NETWORK, "subnet": subnet}:
+        state["network"] = {"name": NETWORK, "subnet": subnet}
+        save_state(state)
+    return subnet
+
+
+def host_address(subnet: str, index: int) -> str:
+    return str(ipaddress.ip_network(subnet)[FIRST_HOST_ADDRESS + index])
+
+
 def shared_folder(state: dict) -> Path:
     """LAB_SHARED's folder on this machine, created (and recorded for `down`) on first use."""
     name, _, path = SHARED.partition(":")
@@ -351,6 +393,7 @@ def gpu_labels(gpu: str, gpu_count: int) -> dict[str, str]:
 def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str, gpu: str, gpu_count: int) -> int:
     h = state["hosts"][host]
     port = BASE_PORT + index
+    address = host_address(ensure_network(state), index)
     want_gpu = gpu_labels(gpu, gpu_count)
     info = container_info(host)
     if info is not None:
@@ -363,6 +406,12 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str,
             # The loop device changed (e.g. after a reboot): a privileged container only
             # sees the device nodes present when it was created.
             log(f"{host}: loop device or port changed, recreating the container")
+            run("docker", "rm", "-f", host)
+            info = None
+        elif labels.get("lab.address") != address:
+            # A container's networks and address are fixed when it is made (one made before the
+            # lab had its own network sits on Docker's default bridge).
+            log(f"{host}: not at {address} on {NETWORK}: recreating the container (the volume stays)")
             run("docker", "rm", "-f", host)
             info = None
         elif labels.get("lab.shared", "") != SHARED:
@@ -406,6 +455,9 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str,
             "--label", f"lab.port={port}",
             *(f"--label={key}={value}" for key, value in want_gpu.items()),
             "--label", f"lab.shared={SHARED}",
+            "--label", f"lab.address={address}",
+            "--network", NETWORK,
+            "--ip", address,
             "--privileged",
             "--cgroupns", "host",
             "--volume", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
@@ -421,7 +473,7 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str,
             "/lib/systemd/systemd",
         )  # fmt: skip
         gpus = f", {gpu_count} simulated GPU(s)" if gpu == "sim" else ""
-        log(f"{host}: container started, ssh on 127.0.0.1:{port}, volume {loop}{gpus}")
+        log(f"{host}: container started at {address}, ssh on 127.0.0.1:{port}, volume {loop}{gpus}")
     h["container"] = host
     h["port"] = port
     save_state(state)
@@ -712,6 +764,12 @@ def down() -> None:
     state = load_state()
     for host in sorted(state["hosts"]):
         remove_host(state, host)
+    if state.get("network"):
+        name = state["network"]["name"]
+        proc = run("docker", "network", "inspect", "--format", "{{json .Labels}}", name, check=False)
+        if proc.returncode == 0 and (json.loads(proc.stdout) or {}).get(LABEL) == str(ROOT):
+            run("docker", "network", "rm", name)
+            log(f"network {name} removed")
     for rel in state["files"]:
         (ROOT / rel).unlink(missing_ok=True)
     for rel in sorted(state["dirs"], key=len, reverse=True):

@@ -49,9 +49,9 @@ os.environ.update(
     LAB_HOST_REPORTS=f"{WORK_REL}/reports/hosts",
     LAB_SHARDS="2",
 )
-sys.path[:0] = [str(ROOT / "scripts"), str(ROOT / "bench")]
+sys.path.insert(0, str(ROOT / "scripts"))
 import lab  # noqa: E402  (reads the environment above when imported)
-from fleet_rerun import container_cpu_seconds, light_stack  # noqa: E402
+from lab_stack import container_cpu_seconds, light_stack  # noqa: E402
 
 WORK = ROOT / WORK_REL
 SERVE = WORK / "serve"

@@ -46,9 +46,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "scripts"))
-from fleet_rerun import BIN, lab_inventory  # noqa: E402  the fleet bench's lab helpers
+from lab_stack import BIN, lab_environment, lab_inventory  # noqa: E402  the labs' shared helpers
 from slurm_lab import (  # noqa: E402
     HEALTH,
     Checks,
@@ -98,19 +97,7 @@ def log(msg: str) -> None:
 
 
 def lab_env(gpu: str) -> dict:
-    return dict(
-        os.environ,
-        LAB_DIR=LAB,
-        LAB_INVENTORY=f"{LAB}/inventory/hosts.yml",
-        LAB_PREFIX=PREFIX,
-        LAB_BASE_PORT="2740",
-        LAB_FACT_CACHE=f"{LAB}/facts",
-        LAB_HOST_REPORTS=f"{LAB}/reports/hosts",
-        LAB_SEED="full",
-        LAB_SHARDS="2",
-        LAB_GPU=gpu,
-        LAB_SHARED=f"{SHARED_DIR}:{CHECKPOINTS}",
-    )
+    return lab_environment(LAB, PREFIX, 2740, LAB_GPU=gpu, LAB_SHARED=f"{SHARED_DIR}:{CHECKPOINTS}")
 
 
 def lab(cmd: str, n: int, gpu: str = "none") -> None:

@@ -52,8 +52,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-from fleet_rerun import BIN, lab_inventory, light_stack  # noqa: E402  the fleet bench's lab helpers
+from lab_stack import BIN, lab_environment, lab_inventory, light_stack  # noqa: E402  the labs' shared helpers
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from gpu_sim import build as gpu_build  # noqa: E402  the simulated driver versions
@@ -82,18 +81,7 @@ class Checks:
 
 
 def lab_env(gpu: str) -> dict:
-    return dict(
-        os.environ,
-        LAB_DIR=LAB,
-        LAB_INVENTORY=f"{LAB}/inventory/hosts.yml",
-        LAB_PREFIX=PREFIX,
-        LAB_BASE_PORT="2700",
-        LAB_FACT_CACHE=f"{LAB}/facts",
-        LAB_HOST_REPORTS=f"{LAB}/reports/hosts",
-        LAB_SEED="full",
-        LAB_SHARDS="2",
-        LAB_GPU=gpu,
-    )
+    return lab_environment(LAB, PREFIX, 2700, LAB_GPU=gpu)
 
 
 def lab(cmd: str, n: int, gpu: str = "none") -> None:
@@ -133,6 +121,18 @@ def node_state(controller: str, node: str) -> tuple[str, str]:
     state = re.search(r"\bState=(\S+)", text)
     reason = re.search(r"^\s*Reason=(.*?)(?:\s+\[[^\]]*\])?$", text, re.M)
     return (state[1] if state else ""), (reason[1] if reason else "")
+
+
+def stale_addresses(controller: str, nodes: list[str]) -> dict[str, tuple[str, str]]:
+    """The nodes whose NodeAddr (as the controller has it) is not an address the node has now:
+    {node: (NodeAddr, its addresses)}. Reboots must not move a node away from its NodeAddr."""
+    stale = {}
+    for node in nodes:
+        found = re.search(r"\bNodeAddr=(\S+)", on(controller, "scontrol", "show", "node", node).stdout)
+        addresses = on(node, "hostname", "-I").stdout.split()
+        if not found or found[1] not in addresses:
+            stale[node] = (found[1] if found else "", " ".join(addresses))
+    return stale
 
 
 def wait_idle(controller: str, nodes: list[str], seconds: int = 90) -> dict[str, str]:
@@ -299,6 +299,8 @@ def rollout(
         int(after["Restarts"] or 0) > int(before["Restarts"] or 0) and after["JobState"] == "PENDING",
         f"job {job} was requeued and waits for nodes ({after})",
     )
+    stale = stale_addresses(controller, nodes)
+    checks.expect(not stale, f"after the rollout's reboots every node is still at its NodeAddr (stale: {stale})")
     on(controller, "scontrol", "update", f"nodename={last}", "state=resume")
     if not short:
         again = wait_job(controller, job, "RUNNING", 240)
@@ -380,6 +382,8 @@ def main() -> int:
             log(f"{name}: {on(name, HEALTH).stdout.strip()}")
         states = wait_idle(controller, nodes)
         checks.expect(all(s == "IDLE" for s in states.values()), f"sinfo: every node idle ({states})")
+        stale = stale_addresses(controller, nodes)
+        checks.expect(not stale, f"after site.yml's reboots every node is at its NodeAddr (stale: {stale})")
         sinfo = on(controller, "sinfo", "-N", "-h", "-o", "%N %t %G %f").stdout.strip()
         log(f"sinfo -N: {sinfo!r}")
         srun = on(controller, "srun", f"-N{len(nodes)}", "--immediate=30", "--time=1", "hostname", timeout=120)

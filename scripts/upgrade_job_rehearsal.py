@@ -50,9 +50,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "scripts"))
-from fleet_rerun import BIN, lab_inventory  # noqa: E402  the fleet bench's lab helpers
+from lab_stack import BIN, lab_environment, lab_inventory  # noqa: E402  the labs' shared helpers
 from upgrade_rehearsal import Checks, loaded_driver, log, on, rollout_cordon  # noqa: E402
 
 LAB = "lab/upgrade-job"
@@ -101,16 +100,10 @@ print(json.dumps({"batch": int(stamp["batch"]), "sample": int(stamp["sample"])})
 
 
 def lab_env() -> dict:
-    return dict(
-        os.environ,
-        LAB_DIR=LAB,
-        LAB_INVENTORY=f"{LAB}/inventory/hosts.yml",
-        LAB_PREFIX=PREFIX,
-        LAB_BASE_PORT="2650",
-        LAB_FACT_CACHE=f"{LAB}/facts",
-        LAB_HOST_REPORTS=f"{LAB}/reports/hosts",
-        LAB_SEED="full",
-        LAB_SHARDS="2",
+    return lab_environment(
+        LAB,
+        PREFIX,
+        2650,
         LAB_GPU="sim",
         LAB_GPU_FAIL=FAILING,
         LAB_GPU_DRIVER_VERSIONS=" ".join(VERSIONS),

@@ -56,8 +56,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-from fleet_rerun import BIN, lab_inventory, light_stack  # noqa: E402  the fleet bench's lab helpers
+sys.path.insert(0, str(ROOT / "scripts"))
+from lab_stack import BIN, lab_environment, lab_inventory, light_stack  # noqa: E402  the labs' shared helpers
 
 LAB = "lab/upgrade"
 PREFIX = "upgrade-gpu-"
@@ -83,19 +83,7 @@ def log(msg: str) -> None:
 
 
 def lab_env(fail: list[str]) -> dict:
-    return dict(
-        os.environ,
-        LAB_DIR=LAB,
-        LAB_INVENTORY=f"{LAB}/inventory/hosts.yml",
-        LAB_PREFIX=PREFIX,
-        LAB_BASE_PORT="2600",
-        LAB_FACT_CACHE=f"{LAB}/facts",
-        LAB_HOST_REPORTS=f"{LAB}/reports/hosts",
-        LAB_SEED="full",
-        LAB_SHARDS="2",
-        LAB_GPU="sim",
-        LAB_GPU_FAIL=",".join(fail),
-    )
+    return lab_environment(LAB, PREFIX, 2600, LAB_GPU="sim", LAB_GPU_FAIL=",".join(fail))
 
 
 def lab(cmd: str, n: int, fail: list[str]) -> None:
