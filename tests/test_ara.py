@@ -75,10 +75,12 @@ def test_ara_ui_serves_on_this_machine_at_the_port_asked_and_says_where():
     assert any("http://127.0.0.1:9123/" in line for line in lines)
 
 
-def test_ara_test_runs_the_browser_test_that_make_pytest_does_not_collect():
-    lines = dry_run("ara-test")
-    assert any(".venvs/ara/bin/pytest" in line and "tests/ara_browser.py" in line for line in lines)
-    assert (ROOT / "tests" / "ara_browser.py").is_file()
+@pytest.mark.parametrize("target, test_file", [("ara-test", "ara_browser.py"), ("ara-lab-test", "ara_lab_browser.py")])
+def test_the_browser_tests_run_with_aras_pytest_and_make_pytest_does_not_collect_them(target, test_file):
+    lines = dry_run(target)
+    assert any(".venvs/ara/bin/pytest" in line and f"tests/{test_file}" in line for line in lines)
+    assert (ROOT / "tests" / test_file).is_file()
+    assert not test_file.startswith("test_")
 
 
 def test_the_ara_lock_adds_to_the_controller_lock_exact_and_hashed():
