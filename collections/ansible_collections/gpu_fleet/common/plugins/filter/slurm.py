@@ -9,10 +9,10 @@ YY.MM pairs Slurm ships; from 23.11 on there are two a year (YY.05 and YY.11).
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed
+from ansible_collections.gpu_fleet.common.plugins.module_utils.host_address import is_host_address
 
 # The major releases before the twice-a-year cadence, in order (each one counts as one step).
 EARLY_RELEASES = [(17, 2), (17, 11), (18, 8), (19, 5), (20, 2), (20, 11), (21, 8), (22, 5), (23, 2), (23, 11)]
@@ -87,15 +87,6 @@ def _topology(facts: dict) -> str:
     return f"CPUs={cpus} Sockets={sockets} CoresPerSocket={cores} ThreadsPerCore={threads}"
 
 
-def _is_node_address(address: str) -> bool:
-    try:
-        ipaddress.ip_address(address)
-        return True
-    except ValueError:
-        label = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-        return len(address) <= 253 and re.fullmatch(rf"{label}(?:\.{label})*", address) is not None
-
-
 def node_conf(facts: dict, gpu_count, name="", address="", features=(), memory_reserve_mb=1024) -> dict:
     """The node's NodeName= line for slurm.conf and its lines for gres.conf, from Ansible's facts
     (ansible_facts) and the GPU count nvidia_driver detected (its report's gpu_count).
@@ -131,7 +122,7 @@ def node_conf(facts: dict, gpu_count, name="", address="", features=(), memory_r
             features.append(feature)
     # The address comes from the node's own facts: whatever that host reports must stay one word
     # of its own line in the controller's slurm.conf (a newline would add a directive there).
-    if address and not _is_node_address(str(address)):
+    if address and not is_host_address(str(address)):
         raise ValueError(f"{address!r} cannot be {name}'s NodeAddr (an IP address or a DNS name)")
     words = [f"NodeName={name}"]
     if address:
