@@ -111,3 +111,15 @@ def test_named_sections_of_the_projects_documents_exist():
                 elif match.group("section").lower() not in [heading.lower() for heading in headings(target)]:
                     missing.append(f"{where}: {doc} has no section {match.group('section')!r}")
     assert not missing, "\n".join(missing)
+
+
+def test_every_commit_the_changelog_names_is_in_the_history():
+    """A bullet names the commits it comes from; a commit rewritten or never landed leaves a name
+    that leads nowhere (seen when a session's commits were recovered as new ones)."""
+    named = set(re.findall(r"\b[0-9a-f]{7,40}\b", (ROOT / "CHANGELOG.md").read_text()))
+    missing = sorted(
+        name
+        for name in named
+        if subprocess.run(["git", "cat-file", "-e", f"{name}^{{commit}}"], cwd=ROOT, capture_output=True).returncode
+    )
+    assert named and not missing, f"CHANGELOG.md names commits that are not in the history: {missing}"
