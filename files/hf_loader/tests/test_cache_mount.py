@@ -24,7 +24,8 @@ from test_cache_states import needs_root_namespaces, tree_state
 from test_cachetest import SCRIPTS, fails, run_json
 
 from hf_loader import report
-from hf_loader.cachetest import CONFIG_FILE_KEYS, EXIT_CODES_HELP, main
+from hf_loader.cachetest import CONFIG_FILE_KEYS, main
+from hf_loader.cli.exitcodes import CACHE_TEST
 from hf_loader.env import (
     Mount,
     filesystem_of,
@@ -310,7 +311,7 @@ def test_config_file_key_require_mount(arrow_only, tmp_path, capsys):
 
 
 def test_help_and_exit_codes_name_the_option():
-    assert "--require-mount" in EXIT_CODES_HELP
+    assert "--require-mount" in CACHE_TEST.epilog()
     done = subprocess.run(
         [str(SCRIPTS / "hf-cache-test"), "--help"], capture_output=True, text=True, timeout=60
     )

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from hf_loader import gpu_check
+from hf_loader.cli.exitcodes import ExitCode
 
 TOLERANCE = gpu_check.DEFAULT_TOLERANCE
 
@@ -108,7 +109,7 @@ def test_the_workload_fails_a_device_whose_product_is_not_the_reference():
     moved[0, 0] += 1.0
     with pytest.raises(gpu_check.GpuFailedError, match="matmul differs from the CPU's") as raised:
         gpu_check.check_gpu(torch, torch.device("cpu"), a, b, moved, TOLERANCE, 1)
-    assert raised.value.exit_code == gpu_check.EXIT_GPU_FAILED
+    assert raised.value.exit_code == ExitCode.GPU_FAILED
     assert "dcgmi diag -r 3" in raised.value.remedy
     assert raised.value.measured["worst"] == [0, 0]
 
@@ -124,7 +125,7 @@ def test_a_failed_gpu_is_named_with_its_uuid_and_bus_id_and_the_fix():
     code, problems = gpu_check.decide(
         [gpu(0), gpu(1, passed=False, problem="matmul differs")], visible=2, expected=2
     )
-    assert code == gpu_check.EXIT_GPU_FAILED
+    assert code == ExitCode.GPU_FAILED
     (problem,) = problems
     assert problem["gpu"] == 1 and problem["bus_id"] == "00000000:19:00.0"
     assert problem["what"].startswith("GPU 1 (NVIDIA H200, GPU-00000001-")
@@ -133,7 +134,7 @@ def test_a_failed_gpu_is_named_with_its_uuid_and_bus_id_and_the_fix():
 
 def test_fewer_gpus_than_the_host_has_is_exit_4_and_a_failed_gpu_is_listed_too():
     code, problems = gpu_check.decide([gpu(0, passed=False, problem="x")], visible=1, expected=2)
-    assert code == gpu_check.EXIT_MISSING_GPUS
+    assert code == ExitCode.MISSING_GPUS
     assert "CUDA sees 1 GPU(s), the host has 2" in problems[0]["what"]
     assert problems[0]["gpu"] is None and "RmInitAdapter" in problems[0]["fix"]
     assert problems[1]["gpu"] == 0
@@ -141,7 +142,7 @@ def test_fewer_gpus_than_the_host_has_is_exit_4_and_a_failed_gpu_is_listed_too()
 
 def test_no_gpu_visible_never_passes_even_when_none_is_expected():
     code, problems = gpu_check.decide([], visible=0, expected=0)
-    assert code == gpu_check.EXIT_NO_CUDA and problems[0]["what"] == "CUDA sees no GPU"
+    assert code == ExitCode.NO_CUDA and problems[0]["what"] == "CUDA sees no GPU"
 
 
 def test_the_report_carries_the_verdict_and_the_settings():

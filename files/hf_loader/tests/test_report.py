@@ -17,7 +17,7 @@ from conftest import DATASET, snapshot_dir
 
 from hf_loader import report
 from hf_loader.cachetest import main
-from hf_loader.errors import EXIT_GATE_CLOSED
+from hf_loader.cli.exitcodes import ExitCode
 
 VALIDATOR = jsonschema.Draft202012Validator(
     report.schema(), format_checker=jsonschema.FormatChecker()
@@ -104,7 +104,7 @@ def test_gate_stays_closed_without_a_valid_report(tmp_path, content, why):
     if content is not None:
         path.write_text(content)
     done = gate(path)
-    assert done.returncode == EXIT_GATE_CLOSED and why in done.stderr
+    assert done.returncode == ExitCode.GATE_CLOSED and why in done.stderr
 
 
 # ------------------------------------------------------------------ the gate trusts nothing
@@ -138,14 +138,14 @@ def test_a_ready_report_of_another_host_keeps_the_gate_closed(ready_report, tmp_
     stored = json.loads(ready_report.read_text())
     assert gate(ready_report).returncode == 0
     done = gate(ready_report, namespace="hostname clone-of-the-image")
-    assert done.returncode == EXIT_GATE_CLOSED, done.stdout + done.stderr
+    assert done.returncode == ExitCode.GATE_CLOSED, done.stdout + done.stderr
     assert f"host {stored['host']!r}, this is 'clone-of-the-image'" in done.stderr
     assert "written on another machine" in done.stderr and "rerun the cache test" in done.stderr
     if "machine_id" in stored:
         other = tmp_path / "machine-id"
         other.write_text("0123456789abcdef0123456789abcdef\n")
         done = gate(ready_report, namespace=f"mount --bind {other} {report.MACHINE_ID_FILE}")
-        assert done.returncode == EXIT_GATE_CLOSED, done.stdout + done.stderr
+        assert done.returncode == ExitCode.GATE_CLOSED, done.stdout + done.stderr
         assert "machine id" in done.stderr and "0123456789abcdef" in done.stderr
 
 
@@ -191,7 +191,7 @@ def test_a_report_that_is_not_valid_and_consistent_keeps_the_gate_closed(ready_r
         del doc["host"]
         ready_report.write_text(json.dumps(doc))
     done = gate(ready_report)
-    assert done.returncode == EXIT_GATE_CLOSED, done.stdout + done.stderr  # never 0 (256 % 256)
+    assert done.returncode == ExitCode.GATE_CLOSED, done.stdout + done.stderr  # never 0 (256 % 256)
     assert "is not a valid report" in done.stderr
 
 
@@ -224,12 +224,12 @@ def test_maximum_age(ready_report):
     assert gate(ready_report).returncode == 0  # no maximum given
     assert gate(ready_report, "--max-age", "3d").returncode == 0
     done = gate(ready_report, "--max-age", "1d")
-    assert done.returncode == EXIT_GATE_CLOSED
+    assert done.returncode == ExitCode.GATE_CLOSED
     assert "s old, more than --max-age 86400 s" in done.stderr
     tomorrow = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
     rewrite(ready_report, checked_at=tomorrow.isoformat(timespec="seconds"))
     done = gate(ready_report)
-    assert done.returncode == EXIT_GATE_CLOSED and "in the future" in done.stderr
+    assert done.returncode == ExitCode.GATE_CLOSED and "in the future" in done.stderr
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "5x", "", "1.5h"])
@@ -258,7 +258,7 @@ def test_a_report_other_accounts_could_have_written_keeps_the_gate_closed(ready_
         done = gate(ready_report)
     finally:
         ready_report.parent.chmod(0o700)
-    assert done.returncode == EXIT_GATE_CLOSED, done.stdout + done.stderr
+    assert done.returncode == ExitCode.GATE_CLOSED, done.stdout + done.stderr
     assert "is not trusted" in done.stderr and why in done.stderr
 
 
@@ -266,12 +266,12 @@ def test_a_huge_or_special_file_is_no_report(tmp_path):
     fifo = tmp_path / "fifo.json"
     os.mkfifo(fifo)
     done = gate(fifo)  # a FIFO with no writer: refused at once, never read
-    assert done.returncode == EXIT_GATE_CLOSED and "FIFO" in done.stderr
+    assert done.returncode == ExitCode.GATE_CLOSED and "FIFO" in done.stderr
     huge = tmp_path / "huge.json"
     with open(huge, "wb") as f:
         f.truncate(report.MAX_REPORT_BYTES + 1)
     done = gate(huge)
-    assert done.returncode == EXIT_GATE_CLOSED and "far more than a report" in done.stderr
+    assert done.returncode == ExitCode.GATE_CLOSED and "far more than a report" in done.stderr
 
 
 def test_metrics_textfile(arrow_only, tmp_path, capsys):
@@ -331,4 +331,4 @@ def test_a_report_nested_beyond_reason_keeps_the_gate_closed(tmp_path):
     nested = tmp_path / "nested.json"
     nested.write_text("[" * 200_000 + "]" * 200_000)
     done = gate(nested)
-    assert done.returncode == EXIT_GATE_CLOSED and "unreadable" in done.stderr
+    assert done.returncode == ExitCode.GATE_CLOSED and "unreadable" in done.stderr

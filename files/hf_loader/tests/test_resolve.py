@@ -14,7 +14,8 @@ from conftest import DATASET, arrow_dir, snapshot_dir
 
 from hf_loader import fixtures
 from hf_loader.check import arrow_split_files, check_arrow_dir, check_hub_snapshot
-from hf_loader.errors import EXIT_INCOMPLETE, EXIT_NOT_CACHED, IncompleteCacheError, NotCachedError
+from hf_loader.cli.exitcodes import ExitCode
+from hf_loader.errors import IncompleteCacheError, NotCachedError
 from hf_loader.resolve import ConversionSkippedWarning, load_split, resolve
 
 
@@ -75,7 +76,7 @@ def test_wrong_id_spelling_names_near_miss(both):
     with pytest.raises(NotCachedError) as ei:
         resolve("imagenet-1k")
     err = ei.value
-    assert err.exit_code == EXIT_NOT_CACHED
+    assert err.exit_code == ExitCode.NOT_CACHED
     assert any("datasets/imagenet-1k" in p for p in err.looked)
     assert any("datasets--imagenet-1k" in p for p in err.looked)
     assert any("'ILSVRC/imagenet-1k'" in m for m in err.near_misses)
@@ -103,7 +104,7 @@ def test_missing_arrow_shard_only_copy(arrow_only):
     victim.unlink()
     with pytest.raises(IncompleteCacheError) as ei:
         resolve(DATASET)
-    assert ei.value.exit_code == EXIT_INCOMPLETE
+    assert ei.value.exit_code == ExitCode.INCOMPLETE
     assert any(str(victim) in str(p) and "missing" in str(p) for p in ei.value.problems)
 
 

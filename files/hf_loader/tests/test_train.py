@@ -15,7 +15,8 @@ import torch
 from conftest import DATASET
 
 from hf_loader import train
-from hf_loader.errors import EXIT_USAGE, ConfigError
+from hf_loader.cli.exitcodes import ExitCode
+from hf_loader.errors import ConfigError
 
 
 def test_composer_resnet50_two_batches(arrow_only, tmp_path, no_network):
@@ -74,7 +75,7 @@ def test_unknown_config_key_is_usage_error(tmp_path, capsys):
     with pytest.raises(ConfigError) as ei:
         train.build_config(["--config-file", str(bad)])
     assert "batch_size" in ei.value.remedy
-    assert train.main(["--config-file", str(bad)]) == EXIT_USAGE
+    assert train.main(["--config-file", str(bad)]) == ExitCode.USAGE
     assert "unknown config keys" in capsys.readouterr().err
 
 
@@ -144,7 +145,7 @@ def test_auto_workers_share_the_cpus_between_gpus(cpus, gpus, workers):
 
 @pytest.mark.parametrize("bad", [-1, "eight", 2.5, True])
 def test_bad_workers_is_usage_error_before_loading(bad, capsys):
-    assert train.main(["--workers", json.dumps(bad), "--dataset", "none/none"]) == EXIT_USAGE
+    assert train.main(["--workers", json.dumps(bad), "--dataset", "none/none"]) == ExitCode.USAGE
     assert "workers must be a count" in capsys.readouterr().err
 
 

@@ -18,7 +18,8 @@ import torch
 from conftest import DATASET
 
 from hf_loader import train
-from hf_loader.errors import EXIT_USAGE, ConfigError
+from hf_loader.cli.exitcodes import ExitCode
+from hf_loader.errors import ConfigError
 
 MAX_BATCHES = 5  # 12 samples, 2 ranks, batch 2: 3 batches an epoch
 
@@ -151,7 +152,7 @@ def test_autoresume_without_what_it_needs_is_a_usage_error_before_loading(
     with pytest.raises(ConfigError) as ei:
         train.build_config(["--config-file", str(cfg)])
     assert named in ei.value.message and fix in ei.value.remedy
-    assert train.main(["--config-file", str(cfg)]) == EXIT_USAGE
+    assert train.main(["--config-file", str(cfg)]) == ExitCode.USAGE
     assert named in capsys.readouterr().err
 
 

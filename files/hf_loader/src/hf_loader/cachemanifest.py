@@ -19,11 +19,9 @@ from pathlib import Path
 
 from . import manifest as mf
 from .cachetest import Finding, _count, _Parser, add_dataset_arguments, render
+from .cli.exitcodes import CACHE_MANIFEST, ExitCode
 from .env import CachePaths, scratch_dir
 from .errors import (
-    EXIT_INCOMPLETE,
-    EXIT_INTERNAL,
-    EXIT_READY,
     ConfigError,
     EnvironmentMisconfiguredError,
     HFLoaderError,
@@ -32,23 +30,6 @@ from .errors import (
 
 PROG = "hf-cache-manifest"
 STAGE_ORDER = {"usage": 0, "environment": 1, "cache": 2, "manifest": 3, "verify": 3, "internal": 4}
-
-EXIT_CODES_HELP = """exit codes (the scheme of hf-cache-test):
-  0  write: manifest written; verify: the copy matches (extra files are warnings)
-  1  internal error (a bug: please report it with the output)
-  2  usage error (bad arguments, a dataset id that cannot be a Hub id, or a manifest
-     named inside a cache folder)
-  3  write: not cached, no copy of the dataset id in the Arrow or hub cache
-  4  write: the cache test finds no complete copy (its own findings are shown), or a
-     file cannot be manifested (unreadable, a FIFO, a symlink out of the copy);
-     verify: a file missing, of the wrong type, size, sha256 (--deep) or symlink
-     target, unreadable, or (--strict) an extra file
-  5  environment misconfigured (write: as hf-cache-test; verify: the root is not a folder);
-     the host refused an operation: read-only, full, permission denied, I/O error
-  8  the manifest: verify's FILE missing, unreadable or not a valid manifest (a symlink
-     entry leading out of its dataset folder included; or of a
-     newer version); write: its folder missing or not writable
---json prints one JSON object in every case, usage and internal errors included"""
 
 
 class Outcome:
@@ -75,19 +56,19 @@ class Outcome:
 
     @property
     def verdict(self) -> str:  # for the cache test's render
-        return "ok" if self.exit_code == EXIT_READY else "failed"
+        return "ok" if self.exit_code == ExitCode.READY else "failed"
 
     @property
     def exit_code(self) -> int:
         fails = [f for f in self.findings if f.level == "fail"]
         fails.sort(key=lambda f: STAGE_ORDER.get(f.stage, 4))
-        return fails[0].exit_code if fails else EXIT_READY
+        return fails[0].exit_code if fails else ExitCode.READY
 
     def to_dict(self) -> dict:
         return {
             "tool": PROG,
             "command": self.command,
-            "ok": self.exit_code == EXIT_READY,
+            "ok": self.exit_code == ExitCode.READY,
             "exit_code": self.exit_code,
             **self.extra,
             "findings": [f.to_dict() for f in self.findings],
@@ -144,7 +125,7 @@ def write(args, out: Outcome) -> None:
     out.findings.extend(f for f in test.findings if f.stage != "loading")
     out.error = test.error
     out.extra["resolution"] = test.resolution
-    if test.exit_code != EXIT_READY:
+    if test.exit_code != ExitCode.READY:
         return
     res = test.resolution
     copies = [mf.Copy(res["source"], Path(res["path"]))]
@@ -239,7 +220,7 @@ def verify(args, out: Outcome) -> None:
                         "HF_HUB_CACHE, or pass --root DIR",
                     ),
                 )
-        if out.exit_code != EXIT_READY:
+        if out.exit_code != ExitCode.READY:
             return
     report = mf.verify_manifest(
         doc,
@@ -258,7 +239,7 @@ def verify(args, out: Outcome) -> None:
             + ("" if m.message == m.kind else f" ({m.message})"),
             m.location or None,
             MISMATCH_FIX.get(m.kind, mf.MISMATCH_REMEDY.split(";")[0]),
-            EXIT_INCOMPLETE,
+            ExitCode.INCOMPLETE,
         )
     for m in report.extras:
         out.add(
@@ -267,7 +248,7 @@ def verify(args, out: Outcome) -> None:
             f"extra: {m.path} ({m.message})",
             m.location or None,
             MISMATCH_FIX["extra"],
-            EXIT_INCOMPLETE if args.strict else 0,
+            ExitCode.INCOMPLETE if args.strict else 0,
         )
     out.add(
         "ok" if report.ok else "fail",
@@ -275,7 +256,7 @@ def verify(args, out: Outcome) -> None:
         report.summary(),
         str(roots.datasets.parent) if args.root is None else str(args.root.absolute()),
         None if report.ok else mf.MISMATCH_REMEDY,
-        EXIT_READY if report.ok else EXIT_INCOMPLETE,
+        ExitCode.READY if report.ok else ExitCode.INCOMPLETE,
     )
 
 
@@ -287,7 +268,7 @@ def parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Write the manifest (path, size, sha256 of every file) of a complete "
         "cached copy of a dataset id, or check a copy against one. Never writes into a cache.",
-        epilog=EXIT_CODES_HELP,
+        epilog=CACHE_MANIFEST.epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", metavar="{write,verify}")
@@ -316,7 +297,7 @@ def parser() -> argparse.ArgumentParser:
         help="manifest a copy the cache test finds complete",
         description="Run the cache test (environment and cache stages); if it finds a "
         "complete copy, write its manifest to FILE atomically, outside the cache.",
-        epilog=EXIT_CODES_HELP,
+        epilog=CACHE_MANIFEST.epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataset_arguments(w)
@@ -336,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
         description="Check presence, type, size and symlink target of every entry (no file "
         "read); --deep also the sha256 of every file. Extra files under the dataset's folders "
         "are warnings, failures with --strict.",
-        epilog=EXIT_CODES_HELP,
+        epilog=CACHE_MANIFEST.epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     v.add_argument("file", type=Path, metavar="FILE", help="the manifest")
@@ -356,9 +337,9 @@ def render_outcome(out: Outcome, header: str) -> str:
     body = render(out).splitlines()[1:-1]  # the cache test's lines, as it prints them
     code = out.exit_code
     if out.command == "write":
-        verdict = "MANIFEST WRITTEN" if code == EXIT_READY else "REFUSED: no manifest written"
+        verdict = "MANIFEST WRITTEN" if code == ExitCode.READY else "REFUSED: no manifest written"
     elif out.command == "verify":
-        verdict = "MATCHES THE MANIFEST" if code == EXIT_READY else "DOES NOT MATCH"
+        verdict = "MATCHES THE MANIFEST" if code == ExitCode.READY else "DOES NOT MATCH"
     else:
         verdict = "FAILED"
     return "\n".join([header, *body, f"{verdict} (exit {code})"])
@@ -395,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
             "internal",
             f"{type(e).__name__}: {e}",
             remedy="report this with the full output",
-            exit_code=EXIT_INTERNAL,
+            exit_code=ExitCode.INTERNAL,
         )
     emit(out, argv, args.json)
     return out.exit_code

@@ -15,10 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import seed as sd
+from .cli.exitcodes import CACHE_SEED, ExitCode
 from .errors import (
-    EXIT_INCOMPLETE,
-    EXIT_INTERNAL,
-    EXIT_USAGE,
     HFLoaderError,
     StoppedError,
     environment_error,
@@ -26,28 +24,6 @@ from .errors import (
 from .manifest import load_manifest
 
 PROG = "hf-cache-seed"
-EXIT_CODES_HELP = """exit codes:
-  0  done: status: the root holds a copy that matches the manifest; pull, push,
-     finish: staging holds one (state verified); publish: published
-  1  internal error (a bug: please report it with the output)
-  2  usage error
-  4  status: the root's copy does not match (the files are named); finish: staging
-     does not match
-  5  the cache root is not a folder (the volume is not mounted); or it, its seeding
-     folder .hf-seed or a folder in staging is unsafe to write as root: a symlink, not
-     root's, writable by others; or staging holds a symlink out of its dataset folder,
-     a device or a FIFO; or a command that writes finds the root on a read-only mount,
-     a full filesystem, a permission denied or an I/O error (the message names the path
-     and the fix; status --record on a read-only root answers and records nothing)
-  8  the manifest is missing, unreadable or not valid
-  9  transfer failed: rsync failed ATTEMPTS times, or nothing arrived for STALL seconds
-     (rerun: it resumes)
- 10  the upstream cannot be used: it failed its own copy, holds another manifest's, or
-     sent a file whose sha256 does not match the manifest; publish: staging does not
-     match the manifest (sizes, sha256, symlink targets: the files named are removed)
-130, 143  stopped by Ctrl-C (SIGINT) or SIGTERM: rsync was stopped as by Ctrl-C and its
-     partial files kept (rerun: it resumes)
---json prints one JSON object in every case, a stopped run's included"""
 
 
 def _verify_dict(report) -> dict:
@@ -82,7 +58,7 @@ def status(args, doc, out: dict) -> int:
         out["recorded"] = True
     out["state"] = asdict(state) if state else None
     out["ok"] = report.ok
-    return 0 if report.ok else EXIT_INCOMPLETE
+    return 0 if report.ok else ExitCode.INCOMPLETE
 
 
 def prepare(args, doc, out: dict) -> int:
@@ -133,7 +109,7 @@ def push(args, doc, out: dict) -> int:
 def finish(args, doc, out: dict) -> int:
     report = sd.finish(sd.SeedRoot(args.root), doc, deep=args.deep)
     out["verify"] = _verify_dict(report)
-    return 0 if report.ok else EXIT_INCOMPLETE
+    return 0 if report.ok else ExitCode.INCOMPLETE
 
 
 def publish(args, doc, out: dict) -> int:
@@ -162,7 +138,7 @@ def parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Seed a cache root with a verified copy of a manifest "
         "(hf-cache-manifest write), over rsync, and publish it by rename.",
-        epilog=EXIT_CODES_HELP,
+        epilog=CACHE_SEED.epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = p.add_subparsers(dest="command", metavar="{" + ",".join(COMMANDS) + "}")
@@ -172,7 +148,7 @@ def parser() -> argparse.ArgumentParser:
             name,
             help=summary,
             description=summary,
-            epilog=EXIT_CODES_HELP,
+            epilog=CACHE_SEED.epilog(),
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         q.add_argument("--manifest", type=Path, required=True, help="the manifest file")
@@ -284,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
     except SystemExit as e:
-        return EXIT_USAGE if e.code else 0
+        return ExitCode.USAGE if e.code else 0
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {signum: signal.getsignal(signum) for signum in signals}
     try:
@@ -316,7 +292,7 @@ def _run(args) -> dict:
         code = found.exit_code
         out["error"] = found.to_dict()
     except Exception as e:  # noqa: BLE001 - reported, never a bare traceback
-        code = EXIT_INTERNAL
+        code = ExitCode.INTERNAL
         out["error"] = _internal(e)
     out["exit_code"] = code
     return out

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import report
+from .cli.exitcodes import CACHE_TEST, ExitCode
 from .configfile import load_config_file
 from .env import (
     OFFLINE_VARS,
@@ -35,10 +36,6 @@ from .env import (
     scratch_dir,
 )
 from .errors import (
-    EXIT_ENVIRONMENT,
-    EXIT_INTERNAL,
-    EXIT_NOT_CACHED,
-    EXIT_READY,
     ConfigError,
     HFLoaderError,
     LoadingFailedError,
@@ -47,33 +44,6 @@ from .errors import (
 )
 
 DEFAULT_DATASET = "ILSVRC/imagenet-1k"
-
-EXIT_CODES_HELP = """exit codes:
-  0  ready: environment sane, a complete copy found, batches loaded
-     (warnings, e.g. a broken copy passed over, do not change it)
-  1  internal error (a bug: please report it with the output)
-  2  usage error (bad arguments, config file, dataset id or --revision; a
-     --require-mount PATH that is neither the cache root nor one of its parents;
-     a --report or --metrics-dir folder that is missing, not writable or in a
-     cache: checked before the test)
-  3  not cached: no copy of the dataset id in the Arrow or hub cache
-  4  incomplete or corrupt: a copy exists but files are missing, truncated,
-     dangling, unreadable (a permission fix), not regular files (a folder where
-     a shard belongs), links out of the copy, a ref that is not one commit inside
-     snapshots/, or its metadata is malformed
-  5  environment misconfigured: the --require-mount PATH is not a mount point
-     (the dataset volume is not mounted: reported first, cache not checked),
-     cache variables point to missing/unreadable folders (while the dataset is
-     in no other), HF_HOME is not a folder, offline mode is switched off
-     (a false HF_DATASETS_OFFLINE), no usable scratch space (TMPDIR full: the
-     working folder is never used instead), or the report cannot be written
-  6  loading failed: the cache looked complete but the DataLoader failed
-  7  --require-ready only: no report at FILE, or not a valid, consistent
-     report of this host (host name, machine id), one others could have
-     written, or one older than --max-age (a valid report that is not ready
-     gives its own exit code, 1-6)
-when several stages fail, the code is that of the first: environment, cache, loading
---json prints one JSON object in every case, usage and internal errors included"""
 
 STAGE_ORDER = {"usage": 0, "environment": 1, "cache": 2, "loading": 3, "internal": 4}
 
@@ -110,11 +80,11 @@ class Result:
         fails = sorted(
             (f for f in self.findings if f.level == "fail"), key=lambda f: STAGE_ORDER[f.stage]
         )
-        return fails[0].exit_code if fails else EXIT_READY
+        return fails[0].exit_code if fails else ExitCode.READY
 
     @property
     def verdict(self) -> str:
-        if self.exit_code != EXIT_READY:
+        if self.exit_code != ExitCode.READY:
             return "not_ready"
         return "ready_with_warnings" if any(f.level == "warn" for f in self.findings) else "ready"
 
@@ -122,7 +92,7 @@ class Result:
         return {
             "schema_version": report.SCHEMA_VERSION,
             "dataset": self.dataset,
-            "ready": self.exit_code == EXIT_READY,
+            "ready": self.exit_code == ExitCode.READY,
             "verdict": self.verdict,
             "exit_code": self.exit_code,
             "paths": self.paths,
@@ -161,7 +131,7 @@ def _check_offline_mode(result: Result, paths: CachePaths) -> None:
             "process)",
             remedy="set HF_DATASETS_OFFLINE=1 and HF_HUB_OFFLINE=1 (or remove the variable) in "
             "the host environment, e.g. /etc/environment or the training user's profile",
-            exit_code=EXIT_ENVIRONMENT,
+            exit_code=ExitCode.ENVIRONMENT,
         )
     elif not any(env.get(n) for n in OFFLINE_VARS):
         result.add(
@@ -206,7 +176,7 @@ def check_environment(result: Result, paths: CachePaths) -> list[Finding]:
             f"HF_HOME {home} ({paths.sources['HF_HOME']}) is a file, not a folder",
             path=str(home),
             remedy="point HF_HOME at the cache folder on the mounted volume",
-            exit_code=EXIT_ENVIRONMENT,
+            exit_code=ExitCode.ENVIRONMENT,
         )
         return []
     present, missing = [], []
@@ -237,7 +207,7 @@ def check_environment(result: Result, paths: CachePaths) -> list[Finding]:
                 f"{label} folder {p} ({var}) {why}",
                 path=str(p),
                 remedy=remedy,
-                exit_code=EXIT_ENVIRONMENT,
+                exit_code=ExitCode.ENVIRONMENT,
             )
     if not present and not any(f.level == "fail" for f in result.findings):
         result.add(
@@ -246,7 +216,7 @@ def check_environment(result: Result, paths: CachePaths) -> list[Finding]:
             f"neither cache folder exists ({paths.datasets_cache}, {paths.hub_cache})",
             path=str(paths.hf_home),
             remedy="mount the cache volume and set HF_HOME (or HF_DATASETS_CACHE/HF_HUB_CACHE)",
-            exit_code=EXIT_ENVIRONMENT,
+            exit_code=ExitCode.ENVIRONMENT,
         )
         return []
     return missing
@@ -332,7 +302,7 @@ def check_mount(result: Result, mount: str, cache: str) -> bool:
             f"{mount} is not a mount point: the dataset volume is not mounted, so {subject} on {on}"
         )
     result.add(
-        "fail", "environment", message, path=mount, remedy=remedy, exit_code=EXIT_ENVIRONMENT
+        "fail", "environment", message, path=mount, remedy=remedy, exit_code=ExitCode.ENVIRONMENT
     )
     return False
 
@@ -402,9 +372,9 @@ def run(args: argparse.Namespace, result: Result) -> None:
     except HFLoaderError as e:
         stage = "usage" if isinstance(e, ConfigError) else "cache"
         _error_finding(result, stage, e)
-        if e.exit_code == EXIT_NOT_CACHED:
+        if e.exit_code == ExitCode.NOT_CACHED:
             for finding in missing_folders:  # the missing folder is the likely cause
-                finding.level, finding.exit_code = "fail", EXIT_ENVIRONMENT
+                finding.level, finding.exit_code = "fail", ExitCode.ENVIRONMENT
         return
     result.resolution = res.to_dict()
     for s in res.skipped:
@@ -613,7 +583,7 @@ def parser() -> argparse.ArgumentParser:
         prog="hf-cache-test",
         description="Check offline that this host can load a Hugging Face image dataset: "
         "environment, cache completeness, and real batches through the DataLoader.",
-        epilog=EXIT_CODES_HELP,
+        epilog=CACHE_TEST.epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_dataset_arguments(p)
@@ -818,7 +788,7 @@ def _write_failed(result: Result, what: str, path, error: OSError) -> None:
         f"cannot write the {what} {path}: {error.strerror or error}",
         path=str(path),
         remedy="free space in its folder and keep it writable by this user, then rerun",
-        exit_code=EXIT_ENVIRONMENT,
+        exit_code=ExitCode.ENVIRONMENT,
     )
 
 
@@ -878,7 +848,7 @@ def main(argv: list[str] | None = None) -> int:
         return result.exit_code
     if args.require_ready:
         code, line = report.require_ready(args.require_ready, max_age=args.max_age)
-        print(line, file=sys.stdout if code == EXIT_READY else sys.stderr)
+        print(line, file=sys.stdout if code == ExitCode.READY else sys.stderr)
         return code
     result.dataset = args.dataset
     try:
@@ -893,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
             "internal",
             f"{type(e).__name__}: {e}",
             remedy="report this with the full output",
-            exit_code=EXIT_INTERNAL,
+            exit_code=ExitCode.INTERNAL,
         )
     emit(result, args, argv, args.json)
     return result.exit_code

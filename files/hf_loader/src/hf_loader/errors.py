@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import errno
 
-# Exit codes of `hf-cache-test` and `hf-cache-manifest` (documented in README.md).
-EXIT_READY = 0
-EXIT_INTERNAL = 1
-EXIT_USAGE = 2
-EXIT_NOT_CACHED = 3
-EXIT_INCOMPLETE = 4
-EXIT_ENVIRONMENT = 5
-EXIT_LOADING = 6
-EXIT_GATE_CLOSED = 7  # --require-ready: no valid report, or the last test was not ready
-EXIT_MANIFEST = 8  # hf-cache-manifest: the manifest file is missing/invalid or cannot be written
-EXIT_TRANSFER = 9  # hf-cache-seed: rsync failed, or no progress for too long
-EXIT_UPSTREAM = 10  # hf-cache-seed: the upstream copy failed or is of another manifest
-# hf-cache-seed stopped by SIGINT (Ctrl-C) or SIGTERM: 128 + the signal's number, as a shell says.
-EXIT_STOPPED_BASE = 128
+from .cli.exitcodes import SIGNAL_EXIT_BASE, ExitCode
 
 
 class HFLoaderError(Exception):
     """Base class: a problem with a path and a remedy."""
 
-    exit_code = EXIT_INTERNAL
+    exit_code = ExitCode.INTERNAL
     kind = "error"
 
     def __init__(self, message: str, *, path: str | None = None, remedy: str = "") -> None:
@@ -54,14 +41,14 @@ class EnvironmentMisconfiguredError(HFLoaderError):
     """The dataset volume is not mounted (--require-mount), cache variables point nowhere or to
     unreadable folders, or offline mode is switched off."""
 
-    exit_code = EXIT_ENVIRONMENT
+    exit_code = ExitCode.ENVIRONMENT
     kind = "environment"
 
 
 class NotCachedError(HFLoaderError):
     """No usable copy of the dataset in any cache. Lists every place looked and near misses."""
 
-    exit_code = EXIT_NOT_CACHED
+    exit_code = ExitCode.NOT_CACHED
     kind = "not_cached"
 
     def __init__(
@@ -99,7 +86,7 @@ class NotCachedError(HFLoaderError):
 class IncompleteCacheError(HFLoaderError):
     """A cached copy exists but files are missing, truncated, dangling or unreadable."""
 
-    exit_code = EXIT_INCOMPLETE
+    exit_code = ExitCode.INCOMPLETE
     kind = "incomplete"
 
     def __init__(
@@ -134,14 +121,14 @@ class IncompleteCacheError(HFLoaderError):
 class LoadingFailedError(HFLoaderError):
     """The cache looked complete but reading batches through the DataLoader failed."""
 
-    exit_code = EXIT_LOADING
+    exit_code = ExitCode.LOADING
     kind = "loading"
 
 
 class ConfigError(HFLoaderError):
     """A bad config file or flag (usage error)."""
 
-    exit_code = EXIT_USAGE
+    exit_code = ExitCode.USAGE
     kind = "usage"
 
 
@@ -176,7 +163,7 @@ class OutputLocationError(ConfigError):
 class ManifestError(HFLoaderError):
     """A manifest file that is missing, unreadable, not a valid manifest, or not writable."""
 
-    exit_code = EXIT_MANIFEST
+    exit_code = ExitCode.MANIFEST
     kind = "manifest"
 
 
@@ -187,14 +174,14 @@ class ManifestLocationError(ConfigError):
 class TransferError(HFLoaderError):
     """hf-cache-seed: rsync failed, or the copy made no progress for too long."""
 
-    exit_code = EXIT_TRANSFER
+    exit_code = ExitCode.TRANSFER
     kind = "transfer"
 
 
 class UpstreamError(HFLoaderError):
     """hf-cache-seed: the upstream copy failed, or holds another manifest's copy."""
 
-    exit_code = EXIT_UPSTREAM
+    exit_code = ExitCode.UPSTREAM
     kind = "upstream"
 
 
@@ -214,7 +201,7 @@ class StoppedError(HFLoaderError):
     kind = "stopped"
 
     def __init__(self, signal_name: str, signal_number: int, *, path: str | None = None) -> None:
-        self.exit_code = EXIT_STOPPED_BASE + signal_number
+        self.exit_code = SIGNAL_EXIT_BASE + signal_number
         super().__init__(
             f"stopped by {signal_name}",
             path=path,

@@ -36,13 +36,10 @@ import sys
 import time
 from typing import Any
 
-from .errors import EXIT_INTERNAL, EXIT_USAGE, HFLoaderError
+from .cli.exitcodes import GPU_CHECK, ExitCode
+from .errors import HFLoaderError
 
 REPORT_VERSION = 1
-EXIT_PASSED = 0
-EXIT_NO_CUDA = 3
-EXIT_MISSING_GPUS = 4
-EXIT_GPU_FAILED = 5
 DEFAULT_SIZE = 2048
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_ALLOC_MIB = 256
@@ -90,19 +87,19 @@ class GpuCheckError(HFLoaderError):
 class CudaUnavailableError(GpuCheckError):
     """torch missing, a CPU build of torch, or no GPU visible to CUDA."""
 
-    exit_code = EXIT_NO_CUDA
+    exit_code = ExitCode.NO_CUDA
     kind = "no_cuda"
 
 
 class UsageError(GpuCheckError):
-    exit_code = EXIT_USAGE
+    exit_code = ExitCode.USAGE
     kind = "usage"
 
 
 class GpuFailedError(GpuCheckError):
     """Raised by check_gpu for one GPU: a wrong product or pattern, or a CUDA error on it."""
 
-    exit_code = EXIT_GPU_FAILED
+    exit_code = ExitCode.GPU_FAILED
     kind = "gpu_failed"
 
 
@@ -222,12 +219,12 @@ def decide(gpus: list[dict], visible: int, expected: int) -> tuple[int, list[dic
             )
     codes = []
     if visible == 0:
-        codes.append(EXIT_NO_CUDA)
+        codes.append(ExitCode.NO_CUDA)
     elif expected and visible < expected:
-        codes.append(EXIT_MISSING_GPUS)
+        codes.append(ExitCode.MISSING_GPUS)
     if any(not gpu["passed"] for gpu in gpus):
-        codes.append(EXIT_GPU_FAILED)
-    return (min(codes) if codes else EXIT_PASSED), problems
+        codes.append(ExitCode.GPU_FAILED)
+    return (min(codes) if codes else ExitCode.PASSED), problems
 
 
 def report(
@@ -249,7 +246,7 @@ def report(
         ]
     else:
         exit_code, problems = decide(gpus, visible, expected)
-    passed = exit_code == EXIT_PASSED
+    passed = exit_code == ExitCode.PASSED
     if passed:
         side = settings["size"]
         message = f"{len(gpus)} GPU(s) passed: allocate, matmul {side}x{side}, compare with the CPU"
@@ -451,8 +448,7 @@ def parse(argv: list[str]) -> dict:
     parser = _Parser(
         prog="python -m hf_loader.gpu_check",
         description="A short CUDA workload on every GPU: allocate, matmul, compare with the CPU.",
-        epilog="exit codes: 0 passed, 1 internal, 2 usage, 3 no CUDA, 4 fewer GPUs than"
-        " expected, 5 a GPU failed",
+        epilog=GPU_CHECK.epilog(),
     )
     parser.add_argument(
         "--expect-gpus",
@@ -517,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         failure = GpuCheckError(
             f"internal error: {type(error).__name__}: {error}", remedy="report this as a bug"
         )
-        failure.exit_code = EXIT_INTERNAL
+        failure.exit_code = ExitCode.INTERNAL
         doc = report(gpus=[], visible=0, expected=0, settings=defaults, error=failure)
     print(json.dumps(doc, indent=2))
     print("\n".join(summary_lines(doc)), file=sys.stderr)

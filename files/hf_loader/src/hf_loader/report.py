@@ -21,7 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from .check import open_regular
-from .errors import EXIT_GATE_CLOSED, EXIT_READY
+from .cli.exitcodes import ExitCode
 
 SCHEMA_VERSION = 1
 METRICS_FILE = "hf_cache_test.prom"
@@ -173,7 +173,7 @@ def consistency_problems(doc: dict) -> list[str]:
     """What contradicts itself in a schema-valid report: ready, exit_code, verdict, findings."""
     problems = []
     levels = {f.get("level") for f in doc["findings"]}
-    if doc["ready"] != (doc["exit_code"] == EXIT_READY):
+    if doc["ready"] != (doc["exit_code"] == ExitCode.READY):
         problems.append(f"'ready' {doc['ready']} contradicts exit_code {doc['exit_code']}")
     expected = (
         ("ready_with_warnings" if "warn" in levels else "ready") if doc["ready"] else "not_ready"
@@ -233,14 +233,14 @@ def require_ready(path: Path, *, max_age: int | None = None, now=None) -> tuple[
     try:
         doc = json.loads(_read_report(path))
     except FileNotFoundError:
-        return EXIT_GATE_CLOSED, (
+        return ExitCode.GATE_CLOSED, (
             f"no cache test report at {path}: run the cache test first "
             "(hf-cache-test --report FILE, or the unit that runs it)"
         )
     except PermissionError as e:
-        return EXIT_GATE_CLOSED, f"cache test report {path} is not trusted: {e}; {rerun}"
+        return ExitCode.GATE_CLOSED, f"cache test report {path} is not trusted: {e}; {rerun}"
     except (OSError, ValueError, RecursionError) as e:  # RecursionError: nesting far too deep
-        return EXIT_GATE_CLOSED, f"cache test report {path} is unreadable: {e}; {rerun}"
+        return ExitCode.GATE_CLOSED, f"cache test report {path} is unreadable: {e}; {rerun}"
     problems = schema_problems(doc)
     if not problems:
         problems = [
@@ -250,7 +250,7 @@ def require_ready(path: Path, *, max_age: int | None = None, now=None) -> tuple[
         shown = "; ".join(problems[:5]) + (
             f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         )
-        return EXIT_GATE_CLOSED, (
+        return ExitCode.GATE_CLOSED, (
             f"cache test report {path} is not a valid report ({shown}): rerun the cache test "
             "with this version of hf-cache-test"
         )
@@ -263,7 +263,7 @@ def require_ready(path: Path, *, max_age: int | None = None, now=None) -> tuple[
             if doc["host"] != host
             else f"machine id {doc['machine_id']}, this host's is {machine_id}"
         )
-        return EXIT_GATE_CLOSED, (
+        return ExitCode.GATE_CLOSED, (
             f"cache test report {path} was written on another machine ({which}): a report "
             f"copied or baked into an image says nothing of this host; {rerun}"
         )
@@ -271,17 +271,17 @@ def require_ready(path: Path, *, max_age: int | None = None, now=None) -> tuple[
     now = now or datetime.datetime.now(datetime.timezone.utc)
     age = (now - when).total_seconds()
     if age < -CLOCK_SKEW_S:
-        return EXIT_GATE_CLOSED, (
+        return ExitCode.GATE_CLOSED, (
             f"cache test report {path} is dated {doc['checked_at']}, {-age:.0f} s in the future: "
             f"this host's clock was wrong then or is now; fix the clock, then {rerun}"
         )
     if max_age is not None and age > max_age:
-        return EXIT_GATE_CLOSED, (
+        return ExitCode.GATE_CLOSED, (
             f"cache test report {path} of {doc['checked_at']} is {age:.0f} s old, more than "
             f"--max-age {max_age} s; {rerun}"
         )
     if doc["ready"]:
-        return EXIT_READY, f"cache test of {doc['checked_at']}: {doc['message']}"
+        return ExitCode.READY, f"cache test of {doc['checked_at']}: {doc['message']}"
     return doc["exit_code"], f"cache test of {doc['checked_at']} failed: {doc['message']}"
 
 

@@ -25,16 +25,10 @@ import os
 import sys
 
 from . import sigterm
+from .cli.exitcodes import TRAIN
 from .configfile import load_config_file
 from .env import force_offline
 from .errors import ConfigError, HFLoaderError, environment_error
-
-EXIT_CODES = """exit codes: 0 trained, or stopped by SIGTERM (checkpoint written with save_folder);
-2 bad config file or flag (autoresume without save_folder or run_name, too); 3 dataset not cached;
-4 cached copy incomplete or corrupt; 5 the host refused an operation (a read-only or full
-checkpoint folder, a permission, an I/O error: named, with the fix); 1 anything else (a bug,
-traceback printed).
-Run hf-cache-test first: it also checks the environment (exit 5) and loading (6)."""
 
 DEFAULTS = {
     "dataset": "ILSVRC/imagenet-1k",
@@ -89,7 +83,7 @@ def build_config(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(
         prog="hf-train",
         description=__doc__,
-        epilog=EXIT_CODES,
+        epilog=TRAIN.epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--config-file", help="YAML or JSON file with the keys below")
