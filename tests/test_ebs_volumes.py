@@ -1,19 +1,21 @@
-"""playbooks/ebs-volumes.yml without AWS: its checks refuse each bad value, with a message naming the
-variable, before any amazon.aws task starts, and let good values through to the first AWS call.
+"""playbooks/ebs-volumes.yml and its role, roles/ebs_volumes, without AWS: the role's checks refuse each
+bad value, with a message naming the variable, before any amazon.aws task starts, and let good values
+through to the first AWS call.
 
 Nothing here reaches AWS (boto3 is not installed on the controller): each case is a fake host of a
 temporary inventory (instance id and Availability Zone as the aws_ec2 inventory plugin gives them)
 whose host variables hold the values under test, so one ansible-playbook run checks many cases. The
 checks that need AWS's answers (the snapshot, the volume found, the attachment) run in a generated
-playbook made of the playbook's own play variables and check tasks, fed the results the amazon.aws
-modules return; the arguments given to ec2_vol and the hand-over to dataset_volume are rendered the
-same way.
+playbook over a copy of the role made of its own defaults, variables and check tasks, fed the results
+the amazon.aws modules return; the arguments given to ec2_vol and the playbook's hand-over to
+dataset_volume are rendered the same way.
 """
 
 import copy
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,12 +25,13 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 PLAYBOOK = ROOT / "playbooks" / "ebs-volumes.yml"
+ROLE = ROOT / "roles" / "ebs_volumes"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
 SNAPSHOT = "snap-0123456789abcdef0"
 
 
-def load_playbook() -> list:
-    return yaml.safe_load(PLAYBOOK.read_text())
+def load(path: Path):
+    return yaml.safe_load(path.read_text())
 
 
 def all_tasks(tasks: list) -> list:
@@ -40,9 +43,22 @@ def all_tasks(tasks: list) -> list:
     return found
 
 
-VOLUME_PLAY = load_playbook()[0]
-TASKS = {task["name"]: task for task in all_tasks(VOLUME_PLAY["tasks"])}
+VOLUME_PLAY = load(PLAYBOOK)[0]
+# The role's tasks in the order its tasks/main.yml imports their files, then the playbook's own
+# tasks after the role (the hand-over to dataset_volume).
+ROLE_FILES = [step["ansible.builtin.import_tasks"] for step in load(ROLE / "tasks" / "main.yml")]
+TASKS = {
+    task["name"]: task
+    for tasks in [*(load(ROLE / "tasks" / name) for name in ROLE_FILES), VOLUME_PLAY["post_tasks"]]
+    for task in all_tasks(tasks)
+}
 AWS_TASKS = {name for name, task in TASKS.items() if any(key.startswith("amazon.aws.") for key in task)}
+# The task Ansible adds before a role with argument specs: it passes on every value these tests give,
+# since the role's checks, not Ansible's types, name a bad value and its fix.
+VALIDATE = (
+    "Validating arguments against arg spec 'main' - "
+    + (load(ROLE / "meta" / "argument_specs.yml")["argument_specs"]["main"]["short_description"])
+)
 
 
 def host(number: int, **variables) -> dict:
@@ -78,8 +94,38 @@ def run_playbook(tmp_path: Path, playbook: Path, groups: dict, *args: str) -> tu
 
 
 def results(output: dict, play: int = 0) -> dict:
-    """{task name: {host: result}} of one play, only the tasks that started."""
-    return {task["task"]["name"]: task["hosts"] for task in output["plays"][play]["tasks"]}
+    """{task name: {host: result}} of one play, only the tasks that started; a role's task by its own name."""
+    tasks = output["plays"][play]["tasks"]
+    return {task["task"]["name"].removeprefix("ebs_volumes : "): task["hosts"] for task in tasks}
+
+
+def role_copy(tmp_path: Path, **task_files: list) -> None:
+    """A copy of the role beside a generated playbook: its own defaults and variables (at a role's
+    precedence, so that the inventory's values win over the defaults and the role's variables over
+    both) and the given task files; no argument specs, so the copy runs only the tasks given."""
+    role = tmp_path / "roles" / "ebs_volumes"
+    for folder in ("defaults", "vars"):
+        shutil.copytree(ROLE / folder, role / folder)
+    (role / "tasks").mkdir()
+    for name, tasks in task_files.items():
+        (role / "tasks" / f"{name}.yml").write_text(
+            yaml.safe_dump([copy.deepcopy(task) for task in tasks], sort_keys=False)
+        )
+
+
+def role_play(group: str, tasks_from: str) -> dict:
+    return {
+        "name": group,
+        "hosts": group,
+        "gather_facts": False,
+        "tasks": [{"ansible.builtin.import_role": {"name": "ebs_volumes", "tasks_from": tasks_from}}],
+    }
+
+
+def test_the_playbook_applies_the_role_and_hands_its_volume_to_dataset_volume():
+    assert VOLUME_PLAY["roles"] == [{"role": "ebs_volumes"}]
+    assert [task["name"] for task in VOLUME_PLAY["post_tasks"]] == ["Hand the volume to dataset_volume"]
+    assert ROLE_FILES == ["preflight.yml", "attach.yml"]
 
 
 def test_the_playbook_has_the_aws_tasks_the_tests_watch():
@@ -169,7 +215,8 @@ def test_good_values_get_past_the_checks_to_the_first_aws_call(good_runs):
     _, (rc, output, stderr) = good_runs
     started = results(output)
     assert rc != 0
-    assert list(started) == ["Check the variables", "Read the snapshot"], stderr
+    assert list(started) == [VALIDATE, "Check the variables", "Read the snapshot"], stderr
+    assert not any(result.get("failed") for result in started[VALIDATE].values())
     assert not any(result.get("failed") for result in started["Check the variables"].values())
     for name, result in started["Read the snapshot"].items():
         assert result["failed"], name
@@ -294,8 +341,9 @@ def bad_run(tmp_path_factory):
 
 def test_bad_values_stop_every_host_before_any_aws_task(bad_run):
     started, stderr = bad_run
-    assert list(started) == ["Check the variables"], stderr
+    assert list(started) == [VALIDATE, "Check the variables"], stderr
     assert not set(started) & AWS_TASKS
+    assert not any(result.get("failed") for result in started[VALIDATE].values())
     assert sorted(started["Check the variables"]) == sorted([*BAD, *BAD_HOSTS])
     assert all(result["failed"] for result in started["Check the variables"].values())
 
@@ -315,7 +363,7 @@ def test_extra_vars_are_checked_too(tmp_path):
     )
     started = results(output)
     assert rc != 0
-    assert list(started) == ["Check the variables"]
+    assert list(started) == [VALIDATE, "Check the variables"]
     for result in started["Check the variables"].values():
         assert result["msg"].startswith('ebs_volumes_size_gib "12.5" is not a whole number of GiB'), result["msg"]
 
@@ -338,47 +386,47 @@ def volume(volume_id=VOLUME, snapshot=SNAPSHOT, instance=None):
 
 
 SNAPSHOT_CASES = {
-    "snapshot-ok": ({"__ebs_snapshot_info": snapshot_info()}, None),
-    "snapshot-ok-bigger": ({"__ebs_snapshot_info": snapshot_info(), "ebs_volumes_size_gib": 300}, None),
+    "snapshot-ok": ({"__ebs_volumes_snapshot_info": snapshot_info()}, None),
+    "snapshot-ok-bigger": ({"__ebs_volumes_snapshot_info": snapshot_info(), "ebs_volumes_size_gib": 300}, None),
     "snapshot-pending": (
-        {"__ebs_snapshot_info": snapshot_info(state="pending", progress="42%")},
+        {"__ebs_volumes_snapshot_info": snapshot_info(state="pending", progress="42%")},
         f"Snapshot {SNAPSHOT} is pending (42%): only a completed snapshot",
     ),
-    "snapshot-error": ({"__ebs_snapshot_info": snapshot_info(state="error")}, f"Snapshot {SNAPSHOT} is error"),
+    "snapshot-error": ({"__ebs_volumes_snapshot_info": snapshot_info(state="error")}, f"Snapshot {SNAPSHOT} is error"),
     "size-below-snapshot": (
-        {"__ebs_snapshot_info": snapshot_info(size=200), "ebs_volumes_size_gib": 100},
+        {"__ebs_volumes_snapshot_info": snapshot_info(size=200), "ebs_volumes_size_gib": 100},
         f"ebs_volumes_size_gib 100 is smaller than snapshot {SNAPSHOT} (200 GiB)",
     ),
     "io2-small-snapshot": (
-        {"__ebs_snapshot_info": snapshot_info(size=2), "ebs_volumes_type": "io2", "ebs_volumes_iops": 100},
+        {"__ebs_volumes_snapshot_info": snapshot_info(size=2), "ebs_volumes_type": "io2", "ebs_volumes_iops": 100},
         "A io2 volume of 2 GiB (the snapshot's size) is outside what AWS allows: 4 to 65536 GiB",
     ),
     "iops-per-gib-of-snapshot": (
-        {"__ebs_snapshot_info": snapshot_info(size=10), "ebs_volumes_iops": 10000},
+        {"__ebs_volumes_snapshot_info": snapshot_info(size=10), "ebs_volumes_iops": 10000},
         "ebs_volumes_iops 10000 is more than gp3 allows on 10 GiB: at most 500 IOPS per GiB, 5000 here",
     ),
 }
 FOUND_CASES = {
-    "found-none": ({"__ebs_found": {"volumes": []}}, None),
-    "found-ours": ({"__ebs_found": {"volumes": [volume()]}}, None),
+    "found-none": ({"__ebs_volumes_found": {"volumes": []}}, None),
+    "found-ours": ({"__ebs_volumes_found": {"volumes": [volume()]}}, None),
     "found-two": (
-        {"__ebs_found": {"volumes": [volume(), volume("vol-0123456789abcdef1")]}},
+        {"__ebs_volumes_found": {"volumes": [volume(), volume("vol-0123456789abcdef1")]}},
         f"Several volumes are tagged gpu-fleet:instance-id=i-{0x300 + 2:017x}: {VOLUME}, vol-0123456789abcdef1",
     ),
     "found-other-snapshot": (
-        {"__ebs_found": {"volumes": [volume(snapshot="snap-0fedcba9876543210")]}},
+        {"__ebs_volumes_found": {"volumes": [volume(snapshot="snap-0fedcba9876543210")]}},
         f"was created from snap-0fedcba9876543210, not {SNAPSHOT}",
     ),
 }
 ATTACH_CASES = {
-    "attached": ({"__ebs_attach": {"volume_id": VOLUME, "volume": volume(instance=f"i-{0x400:017x}")}}, None),
+    "attached": ({"__ebs_volumes_attach": {"volume_id": VOLUME, "volume": volume(instance=f"i-{0x400:017x}")}}, None),
     # ec2_vol's answer when another volume sits at the device name: no volume, nothing created.
     "device-taken": (
-        {"__ebs_attach": {"volume_id": "vol-0aaaaaaaaaaaaaaaa", "found_volume": None, "device": "/dev/sdf"}},
+        {"__ebs_volumes_attach": {"volume_id": "vol-0aaaaaaaaaaaaaaaa", "found_volume": None, "device": "/dev/sdf"}},
         "Device /dev/sdf on device-taken (i-00000000000000401) already holds volume vol-0aaaaaaaaaaaaaaaa",
     ),
     "attached-elsewhere": (
-        {"__ebs_attach": {"volume_id": VOLUME, "volume": volume(instance="i-0fffffffffffffff0")}},
+        {"__ebs_volumes_attach": {"volume_id": VOLUME, "volume": volume(instance="i-0fffffffffffffff0")}},
         f"Volume {VOLUME} is not attached to i-00000000000000402",
     ),
 }
@@ -390,58 +438,45 @@ def numbered(cases: dict, first: int) -> dict:
 
 @pytest.fixture(scope="module")
 def aws_answer_run(tmp_path_factory):
-    """The playbook's own checks on AWS's answers, its ec2_vol arguments and its hand-over, fed fake answers."""
+    """The role's own checks on AWS's answers, its ec2_vol arguments, its record of the volume and the
+    playbook's hand-over, fed fake answers."""
     tmp_path = tmp_path_factory.mktemp("answers")
-    volume_id_var = TASKS["Create or find and attach the volume, on the controller"]["vars"]
-
-    def play(group, *tasks, extra_vars=None):
-        return {
-            "name": group,
-            "hosts": group,
-            "gather_facts": False,
-            "vars": {**VOLUME_PLAY["vars"], **(extra_vars or {})},
-            "tasks": [copy.deepcopy(task) for task in tasks],
-        }
-
     ec2_vol = TASKS["Create and attach the volume, or attach the one found"]
     render = {
         "name": "Render the ec2_vol arguments",
         "ansible.builtin.set_fact": {"rendered": ec2_vol["amazon.aws.ec2_vol"]},
     }
-    playbook = tmp_path / "answers.yml"
-    playbook.write_text(
-        yaml.safe_dump(
-            [
-                play("snapshot_cases", TASKS["Check the volume against the snapshot"]),
-                play("found_cases", TASKS["Check the volume found"]),
-                play("attach_cases", TASKS["Check that the volume is attached to the host's instance"]),
-                play(
-                    "render_cases",
-                    render,
-                    TASKS["Hand the volume to dataset_volume"],
-                    TASKS["Say which volume the host got"],
-                    extra_vars=volume_id_var,
-                ),
-            ],
-            sort_keys=False,
-        )
+    role_copy(
+        tmp_path,
+        snapshot_cases=[TASKS["Check the volume against the snapshot"]],
+        found_cases=[TASKS["Check the volume found"]],
+        attach_cases=[TASKS["Check that the volume is attached to the host's instance"]],
+        render_cases=[
+            render,
+            TASKS["Record the host's volume"],
+            TASKS["Hand the volume to dataset_volume"],
+            TASKS["Say which volume the host got"],
+        ],
     )
+    playbook = tmp_path / "answers.yml"
+    groups_played = ["snapshot_cases", "found_cases", "attach_cases", "render_cases"]
+    playbook.write_text(yaml.safe_dump([role_play(group, group) for group in groups_played], sort_keys=False))
     groups = {
         "snapshot_cases": {"hosts": numbered(SNAPSHOT_CASES, 0x200)},
         "found_cases": {"hosts": numbered(FOUND_CASES, 0x300)},
         "attach_cases": {"hosts": numbered(ATTACH_CASES, 0x400)},
         "render_cases": {
             "hosts": {
-                "first-run": host(0x500, __ebs_found={"volumes": []}),
+                "first-run": host(0x500, __ebs_volumes_found={"volumes": []}),
                 "created": host(
                     0x502,
-                    __ebs_found={"volumes": []},
-                    __ebs_attach={"volume_id": CREATED, "volume": volume(CREATED, instance=f"i-{0x502:017x}")},
+                    __ebs_volumes_found={"volumes": []},
+                    __ebs_volumes_attach={"volume_id": CREATED, "volume": volume(CREATED, instance=f"i-{0x502:017x}")},
                 ),
                 "rerun": host(
                     0x501,
-                    __ebs_found={"volumes": [volume()]},
-                    __ebs_attach={"volume_id": VOLUME, "volume": volume(instance=f"i-{0x501:017x}")},
+                    __ebs_volumes_found={"volumes": [volume()]},
+                    __ebs_volumes_attach={"volume_id": VOLUME, "volume": volume(instance=f"i-{0x501:017x}")},
                     ebs_volumes_size_gib="500",
                     ebs_volumes_iops="6000",
                     ebs_volumes_throughput="250",
@@ -531,21 +566,10 @@ def test_a_new_volume_is_handed_to_dataset_volume(aws_answer_run):
 def test_a_taken_device_name_fails_in_check_mode_too(tmp_path):
     """In check mode ec2_vol answers the same when another volume sits at the device name."""
     answer = {"volume_id": "vol-0aaaaaaaaaaaaaaaa", "found_volume": None, "device": "/dev/sdf", "changed": False}
+    role_copy(tmp_path, attach=[TASKS["Check that the volume is attached to the host's instance"]])
     playbook = tmp_path / "check.yml"
-    playbook.write_text(
-        yaml.safe_dump(
-            [
-                {
-                    "name": "attach",
-                    "hosts": "gpu_hosts",
-                    "gather_facts": False,
-                    "vars": VOLUME_PLAY["vars"],
-                    "tasks": [TASKS["Check that the volume is attached to the host's instance"]],
-                }
-            ]
-        )
-    )
-    groups = {"gpu_hosts": {"hosts": {"busy": host(0x600, __ebs_attach=answer)}}}
+    playbook.write_text(yaml.safe_dump([role_play("gpu_hosts", "attach")]))
+    groups = {"gpu_hosts": {"hosts": {"busy": host(0x600, __ebs_volumes_attach=answer)}}}
     rc, output, _ = run_playbook(tmp_path, playbook, groups, "--check")
     result = results(output)["Check that the volume is attached to the host's instance"]["busy"]
     assert rc != 0
@@ -558,3 +582,15 @@ def test_the_play_says_what_each_host_got(aws_answer_run):
     assert said["first-run"].endswith(f"would create a gp3 volume from {SNAPSHOT}")
     assert said["created"].endswith(f"{CREATED} created from {SNAPSHOT}, attached as /dev/sdf")
     assert said["rerun"].endswith(f"{VOLUME} found, attached as /dev/sdf")
+
+
+def test_the_role_records_each_hosts_volume_and_state_for_the_summary(aws_answer_run):
+    plays, _ = aws_answer_run
+    recorded = {
+        name: result["ansible_facts"] for name, result in plays["render_cases"]["Record the host's volume"].items()
+    }
+    assert recorded == {
+        "first-run": {"ebs_volumes_volume_id": "", "ebs_volumes_state": "would-create"},
+        "created": {"ebs_volumes_volume_id": CREATED, "ebs_volumes_state": "created"},
+        "rerun": {"ebs_volumes_volume_id": VOLUME, "ebs_volumes_state": "found"},
+    }

@@ -33,7 +33,10 @@ LAB_OF_ROLE = {
 }
 # fleet_artifact touches no host (set_stats and a file on the controller): pytest runs the
 # runbooks that apply it on this machine and reads both (tests/test_run_results.py).
-PYTEST_OF_ROLE = {"fleet_artifact": "tests/test_run_results.py"}
+# ebs_volumes works on EC2 through amazon.aws, which no container stands in for: pytest runs
+# playbooks/ebs-volumes.yml on fake hosts up to the first AWS call, and the role's checks on
+# AWS's answers fed the amazon.aws modules' results (tests/test_ebs_volumes.py).
+PYTEST_OF_ROLE = {"fleet_artifact": "tests/test_run_results.py", "ebs_volumes": "tests/test_ebs_volumes.py"}
 SPEC_TYPES = {"str", "path", "bool", "int", "float", "list", "dict", "raw"}
 
 
