@@ -13,42 +13,41 @@ an HF_HOME-style folder given with --root) against a manifest. Neither writes in
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from . import manifest as mf
-from .cachetest import Finding, _count, _Parser, add_dataset_arguments, render
+from .cachetest import _count, _Parser, add_dataset_arguments, render
+from .cli import output
 from .cli.exitcodes import CACHE_MANIFEST, ExitCode
+from .cli.output import Finding, Findings
 from .env import CachePaths, scratch_dir
 from .errors import (
     ConfigError,
     EnvironmentMisconfiguredError,
     HFLoaderError,
-    environment_error,
 )
 
 PROG = "hf-cache-manifest"
-STAGE_ORDER = {"usage": 0, "environment": 1, "cache": 2, "manifest": 3, "verify": 3, "internal": 4}
 
 
-class Outcome:
+class Outcome(Findings):
     """Findings of one run, with the exit code of the first failing stage."""
+
+    STAGE_ORDER = {
+        "usage": 0,
+        "environment": 1,
+        "cache": 2,
+        "manifest": 3,
+        "verify": 3,
+        "internal": 4,
+    }
 
     def __init__(self, command: str | None) -> None:
         self.command = command
         self.findings: list[Finding] = []
         self.error: dict | None = None
         self.extra: dict = {}
-
-    def add(self, *a, **k) -> Finding:
-        f = Finding(*a, **k)
-        self.findings.append(f)
-        return f
-
-    def fail(self, stage: str, err: HFLoaderError) -> None:
-        self.add("fail", stage, err.message, err.path, err.remedy, err.exit_code)
-        self.error = err.to_dict()
 
     @property
     def dataset(self) -> str:
@@ -57,12 +56,6 @@ class Outcome:
     @property
     def verdict(self) -> str:  # for the cache test's render
         return "ok" if self.exit_code == ExitCode.READY else "failed"
-
-    @property
-    def exit_code(self) -> int:
-        fails = [f for f in self.findings if f.level == "fail"]
-        fails.sort(key=lambda f: STAGE_ORDER.get(f.stage, 4))
-        return fails[0].exit_code if fails else ExitCode.READY
 
     def to_dict(self) -> dict:
         return {
@@ -347,9 +340,9 @@ def render_outcome(out: Outcome, header: str) -> str:
 
 def emit(out: Outcome, argv: list[str], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(out.to_dict(), indent=2, default=str))
+        output.emit(output.as_json(out.to_dict()))
     else:
-        print(render_outcome(out, " ".join([PROG, *argv])))
+        output.emit(render_outcome(out, " ".join([PROG, *argv])))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -357,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
     except SystemExit as e:  # --help
-        return int(e.code or 0)
+        return output.parser_exit_code(e)
     except ConfigError as e:
         out = Outcome(None)
         out.fail("usage", e)
@@ -368,16 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Outcome(args.command)
     try:
         (write if args.command == "write" else verify)(args, out)
-    except OSError as e:  # the host refused something no stage expected: not a bug
-        out.fail("environment", environment_error(e))
     except Exception as e:  # noqa: BLE001 - report, never a bare traceback
-        out.add(
-            "fail",
-            "internal",
-            f"{type(e).__name__}: {e}",
-            remedy="report this with the full output",
-            exit_code=ExitCode.INTERNAL,
-        )
+        out.fail_unexpected(e, keep_host_error=True)
     emit(out, argv, args.json)
     return out.exit_code
 

@@ -8,18 +8,17 @@ for a push) and on the controller (push). Every subcommand prints one JSON objec
 from __future__ import annotations
 
 import argparse
-import json
 import signal
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from . import seed as sd
+from .cli import output
 from .cli.exitcodes import CACHE_SEED, ExitCode
 from .errors import (
     HFLoaderError,
     StoppedError,
-    environment_error,
 )
 from .manifest import load_manifest
 
@@ -238,10 +237,6 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _internal(e: Exception) -> dict:
-    return {"kind": "internal", "message": f"{type(e).__name__}: {e}"}
-
-
 def _stop_on_signals(root: Path) -> None:
     """Ctrl-C and SIGTERM (a stopped job) unwind as StoppedError, once: rsync is interrupted
     as by Ctrl-C and waited for (its partial files kept), then the outcome is printed."""
@@ -260,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)
     except SystemExit as e:
-        return ExitCode.USAGE if e.code else 0
+        return output.parser_exit_code(e)
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {signum: signal.getsignal(signum) for signum in signals}
     try:
@@ -284,16 +279,10 @@ def _run(args) -> dict:
         out["dataset"] = doc["dataset"]
         code = COMMANDS[args.command][0](args, doc, out)
         out["error"] = None
-    except HFLoaderError as e:
-        code = e.exit_code
-        out["error"] = e.to_dict()
-    except OSError as e:  # the host refused something no stage expected: not a bug
-        found = environment_error(e, within=args.root)
+    except Exception as e:  # noqa: BLE001 - reported, never a bare traceback
+        found = e if isinstance(e, HFLoaderError) else output.unexpected(e, within=args.root)
         code = found.exit_code
         out["error"] = found.to_dict()
-    except Exception as e:  # noqa: BLE001 - reported, never a bare traceback
-        code = ExitCode.INTERNAL
-        out["error"] = _internal(e)
     out["exit_code"] = code
     return out
 
@@ -301,12 +290,12 @@ def _run(args) -> dict:
 def _print(args, out: dict) -> None:
     code = out["exit_code"]
     if args.json:
-        print(json.dumps(out, indent=1, default=str), flush=True)
+        output.emit(output.as_json(out, indent=1), flush=True)
     elif out["error"]:
-        print(
+        output.emit(
             f"{PROG} {args.command}: FAILED (exit {code})\n{out['error']['message']}"
             + (f"\nfix: {out['error']['remedy']}" if out["error"].get("remedy") else ""),
-            file=sys.stderr,
+            stream=sys.stderr,
         )
     else:
         verify = out.get("verify") or {}

@@ -11,7 +11,6 @@ The test never writes into a cache: the libraries' locks go to a folder of its o
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import stat
@@ -22,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import report
+from .cli import output
 from .cli.exitcodes import CACHE_TEST, ExitCode
+from .cli.output import Finding, Findings
 from .configfile import load_config_file
 from .env import (
     OFFLINE_VARS,
@@ -40,47 +41,21 @@ from .errors import (
     HFLoaderError,
     LoadingFailedError,
     OutputLocationError,
-    environment_error,
 )
 
 DEFAULT_DATASET = "ILSVRC/imagenet-1k"
 
-STAGE_ORDER = {"usage": 0, "environment": 1, "cache": 2, "loading": 3, "internal": 4}
-
 
 @dataclass
-class Finding:
-    level: str  # "ok", "note" (done or not done, nothing to fix), "warn", "fail"
-    stage: str  # "usage", "environment", "cache", "loading", "internal"
-    message: str
-    path: str | None = None
-    remedy: str | None = None
-    exit_code: int = 0
+class Result(Findings):
+    STAGE_ORDER = {"usage": 0, "environment": 1, "cache": 2, "loading": 3, "internal": 4}
 
-    def to_dict(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if v is not None}
-
-
-@dataclass
-class Result:
     dataset: str
     findings: list[Finding] = field(default_factory=list)
     paths: dict = field(default_factory=dict)
     resolution: dict | None = None
     loading: dict | None = None
     error: dict | None = None
-
-    def add(self, *a, **k) -> Finding:
-        f = Finding(*a, **k)
-        self.findings.append(f)
-        return f
-
-    @property
-    def exit_code(self) -> int:
-        fails = sorted(
-            (f for f in self.findings if f.level == "fail"), key=lambda f: STAGE_ORDER[f.stage]
-        )
-        return fails[0].exit_code if fails else ExitCode.READY
 
     @property
     def verdict(self) -> str:
@@ -307,18 +282,11 @@ def check_mount(result: Result, mount: str, cache: str) -> bool:
     return False
 
 
-def _error_finding(result: Result, stage: str, err: HFLoaderError) -> None:
-    result.add(
-        "fail", stage, err.message, path=err.path, remedy=err.remedy, exit_code=err.exit_code
-    )
-    result.error = err.to_dict()
-
-
 def run(args: argparse.Namespace, result: Result) -> None:
     try:
         paths = CachePaths.from_env()
     except HFLoaderError as e:  # no home folder to find the default cache in
-        _error_finding(result, "environment", e)
+        result.fail("environment", e)
         return
     result.paths = paths.to_dict()
     mount = getattr(args, "require_mount", None)
@@ -334,7 +302,7 @@ def run(args: argparse.Namespace, result: Result) -> None:
                 remedy=f"pass the dataset volume's mount point that holds {paths.hf_home} "
                 "(hf_loader_cache_mount_point), or fix HF_HOME",
             )
-            _error_finding(result, "usage", err)
+            result.fail("usage", err)
             return
         mounted = check_mount(result, mount, cache)  # first: the cause of what follows
     missing_folders = check_environment(result, paths)
@@ -349,7 +317,7 @@ def run(args: argparse.Namespace, result: Result) -> None:
     try:  # the libraries' locks and temporary files: never the cache, never the working folder
         scratch_dir(avoid=[paths.hf_home, paths.datasets_cache, paths.hub_cache])
     except HFLoaderError as e:
-        _error_finding(result, "environment", e)
+        result.fail("environment", e)
         return
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
@@ -371,7 +339,7 @@ def run(args: argparse.Namespace, result: Result) -> None:
             )
     except HFLoaderError as e:
         stage = "usage" if isinstance(e, ConfigError) else "cache"
-        _error_finding(result, stage, e)
+        result.fail(stage, e)
         if e.exit_code == ExitCode.NOT_CACHED:
             for finding in missing_folders:  # the missing folder is the likely cause
                 finding.level, finding.exit_code = "fail", ExitCode.ENVIRONMENT
@@ -406,7 +374,7 @@ def run(args: argparse.Namespace, result: Result) -> None:
             path=res.path,
         )
     except HFLoaderError as e:
-        _error_finding(result, "loading", e)
+        result.fail("loading", e)
     except Exception as e:  # noqa: BLE001 - any failure while reading is a loading failure
         err = LoadingFailedError(
             f"reading {args.split} through the DataLoader failed: {type(e).__name__}: {e}",
@@ -414,7 +382,7 @@ def run(args: argparse.Namespace, result: Result) -> None:
             remedy="the files named look complete but do not decode: run with --deep, restore "
             "the shards it names, or check that the workers have enough shared memory (/dev/shm)",
         )
-        _error_finding(result, "loading", err)
+        result.fail("loading", err)
 
 
 def _report_copy(result: Result, res, deep: bool) -> None:
@@ -798,7 +766,7 @@ def emit(result: Result, args: argparse.Namespace | None, argv: list[str], as_js
         stored = report.stamp(result.to_dict(), [parser().prog, *argv])
         if args.report:
             try:
-                report.write_atomic(args.report, json.dumps(stored, indent=2, default=str) + "\n")
+                report.write_atomic(args.report, output.as_json(stored) + "\n")
             except OSError as e:
                 _write_failed(result, "report", args.report, e)
                 stored = report.stamp(result.to_dict(), [parser().prog, *argv])
@@ -808,12 +776,8 @@ def emit(result: Result, args: argparse.Namespace | None, argv: list[str], as_js
                 report.write_atomic(target, report.metrics_text(stored))
             except OSError as e:
                 _write_failed(result, "metrics file", target, e)
-    doc = result.to_dict()
-    text = json.dumps(doc, indent=2, default=str) if as_json else render(result)
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:  # a reader that left (| head): the exit code still says it
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    text = output.as_json(result.to_dict()) if as_json else render(result)
+    output.emit(text, flush=True, reader_may_leave=True)
 
 
 def _seconds(text: str) -> int:
@@ -841,9 +805,9 @@ def main(argv: list[str] | None = None) -> int:
         if not args.require_ready:
             check_outputs(args)
     except SystemExit as e:  # --help
-        return int(e.code or 0)
+        return output.parser_exit_code(e)
     except ConfigError as e:  # the parser's, the config file's, the output folders'
-        _error_finding(result, "usage", e)
+        result.fail("usage", e)
         emit(result, None, argv, "--json" in argv)
         return result.exit_code
     if args.require_ready:
@@ -854,17 +818,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         _cap_workers(args, result)
         run(args, result)
-    except OSError as e:  # the host refused something no stage expected: not a bug
-        found = environment_error(e)
-        result.add("fail", "environment", found.message, found.path, found.remedy, found.exit_code)
     except Exception as e:  # noqa: BLE001 - report, never a bare traceback
-        result.add(
-            "fail",
-            "internal",
-            f"{type(e).__name__}: {e}",
-            remedy="report this with the full output",
-            exit_code=ExitCode.INTERNAL,
-        )
+        result.fail_unexpected(e, keep_host_error=False)
     emit(result, args, argv, args.json)
     return result.exit_code
 

@@ -37,6 +37,19 @@ class HFLoaderError(Exception):
         }
 
 
+class InternalError(HFLoaderError):
+    """An exception no stage expected, not caused by the host: a bug to report. Its record
+    (to_dict) is what failed, no path or remedy: the shape hf-cache-seed's JSON has always had."""
+
+    kind = "internal"
+
+    def __init__(self, message: str, *, remedy: str = "report this with the full output") -> None:
+        super().__init__(message, remedy=remedy)
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "message": self.message}
+
+
 class EnvironmentMisconfiguredError(HFLoaderError):
     """The dataset volume is not mounted (--require-mount), cache variables point nowhere or to
     unreadable folders, or offline mode is switched off."""

@@ -13,13 +13,7 @@ health_gate.yml; the lab's stand-in scripts/gpu_sim/payload/gpu_check.py prints 
 and a line a GPU on stderr. Every problem names the GPU (index, UUID, bus id), what failed and
 the fix. A host without CUDA fails (exit 3): nothing is skipped, nothing passes by default.
 
-Exit codes:
-  0  every GPU passed
-  1  internal error (a bug: the JSON says which)
-  2  usage error (a bad option)
-  3  no CUDA: torch is missing, is a CPU build, or sees no GPU (driver not loaded, no device)
-  4  torch sees fewer GPUs than --expect-gpus (the driver report's count from sysfs)
-  5  a GPU failed: a wrong product, a pattern read back wrong, or a CUDA error on it
+Exit codes: `hf_loader.cli.exitcodes.GPU_CHECK`, shown by --help and in docs/hf-loader-cli.md.
 When several apply the lowest non-zero code wins but every problem is listed.
 
 The decisions (compare, decide, report) are pure functions that take CPU tensors and plain
@@ -30,12 +24,12 @@ run the workload, so the report's shape can be read where torch is not installed
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
 from typing import Any
 
+from .cli import output
 from .cli.exitcodes import GPU_CHECK, ExitCode
 from .errors import HFLoaderError
 
@@ -515,8 +509,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         failure.exit_code = ExitCode.INTERNAL
         doc = report(gpus=[], visible=0, expected=0, settings=defaults, error=failure)
-    print(json.dumps(doc, indent=2))
-    print("\n".join(summary_lines(doc)), file=sys.stderr)
+    output.emit(output.as_json(doc))
+    output.emit("\n".join(summary_lines(doc)), stream=sys.stderr)
     return doc["exit_code"]
 
 

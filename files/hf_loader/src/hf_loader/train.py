@@ -25,10 +25,13 @@ import os
 import sys
 
 from . import sigterm
+from .cli import output
 from .cli.exitcodes import TRAIN
 from .configfile import load_config_file
 from .env import force_offline
-from .errors import ConfigError, HFLoaderError, environment_error
+from .errors import ConfigError, HFLoaderError
+
+PROG = "hf-train"
 
 DEFAULTS = {
     "dataset": "ILSVRC/imagenet-1k",
@@ -81,7 +84,7 @@ def _parse_value(text: str):
 
 def build_config(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(
-        prog="hf-train",
+        prog=PROG,
         description=__doc__,
         epilog=TRAIN.epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -332,19 +335,15 @@ def _main(argv: list[str] | None) -> int:
     try:
         cfg = build_config(argv)
     except SystemExit as e:
-        return int(e.code or 0)
+        return output.parser_exit_code(e)
     except HFLoaderError as e:
-        print(f"hf-train: {e}", file=sys.stderr)
-        return e.exit_code
+        return output.print_error(PROG, e)
     try:
         trainer = train(cfg)
     except HFLoaderError as e:
-        print(f"hf-train: {e}", file=sys.stderr)
-        return e.exit_code
+        return output.print_error(PROG, e)
     except OSError as e:  # the host refused: a read-only or full checkpoint folder, an I/O error
-        found = environment_error(e, within=cfg.get("save_folder"))
-        print(f"hf-train: {found}", file=sys.stderr)
-        return found.exit_code
+        return output.print_error(PROG, output.unexpected(e, within=cfg.get("save_folder")))
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     sampler = getattr(trainer.state.train_dataloader, "sampler", None)
     # a streamed hub snapshot has no sampler with a length: the stream is split by node
