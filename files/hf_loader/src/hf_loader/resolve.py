@@ -38,6 +38,7 @@ from .check import (
 from .env import CachePaths, force_offline, scratch_dir
 from .errors import (
     EnvironmentMisconfiguredError,
+    HFLoaderError,
     IncompleteCacheError,
     InvalidDatasetIdError,
     InvalidRevisionError,
@@ -211,6 +212,23 @@ def _arrow_candidates(
     return candidates, skipped, configs_found, unreadable
 
 
+@dataclass
+class _Search:
+    """One resolution under way: what is asked, and what was looked at, passed over and found
+    broken so far (the error at the end names all of it)."""
+
+    dataset_id: str
+    config: str | None
+    revision: str | None
+    paths: CachePaths
+    deep: bool
+    progress: bool
+    looked: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+    broken: list[CheckReport] = field(default_factory=list)
+    arrow_candidates: list[Path] = field(default_factory=list)
+
+
 def resolve(
     dataset_id: str,
     config: str | None = None,
@@ -225,140 +243,154 @@ def resolve(
     """Find a complete local copy of `dataset_id`. Raises NotCachedError/IncompleteCacheError."""
     force_offline()
     paths = paths or CachePaths.from_env()
-    if not _ID_RE.match(dataset_id):
-        misses = near_misses(paths, dataset_id)
-        raise InvalidDatasetIdError(
-            f"'{dataset_id}' is not a valid dataset id",
-            near_misses=misses,
-            remedy=(
-                f"did you mean '{cached_id(misses[0])}'? "
-                if misses
-                else "pass an id like 'ILSVRC/imagenet-1k' (namespace/name) or 'name'"
-            ),
+    _check_dataset_id(paths, dataset_id)
+    search = _Search(dataset_id, config, revision, paths, deep, progress)
+    found = _from_arrow_cache(search)
+    if found is not None:
+        return found
+    found = _from_hub_snapshot(search)
+    if found is None:
+        raise _not_found(search)
+    # Here, not in a helper: the warnings' stacklevel names resolve's caller.
+    if allow_convert and found.report.missing_splits:
+        _stream_instead(
+            found, "conversion to Arrow needs every split of the card; streaming instead", 3
         )
-    looked: list[str] = []
-    skipped: list[Skipped] = []
-    broken: list[CheckReport] = []
+    elif allow_convert:
+        _maybe_convert(found, paths, convert_headroom, progress)
+    return found
 
-    # (a) Arrow cache, exact id
+
+def _check_dataset_id(paths: CachePaths, dataset_id: str) -> None:
+    """InvalidDatasetIdError (usage) for an id that cannot be a Hub id, with a near miss."""
+    if _ID_RE.match(dataset_id):
+        return
+    misses = near_misses(paths, dataset_id)
+    raise InvalidDatasetIdError(
+        f"'{dataset_id}' is not a valid dataset id",
+        near_misses=misses,
+        remedy=(
+            f"did you mean '{cached_id(misses[0])}'? "
+            if misses
+            else "pass an id like 'ILSVRC/imagenet-1k' (namespace/name) or 'name'"
+        ),
+    )
+
+
+def _from_arrow_cache(search: _Search) -> Resolution | None:
+    """(a) The newest complete Arrow copy of exactly the id; broken ones are recorded."""
+    dataset_id, config, paths = search.dataset_id, search.config, search.paths
     root = arrow_root(paths, dataset_id)
-    looked.append(
+    search.looked.append(
         f"Arrow cache {root}/{config or '*'}/*/* ({paths.sources.get('datasets_cache', 'given')})"
     )
-    candidates, sk, configs_found, unreadable = _arrow_candidates(
-        paths, dataset_id, config, revision
+    candidates, skipped, configs_found, unreadable = _arrow_candidates(
+        paths, dataset_id, config, search.revision
     )
-    skipped.extend(sk)
+    search.skipped.extend(skipped)
     if unreadable.problems:
-        broken.append(unreadable)
-        skipped.extend(
+        search.broken.append(unreadable)
+        search.skipped.extend(
             Skipped(p.path, p.message, permissions_only=p.kind == PERMISSION)
             for p in unreadable.problems
         )
     if config is None and len(configs_found) > 1:
-        if "default" in configs_found:
-            candidates = [c for c in candidates if c.parent.parent.name == "default"]
-        else:
+        if "default" not in configs_found:
             raise NotCachedError(
                 f"several configs of '{dataset_id}' are cached: {', '.join(configs_found)}",
                 path=str(root),
-                looked=looked,
+                looked=search.looked,
                 remedy=f"choose one with --config (e.g. --config {configs_found[0]})",
             )
+        candidates = [c for c in candidates if c.parent.parent.name == "default"]
+    search.arrow_candidates = candidates
     for d in sorted(candidates, key=_mtime, reverse=True):
-        rep = check_arrow_dir(d, deep=deep, progress=progress)
+        rep = check_arrow_dir(d, deep=search.deep, progress=search.progress)
         if rep.ok:
-            return Resolution(
-                dataset_id=dataset_id,
-                config=d.parent.parent.name,
-                revision=revision,
-                source="arrow",
-                path=str(d),
-                mode="arrow",
-                report=rep,
-                skipped=skipped,
-                looked=looked,
-            )
-        skipped.append(
+            return _found(search, d.parent.parent.name, "arrow", d, "arrow", rep)
+        search.skipped.append(
             Skipped(
                 str(d),
                 "; ".join(str(p) for p in rep.problems[:5]),
                 permissions_only=all(p.kind == PERMISSION for p in rep.problems),
             )
         )
-        broken.append(rep)
+        search.broken.append(rep)
+    return None
 
-    # (b) hub snapshot
+
+def _from_hub_snapshot(search: _Search) -> Resolution | None:
+    """(b) The hub snapshot of the revision (refs/main by default), when complete."""
+    dataset_id, config, paths = search.dataset_id, search.config, search.paths
     repo_dir = hub_repo_dir(paths, dataset_id)
-    looked.append(
-        f"hub cache {repo_dir}/snapshots/<{revision or 'refs/main'}> "
+    search.looked.append(
+        f"hub cache {repo_dir}/snapshots/<{search.revision or 'refs/main'}> "
         f"({paths.sources.get('hub_cache', 'given')})"
     )
-    snapshot, refused = locate_snapshot(dataset_id, revision, paths)
+    snapshot, refused = locate_snapshot(dataset_id, search.revision, paths)
     if refused is not None:
-        broken.append(refused)
+        search.broken.append(refused)
     if snapshot is not None and config is not None:
         names = card_config_names(read_card(snapshot))
         if names and config not in names:
-            looked.append(f"snapshot {snapshot} has configs {', '.join(names)}, not '{config}'")
-            snapshot = None
-    if snapshot is not None:
-        rep = check_hub_snapshot(snapshot, config, deep=deep, progress=progress)
-        if config is None:
-            names = card_config_names(rep.card)
-            cfg_name = "default" if (not names or "default" in names) else names[0]
-            if len(names) > 1 and "default" not in names:
-                raise NotCachedError(
-                    f"the snapshot of '{dataset_id}' has several configs: {', '.join(names)}",
-                    path=str(snapshot),
-                    looked=looked,
-                    remedy=f"choose one with --config (e.g. --config {names[0]})",
-                )
-        else:
-            cfg_name = config
-        if rep.ok:
-            res = Resolution(
-                dataset_id=dataset_id,
-                config=cfg_name,
-                revision=revision,
-                source="hub",
-                path=str(snapshot),
-                mode="streaming",
-                report=rep,
-                skipped=skipped,
-                looked=looked,
+            search.looked.append(
+                f"snapshot {snapshot} has configs {', '.join(names)}, not '{config}'"
             )
-            if rep.missing_splits:
-                res.notes.append(
-                    f"splits {', '.join(rep.missing_splits)} are recorded in the dataset card "
-                    "but were not downloaded into this snapshot; the others are usable"
-                )
-            if allow_convert and rep.missing_splits:
-                _stream_instead(
-                    res, "conversion to Arrow needs every split of the card; streaming instead", 3
-                )
-            elif allow_convert:
-                _maybe_convert(res, paths, convert_headroom, progress)
-            return res
-        broken.append(rep)
-
-    if broken:
-        problems = [p for r in broken for p in r.problems]
-        worst = broken[0]
-        unreadable_only = all(p.kind == PERMISSION for p in problems)
-        raise IncompleteCacheError(
-            f"'{dataset_id}' is cached but this user may not read it "
-            f"({len(problems)} path(s) permission denied)"
-            if unreadable_only
-            else f"'{dataset_id}' is cached but no copy is complete "
-            f"({len(problems)} problem(s) in {len(broken)} copy/copies)",
-            path=worst.path,
-            problems=problems + [f"skipped {s}" for s in skipped if "incomplete" in s.reason],
-            remedy=incomplete_remedy(problems),
+            snapshot = None
+    if snapshot is None:
+        return None
+    rep = check_hub_snapshot(snapshot, config, deep=search.deep, progress=search.progress)
+    cfg_name = config if config is not None else _snapshot_config(search, snapshot, rep)
+    if not rep.ok:
+        search.broken.append(rep)
+        return None
+    res = _found(search, cfg_name, "hub", snapshot, "streaming", rep)
+    if rep.missing_splits:
+        res.notes.append(
+            f"splits {', '.join(rep.missing_splits)} are recorded in the dataset card "
+            "but were not downloaded into this snapshot; the others are usable"
         )
-    misses = near_misses(paths, dataset_id)
-    if skipped and not candidates:
-        looked.extend(f"skipped {s}" for s in skipped)
+    return res
+
+
+def _snapshot_config(search: _Search, snapshot: Path, rep: CheckReport) -> str:
+    """The config a snapshot is read as when none was asked: 'default' or its only one."""
+    names = card_config_names(rep.card)
+    if len(names) > 1 and "default" not in names:
+        raise NotCachedError(
+            f"the snapshot of '{search.dataset_id}' has several configs: {', '.join(names)}",
+            path=str(snapshot),
+            looked=search.looked,
+            remedy=f"choose one with --config (e.g. --config {names[0]})",
+        )
+    return "default" if (not names or "default" in names) else names[0]
+
+
+def _found(
+    search: _Search, config: str, source: str, path: Path, mode: str, rep: CheckReport
+) -> Resolution:
+    return Resolution(
+        dataset_id=search.dataset_id,
+        config=config,
+        revision=search.revision,
+        source=source,
+        path=str(path),
+        mode=mode,
+        report=rep,
+        skipped=search.skipped,
+        looked=search.looked,
+    )
+
+
+def _not_found(search: _Search) -> HFLoaderError:
+    """The error when no copy is complete: incomplete (copies broken or interrupted) or not
+    cached (naming every place looked and the near misses)."""
+    dataset_id, skipped = search.dataset_id, search.skipped
+    if search.broken:
+        return _broken_copies(search)
+    misses = near_misses(search.paths, dataset_id)
+    if skipped and not search.arrow_candidates:
+        search.looked.extend(f"skipped {s}" for s in skipped)
     remedy = (
         f"use the id it is cached under (e.g. '{cached_id(misses[0])}')"
         if misses
@@ -369,18 +401,35 @@ def resolve(
         )
     )
     if skipped and not misses and all("incomplete" in s.reason for s in skipped):
-        raise IncompleteCacheError(
+        return IncompleteCacheError(
             f"'{dataset_id}' has only interrupted (*.incomplete) copies",
             path=skipped[0].path,
             problems=[str(s) for s in skipped],
             remedy="finish preparing the dataset on a host with the data, copy the complete "
             "folder here, and delete the *.incomplete folder",
         )
-    raise NotCachedError(
+    config = search.config
+    return NotCachedError(
         f"'{dataset_id}'{f' config {config}' if config else ''} is not cached on this host",
-        looked=looked,
+        looked=search.looked,
         near_misses=misses,
         remedy=remedy,
+    )
+
+
+def _broken_copies(search: _Search) -> IncompleteCacheError:
+    problems = [p for r in search.broken for p in r.problems]
+    worst = search.broken[0]
+    unreadable_only = all(p.kind == PERMISSION for p in problems)
+    return IncompleteCacheError(
+        f"'{search.dataset_id}' is cached but this user may not read it "
+        f"({len(problems)} path(s) permission denied)"
+        if unreadable_only
+        else f"'{search.dataset_id}' is cached but no copy is complete "
+        f"({len(problems)} problem(s) in {len(search.broken)} copy/copies)",
+        path=worst.path,
+        problems=problems + [f"skipped {s}" for s in search.skipped if "incomplete" in s.reason],
+        remedy=incomplete_remedy(problems),
     )
 
 
