@@ -13,27 +13,44 @@ from hf_loader import cachemanifest, cacheseed, cachetest, errors, gpu_check, tr
 from hf_loader.cli import exitcodes, reference
 from hf_loader.cli.exitcodes import ExitCode
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+PACKAGE = Path(__file__).resolve().parents[1]
+README = PACKAGE / "README.md"
+CLI_REFERENCE = PACKAGE.parents[1] / "docs" / "hf-loader-cli.md"
 
 
-def test_the_readme_tables_are_in_step_with_the_exit_codes():
-    text = README.read_text(encoding="utf-8")
-    assert reference.render(text) == text, "run: python -m hf_loader.cli.reference"
+def test_the_generated_reference_is_in_step_with_the_clis():
+    assert reference.DEFAULT_FILES == (README, CLI_REFERENCE)
+    for path in reference.DEFAULT_FILES:
+        text = path.read_text(encoding="utf-8")
+        assert reference.render(text) == text, f"{path}: run python -m hf_loader.cli.reference"
+    text = CLI_REFERENCE.read_text(encoding="utf-8")
     assert reference.tables_in(text) == [cli.prog for cli in exitcodes.ALL]
+    assert [page for page, _python in reference.help_pages_in(text)] == reference.help_pages()
 
 
 def test_check_fails_on_a_table_edited_by_hand_and_passes_once_written(tmp_path):
-    copy = tmp_path / "README.md"
-    copy.write_text(
-        README.read_text(encoding="utf-8").replace("| 3 | dataset not cached |", "| 3 | gone |"),
-        encoding="utf-8",
-    )
+    copy = tmp_path / "hf-loader-cli.md"
+    original = CLI_REFERENCE.read_text(encoding="utf-8")
+    edited = original.replace("| 3 | dataset not cached |", "| 3 | gone |")
+    copy.write_text(edited, encoding="utf-8")
+    assert copy.read_text(encoding="utf-8") != original
     check = [sys.executable, "-m", "hf_loader.cli.reference", "--check", str(copy)]
     failed = subprocess.run(check, capture_output=True, text=True)
     assert failed.returncode == 1 and "out of step" in failed.stderr
     assert subprocess.run(check[:3] + [str(copy)]).returncode == 0
     assert subprocess.run(check).returncode == 0
-    assert copy.read_text(encoding="utf-8") == README.read_text(encoding="utf-8")
+    assert copy.read_text(encoding="utf-8") == original
+
+
+def test_a_help_block_is_rewritten_by_the_python_that_wrote_it_only():
+    page = "hf-cache-seed pull"
+    mine = reference.HELP_BEGIN.format(page=page, python=reference.THIS_PYTHON)
+    other = reference.HELP_BEGIN.format(page=page, python="2.7")
+    stale = f"{mine}\nstale\n{reference.HELP_END}\n{other}\nstale\n{reference.HELP_END}\n"
+    rendered = reference.render(stale)
+    assert rendered.startswith(reference.help_block(page) + "\n" + other + "\nstale\n")
+    assert "--stall-timeout" in reference.help_text(page)
+    assert reference.help_text(page) == reference.help_text(page)  # no state left behind
 
 
 def test_a_marker_naming_no_cli_is_refused():
