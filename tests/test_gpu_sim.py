@@ -434,7 +434,7 @@ def stand_in(root: Path, *args: str, library: str = "580.95.05") -> tuple[int, d
 def test_the_cuda_stand_in_prints_the_real_modules_report_shape_fields_and_fixes(tmp_path):
     real = real_gpu_check()
     code, doc = stand_in(sim_root(tmp_path), "--expect-gpus", "2", "--size", "64")
-    assert code == real.EXIT_PASSED and doc["passed"], doc
+    assert code == real.ExitCode.PASSED and doc["passed"], doc
     settings = {"size": 64, "tolerance": 1e-4, "alloc_mib": 256, "expect_gpus": 2, "seed": 1}
     assert list(doc) == list(real.report(gpus=[], visible=2, expected=2, settings=settings))
     assert [tuple(gpu) for gpu in doc["gpus"]] == [real.GPU_RECORD_FIELDS] * 2
@@ -445,14 +445,15 @@ def test_the_cuda_stand_in_prints_the_real_modules_report_shape_fields_and_fixes
     exec(compile(GPU_CHECK.read_text(), str(GPU_CHECK), "exec"), sim)  # its constants, not run
     for name in ("GPU_RECORD_FIELDS", "FIX_WRONG_RESULT", "FIX_MISSING_GPUS", "FIX_NO_DEVICE", "REPORT_VERSION"):
         assert sim[name] == getattr(real, name), name
-    for name in ("EXIT_PASSED", "EXIT_USAGE", "EXIT_NO_CUDA", "EXIT_MISSING_GPUS", "EXIT_GPU_FAILED"):
-        assert sim[name] == getattr(real, name), name
+    # The stand-in's EXIT_<NAME> constants are the real module's ExitCode.<NAME>.
+    for name in ("PASSED", "USAGE", "NO_CUDA", "MISSING_GPUS", "GPU_FAILED"):
+        assert sim[f"EXIT_{name}"] == real.ExitCode[name], name
 
 
 def test_the_cuda_stand_in_fails_the_gpu_named_in_the_fault_file(tmp_path):
     real = real_gpu_check()
     code, doc = stand_in(sim_root(tmp_path, fail="1\n"), "--expect-gpus", "2")
-    assert code == real.EXIT_GPU_FAILED and not doc["passed"]
+    assert code == real.ExitCode.GPU_FAILED and not doc["passed"]
     good, bad = doc["gpus"]
     assert good["passed"] and not bad["passed"]
     assert bad["relative_error"] == pytest.approx(0.01, rel=1e-6)

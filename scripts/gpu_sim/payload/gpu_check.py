@@ -40,7 +40,8 @@ GPUS = ROOT / "run/gpu-sim/gpus"
 FAIL_FILE = ROOT / "etc/gpu-sim/gpu-check-fail"
 
 REPORT_VERSION = 1
-# Exit codes: 1 (internal) is never given by the stand-in.
+# Exit codes: hf_loader.gpu_check's ExitCode.PASSED, USAGE, ... (tests/test_gpu_sim.py compares them);
+# 1 (internal) is never given by the stand-in.
 EXIT_PASSED, EXIT_USAGE, EXIT_NO_CUDA, EXIT_MISSING_GPUS, EXIT_GPU_FAILED = 0, 2, 3, 4, 5
 SIM_SIZE = 24  # the stand-in's matrices: a real product, small enough for a container
 # The real module's fields and fixes (tests/test_gpu_sim.py compares them with hf_loader.gpu_check).
