@@ -5,14 +5,13 @@
 # error lines of each failed stage: CI keeps only the tail of a run.
 #
 # Stages joined by + run side by side: neither pytest nor loader-test, nor
-# any lab rehearsal (they wait on reboots and systemd), keeps the 2 cores busy alone (measured: pytest and
-# loader-test together in 385 s, one after the other in 731 s; the three labs together in 558 s, the
-# upgrade and pull labs alone together in 369 s). They share
+# either lab rehearsal (they wait on reboots and systemd), keeps the 2 cores busy alone (measured: pytest and
+# loader-test together in 385 s, one after the other in 731 s). They share
 # nothing they write: test-deps builds the venvs and the wheelhouse before them.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-declare -a STAGES=(venv engine lint test-deps pytest+loader-lint+loader-test molecule lab-upgrade-short+lab-pull-short+lab-slurm-short)
+declare -a STAGES=(venv engine lint test-deps pytest+loader-lint+loader-test molecule lab-upgrade-short+lab-pull-short)
 
 LOGS=.cache/test-logs
 mkdir -p "$LOGS"

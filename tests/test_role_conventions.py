@@ -25,8 +25,8 @@ REHEARSAL_OF_ROLE = {
     "upgrade_driver": ("scripts/upgrade_rehearsal.py", "lab-upgrade-short"),
 }
 # The Slurm roles need a controller and nodes that reach each other (munge, slurmctld, slurmd): the
-# Slurm lab runs them on lab hosts, their second run changing nothing (make lab-slurm-short, in
-# make test beside the other labs, docs/testing.md).
+# Slurm lab runs them on lab hosts, their second run changing nothing (make lab-slurm-short, alone:
+# beside the other labs it took make test to 51 minutes, docs/testing.md).
 LAB_OF_ROLE = {
     "slurm_controller": ("scripts/slurm_lab.py", "lab-slurm-short", "mk/slurm.mk"),
     "slurm_node": ("scripts/slurm_lab.py", "lab-slurm-short", "mk/slurm.mk"),
