@@ -103,11 +103,12 @@ print(",".join(role["__nvidia_driver_smi_fields"]))' roles/nvidia_driver/vars/ma
 import json, sys
 from pathlib import Path
 sys.path.insert(0, "collections")
-from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as f
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.nvidia_smi import parse_nvidia_smi_csv, verify
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.probe import host_state
 out, fields, branch = Path(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
-state = f.host_state((out / "probe.txt").read_text())
-rows = f.parse_nvidia_smi_csv((out / "nvidia-smi.csv").read_text(), fields)
-result = {"host_state": state, "nvidia_smi": rows, "verify_branch": f.verify(rows, "", branch)}
+state = host_state((out / "probe.txt").read_text())
+rows = parse_nvidia_smi_csv((out / "nvidia-smi.csv").read_text(), fields)
+result = {"host_state": state, "nvidia_smi": rows, "verify_branch": verify(rows, "", branch)}
 (out / "parsed.json").write_text(json.dumps(result, indent=2) + "\n")
 print(json.dumps(result["host_state"]), json.dumps(result["verify_branch"]))
 assert state["gpu_present"] and result["verify_branch"]["verified"], result

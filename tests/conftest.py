@@ -16,7 +16,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "collections"))
 
-from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as nv  # noqa: E402
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.packages import apt_pin_version  # noqa: E402
 
 NVIDIA_DRIVER = ROOT / "roles" / "nvidia_driver"
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
@@ -99,7 +99,7 @@ def nvidia_driver_preferences(branch: str, pin: str = "") -> str:
     """nvidia_driver's apt preferences file, rendered from the role's own template and pattern list."""
     role_vars = yaml.safe_load((NVIDIA_DRIVER / "vars" / "main.yml").read_text())
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    env.filters["gpu_fleet.common.nvidia_driver_apt_pin_version"] = nv.apt_pin_version
+    env.filters["gpu_fleet.common.nvidia_driver_apt_pin_version"] = apt_pin_version
     template = env.from_string((NVIDIA_DRIVER / "templates" / "nvidia-driver.pref.j2").read_text())
     return template.render(
         ansible_managed="managed",

@@ -3,7 +3,7 @@
 The module file, the apt indexes and the stand-in nvidia-smi are read back the way the
 real consumers read them: readelf (where installed) and a small ELF reader; apt's hash
 fields recomputed; nvidia-smi's CSV and /proc/driver/nvidia/version parsed by the
-nvidia_driver role's own filter, and the simulated sysfs tree read by the role's own
+nvidia_driver role's own parsers (module_utils/nvidia_driver), and the simulated sysfs tree read by the role's own
 probe script. The build itself (dpkg-deb, gpg) runs where those tools are installed.
 """
 
@@ -23,7 +23,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as nv
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.compatibility import module_type_errors
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.nvidia_smi import (
+    parse_nvidia_smi_csv,
+    verify,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.packages import package_names
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.probe import host_state, parse_proc_version
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.versions import valid_pin
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -135,7 +142,7 @@ def mirror_depends() -> dict[str, str]:
 
 
 def test_the_simulated_repository_carries_what_the_role_installs_from_nvidia_on_debian_12():
-    wanted = nv.package_names(DEBIAN_12, "cuda", "580", "open", "dkms", "headless")
+    wanted = package_names(DEBIAN_12, "cuda", "580", "open", "dkms", "headless")
     rows = mirror_depends()
     closure, todo = set(), list(wanted)
     while todo:  # the packages apt pulls in with them
@@ -165,7 +172,7 @@ def test_driver_versions_are_spelled_as_nvidia_does():
     for bad in ["580.95.5", "580", "", "580.95.05-1"]:
         with pytest.raises(build.BuildError):
             build.parse_versions(bad)
-    assert all(nv.valid_pin(version) for version in build.DEFAULT_VERSIONS)
+    assert all(valid_pin(version) for version in build.DEFAULT_VERSIONS)
 
 
 def test_the_nvidia_smi_program_knows_its_version():
@@ -183,27 +190,27 @@ def smi_lines(host="lab-gpu-01", count=2, loaded="580.95.05", fail="", persisten
 
 
 def test_the_roles_filter_reads_the_simulated_nvidia_smi_and_verifies_it():
-    rows = nv.parse_nvidia_smi_csv("\n".join(smi_lines()), SMI_FIELDS)
+    rows = parse_nvidia_smi_csv("\n".join(smi_lines()), SMI_FIELDS)
     assert [row["pci.bus_id"] for row in rows] == ["00000000:18:00.0", "00000000:2A:00.0"]
     assert {row["name"] for row in rows} == {"NVIDIA H200"}
     assert all(re.fullmatch(r"GPU-[0-9a-f-]{36}", row["uuid"]) for row in rows)
     assert {row["memory.total"] for row in rows} == {"143771"}
     assert all(re.fullmatch(r"\d{13}", row["serial"]) for row in rows)
-    result = nv.verify(rows, pin="580.95.05", branch="580", expected_count=2)
+    result = verify(rows, pin="580.95.05", branch="580", expected_count=2)
     assert result["verified"], result["problems"]
 
 
 def test_the_fault_injection_fails_verification_by_the_gpu_count():
-    rows = nv.parse_nvidia_smi_csv("\n".join(smi_lines(fail="580.95.05")), SMI_FIELDS)
-    result = nv.verify(rows, pin="580.95.05", branch="580", expected_count=2)
+    rows = parse_nvidia_smi_csv("\n".join(smi_lines(fail="580.95.05")), SMI_FIELDS)
+    result = verify(rows, pin="580.95.05", branch="580", expected_count=2)
     assert result["problems"] == ["nvidia-smi lists 1 GPU(s), nvidia_driver_expected_gpu_count is 2"]
     # Under another version every GPU comes up.
     assert len(smi_lines(loaded="580.82.07", fail="580.95.05")) == 2
 
 
 def test_persistence_off_while_the_daemon_is_stopped_is_a_verification_problem():
-    rows = nv.parse_nvidia_smi_csv("\n".join(smi_lines(persistence=False)), SMI_FIELDS)
-    assert nv.verify(rows, pin="580.95.05", expected_count=2)["problems"] == ["persistence mode is off on GPU(s) 0, 1"]
+    rows = parse_nvidia_smi_csv("\n".join(smi_lines(persistence=False)), SMI_FIELDS)
+    assert verify(rows, pin="580.95.05", expected_count=2)["problems"] == ["persistence mode is off on GPU(s) 0, 1"]
 
 
 def test_query_with_header_and_units_is_the_real_shape():
@@ -215,7 +222,7 @@ def test_query_with_header_and_units_is_the_real_shape():
 
 def test_proc_version_is_read_by_the_role_as_the_open_module():
     text = lab_boot.proc_version_text("580.95.05", 0)
-    parsed = nv.parse_proc_version(text)
+    parsed = parse_proc_version(text)
     assert parsed["version"] == "580.95.05"
     assert parsed["kernel_modules"] == "open"
     assert parsed["arch"] == "x86_64"
@@ -234,11 +241,11 @@ def test_the_roles_probe_reads_the_simulated_tree(tmp_path):
     (tmp_path / "proc" / "driver" / "nvidia" / "version").write_text(lab_boot.proc_version_text("580.82.07", 0))
     script = ROLE_VARS["__nvidia_driver_probe_script"]
     out = subprocess.run(["sh", "-c", script, "probe", str(tmp_path)], capture_output=True, text=True, check=True)
-    state = nv.host_state(out.stdout)
+    state = host_state(out.stdout)
     assert state["gpu_count"] == 2 and state["gpu_device_ids"] == ["0x2335"]
     assert state["loaded_version"] == "580.82.07" and state["loaded_kernel_modules"] == "open"
     assert state["nvidia_loaded"] and not state["nouveau_loaded"]
-    assert nv.module_type_errors(state, "open", "580") == []
+    assert module_type_errors(state, "open", "580") == []
 
 
 def run_smi(monkeypatch, tmp_path, capsys, proc_text=None, library="580.95.05", gpus=None):
@@ -276,8 +283,8 @@ def test_nvidia_smi_of_a_newer_package_before_the_reboot_is_a_version_mismatch(m
 def test_nvidia_smi_with_its_driver_loaded(monkeypatch, tmp_path, capsys):
     code, out = run_smi(monkeypatch, tmp_path, capsys, proc_text=lab_boot.proc_version_text("580.95.05", 0))
     assert code == 0
-    rows = nv.parse_nvidia_smi_csv(out, SMI_FIELDS)
-    assert nv.verify(rows, pin="580.95.05", expected_count=2)["verified"]
+    rows = parse_nvidia_smi_csv(out, SMI_FIELDS)
+    assert verify(rows, pin="580.95.05", expected_count=2)["verified"]
 
 
 def test_nvidia_smi_refuses_an_unknown_field():

@@ -22,8 +22,9 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible_collections.community.general.plugins.modules import dnf_versionlock
-from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as nv
-from ansible_collections.gpu_fleet.common.plugins.module_utils import nvidia_driver_dnf_locks as locks
+from ansible_collections.gpu_fleet.common.plugins.filter.nvidia_driver import FilterModule
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver import dnf_locks as locks
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.package_index import resolved_packages
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = ROOT / "roles" / "nvidia_driver"
@@ -166,7 +167,7 @@ def rendered(tmp_path_factory) -> dict:
 def test_a_branch_only_run_after_a_pin_drops_the_roles_locks_before_the_switch():
     """The 580.95.05 locks hide every 590 package: a later `-e nvidia_driver_branch=590` run must
     drop them (and only them) before `module switch-to`, or dnf keeps 580."""
-    plan = nv.FilterModule().filters()["nvidia_driver_dnf_lock_plan"](PINNED_580, RHEL9, "590")
+    plan = FilterModule().filters()["nvidia_driver_dnf_lock_plan"](PINNED_580, RHEL9, "590")
     assert plan == {"delete": PINNED_580.splitlines()[:5], "errors": []}
 
 
@@ -311,7 +312,7 @@ def fixture_command_and_rows(name: str) -> tuple[list[str], list[dict]]:
     command = re.search(r"`(dnf install --assumeno [^`]+)`", header)
     assert command, f"{name} does not name the command it is the output of"
     output = "".join(line + "\n" for line in text.splitlines() if not line.startswith("# "))
-    return command.group(1).split(), nv.resolved_packages(output)
+    return command.group(1).split(), resolved_packages(output)
 
 
 def test_the_rhel_dry_run_fixture_is_the_output_of_the_command_the_role_runs(rendered):

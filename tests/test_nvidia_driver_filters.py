@@ -19,7 +19,70 @@ from pathlib import Path
 import jinja2
 import pytest
 import yaml
-from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as nv
+from ansible_collections.gpu_fleet.common.plugins.filter.nvidia_driver import FilterModule
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.boot import (
+    boot_kernel,
+    boot_module_errors,
+    is_controller,
+    reboot_decision,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.compatibility import (
+    module_type_errors,
+    secure_boot_errors,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.dnf_locks import package_lock_plan
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.fabric_manager import (
+    fabric_manager,
+    fabric_manager_errors,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.installed import (
+    install_plan,
+    installed_driver_version,
+    installed_package_set,
+    installed_packages,
+    unbuilt_kernels,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.nvidia_smi import (
+    parse_nvidia_smi_csv,
+    verify,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.package_index import (
+    availability_errors,
+    carried_versions,
+    missing_packages,
+    resolved_packages,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.packages import (
+    apt_pin_version,
+    driver_marker,
+    kernel_header_metapackages,
+    kernel_header_packages,
+    marker_prefix,
+    package_names,
+    package_specs,
+    plan_errors,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.probe import (
+    host_state,
+    parse_pci_listing,
+    parse_probe,
+    parse_proc_version,
+    parse_units,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.repositories import (
+    existing_source_plan,
+    rhel_repo_plan,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.versions import (
+    pin_in_branch,
+    upstream_version,
+    valid_branch,
+    valid_kernel,
+    valid_pin,
+    version_compare,
+    version_matches,
+    version_tuple,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = ROOT / "roles" / "nvidia_driver"
@@ -102,13 +165,13 @@ def probe(tree: str) -> str:
     ],
 )
 def test_versions_compare_as_numbers(left, right, expected):
-    assert nv.version_compare(left, right) == expected
+    assert version_compare(left, right) == expected
 
 
 @pytest.mark.parametrize("bad", ["", "latest", "v580", "five-eighty", None])
 def test_version_parse_refuses_what_is_no_version(bad):
     with pytest.raises(ValueError, match="not an NVIDIA driver version"):
-        nv.version_tuple(bad)
+        version_tuple(bad)
 
 
 @pytest.mark.parametrize(
@@ -128,7 +191,7 @@ def test_version_parse_refuses_what_is_no_version(bad):
     ],
 )
 def test_branch_strings(branch, valid):
-    assert nv.valid_branch(branch) is valid
+    assert valid_branch(branch) is valid
 
 
 @pytest.mark.parametrize(
@@ -145,7 +208,7 @@ def test_branch_strings(branch, valid):
     ],
 )
 def test_pin_belongs_to_branch(pin, branch, belongs):
-    assert nv.pin_in_branch(pin, branch) is belongs
+    assert pin_in_branch(pin, branch) is belongs
 
 
 @pytest.mark.parametrize(
@@ -160,14 +223,14 @@ def test_pin_belongs_to_branch(pin, branch, belongs):
     ],
 )
 def test_running_version_matches_pin_or_branch(version, pin, branch, matches):
-    assert nv.version_matches(version, pin, branch) is matches
+    assert version_matches(version, pin, branch) is matches
 
 
 # --------------------------------------------------------------- nvidia-smi
 
 
 def test_nvidia_smi_h100_rows():
-    rows = nv.parse_nvidia_smi_csv(fixture("handwritten_h100_580.95.05_nvidia-smi.csv"), SMI_FIELDS)
+    rows = parse_nvidia_smi_csv(fixture("handwritten_h100_580.95.05_nvidia-smi.csv"), SMI_FIELDS)
     assert len(rows) == 8
     assert rows[0]["name"] == "NVIDIA H100 80GB HBM3"
     # nvidia-smi writes the bus id in upper-case hex (sysfs names the same function 0000:2a:00.0).
@@ -179,64 +242,62 @@ def test_nvidia_smi_h100_rows():
 
 
 def test_nvidia_smi_not_available_values_become_none():
-    rows = nv.parse_nvidia_smi_csv(fixture("handwritten_rtx4090_580.82.07_nvidia-smi.csv"), SMI_FIELDS)
+    rows = parse_nvidia_smi_csv(fixture("handwritten_rtx4090_580.82.07_nvidia-smi.csv"), SMI_FIELDS)
     assert rows[0]["serial"] is None
     assert rows[0]["persistence_mode"] == "Disabled"
 
 
 def test_nvidia_smi_wrong_field_count_is_an_error():
     with pytest.raises(ValueError, match="has 8 values for 3 fields"):
-        nv.parse_nvidia_smi_csv(fixture("handwritten_h100_580.95.05_nvidia-smi.csv"), ["index", "name", "uuid"])
+        parse_nvidia_smi_csv(fixture("handwritten_h100_580.95.05_nvidia-smi.csv"), ["index", "name", "uuid"])
 
 
 def test_nvidia_smi_empty_output_is_no_gpu():
-    assert nv.parse_nvidia_smi_csv("", SMI_FIELDS) == []
+    assert parse_nvidia_smi_csv("", SMI_FIELDS) == []
 
 
 # ------------------------------------------------------------- verification
 
 
 def smi(name):
-    return nv.parse_nvidia_smi_csv(fixture(name), SMI_FIELDS)
+    return parse_nvidia_smi_csv(fixture(name), SMI_FIELDS)
 
 
 def test_verify_passes_on_the_pinned_driver_with_the_expected_count():
-    result = nv.verify(
-        smi("handwritten_h100_580.95.05_nvidia-smi.csv"), pin="580.95.05", branch="580", expected_count=8
-    )
+    result = verify(smi("handwritten_h100_580.95.05_nvidia-smi.csv"), pin="580.95.05", branch="580", expected_count=8)
     assert result["verified"], result["problems"]
     assert result["gpu_count"] == 8
     assert result["driver_version"] == "580.95.05"
 
 
 def test_verify_branch_only():
-    assert nv.verify(smi("handwritten_h100_580.95.05_nvidia-smi.csv"), branch="580")["verified"]
+    assert verify(smi("handwritten_h100_580.95.05_nvidia-smi.csv"), branch="580")["verified"]
 
 
 def test_verify_names_a_wrong_pin():
-    result = nv.verify(smi("handwritten_h100_580.95.05_nvidia-smi.csv"), pin="580.82.07", branch="580")
+    result = verify(smi("handwritten_h100_580.95.05_nvidia-smi.csv"), pin="580.82.07", branch="580")
     assert not result["verified"]
     assert "580.95.05 is running, wanted exactly 580.82.07 (nvidia_driver_version)" in result["problems"][0]
 
 
 def test_verify_names_a_wrong_branch():
-    result = nv.verify(smi("handwritten_a100_535.183.01_nvidia-smi.csv"), branch="580")
+    result = verify(smi("handwritten_a100_535.183.01_nvidia-smi.csv"), branch="580")
     assert result["problems"] == ["driver 535.183.01 is running, wanted branch 580 (nvidia_driver_branch)"]
 
 
 def test_verify_gpu_count():
-    result = nv.verify(smi("handwritten_h100_580.95.05_nvidia-smi.csv"), branch="580", expected_count=4)
+    result = verify(smi("handwritten_h100_580.95.05_nvidia-smi.csv"), branch="580", expected_count=4)
     assert result["problems"] == ["nvidia-smi lists 8 GPU(s), nvidia_driver_expected_gpu_count is 4"]
-    assert nv.verify(smi("handwritten_h100_580.95.05_nvidia-smi.csv"), branch="580", expected_count=0)["verified"]
+    assert verify(smi("handwritten_h100_580.95.05_nvidia-smi.csv"), branch="580", expected_count=0)["verified"]
 
 
 def test_verify_persistence_mode():
-    result = nv.verify(smi("handwritten_h100_580.95.05_persistence-off_nvidia-smi.csv"), branch="580")
+    result = verify(smi("handwritten_h100_580.95.05_persistence-off_nvidia-smi.csv"), branch="580")
     assert result["problems"] == ["persistence mode is off on GPU(s) 0, 1"]
 
 
 def test_verify_no_gpu_listed():
-    assert "nvidia-smi lists no GPU" in nv.verify([], branch="580")["problems"]
+    assert "nvidia-smi lists no GPU" in verify([], branch="580")["problems"]
 
 
 # --------------------------------------------------- /proc and sysfs parsing
@@ -251,22 +312,22 @@ def test_verify_no_gpu_listed():
     ],
 )
 def test_proc_driver_version(name, version, modules, arch):
-    parsed = nv.parse_proc_version(fixture(name))
+    parsed = parse_proc_version(fixture(name))
     assert (parsed["version"], parsed["kernel_modules"], parsed["arch"]) == (version, modules, arch)
     assert parsed["gcc"].startswith("gcc version")
 
 
 def test_proc_driver_version_absent_means_not_loaded():
-    assert nv.parse_proc_version("")["version"] == ""
+    assert parse_proc_version("")["version"] == ""
 
 
 def test_proc_driver_version_garbage_is_an_error():
     with pytest.raises(ValueError, match="no version"):
-        nv.parse_proc_version("NVRM version: something else entirely\n")
+        parse_proc_version("NVRM version: something else entirely\n")
 
 
 def test_hgx_tree_through_the_role_probe_script():
-    state = nv.host_state(probe("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"))
+    state = host_state(probe("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"))
     assert state["gpu_count"] == 8  # the ASPEED BMC VGA is no NVIDIA GPU
     assert state["gpu_device_ids"] == ["0x2330"]
     assert state["nvswitch_count"] == 4 and state["nvswitch_present"]
@@ -279,7 +340,7 @@ def test_hgx_tree_through_the_role_probe_script():
 
 
 def test_workstation_with_nouveau_through_the_role_probe_script():
-    state = nv.host_state(probe("handwritten_tree_rtx4090_nouveau_no_driver"))
+    state = host_state(probe("handwritten_tree_rtx4090_nouveau_no_driver"))
     assert state["gpu_count"] == 1  # the HDMI audio function 0x22ba is not counted
     assert state["gpu_device_ids"] == ["0x2684"]
     assert not state["nvswitch_present"]
@@ -288,21 +349,19 @@ def test_workstation_with_nouveau_through_the_role_probe_script():
 
 
 def test_vm_without_gpu_through_the_role_probe_script():
-    state = nv.host_state(probe("handwritten_tree_vm_no_gpu"))
+    state = host_state(probe("handwritten_tree_vm_no_gpu"))
     assert state["gpu_count"] == 0 and not state["gpu_present"]
     assert state["nvswitch_count"] == 0
     assert not state["nouveau_loaded"] and not state["nvidia_loaded"]
 
 
 def test_probe_of_an_empty_root_is_no_gpu(tmp_path):
-    state = nv.host_state(probe(tmp_path))
+    state = host_state(probe(tmp_path))
     assert state["gpu_count"] == 0 and state["loaded_version"] == ""
 
 
 def test_pci_listing_ignores_unreadable_lines():
-    devices = nv.parse_pci_listing(
-        "0000:01:00.0 0x10de 0x2330 0x030200\nbroken line\n0000:02:00.0 0x10de zz 0x030200\n"
-    )
+    devices = parse_pci_listing("0000:01:00.0 0x10de 0x2330 0x030200\nbroken line\n0000:02:00.0 0x10de zz 0x030200\n")
     assert [device["address"] for device in devices] == ["0000:01:00.0"]
 
 
@@ -310,7 +369,7 @@ H200_VM = "captured_h200-vm_580.159.04_open"
 
 
 def test_captured_h200_vm_probe():
-    state = nv.host_state(fixture(f"{H200_VM}_probe.txt"))
+    state = host_state(fixture(f"{H200_VM}_probe.txt"))
     # Six virtio and host-bridge functions beside the GPU; the GPU is a 3D controller (0x0302).
     assert state["gpu_count"] == 1 and state["gpu_device_ids"] == ["0x2335"]
     assert state["gpu_addresses"] == ["0000:00:06.0"]
@@ -321,28 +380,28 @@ def test_captured_h200_vm_probe():
 
 
 def test_captured_h200_vm_proc_version_and_nvidia_smi():
-    parsed = nv.parse_proc_version(fixture(f"{H200_VM}_proc-driver-nvidia-version.txt"))
+    parsed = parse_proc_version(fixture(f"{H200_VM}_proc-driver-nvidia-version.txt"))
     assert (parsed["version"], parsed["kernel_modules"], parsed["arch"]) == ("580.159.04", "open", "x86_64")
     rows = smi("captured_h200-vm_580.159.04_nvidia-smi.csv")
     assert [(row["name"], row["memory.total"], row["persistence_mode"]) for row in rows] == [
         ("NVIDIA H200", "143771", "Enabled")
     ]
-    assert nv.verify(rows, pin="580.159.04", branch="580", expected_count=1)["verified"]
-    assert nv.verify(rows, pin="580.159.4", branch="580")["verified"]  # numbers, not strings
-    assert nv.verify(rows, branch="580", expected_count=2)["problems"] == [
+    assert verify(rows, pin="580.159.04", branch="580", expected_count=1)["verified"]
+    assert verify(rows, pin="580.159.4", branch="580")["verified"]  # numbers, not strings
+    assert verify(rows, branch="580", expected_count=2)["problems"] == [
         "nvidia-smi lists 1 GPU(s), nvidia_driver_expected_gpu_count is 2"
     ]
-    assert nv.verify(rows, branch="570")["problems"] == [
+    assert verify(rows, branch="570")["problems"] == [
         "driver 580.159.04 is running, wanted branch 570 (nvidia_driver_branch)"
     ]
 
 
 def test_captured_h200_vm_preinstalled_driver_needs_no_reboot():
-    state = nv.host_state(fixture(f"{H200_VM}_probe.txt"))
+    state = host_state(fixture(f"{H200_VM}_probe.txt"))
     # nvidia_driver_preinstalled takes the loaded version as the installed one, and defers.
-    decision = nv.reboot_decision(state, installed_version=state["loaded_version"], defer=True)
+    decision = reboot_decision(state, installed_version=state["loaded_version"], defer=True)
     assert decision == {"required": False, "reasons": [], "action": "none", "busy_units": [], "stop_units": []}
-    assert nv.reboot_decision(state)["action"] == "none"  # nothing on disk to compare with
+    assert reboot_decision(state)["action"] == "none"  # nothing on disk to compare with
 
 
 def test_captured_h200_vm_report_is_what_the_role_decides_from_that_hosts_probe_and_nvidia_smi():
@@ -351,19 +410,19 @@ def test_captured_h200_vm_report_is_what_the_role_decides_from_that_hosts_probe_
     nvidia-smi output captured on the same host in the same run: a change in what the filters
     read from a real host, or in the report's fields, fails here."""
     report = json.loads(fixture("captured_h200-vm_580.159.04_preinstalled_nvidia_driver.fact"))
-    state = nv.host_state(fixture(f"{H200_VM}_probe.txt"))
+    state = host_state(fixture(f"{H200_VM}_probe.txt"))
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     # detect.yml: where the image owns the driver, the loaded version is the installed one.
     installed = state["loaded_version"] or state["module_on_disk_version"]
     # verify.yml: nvidia-smi's rows against the pin, branch and count asked for (the defaults).
-    verification = nv.verify(
+    verification = verify(
         smi("captured_h200-vm_580.159.04_nvidia-smi.csv"),
         defaults["nvidia_driver_version"],
         defaults["nvidia_driver_branch"],
         defaults["nvidia_driver_expected_gpu_count"],
     )
     # reboot.yml: the image's owner reboots it; the role only defers.
-    reboot = nv.reboot_decision(state, installed_version=installed, defer=True)
+    reboot = reboot_decision(state, installed_version=installed, defer=True)
     decided = {
         "action": "preinstalled",
         "branch": defaults["nvidia_driver_branch"],
@@ -396,12 +455,12 @@ def test_captured_h200_vm_report_is_what_the_role_decides_from_that_hosts_probe_
 
 
 def state_of(tree):
-    return nv.host_state(probe(tree))
+    return host_state(probe(tree))
 
 
 def test_reboot_when_installed_differs_from_loaded():
     state = state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")
-    decision = nv.reboot_decision(state, installed_version="580.95.05")
+    decision = reboot_decision(state, installed_version="580.95.05")
     assert decision == {
         "required": True,
         "reasons": ["driver 580.95.05 is installed but 580.82.07 is loaded"],
@@ -413,31 +472,31 @@ def test_reboot_when_installed_differs_from_loaded():
 
 def test_no_reboot_when_installed_is_loaded():
     state = state_of("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
-    assert nv.reboot_decision(state, installed_version="580.95.05")["action"] == "none"
+    assert reboot_decision(state, installed_version="580.95.05")["action"] == "none"
     # 580.95.5 is the same version as 580.95.05: numbers, not strings
-    assert not nv.reboot_decision(state, installed_version="580.95.5")["required"]
+    assert not reboot_decision(state, installed_version="580.95.5")["required"]
 
 
 def test_reboot_when_nouveau_holds_the_gpu():
     state = state_of("handwritten_tree_rtx4090_nouveau_no_driver")
-    decision = nv.reboot_decision(state, installed_version="580.95.05")
+    decision = reboot_decision(state, installed_version="580.95.05")
     assert decision["required"]
     assert decision["reasons"] == ["nouveau is loaded", "driver 580.95.05 is installed but no nvidia module is loaded"]
 
 
 def test_deferred_and_controller_reboots_stay_required():
     state = state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")
-    deferred = nv.reboot_decision(state, installed_version="580.95.05", defer=True)
+    deferred = reboot_decision(state, installed_version="580.95.05", defer=True)
     assert deferred["required"] and deferred["action"] == "deferred"
-    controller = nv.reboot_decision(state, installed_version="580.95.05", defer=False, is_controller=True)
+    controller = reboot_decision(state, installed_version="580.95.05", defer=False, is_controller=True)
     assert controller["required"] and controller["action"] == "controller"
     # the controller wins over deferring: it is never rebooted
-    assert nv.reboot_decision(state, "580.95.05", True, True)["action"] == "controller"
+    assert reboot_decision(state, "580.95.05", True, True)["action"] == "controller"
 
 
 def test_never_a_reboot_without_a_gpu():
     state = state_of("handwritten_tree_vm_no_gpu")
-    assert nv.reboot_decision(state, installed_version="580.95.05") == {
+    assert reboot_decision(state, installed_version="580.95.05") == {
         "required": False,
         "reasons": [],
         "action": "none",
@@ -450,14 +509,14 @@ def test_module_on_disk_is_the_installed_version_when_packages_say_nothing():
     state = dict(
         state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary"), module_on_disk_version="580.95.05"
     )
-    assert nv.reboot_decision(state)["required"]
+    assert reboot_decision(state)["required"]
 
 
 def test_nothing_installed_nothing_loaded_is_no_reboot():
     state = dict(
         state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary"), loaded_version="", nvidia_loaded=False
     )
-    assert not nv.reboot_decision(state)["required"]
+    assert not reboot_decision(state)["required"]
 
 
 # ------------------------------------------------------------ fabric manager
@@ -487,10 +546,10 @@ def test_nothing_installed_nothing_loaded_is_no_reboot():
 )
 def test_fabric_manager_and_nscq_at_the_driver_version_named_per_branch(platform_name, branch, version, specs):
     state = state_of("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
-    choice = nv.fabric_manager(state, "auto", platform(platform_name), "cuda", branch, version)
+    choice = fabric_manager(state, "auto", platform(platform_name), "cuda", branch, version)
     assert choice["needed"]
     assert choice["specs"] == specs
-    assert choice["version"] == nv.upstream_version(version)  # exactly the driver's, without epoch or revision
+    assert choice["version"] == upstream_version(version)  # exactly the driver's, without epoch or revision
     assert choice["service"] == "nvidia-fabricmanager"
     assert not choice["nvlink5"]
 
@@ -500,7 +559,7 @@ def test_nvlink5_switch_tray_found_as_nvidia_driver_container_does():
     state = state_of("handwritten_tree_hgx_b200_8gpu_nvlink5_580.95.05_open")
     assert state["gpu_count"] == 8 and state["nvswitch_count"] == 0
     assert state["nvlink5_present"] and state["nvlink5_devices"] == ["mlx5_0"]
-    choice = nv.fabric_manager(state, "auto", platform("Ubuntu-24"), "cuda", "580", "580.95.05-1")
+    choice = fabric_manager(state, "auto", platform("Ubuntu-24"), "cuda", "580", "580.95.05-1")
     assert choice["needed"] and choice["nvlink5"]
     assert choice["specs"] == [
         "nvidia-fabricmanager=580.95.05-*",
@@ -515,27 +574,27 @@ def test_nvlink5_switch_tray_found_as_nvidia_driver_container_does():
 def test_no_fabric_manager_without_nvswitch():
     state = state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")
     assert not state["nvlink5_present"]
-    assert not nv.fabric_manager(state, "auto", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
-    assert nv.fabric_manager(state, "always", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
+    assert not fabric_manager(state, "auto", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
+    assert fabric_manager(state, "always", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
     hgx = state_of("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
-    assert not nv.fabric_manager(hgx, "never", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
+    assert not fabric_manager(hgx, "never", platform("Debian-12"), "cuda", "580", "580.95.05")["needed"]
 
 
 def test_fabric_manager_from_a_source_without_one_is_refused():
     hgx = state_of("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
-    errors = nv.fabric_manager_errors(hgx, "auto", platform("Debian-12"), "distribution", "535", "headless")
+    errors = fabric_manager_errors(hgx, "auto", platform("Debian-12"), "distribution", "535", "headless")
     assert len(errors) == 1 and "nvidia_driver_source: cuda" in errors[0]
     with pytest.raises(ValueError, match="carries no fabric manager"):
-        nv.fabric_manager(hgx, "auto", platform("Debian-12"), "distribution", "535", "535.247.01")
+        fabric_manager(hgx, "auto", platform("Debian-12"), "distribution", "535", "535.247.01")
 
 
 def test_ubuntu_archive_fabric_manager_needs_the_server_line():
     # Ubuntu's nvidia-fabricmanager-580 depends on nvidia-kernel-common-580-server-<version>.
     hgx = state_of("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open")
-    errors = nv.fabric_manager_errors(hgx, "auto", platform("Ubuntu-24"), "distribution", "580", "headless")
+    errors = fabric_manager_errors(hgx, "auto", platform("Ubuntu-24"), "distribution", "580", "headless")
     assert len(errors) == 1 and "nvidia_driver_flavour: server" in errors[0]
-    assert nv.fabric_manager_errors(hgx, "auto", platform("Ubuntu-24"), "distribution", "580", "server") == []
-    choice = nv.fabric_manager(
+    assert fabric_manager_errors(hgx, "auto", platform("Ubuntu-24"), "distribution", "580", "server") == []
+    choice = fabric_manager(
         hgx, "auto", platform("Ubuntu-24"), "distribution", "580", "580.159.03-0ubuntu0.24.04.1", "server"
     )
     assert choice["specs"] == ["nvidia-fabricmanager-580=580.159.03-*", "libnvidia-nscq-580=580.159.03-*"]
@@ -545,7 +604,7 @@ def test_ubuntu_archive_fabric_manager_needs_the_server_line():
 
 
 def test_package_names_fill_in_the_branch_and_the_running_kernel():
-    names = nv.package_names(
+    names = package_names(
         platform("Ubuntu-24"), "distribution", "580", "open", "precompiled", "server", ["6.8.0-1015-aws"]
     )
     # The precompiled modules of the running kernel's flavour (aws), not -generic's.
@@ -566,11 +625,10 @@ def test_package_names_fill_in_the_branch_and_the_running_kernel():
     ],
 )
 def test_ubuntu_names_from_nvidias_repository_lose_the_branch_from_590(branch, expected):
-    assert nv.package_names(platform("Ubuntu-24"), "cuda", branch, "open", "dkms", "headless") == expected
+    assert package_names(platform("Ubuntu-24"), "cuda", branch, "open", "dkms", "headless") == expected
     # Ubuntu's own archive keeps it (canonical/nvidia-graphics-drivers 595: nvidia-utils-595).
     assert (
-        nv.package_names(platform("Ubuntu-24"), "distribution", "580", "open", "dkms", "headless")[1]
-        == "nvidia-utils-580"
+        package_names(platform("Ubuntu-24"), "distribution", "580", "open", "dkms", "headless")[1] == "nvidia-utils-580"
     )
 
 
@@ -580,15 +638,15 @@ def test_versions_of_branch_less_names_are_carried_too():
         "nvidia-headless-580-open | 580.95.05-0ubuntu1 | file:/m ubuntu2404/x86_64 Packages\n"
         "nvidia-headless-no-dkms-open | 590.48.01-0ubuntu1 | file:/m ubuntu2404/x86_64 Packages\n"
     )
-    carried = nv.carried_versions(madison, platform("Ubuntu-24"), "cuda", "open", "dkms", "headless")
+    carried = carried_versions(madison, platform("Ubuntu-24"), "cuda", "open", "dkms", "headless")
     assert carried == ["580.95.05", "590.48.01"]
 
 
 def test_dnf_specs_carry_the_pin_apt_uses_preferences():
-    assert nv.package_specs(["nvidia-driver-cuda"], "dnf", "580.95.05") == ["nvidia-driver-cuda-580.95.05"]
-    assert nv.package_specs(["nvidia-driver-cuda"], "apt", "580.95.05") == ["nvidia-driver-cuda"]
-    assert nv.apt_pin_version("580", "580.95.05") == "580.95.05-*"
-    assert nv.apt_pin_version("580") == "580.*"
+    assert package_specs(["nvidia-driver-cuda"], "dnf", "580.95.05") == ["nvidia-driver-cuda-580.95.05"]
+    assert package_specs(["nvidia-driver-cuda"], "apt", "580.95.05") == ["nvidia-driver-cuda"]
+    assert apt_pin_version("580", "580.95.05") == "580.95.05-*"
+    assert apt_pin_version("580") == "580.*"
 
 
 @pytest.mark.parametrize(
@@ -606,7 +664,7 @@ def test_dnf_specs_carry_the_pin_apt_uses_preferences():
     ],
 )
 def test_plan_errors_name_the_variable(args, named):
-    errors = nv.plan_errors(platform("Debian-12"), *args)
+    errors = plan_errors(platform("Debian-12"), *args)
     if named:
         assert any(named in error for error in errors), errors
     else:
@@ -615,7 +673,7 @@ def test_plan_errors_name_the_variable(args, named):
 
 def test_package_names_refuse_what_the_platform_does_not_offer():
     with pytest.raises(ValueError, match="nvidia_driver_build"):
-        nv.package_names(platform("RedHat-9"), "cuda", "580", "open", "precompiled", "headless")
+        package_names(platform("RedHat-9"), "cuda", "580", "open", "precompiled", "headless")
 
 
 # ---------------------------------------------------- resolved package sets
@@ -637,7 +695,7 @@ URI = "https://mirror.invalid/cuda/repos/debian12/x86_64/"
 
 def test_cuda_keyring_source_is_found_and_reused():
     # cuda-keyring's file, as NVIDIA/cuda-repo-management SIGNATURES.md writes it.
-    plan = nv.existing_source_plan(CUDA_KEYRING_SOURCES, URI, OWN, "reuse")
+    plan = existing_source_plan(CUDA_KEYRING_SOURCES, URI, OWN, "reuse")
     assert plan == {
         "found": ["/etc/apt/sources.list.d/cuda-debian12-x86_64.list"],
         "reuse": True,
@@ -647,21 +705,21 @@ def test_cuda_keyring_source_is_found_and_reused():
 
 
 def test_cuda_keyring_source_is_replaced_only_where_its_file_holds_nothing_else():
-    plan = nv.existing_source_plan(CUDA_KEYRING_SOURCES, URI.rstrip("/"), OWN, "replace")
+    plan = existing_source_plan(CUDA_KEYRING_SOURCES, URI.rstrip("/"), OWN, "replace")
     assert plan["remove"] == ["/etc/apt/sources.list.d/cuda-debian12-x86_64.list"] and not plan["reuse"]
     mixed = CUDA_KEYRING_SOURCES.replace("bookworm main", "bookworm main\ndeb [signed-by=/k.gpg] " + URI + " /")
-    plan = nv.existing_source_plan(mixed, URI, OWN, "replace")
+    plan = existing_source_plan(mixed, URI, OWN, "replace")
     assert "/etc/apt/sources.list" in plan["errors"][0] and "nvidia_driver_existing_source: reuse" in plan["errors"][0]
 
 
 def test_only_the_roles_own_source_is_no_conflict():
     lines = CUDA_KEYRING_SOURCES.splitlines()
     own_only = "\n".join(line for line in lines if "cuda-debian12" not in line and "signed-by=/usr" not in line)
-    assert nv.existing_source_plan(own_only, URI, OWN, "reuse")["found"] == []
+    assert existing_source_plan(own_only, URI, OWN, "reuse")["found"] == []
     disabled = CUDA_KEYRING_SOURCES.replace("Suites: /", "Suites: /\nEnabled: no").replace(
         OWN, "/etc/apt/sources.list.d/x.sources"
     )
-    assert nv.existing_source_plan(disabled, URI, OWN)["found"] == ["/etc/apt/sources.list.d/cuda-debian12-x86_64.list"]
+    assert existing_source_plan(disabled, URI, OWN)["found"] == ["/etc/apt/sources.list.d/cuda-debian12-x86_64.list"]
 
 
 REPOLIST_ROCKY9 = (
@@ -672,24 +730,24 @@ REPOLIST_ROCKY9 = (
 
 
 def test_rhel9_dkms_from_epel_with_crb():
-    plan = nv.rhel_repo_plan(platform("RedHat-9"), "Rocky", "x86_64", REPOLIST_ROCKY9, False, "dkms")
+    plan = rhel_repo_plan(platform("RedHat-9"), "Rocky", "x86_64", REPOLIST_ROCKY9, False, "dkms")
     assert plan == {"install_epel": True, "enable": ["crb"], "tool": "dnf", "errors": []}
-    plan = nv.rhel_repo_plan(platform("RedHat-9"), "RedHat", "aarch64", "", False, "dkms")
+    plan = rhel_repo_plan(platform("RedHat-9"), "RedHat", "aarch64", "", False, "dkms")
     assert plan["enable"] == ["codeready-builder-for-rhel-9-aarch64-rpms"] and plan["tool"] == "subscription-manager"
     enabled = REPOLIST_ROCKY9 + "crb   Rocky Linux 9 - CRB\nepel  Extra Packages for Enterprise Linux 9\n"
-    assert nv.rhel_repo_plan(platform("RedHat-9"), "Rocky", "x86_64", enabled, False, "dkms")["enable"] == []
-    assert not nv.rhel_repo_plan(platform("RedHat-9"), "Rocky", "x86_64", enabled, False, "dkms")["install_epel"]
+    assert rhel_repo_plan(platform("RedHat-9"), "Rocky", "x86_64", enabled, False, "dkms")["enable"] == []
+    assert not rhel_repo_plan(platform("RedHat-9"), "Rocky", "x86_64", enabled, False, "dkms")["install_epel"]
 
 
 def test_rhel8_needs_epel_only_and_nothing_when_dkms_is_there():
-    plan = nv.rhel_repo_plan(platform("RedHat-8"), "Rocky", "x86_64", "", False, "dkms")
+    plan = rhel_repo_plan(platform("RedHat-8"), "Rocky", "x86_64", "", False, "dkms")
     assert plan["install_epel"] and plan["enable"] == []
-    assert nv.rhel_repo_plan(platform("RedHat-8"), "Rocky", "x86_64", "", True, "dkms")["install_epel"] is False
-    assert nv.rhel_repo_plan(platform("Debian-12"), "Debian", "x86_64", "", False, "dkms")["install_epel"] is False
+    assert rhel_repo_plan(platform("RedHat-8"), "Rocky", "x86_64", "", True, "dkms")["install_epel"] is False
+    assert rhel_repo_plan(platform("Debian-12"), "Debian", "x86_64", "", False, "dkms")["install_epel"] is False
 
 
 def test_epel_refused_by_the_variable_fails_with_the_reason():
-    plan = nv.rhel_repo_plan(platform("RedHat-9"), "RedHat", "x86_64", "", False, "dkms", False)
+    plan = rhel_repo_plan(platform("RedHat-9"), "RedHat", "x86_64", "", False, "dkms", False)
     assert len(plan["errors"]) == 1
     assert "nvidia_driver_enable_epel" in plan["errors"][0] and "EPEL" in plan["errors"][0]
     assert "codeready-builder-for-rhel-9-x86_64-rpms" in plan["errors"][0]
@@ -701,18 +759,18 @@ def test_versionlock_drops_other_versions_and_adds_the_pin():
     # community.general.dnf_versionlock (raw, absent) deletes it and no lock at the pin.
     listing = "nvidia-driver-cuda-3:580.82.07-1.el9.*\nkmod-nvidia-open-dkms-3:580.95.05-1.el9.*\n"
     names = ["nvidia-driver-cuda", "kmod-nvidia-open-dkms", "nvidia-persistenced"]
-    assert nv.FilterModule().filters()["nvidia_driver_versionlock_plan"](listing, names, "580", "580.95.05") == {
+    assert FilterModule().filters()["nvidia_driver_versionlock_plan"](listing, names, "580", "580.95.05") == {
         "delete": ["nvidia-driver-cuda-3:580.82.07-1.el9.*"],
         "add": ["nvidia-driver-cuda-580.95.05", "nvidia-persistenced-580.95.05"],
     }
     held = "\n".join(f"{name}-3:580.95.05-1.el9.*" for name in names)
-    assert nv.package_lock_plan(held, names, "580", "580.95.05") == {"delete": [], "add": []}
+    assert package_lock_plan(held, names, "580", "580.95.05") == {"delete": [], "add": []}
     # "nvidia-driver" is not "nvidia-driver-cuda": no lock is mistaken for another package's.
-    assert nv.package_lock_plan(listing, ["nvidia-driver"], "580", "580.95.05")["add"] == ["nvidia-driver-580.95.05"]
+    assert package_lock_plan(listing, ["nvidia-driver"], "580", "580.95.05")["add"] == ["nvidia-driver-580.95.05"]
 
 
 def test_apt_simulation_captured_from_the_molecule_mirror():
-    packages = nv.resolved_packages(fixture("captured_molecule-mirror_bookworm_apt-get-simulate.txt"))
+    packages = resolved_packages(fixture("captured_molecule-mirror_bookworm_apt-get-simulate.txt"))
     versions = {package["name"]: package["version"] for package in packages}
     assert versions["nvidia-kernel-open-dkms"] == "580.95.05-1"
     assert versions["nvidia-driver-cuda"] == "580.95.05-1"
@@ -721,7 +779,7 @@ def test_apt_simulation_captured_from_the_molecule_mirror():
 
 
 def test_dnf_dry_run_rows():
-    packages = nv.resolved_packages(fixture("handwritten_rhel9_580.95.05_dnf-install-assumeno.txt"))
+    packages = resolved_packages(fixture("handwritten_rhel9_580.95.05_dnf-install-assumeno.txt"))
     versions = {package["name"]: package["version"] for package in packages}
     assert len(packages) == 10  # the kernel's headers and kernel-devel-matched beside the driver
     assert versions["kmod-nvidia-open-dkms"] == "3:580.95.05-1.el9"
@@ -735,9 +793,9 @@ def test_installed_driver_version_from_package_facts():
         "nvidia-persistenced": [{"version": "580.95.05", "release": "1.el9", "epoch": 3}],
     }
     names = ["linux-modules-nvidia-580-open-generic", "nvidia-driver-cuda", "nvidia-persistenced", "absent"]
-    assert nv.installed_driver_version(facts, names) == "580.95.05"
-    assert nv.installed_driver_version({}, names) == ""
-    assert nv.installed_package_set(facts, ["nvidia-driver-cuda", "absent"]) == [
+    assert installed_driver_version(facts, names) == "580.95.05"
+    assert installed_driver_version({}, names) == ""
+    assert installed_package_set(facts, ["nvidia-driver-cuda", "absent"]) == [
         {"name": "nvidia-driver-cuda", "version": "580.95.05-1"}
     ]
 
@@ -746,7 +804,7 @@ def test_every_filter_the_role_calls_is_exported_with_the_role_prefix():
     """A filter renamed or dropped in the plugin but still called by a task or template fails
     only on a host, at the task that calls it: each name the project's YAML and templates call
     must be one the plugin exports, under the role's prefix."""
-    names = nv.FilterModule().filters()
+    names = FilterModule().filters()
     assert all(name.startswith("nvidia_driver_") for name in names)
     called = {}
     for folder in ("roles", "playbooks", "molecule"):
@@ -770,7 +828,7 @@ def test_every_filter_the_role_calls_is_exported_with_the_role_prefix():
     ],
 )
 def test_controller_is_recognised(connection, host_id, controller_id, expected):
-    assert nv.is_controller(connection, host_id, controller_id) is expected
+    assert is_controller(connection, host_id, controller_id) is expected
 
 
 # ------------------------------------------------- pins in the form apt/dnf match
@@ -792,7 +850,7 @@ def test_controller_is_recognised(connection, host_id, controller_id, expected):
     ],
 )
 def test_pins_only_in_the_spelling_package_managers_match(pin, valid):
-    assert nv.valid_pin(pin) is valid
+    assert valid_pin(pin) is valid
 
 
 # ----------------------------------------------------- kernel headers (DKMS)
@@ -802,41 +860,41 @@ def test_headers_for_every_kernel_to_build_for():
     # linux-headers-<uname -r> on Debian/Ubuntu; kernel-devel-<uname -r> and kernel-headers on RHEL
     # (NVIDIA driver installation guide, "Pre-installation Actions" and the RHEL pages).
     kernels = ["6.1.0-50-amd64", "6.1.0-49-amd64"]
-    assert nv.kernel_header_packages(platform("Debian-12"), kernels, "dkms") == [
+    assert kernel_header_packages(platform("Debian-12"), kernels, "dkms") == [
         "linux-headers-6.1.0-50-amd64",
         "linux-headers-6.1.0-49-amd64",
     ]
-    assert nv.kernel_header_packages(platform("RedHat-9"), ["5.14.0-427.13.1.el9_4.x86_64"], "dkms") == [
+    assert kernel_header_packages(platform("RedHat-9"), ["5.14.0-427.13.1.el9_4.x86_64"], "dkms") == [
         "kernel-devel-5.14.0-427.13.1.el9_4.x86_64",
         "kernel-headers",
     ]
-    assert nv.kernel_header_packages(platform("Ubuntu-24"), ["6.8.0-88-generic"], "precompiled") == []
+    assert kernel_header_packages(platform("Ubuntu-24"), ["6.8.0-88-generic"], "precompiled") == []
 
 
 @pytest.mark.parametrize("name", ROLE_VARS["__nvidia_driver_supported"])
 def test_every_platform_names_its_header_packages(name):
-    assert nv.kernel_header_packages(platform(name), ["6.1.0-50-amd64"], "dkms")
+    assert kernel_header_packages(platform(name), ["6.1.0-50-amd64"], "dkms")
 
 
 @pytest.mark.parametrize("kernel", ["", "latest", "6", "6.1.0 amd64", "../../etc"])
 def test_a_kernel_that_is_no_release_is_refused(kernel):
-    assert not nv.valid_kernel(kernel)
+    assert not valid_kernel(kernel)
     with pytest.raises(ValueError, match="nvidia_driver_kernels"):
-        nv.kernel_header_packages(platform("Debian-12"), [kernel], "dkms")
+        kernel_header_packages(platform("Debian-12"), [kernel], "dkms")
 
 
 def test_missing_header_packages_from_the_probe():
     text = "linux-headers-6.1.0-50-amd64 present\nlinux-headers-6.18.0-test missing\n"
-    assert nv.missing_packages(text) == ["linux-headers-6.18.0-test"]
+    assert missing_packages(text) == ["linux-headers-6.18.0-test"]
 
 
 def test_modules_built_for_each_kernel():
     text = "6.1.0-50-amd64 535.261.03\n6.1.0-49-amd64 none\n6.1.0-48-amd64 535.247.01\n"
-    assert nv.unbuilt_kernels(text, "535.261.03") == [
+    assert unbuilt_kernels(text, "535.261.03") == [
         "6.1.0-49-amd64 (no module)",
         "6.1.0-48-amd64 (module 535.247.01)",
     ]
-    assert nv.unbuilt_kernels("6.1.0-50-amd64 535.261.03\n", "535.261.03-1") == []
+    assert unbuilt_kernels("6.1.0-50-amd64 535.261.03\n", "535.261.03-1") == []
 
 
 # ------------------------------------------ what the configured source carries
@@ -856,12 +914,12 @@ nvidia-graphics-drivers | 535.261.03-1 | http://archive.invalid/debian bookworm/
 
 
 def test_versions_carried_by_nvidias_repository_oldest_first():
-    carried = nv.carried_versions(MIRROR_MADISON, platform("Debian-12"), "cuda", "open", "dkms", "headless")
+    carried = carried_versions(MIRROR_MADISON, platform("Debian-12"), "cuda", "open", "dkms", "headless")
     assert carried == ["570.172.08", "580.82.07", "580.95.05", "590.44.01"]
 
 
 def test_versions_carried_by_debians_archive_without_source_rows():
-    carried = nv.carried_versions(
+    carried = carried_versions(
         BOOKWORM_MADISON, platform("Debian-12"), "distribution", "proprietary", "dkms", "headless"
     )
     assert carried == ["535.261.03"]
@@ -874,36 +932,36 @@ def test_ubuntu_names_carry_the_branch():
         "nvidia-headless-580-server-open | 580.95.05-0ubuntu0.24.04.1 | http://archive.invalid noble Packages\n"
     )
     data = platform("Ubuntu-24")
-    assert nv.marker_prefix(data, "distribution", "open", "dkms", "headless") == "nvidia-headless-"
-    assert nv.carried_versions(text, data, "distribution", "open", "dkms", "headless") == ["570.195.03", "580.95.05"]
+    assert marker_prefix(data, "distribution", "open", "dkms", "headless") == "nvidia-headless-"
+    assert carried_versions(text, data, "distribution", "open", "dkms", "headless") == ["570.195.03", "580.95.05"]
     # Precompiled sets: the marker is the driver package, not linux-modules-* (versioned like the kernel).
     assert (
-        nv.driver_marker(data, "distribution", "open", "precompiled", "headless")
+        driver_marker(data, "distribution", "open", "precompiled", "headless")
         == "nvidia-headless-no-dkms-{branch}-open"
     )
 
 
 def test_a_branch_the_repository_does_not_carry_is_refused_listing_what_it_carries():
     # NVIDIA's debian13 repository opened without the 580 branch (NVIDIA/cuda-repo-management issue #38).
-    errors = nv.availability_errors(["590.44.01", "590.48.01"], "580", "", "NVIDIA's repository X")
+    errors = availability_errors(["590.44.01", "590.48.01"], "580", "", "NVIDIA's repository X")
     assert errors and "nvidia_driver_branch 580 is not carried by NVIDIA's repository X" in errors[0]
     assert "branch(es) 590 (newest 590.48.01)" in errors[0]
 
 
 def test_a_pin_the_repository_does_not_carry_is_refused_listing_the_branch_versions():
     carried = ["570.172.08", "580.82.07", "580.95.05"]
-    errors = nv.availability_errors(carried, "580", "580.95.04", "R")
+    errors = availability_errors(carried, "580", "580.95.04", "R")
     assert errors == [
         "nvidia_driver_version 580.95.04 is not carried by R: branch 580 there has 580.82.07, 580.95.05. "
         "Set nvidia_driver_version to one of them, or leave it empty for the newest"
     ]
-    assert nv.availability_errors(carried, "580", "580.95.05", "R") == []
-    assert nv.availability_errors(carried, "580", "", "R") == []
+    assert availability_errors(carried, "580", "580.95.05", "R") == []
+    assert availability_errors(carried, "580", "", "R") == []
 
 
 def test_an_empty_index_says_what_to_enable():
     hint = platform("Debian-12")["sources"]["distribution"]["missing_hint"]
-    errors = nv.availability_errors([], "535", "", "the package sources of Debian 12", hint)
+    errors = availability_errors([], "535", "", "the package sources of Debian 12", hint)
     assert "carries no NVIDIA driver package" in errors[0]
     assert "contrib, non-free and non-free-firmware" in errors[0]
 
@@ -913,7 +971,7 @@ def test_an_empty_index_says_what_to_enable():
 
 def test_reboot_is_deferred_while_training_runs():
     state = state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")
-    decision = nv.reboot_decision(state, "580.95.05", busy_units=["hf-train@resnet50.service"])
+    decision = reboot_decision(state, "580.95.05", busy_units=["hf-train@resnet50.service"])
     assert decision["required"]
     assert decision["action"] == "busy"
     assert decision["busy_units"] == ["hf-train@resnet50.service"]
@@ -922,16 +980,16 @@ def test_reboot_is_deferred_while_training_runs():
 
 def test_reboot_stops_training_only_when_asked():
     state = state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")
-    decision = nv.reboot_decision(state, "580.95.05", busy_units=["hf-train@a.service"], stop_busy=True)
+    decision = reboot_decision(state, "580.95.05", busy_units=["hf-train@a.service"], stop_busy=True)
     assert decision["action"] == "reboot"
     assert decision["stop_units"] == ["hf-train@a.service"]
     # Deferral and the controller win over stopping anything.
-    assert nv.reboot_decision(state, "580.95.05", True, False, ["hf-train@a.service"], True)["stop_units"] == []
+    assert reboot_decision(state, "580.95.05", True, False, ["hf-train@a.service"], True)["stop_units"] == []
 
 
 def test_no_reboot_needed_ignores_training():
     state = state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")
-    decision = nv.reboot_decision(state, "580.82.07", busy_units=["hf-train@a.service"])
+    decision = reboot_decision(state, "580.82.07", busy_units=["hf-train@a.service"])
     assert decision["action"] == "none"
 
 
@@ -940,8 +998,8 @@ def test_active_units_from_systemctl():
         "hf-train@resnet50.service loaded active running hf-train resnet50\n"
         "hf-train@vit.service      loaded activating start hf-train vit\n"
     )
-    assert nv.parse_units(text) == ["hf-train@resnet50.service", "hf-train@vit.service"]
-    assert nv.parse_units("") == []
+    assert parse_units(text) == ["hf-train@resnet50.service", "hf-train@vit.service"]
+    assert parse_units("") == []
 
 
 # ------------------------------------------------------- kernel module type
@@ -961,7 +1019,7 @@ def gpus(*device_ids):
     ],
 )
 def test_a_module_type_or_branch_the_gpus_cannot_run_is_refused(device_ids, modules, branch, named):
-    errors = nv.module_type_errors(gpus(*device_ids), modules, branch)
+    errors = module_type_errors(gpus(*device_ids), modules, branch)
     assert any(named in error for error in errors), errors
 
 
@@ -975,22 +1033,20 @@ def test_a_module_type_or_branch_the_gpus_cannot_run_is_refused(device_ids, modu
     ],
 )
 def test_module_types_the_gpus_can_run_pass(device_ids, modules, branch):
-    assert nv.module_type_errors(gpus(*device_ids), modules, branch) == []
+    assert module_type_errors(gpus(*device_ids), modules, branch) == []
 
 
 def test_handwritten_trees_pass_with_their_module_types():
-    assert (
-        nv.module_type_errors(state_of("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"), "open", "580") == []
-    )
-    assert nv.module_type_errors(state_of("handwritten_tree_rtx4090_nouveau_no_driver"), "open", "580") == []
+    assert module_type_errors(state_of("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"), "open", "580") == []
+    assert module_type_errors(state_of("handwritten_tree_rtx4090_nouveau_no_driver"), "open", "580") == []
 
 
 # -------------------------------------------------------------- Secure Boot
 
 
 def test_secure_boot_from_the_efi_variable():
-    on = nv.host_state("#pci\n0000:ca:00.0 0x10de 0x2335 0x030200\n#secure_boot\n   1\n")
-    off = nv.host_state("#pci\n0000:ca:00.0 0x10de 0x2335 0x030200\n#secure_boot\n   0\n")
+    on = host_state("#pci\n0000:ca:00.0 0x10de 0x2335 0x030200\n#secure_boot\n   1\n")
+    off = host_state("#pci\n0000:ca:00.0 0x10de 0x2335 0x030200\n#secure_boot\n   0\n")
     assert on["secure_boot"] and not off["secure_boot"]
     assert not state_of("handwritten_tree_h100_pcie_580.82.07_loaded_proprietary")[
         "secure_boot"
@@ -999,12 +1055,12 @@ def test_secure_boot_from_the_efi_variable():
 
 def test_unsigned_dkms_modules_under_secure_boot_are_refused_with_the_fix():
     state = {"gpu_present": True, "secure_boot": True}
-    errors = nv.secure_boot_errors(state, "dkms")
+    errors = secure_boot_errors(state, "dkms")
     assert errors and "mokutil --import /var/lib/dkms/mok.pub" in errors[0]
     assert "nvidia_driver_secure_boot_key_enrolled" in errors[0]
-    assert nv.secure_boot_errors(state, "dkms", key_enrolled=True) == []
-    assert nv.secure_boot_errors(state, "precompiled") == []  # signed by the distribution
-    assert nv.secure_boot_errors({"secure_boot": False}, "dkms") == []
+    assert secure_boot_errors(state, "dkms", key_enrolled=True) == []
+    assert secure_boot_errors(state, "precompiled") == []  # signed by the distribution
+    assert secure_boot_errors({"secure_boot": False}, "dkms") == []
 
 
 # ------------------------------------------- issue 29: boot kernel, deferred install, branch-only
@@ -1021,32 +1077,32 @@ def test_the_boot_kernel_is_the_newest_image_and_its_metapackage_brings_its_head
     """Item 1: GRUB boots the newest /boot/vmlinuz-* (GRUB_DEFAULT unset); the kernel metapackage's
     headers twin is installed so that later kernels come with headers."""
     probe_text = comment_free(TWO_KERNELS)
-    boot = nv.boot_kernel(probe_text)
+    boot = boot_kernel(probe_text)
     assert boot == {"kernel": "6.1.0-57-cloud-amd64", "known": True, "how": "newest /boot/vmlinuz-* (GRUB_DEFAULT=0)"}
-    images = nv.parse_probe(probe_text)["image_packages"].split()
-    assert nv.kernel_header_metapackages(platform("Debian-12"), images, "dkms") == ["linux-headers-cloud-amd64"]
-    assert nv.kernel_header_metapackages(platform("Debian-12"), images, "precompiled") == []
-    assert nv.kernel_header_metapackages(platform("RedHat-9"), ["linux-image-amd64"], "dkms") == []
+    images = parse_probe(probe_text)["image_packages"].split()
+    assert kernel_header_metapackages(platform("Debian-12"), images, "dkms") == ["linux-headers-cloud-amd64"]
+    assert kernel_header_metapackages(platform("Debian-12"), images, "precompiled") == []
+    assert kernel_header_metapackages(platform("RedHat-9"), ["linux-image-amd64"], "dkms") == []
 
 
 def test_the_boot_kernel_follows_version_order_not_text_order():
     probe_text = "#grubby\n#grub_default\n#images\n6.1.0-9-amd64\n6.1.0-10-amd64\n6.12.118+deb12-amd64\n"
-    assert nv.boot_kernel(probe_text)["kernel"] == "6.12.118+deb12-amd64"
+    assert boot_kernel(probe_text)["kernel"] == "6.12.118+deb12-amd64"
     probe_text = "#grubby\n#grub_default\n#images\n6.1.0-9-amd64\n6.1.0-10-amd64\n"
-    assert nv.boot_kernel(probe_text)["kernel"] == "6.1.0-10-amd64"
+    assert boot_kernel(probe_text)["kernel"] == "6.1.0-10-amd64"
 
 
 def test_the_boot_kernel_on_el_is_grubbys_default_and_an_unfollowed_grub_default_is_asked_for():
     grubby = (
         "#grubby\n/boot/vmlinuz-5.14.0-427.13.1.el9_4.x86_64\n#grub_default\n#images\n5.14.0-503.11.1.el9_5.x86_64\n"
     )
-    assert nv.boot_kernel(grubby)["kernel"] == "5.14.0-427.13.1.el9_4.x86_64"
+    assert boot_kernel(grubby)["kernel"] == "5.14.0-427.13.1.el9_4.x86_64"
     saved = comment_free(TWO_KERNELS).replace("#grub_default\n", "#grub_default\nGRUB_DEFAULT=0\nGRUB_DEFAULT=saved\n")
-    boot = nv.boot_kernel(saved)
+    boot = boot_kernel(saved)
     assert boot["known"] is False and boot["how"] == "GRUB_DEFAULT=saved"
-    assert "nvidia_driver_boot_kernel" in nv.boot_module_errors(boot, "", "535.261.03")[0]
-    assert nv.boot_kernel(saved, "6.1.0-47-cloud-amd64")["kernel"] == "6.1.0-47-cloud-amd64"
-    assert nv.boot_kernel("#grubby\n#grub_default\n#images\n") == {
+    assert "nvidia_driver_boot_kernel" in boot_module_errors(boot, "", "535.261.03")[0]
+    assert boot_kernel(saved, "6.1.0-47-cloud-amd64")["kernel"] == "6.1.0-47-cloud-amd64"
+    assert boot_kernel("#grubby\n#grub_default\n#images\n") == {
         "kernel": "",
         "known": True,
         "how": "no kernel image in /boot",
@@ -1055,15 +1111,13 @@ def test_the_boot_kernel_on_el_is_grubbys_default_and_an_unfollowed_grub_default
 
 def test_the_reboot_is_refused_when_the_boot_kernel_has_no_module():
     """Item 1: the module probe's rows for the boot kernel ('KERNEL VERSION', 'KERNEL none')."""
-    boot = nv.boot_kernel(comment_free(TWO_KERNELS))
-    errors = nv.boot_module_errors(boot, "6.1.0-57-cloud-amd64 none\n", "535.261.03", "gpu-01")
+    boot = boot_kernel(comment_free(TWO_KERNELS))
+    errors = boot_module_errors(boot, "6.1.0-57-cloud-amd64 none\n", "535.261.03", "gpu-01")
     assert len(errors) == 1
     assert "gpu-01 would boot kernel 6.1.0-57-cloud-amd64" in errors[0] and "refused" in errors[0]
-    assert nv.boot_module_errors(boot, "6.1.0-57-cloud-amd64 535.247.01\n", "535.261.03")  # an older build is no module
-    assert nv.boot_module_errors(boot, "6.1.0-57-cloud-amd64 535.261.03\n", "535.261.03") == []
-    assert (
-        nv.boot_module_errors({"kernel": "", "known": True, "how": "no kernel image in /boot"}, "", "535.261.03") == []
-    )
+    assert boot_module_errors(boot, "6.1.0-57-cloud-amd64 535.247.01\n", "535.261.03")  # an older build is no module
+    assert boot_module_errors(boot, "6.1.0-57-cloud-amd64 535.261.03\n", "535.261.03") == []
+    assert boot_module_errors({"kernel": "", "known": True, "how": "no kernel image in /boot"}, "", "535.261.03") == []
 
 
 def test_the_kernel_list_adds_the_boot_kernel_to_the_running_one():
@@ -1089,14 +1143,14 @@ DPKG_535 = "captured_debian12_535_dpkg-query_installed.txt"
 
 
 def test_installed_packages_keeps_only_installed_rows():
-    installed = nv.installed_packages(comment_free(DPKG_535))
+    installed = installed_packages(comment_free(DPKG_535))
     assert installed == {
         "firmware-nvidia-gsp": "535.261.03-1",
         "libcuda1": "535.261.03-1",
         "nvidia-kernel-dkms": "535.261.03-1",
     }
     rpm = "kmod-nvidia-open-dkms | 3:580.95.05-1.el9 | installed\npackage nvidia-driver-cuda is not installed\n"
-    assert nv.installed_packages(rpm) == {"kmod-nvidia-open-dkms": "3:580.95.05-1.el9"}
+    assert installed_packages(rpm) == {"kmod-nvidia-open-dkms": "3:580.95.05-1.el9"}
 
 
 def apt_install_state(plan, pin=""):
@@ -1112,21 +1166,21 @@ def apt_install_state(plan, pin=""):
 def test_a_branch_only_target_installs_the_newest_of_the_branch_when_the_host_runs_another():
     """Item 3: Debian's names carry no branch, so `present` kept 535 installed for a 550 target
     (Debian 13's branch). The host runs 535.261.03 (dpkg-query captured on Debian 12)."""
-    installed = nv.installed_packages(comment_free(DPKG_535))
+    installed = installed_packages(comment_free(DPKG_535))
     debian = platform("Debian-13")
-    other_branch = nv.install_plan(installed, debian, "distribution", "proprietary", "dkms", "headless", "550")
+    other_branch = install_plan(installed, debian, "distribution", "proprietary", "dkms", "headless", "550")
     assert other_branch["installed_version"] == "535.261.03" and not other_branch["current"]
     assert apt_install_state(other_branch) == "latest"
-    same_branch = nv.install_plan(
+    same_branch = install_plan(
         installed, platform("Debian-12"), "distribution", "proprietary", "dkms", "headless", "535"
     )
     assert same_branch["current"] and apt_install_state(same_branch) == "present"  # no drift inside the branch
-    pinned = nv.install_plan(
+    pinned = install_plan(
         installed, platform("Debian-12"), "distribution", "proprietary", "dkms", "headless", "535", "535.261.03"
     )
     assert pinned["current"] and apt_install_state(pinned, "535.261.03") == "latest"
     # Ubuntu from 590: nvidia-headless-open replaces nvidia-headless-580-open; 580 installed is not current.
-    ubuntu = nv.install_plan(
+    ubuntu = install_plan(
         {"nvidia-headless-580-open": "580.95.05-0ubuntu1"},
         platform("Ubuntu-24"),
         "cuda",
@@ -1144,20 +1198,20 @@ UNITS = "hf-train@imagenet.service loaded active running hf_loader training job 
 def test_the_install_waits_while_training_runs_and_the_driver_would_change():
     """Item 2: while hf-train@ runs, a driver change is deferred (nothing changes); a host already
     at the target goes on (nothing would change); stop_busy stops the units first instead."""
-    installed = nv.installed_packages(comment_free(DPKG_535))
-    units = nv.parse_units(UNITS)
+    installed = installed_packages(comment_free(DPKG_535))
+    units = parse_units(UNITS)
     args = (platform("Debian-13"), "distribution", "proprietary", "dkms", "headless")
-    waiting = nv.install_plan(installed, *args, "550", "", units)
+    waiting = install_plan(installed, *args, "550", "", units)
     assert (
         waiting["deferred"] and waiting["blocked_by"] == ["hf-train@imagenet.service"] and waiting["stop_units"] == []
     )
-    stopping = nv.install_plan(installed, *args, "550", "", units, True)
+    stopping = install_plan(installed, *args, "550", "", units, True)
     assert not stopping["deferred"] and stopping["stop_units"] == ["hf-train@imagenet.service"]
-    current = nv.install_plan(
+    current = install_plan(
         installed, platform("Debian-12"), "distribution", "proprietary", "dkms", "headless", "535", "", units
     )
     assert not current["deferred"] and current["stop_units"] == []
-    idle = nv.install_plan(installed, *args, "550")
+    idle = install_plan(installed, *args, "550")
     assert not idle["deferred"]
 
 

@@ -20,7 +20,31 @@ from pathlib import Path
 import jinja2
 import pytest
 import yaml
-from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as nv
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.compatibility import (
+    module_type_errors,
+    secure_boot_errors,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.fabric_manager import (
+    fabric_manager,
+    fabric_manager_availability_errors,
+    fabric_manager_held_names,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.package_index import (
+    availability_errors,
+    carried_versions,
+    planned_driver_version,
+    simulated_driver_version,
+    simulated_install_errors,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.packages import (
+    dkms_kernel_pin_packages,
+    plan_errors,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.probe import host_state, parse_probe
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.signing_key import (
+    key_fingerprint_errors,
+    openpgp_fingerprints,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = ROOT / "roles" / "nvidia_driver"
@@ -46,7 +70,7 @@ def tree_state(tree: str) -> dict:
         text=True,
         check=True,
     )
-    return nv.host_state(done.stdout)
+    return host_state(done.stdout)
 
 
 def task_text(name: str) -> str:
@@ -59,27 +83,27 @@ def task_text(name: str) -> str:
 @pytest.mark.parametrize("device", ["0x2342", "0x2348"])  # GH200 120GB/480GB, GH200 144G HBM3e
 def test_proprietary_modules_on_grace_hopper_are_refused(device):
     state = {"gpu_present": True, "gpu_device_ids": [device]}
-    errors = nv.module_type_errors(state, "proprietary", "580")
+    errors = module_type_errors(state, "proprietary", "580")
     assert errors and device in errors[0] and "nvidia_driver_kernel_modules: open" in errors[0], errors
-    assert nv.module_type_errors(state, "open", "580") == []
+    assert module_type_errors(state, "open", "580") == []
 
 
 def test_hopper_outside_grace_hopper_keeps_its_choice():
     # H100 SXM (0x2330) and H200 (0x2335) still have both flavours before 620.
-    assert nv.module_type_errors({"gpu_device_ids": ["0x2330", "0x2335"]}, "proprietary", "580") == []
+    assert module_type_errors({"gpu_device_ids": ["0x2330", "0x2335"]}, "proprietary", "580") == []
 
 
 @pytest.mark.parametrize("name", PLATFORMS)
 def test_proprietary_modules_from_nvidias_repository_end_before_620(name):
     data = platform(name)
-    errors = nv.plan_errors(data, "cuda", "620", "", "proprietary", "dkms", "headless")
+    errors = plan_errors(data, "cuda", "620", "", "proprietary", "dkms", "headless")
     assert any("nvidia_driver_kernel_modules proprietary" in error and "620" in error for error in errors), errors
-    assert nv.plan_errors(data, "cuda", "620", "", "open", "dkms", "headless") == []
-    assert nv.plan_errors(data, "cuda", "610", "", "proprietary", "dkms", "headless") == []
+    assert plan_errors(data, "cuda", "620", "", "open", "dkms", "headless") == []
+    assert plan_errors(data, "cuda", "610", "", "proprietary", "dkms", "headless") == []
 
 
 def test_the_distribution_archive_keeps_its_own_proprietary_branches():
-    assert nv.plan_errors(platform("Ubuntu-24"), "distribution", "580", "", "proprietary", "dkms", "server") == []
+    assert plan_errors(platform("Ubuntu-24"), "distribution", "580", "", "proprietary", "dkms", "server") == []
 
 
 def test_preflight_and_detection_run_the_module_checks_before_any_change():
@@ -107,7 +131,7 @@ SECURE_BOOT_KEYS = {
 @pytest.mark.parametrize("name", PLATFORMS)
 def test_secure_boot_message_names_the_key_dkms_signs_with_there(name):
     key = SECURE_BOOT_KEYS[name]
-    errors = nv.secure_boot_errors({"gpu_present": True, "secure_boot": True}, "dkms", False, platform(name))
+    errors = secure_boot_errors({"gpu_present": True, "secure_boot": True}, "dkms", False, platform(name))
     assert errors and f"mokutil --import {key}," in errors[0], errors
     other = {"/var/lib/shim-signed/mok/MOK.der", "/var/lib/dkms/mok.pub"} - {key}
     assert not any(path in errors[0] for path in other)
@@ -128,7 +152,7 @@ BOOKWORM_SIMULATION = "captured_molecule-mirror_bookworm_apt-get-simulate.txt"
 
 
 def test_a_transitional_package_that_pulls_in_another_branch_is_refused():
-    errors = nv.simulated_install_errors(fixture(TRANSITIONAL), "550")
+    errors = simulated_install_errors(fixture(TRANSITIONAL), "550")
     assert len(errors) == 1, errors
     assert "nvidia-headless-580 580.126.09-0ubuntu0.24.04.1" in errors[0]
     assert "nvidia_driver_branch 550" in errors[0]
@@ -137,9 +161,9 @@ def test_a_transitional_package_that_pulls_in_another_branch_is_refused():
 
 def test_the_simulation_passes_when_apt_installs_the_target():
     text = fixture(BOOKWORM_SIMULATION)
-    assert nv.simulated_install_errors(text, "580") == []
-    assert nv.simulated_install_errors(text, "580", "580.95.05") == []
-    errors = nv.simulated_install_errors(text, "580", "580.82.07")
+    assert simulated_install_errors(text, "580") == []
+    assert simulated_install_errors(text, "580", "580.95.05") == []
+    errors = simulated_install_errors(text, "580", "580.82.07")
     assert errors and "nvidia-driver-cuda 580.95.05-1" in errors[0] and "nvidia_driver_version 580.82.07" in errors[0]
     # Debian's own packages outside the driver (dkms 3.0.10, perl 5.36, cpp 4:12.2.0) are not judged.
     assert "dkms 3.0.10" not in errors[0] and "perl " not in errors[0] and "cpp " not in errors[0]
@@ -152,20 +176,20 @@ def test_a_simulation_apt_cannot_resolve_is_refused_with_aptes_reason():
         " nvidia-headless-550 : Depends: nvidia-headless-580 but it is not going to be installed\n"
         "E: Unable to correct problems, you have held broken packages.\n"
     )
-    errors = nv.simulated_install_errors(text, "550", "", "100")
+    errors = simulated_install_errors(text, "550", "", "100")
     assert errors and "rc 100" in errors[0] and "held broken packages" in errors[0]
 
 
 def test_the_driver_version_apt_resolves_and_the_planned_version():
     text = fixture(BOOKWORM_SIMULATION)
-    assert nv.simulated_driver_version(text, "nvidia-driver-cuda") == "580.95.05"
-    assert nv.simulated_driver_version(text, "nvidia-driver") == ""
+    assert simulated_driver_version(text, "nvidia-driver-cuda") == "580.95.05"
+    assert simulated_driver_version(text, "nvidia-driver") == ""
     carried = ["570.172.08", "580.82.07", "580.95.05", "590.44.01"]
-    assert nv.planned_driver_version(carried, "580", "580.82.07", "580.95.05") == "580.82.07"  # the pin
-    assert nv.planned_driver_version(carried, "580", "", "580.95.05", "580.82.07") == "580.82.07"  # kept
-    assert nv.planned_driver_version(carried, "580", "", "580.95.05") == "580.95.05"  # what apt installs
-    assert nv.planned_driver_version(carried, "580") == "580.95.05"  # dnf: newest of the stream
-    assert nv.planned_driver_version(carried, "535") == ""
+    assert planned_driver_version(carried, "580", "580.82.07", "580.95.05") == "580.82.07"  # the pin
+    assert planned_driver_version(carried, "580", "", "580.95.05", "580.82.07") == "580.82.07"  # kept
+    assert planned_driver_version(carried, "580", "", "580.95.05") == "580.95.05"  # what apt installs
+    assert planned_driver_version(carried, "580") == "580.95.05"  # dnf: newest of the stream
+    assert planned_driver_version(carried, "535") == ""
 
 
 # Stand-in stanzas for noble's archive, names, versions and the amd64 dependency taken from the
@@ -226,7 +250,7 @@ def run_sources_probe(tmp_path: Path, settings: dict, packages: list[str], prefe
         env=env,
         check=True,
     )
-    return nv.parse_probe(done.stdout)
+    return parse_probe(done.stdout)
 
 
 @pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt (make test-tools installs the host tools)")
@@ -238,13 +262,13 @@ def test_real_apt_under_the_roles_pin_installs_another_branch_and_the_plan_refus
     under the role's rendered 550 pin, and the plan must refuse what apt would install."""
     apt = private_apt_state(NOBLE_STANDIN)
     sections = run_sources_probe(tmp_path, apt, ["nvidia-headless-550"], rendered_preferences("550"))
-    carried = nv.carried_versions(
+    carried = carried_versions(
         sections["versions"], platform("Ubuntu-24"), "distribution", "proprietary", "dkms", "headless"
     )
-    assert nv.availability_errors(carried, "550", "", "noble") == []  # the old check lets it through
+    assert availability_errors(carried, "550", "", "noble") == []  # the old check lets it through
     assert sections["simulate_rc"].strip() == "0"
     assert "Inst nvidia-headless-580 (580.126.09-0ubuntu0.24.04.1" in sections["simulate"]
-    errors = nv.simulated_install_errors(sections["simulate"], "550", "", sections["simulate_rc"])
+    errors = simulated_install_errors(sections["simulate"], "550", "", sections["simulate_rc"])
     assert errors and "nvidia-headless-580 580.126.09-0ubuntu0.24.04.1" in errors[0], sections["simulate"]
 
 
@@ -254,8 +278,8 @@ def test_real_apt_installing_the_target_branch_passes_the_plan(tmp_path, private
     packages = ["nvidia-headless-580", "nvidia-utils-580"]
     sections = run_sources_probe(tmp_path, apt, packages, rendered_preferences("580"))
     assert sections["simulate_rc"].strip() == "0"
-    assert nv.simulated_install_errors(sections["simulate"], "580", "", sections["simulate_rc"]) == []
-    assert nv.simulated_driver_version(sections["simulate"], "nvidia-headless-580") == "580.126.09"
+    assert simulated_install_errors(sections["simulate"], "580", "", sections["simulate_rc"]) == []
+    assert simulated_driver_version(sections["simulate"], "nvidia-headless-580") == "580.126.09"
 
 
 def test_the_plan_runs_the_simulation_and_refuses_before_the_first_change():
@@ -288,15 +312,15 @@ HGX_B200 = "handwritten_tree_hgx_b200_8gpu_nvlink5_580.95.05_open"
 )
 def test_packages_held_at_the_driver_version_include_libnvsdm_on_nvlink5_x86_64(tree, name, branch, arch, held):
     state = tree_state(tree)
-    assert nv.fabric_manager_held_names(state, "auto", platform(name), "cuda", branch, "", arch) == held
-    fm = nv.fabric_manager(state, "auto", platform(name), "cuda", branch, f"{branch}.95.05", "", arch)
+    assert fabric_manager_held_names(state, "auto", platform(name), "cuda", branch, "", arch) == held
+    fm = fabric_manager(state, "auto", platform(name), "cuda", branch, f"{branch}.95.05", "", arch)
     assert fm["held"] == held
     assert all(spec.split("=")[0].split(f"-{branch}.95.05")[0] in fm["packages"] for spec in fm["specs"])
 
 
 def test_nvlink5_waits_for_ib_umad_and_mlx5_core_and_nvswitch_hosts_do_not():
-    b200 = nv.fabric_manager(tree_state(HGX_B200), "auto", platform("Ubuntu-24"), "cuda", "580", "580.95.05")
-    h100 = nv.fabric_manager(tree_state(HGX_H100), "auto", platform("Ubuntu-24"), "cuda", "580", "580.95.05")
+    b200 = fabric_manager(tree_state(HGX_B200), "auto", platform("Ubuntu-24"), "cuda", "580", "580.95.05")
+    h100 = fabric_manager(tree_state(HGX_H100), "auto", platform("Ubuntu-24"), "cuda", "580", "580.95.05")
     assert b200["wait_modules"] == ["mlx5_core", "ib_umad"]
     assert h100["wait_modules"] == []
     reboot = task_text("reboot.yml")
@@ -307,11 +331,9 @@ def test_nvlink5_waits_for_ib_umad_and_mlx5_core_and_nvswitch_hosts_do_not():
 
 def test_no_fabric_manager_packages_are_read_where_none_is_needed():
     state = tree_state("handwritten_tree_rtx4090_nouveau_no_driver")
-    assert nv.fabric_manager_held_names(state, "auto", platform("Ubuntu-24"), "cuda", "580") == []
+    assert fabric_manager_held_names(state, "auto", platform("Ubuntu-24"), "cuda", "580") == []
     # A source without a fabric manager is refused by fabric_manager_errors in the detection, not listed here.
-    assert (
-        nv.fabric_manager_held_names(tree_state(HGX_H100), "auto", platform("Debian-12"), "distribution", "535") == []
-    )
+    assert fabric_manager_held_names(tree_state(HGX_H100), "auto", platform("Debian-12"), "distribution", "535") == []
 
 
 # `apt-cache madison` rows in the shape apt prints for NVIDIA's repository (handwritten: the
@@ -325,28 +347,28 @@ libnvsdm | 580.95.05-1 | https://repo.invalid/compute/cuda/repos/ubuntu2404/x86_
 
 
 def test_a_fabric_manager_set_missing_at_the_driver_version_is_refused_before_the_install():
-    fm = nv.fabric_manager(tree_state(HGX_H100), "auto", platform("Ubuntu-24"), "cuda", "580", "580.95.05")
-    errors = nv.fabric_manager_availability_errors(FM_MADISON, fm, "NVIDIA's repository")
+    fm = fabric_manager(tree_state(HGX_H100), "auto", platform("Ubuntu-24"), "cuda", "580", "580.95.05")
+    errors = fabric_manager_availability_errors(FM_MADISON, fm, "NVIDIA's repository")
     assert len(errors) == 1 and "libnvidia-nscq (has 580.82.07)" in errors[0], errors
     assert "nvidia-fabricmanager" not in errors[0].split("carries no")[1].split("at driver")[0]
     assert "nvidia_driver_fabric_manager: never" in errors[0]
-    older = nv.fabric_manager(tree_state(HGX_H100), "auto", platform("Ubuntu-24"), "cuda", "580", "580.82.07")
-    assert nv.fabric_manager_availability_errors(FM_MADISON, older, "NVIDIA's repository") == []
+    older = fabric_manager(tree_state(HGX_H100), "auto", platform("Ubuntu-24"), "cuda", "580", "580.82.07")
+    assert fabric_manager_availability_errors(FM_MADISON, older, "NVIDIA's repository") == []
 
 
 def test_libnvsdm_missing_on_nvlink5_is_refused_and_dnf_rows_are_read_too():
-    b200 = nv.fabric_manager(tree_state(HGX_B200), "auto", platform("RedHat-9"), "cuda", "580", "580.82.07")
+    b200 = fabric_manager(tree_state(HGX_B200), "auto", platform("RedHat-9"), "cuda", "580", "580.82.07")
     rows = (
         "nvidia-fabricmanager | 3:580.82.07-1.el9 | cuda-rhel9-x86_64\n"
         "libnvidia-nscq | 3:580.82.07-1.el9 | cuda-rhel9-x86_64\n"
         "libnvsdm | 3:580.95.05-1.el9 | cuda-rhel9-x86_64\n"
     )
-    errors = nv.fabric_manager_availability_errors(rows, b200, "NVIDIA's repository")
+    errors = fabric_manager_availability_errors(rows, b200, "NVIDIA's repository")
     assert errors and "libnvsdm (has 580.95.05)" in errors[0]
     rows += "libnvsdm | 3:580.82.07-1.el9 | cuda-rhel9-x86_64\n"
-    assert nv.fabric_manager_availability_errors(rows, b200, "NVIDIA's repository") == []
-    none = nv.fabric_manager(tree_state("handwritten_tree_vm_no_gpu"), "auto", platform("RedHat-9"), "cuda", "580", "")
-    assert nv.fabric_manager_availability_errors("", none, "NVIDIA's repository") == []
+    assert fabric_manager_availability_errors(rows, b200, "NVIDIA's repository") == []
+    none = fabric_manager(tree_state("handwritten_tree_vm_no_gpu"), "auto", platform("RedHat-9"), "cuda", "580", "")
+    assert fabric_manager_availability_errors("", none, "NVIDIA's repository") == []
 
 
 # ------------------------------------------- item 11: the dnf repository's id and file
@@ -412,14 +434,14 @@ RUNNING_EL9 = "5.14.0-427.13.1.el9_4.x86_64"
 def test_el9_installs_kernel_devel_matched_at_the_running_kernel_before_dkms():
     """dkms requires (kernel-devel-matched if kernel-core) on EL9; unpinned, dnf takes the newest,
     with a newer kernel that the next boot starts."""
-    assert nv.dkms_kernel_pin_packages(platform("RedHat-9"), RUNNING_EL9, "dkms") == [
+    assert dkms_kernel_pin_packages(platform("RedHat-9"), RUNNING_EL9, "dkms") == [
         f"kernel-devel-matched-{RUNNING_EL9}"
     ]
-    assert nv.dkms_kernel_pin_packages(platform("RedHat-9"), RUNNING_EL9, "precompiled") == []
+    assert dkms_kernel_pin_packages(platform("RedHat-9"), RUNNING_EL9, "precompiled") == []
     for name in ("RedHat-8", "Debian-12", "Ubuntu-24"):  # no kernel-devel-matched there
-        assert nv.dkms_kernel_pin_packages(platform(name), "6.1.0-50-amd64", "dkms") == []
+        assert dkms_kernel_pin_packages(platform(name), "6.1.0-50-amd64", "dkms") == []
     with pytest.raises(ValueError, match="not a kernel release"):
-        nv.dkms_kernel_pin_packages(platform("RedHat-9"), "latest", "dkms")
+        dkms_kernel_pin_packages(platform("RedHat-9"), "latest", "dkms")
 
 
 def test_the_pin_is_among_the_header_packages_installed_and_probed_before_the_driver():
@@ -489,7 +511,7 @@ def probe_nvidia_repository(base, key, preferences, fabric_manager) -> dict:
         text=True,
         check=True,
     )
-    return nv.parse_probe(done.stdout)
+    return parse_probe(done.stdout)
 
 
 @pytest.mark.skipif(
@@ -506,28 +528,28 @@ def test_nvidias_repository_path_resolves_the_pin_and_refuses_a_fabric_manager_s
     base, key = build_signed_mirror(tmp_path)
     debian = platform("Debian-12")
     hgx = tree_state(HGX_H100)
-    held = nv.fabric_manager_held_names(hgx, "auto", debian, "cuda", "580")
+    held = fabric_manager_held_names(hgx, "auto", debian, "cuda", "580")
     assert held == ["nvidia-fabricmanager", "libnvidia-nscq"]
 
     pinned = probe_nvidia_repository(base, key, rendered_preferences("580", "580.82.07"), held)
     assert pinned["simulate_rc"].strip() == "0", pinned["simulate"]
-    assert nv.simulated_install_errors(pinned["simulate"], "580", "580.82.07", pinned["simulate_rc"]) == []
-    version = nv.simulated_driver_version(pinned["simulate"], "nvidia-driver-cuda")
+    assert simulated_install_errors(pinned["simulate"], "580", "580.82.07", pinned["simulate_rc"]) == []
+    version = simulated_driver_version(pinned["simulate"], "nvidia-driver-cuda")
     assert version == "580.82.07"
-    fm = nv.fabric_manager(hgx, "auto", debian, "cuda", "580", version)
-    assert nv.fabric_manager_availability_errors(pinned["fabric_manager"], fm, "the mirror") == []
+    fm = fabric_manager(hgx, "auto", debian, "cuda", "580", version)
+    assert fabric_manager_availability_errors(pinned["fabric_manager"], fm, "the mirror") == []
 
     # Item 11: the key the probe used comes back with it, and its fingerprint is what gpg says.
-    assert nv.openpgp_fingerprints(pinned["key"]) == nv.openpgp_fingerprints(key)
-    assert nv.key_fingerprint_errors(pinned["key"], ["EB693B3035CD5710E231E123A4B469963BF863CC"], "the mirror")
+    assert openpgp_fingerprints(pinned["key"]) == openpgp_fingerprints(key)
+    assert key_fingerprint_errors(pinned["key"], ["EB693B3035CD5710E231E123A4B469963BF863CC"], "the mirror")
 
     branch = probe_nvidia_repository(base, key, rendered_preferences("580"), held)
-    carried = nv.carried_versions(branch["versions"], debian, "cuda", "open", "dkms", "headless")
-    simulated = nv.simulated_driver_version(branch["simulate"], "nvidia-driver-cuda")
-    version = nv.planned_driver_version(carried, "580", "", simulated)
+    carried = carried_versions(branch["versions"], debian, "cuda", "open", "dkms", "headless")
+    simulated = simulated_driver_version(branch["simulate"], "nvidia-driver-cuda")
+    version = planned_driver_version(carried, "580", "", simulated)
     assert version == "580.95.05"
-    fm = nv.fabric_manager(hgx, "auto", debian, "cuda", "580", version)
-    errors = nv.fabric_manager_availability_errors(branch["fabric_manager"], fm, "the mirror")
+    fm = fabric_manager(hgx, "auto", debian, "cuda", "580", version)
+    errors = fabric_manager_availability_errors(branch["fabric_manager"], fm, "the mirror")
     assert errors and "libnvidia-nscq (has 580.82.07)" in errors[0]
 
 
@@ -552,16 +574,16 @@ def test_a_key_that_is_not_the_repositorys_is_refused_by_its_fingerprint(tmp_pat
         [*gpg, "--with-colons", "--fingerprint", "--fingerprint"], env=env, check=True, capture_output=True, text=True
     ).stdout
     expected = [line.split(":")[9] for line in colons.splitlines() if line.startswith("fpr:")]
-    assert len(expected) == 2 and nv.openpgp_fingerprints(armored) == expected
+    assert len(expected) == 2 and openpgp_fingerprints(armored) == expected
     nvidia = platform("Ubuntu-24")["repo_key_fingerprints"]
-    errors = nv.key_fingerprint_errors(armored, nvidia, "NVIDIA's repository")
+    errors = key_fingerprint_errors(armored, nvidia, "NVIDIA's repository")
     assert errors and expected[0] in errors[0] and "nvidia_driver_repo_key_fingerprints" in errors[0]
-    assert nv.key_fingerprint_errors(armored, [expected[0]], "x") == []
-    assert nv.key_fingerprint_errors(armored, [expected[1][-16:].lower()], "x") == []  # the subkey's key id
+    assert key_fingerprint_errors(armored, [expected[0]], "x") == []
+    assert key_fingerprint_errors(armored, [expected[1][-16:].lower()], "x") == []  # the subkey's key id
     spaced = " ".join(expected[0][i : i + 4] for i in range(0, 40, 4))
-    assert nv.key_fingerprint_errors(armored, [spaced], "x") == []
-    assert nv.key_fingerprint_errors(armored, [], "x") == []
-    assert "cannot be read" in nv.key_fingerprint_errors("not a key", nvidia, "x")[0]
+    assert key_fingerprint_errors(armored, [spaced], "x") == []
+    assert key_fingerprint_errors(armored, [], "x") == []
+    assert "cannot be read" in key_fingerprint_errors("not a key", nvidia, "x")[0]
 
 
 @pytest.mark.parametrize("name", PLATFORMS)
@@ -610,13 +632,13 @@ def test_a_debian_host_without_contrib_is_refused_naming_contrib(tmp_path, priva
     apt = private_apt_state(DEBIAN_WITHOUT_CONTRIB)
     sections = run_sources_probe(tmp_path, apt, ["nvidia-driver-cuda"], rendered_preferences("580"))
     assert sections["simulate_rc"].strip() == "100", sections["simulate"]
-    errors = nv.simulated_install_errors(sections["simulate"], "580", "", sections["simulate_rc"], unmet_hint=hint)
+    errors = simulated_install_errors(sections["simulate"], "580", "", sections["simulate_rc"], unmet_hint=hint)
     assert len(errors) == 1 and "contrib" in errors[0] and "apt-get update" in errors[0]
     assert "nvidia-kernel-common" in errors[0] or "nvidia-support" in errors[0]
     # Where apt names none of contrib's packages, the message stays apt's own.
     assert (
         "contrib"
-        not in nv.simulated_install_errors("E: Unable to locate package x\n", "580", "", "100", unmet_hint=hint)[0]
+        not in simulated_install_errors("E: Unable to locate package x\n", "580", "", "100", unmet_hint=hint)[0]
     )
 
 
@@ -625,7 +647,7 @@ def test_a_debian_host_with_contrib_passes(tmp_path, private_apt_state, rendered
     apt = private_apt_state(DEBIAN_WITH_CONTRIB)
     sections = run_sources_probe(tmp_path, apt, ["nvidia-driver-cuda"], rendered_preferences("580"))
     hint = platform("Debian-12")["sources"]["cuda"]["unmet_hint"]
-    assert nv.simulated_install_errors(sections["simulate"], "580", "", sections["simulate_rc"], unmet_hint=hint) == []
+    assert simulated_install_errors(sections["simulate"], "580", "", sections["simulate_rc"], unmet_hint=hint) == []
 
 
 def test_the_plan_hands_the_platforms_contrib_remedy_to_the_simulation_check():

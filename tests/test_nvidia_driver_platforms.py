@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.gpu_fleet.common.plugins.filter import nvidia_driver as nv
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.packages import package_names, plan_errors
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.versions import version_tuple
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = ROOT / "roles" / "nvidia_driver"
@@ -68,8 +69,8 @@ def test_every_offered_combination_gives_packages(name, source, modules, build, 
     assert modules in OPTIONS["nvidia_driver_kernel_modules"]["choices"]
     assert build in OPTIONS["nvidia_driver_build"]["choices"]
     assert flavour in OPTIONS["nvidia_driver_flavour"]["choices"]
-    assert nv.plan_errors(data, source, branch, "", modules, build, flavour) == []
-    names = nv.package_names(data, source, branch, modules, build, flavour, ["6.8.0-45-generic"])
+    assert plan_errors(data, source, branch, "", modules, build, flavour) == []
+    names = package_names(data, source, branch, modules, build, flavour, ["6.8.0-45-generic"])
     assert names and all("{" not in package for package in names)
     if data["family"] == "apt":
         # the preferences file must hold every driver package at the branch or pin
@@ -85,7 +86,7 @@ def test_every_offered_combination_gives_packages(name, source, modules, build, 
 def test_defaults_install_on_every_platform():
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
     for name in SUPPORTED:
-        errors = nv.plan_errors(
+        errors = plan_errors(
             platform(name),
             defaults["nvidia_driver_source"],
             defaults["nvidia_driver_branch"],
@@ -297,7 +298,7 @@ def test_the_apt_pin_holds_every_package_built_from_the_driver_when_a_newer_bran
     listing = "\n".join(line for line in ARCHIVE_LISTING.read_text().splitlines() if not line.startswith("#"))
     stanzas = [dict(line.split(": ", 1) for line in stanza.splitlines()) for stanza in listing.strip().split("\n\n")]
     bookworm = {s["Package"]: s["Version"] for s in stanzas if s["Version"].startswith(branch + ".")}
-    newer = {s["Package"] for s in stanzas if nv.version_tuple(s["Version"])[0] > int(branch)}
+    newer = {s["Package"] for s in stanzas if version_tuple(s["Version"])[0] > int(branch)}
     assert {"libglx-nvidia0", "libegl-nvidia0", "libgl1-nvidia-glvnd-glx"} <= set(
         bookworm
     ) & newer  # the listing shows it
@@ -307,8 +308,8 @@ def test_the_apt_pin_holds_every_package_built_from_the_driver_when_a_newer_bran
     def held(name, version):
         candidate = candidates.get(name, "0.0")
         if pin and version.startswith(pin):
-            return nv.version_tuple(candidate) == nv.version_tuple(version)
-        return nv.version_tuple(candidate)[0] == int(branch)
+            return version_tuple(candidate) == version_tuple(version)
+        return version_tuple(candidate)[0] == int(branch)
 
     escaped = {
         name: candidates.get(name) for name, version in bookworm.items() if name in newer and not held(name, version)

@@ -17,7 +17,7 @@ build() writes, under the lab's gpu-sim folder (<LAB_DIR>/gpu-sim):
 
 The package set is what the nvidia_driver role installs for nvidia_driver_source cuda,
 kernel modules open, build dkms, flavour headless on Debian 12 (vars/Debian-12.yml;
-package_names() in the gpu_fleet.common nvidia_driver filter), with the dependencies that
+package_names() in gpu_fleet.common module_utils/nvidia_driver/packages.py), with the dependencies that
 molecule/nvidia_driver/files/mirror-packages.tsv gives them. tests/test_gpu_sim.py checks
 both. Where the simulated packages differ from NVIDIA's, the difference is said at the
 package below.

@@ -20,15 +20,17 @@ import re
 
 from ansible_collections.gpu_fleet.common.plugins.filter.cordon import text as cordon_text
 from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_jobs import JOB_MODES
-from ansible_collections.gpu_fleet.common.plugins.filter.nvidia_driver import (
+from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.probe import (
     parse_proc_version,
     parse_units,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.versions import (
     pin_in_branch,
     valid_branch,
     valid_pin,
     version_matches,
 )
-from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed
 
 # A record's state, in the order the report sorts them (worst first).
 STATES = ("failed", "reboot-pending", "unreachable", "skipped", "not-reached", "upgraded", "current")
