@@ -485,7 +485,7 @@ def test_the_cuda_stand_in_without_a_driver_fewer_gpus_or_before_the_reboot(tmp_
 
 
 def test_the_health_gate_reads_the_stand_ins_failure_naming_the_gpu(tmp_path):
-    from ansible_collections.gpu_fleet.common.plugins.filter import health_gate
+    from ansible_collections.gpu_fleet.common.plugins.module_utils.health_gate.cuda import cuda_problems
 
     root = sim_root(tmp_path, fail="0")
     program = root.parent / "gpu-check"
@@ -497,7 +497,7 @@ def test_the_health_gate_reads_the_stand_ins_failure_naming_the_gpu(tmp_path):
         env={**os.environ, "LAB_GPU_SIM_ROOT": str(root)},
         check=False,
     )
-    problems = health_gate.cuda_problems(done.stdout, done.stderr, done.returncode, ["gpu-check"], 300)
+    problems = cuda_problems(done.stdout, done.stderr, done.returncode, ["gpu-check"], 300)
     assert [(p["check"], p["gpu"]) for p in problems] == [("cuda", 0)]
     assert problems[0]["what"].startswith("GPU 0 (NVIDIA H200, GPU-") and "00000000:18:00.0" in problems[0]["what"]
 
@@ -527,17 +527,20 @@ def smi_q(monkeypatch, tmp_path, capsys, fabric_text=None) -> tuple[int, str]:
 
 
 def test_nvidia_smi_q_gives_the_fabric_section_the_health_gate_reads(monkeypatch, tmp_path, capsys):
-    from ansible_collections.gpu_fleet.common.plugins.filter import health_gate
+    from ansible_collections.gpu_fleet.common.plugins.module_utils.health_gate.fabric import (
+        fabric_parse,
+        fabric_problems,
+    )
 
     code, out = smi_q(monkeypatch, tmp_path, capsys)
     assert code == 0
-    gpus = health_gate.fabric_parse(out)
+    gpus = fabric_parse(out)
     assert [(g["index"], g["bus_id"], g["name"]) for g in gpus] == [
         (0, "00000000:18:00.0", "NVIDIA H200"),
         (1, "00000000:2A:00.0", "NVIDIA H200"),
     ]
     assert [g["fabric"] for g in gpus] == [{"State": "N/A", "Status": "N/A"}] * 2  # outside an NVSwitch fabric
-    assert health_gate.fabric_problems(out, 0, "active", "nvidia-fabricmanager", 120) == []
+    assert fabric_problems(out, 0, "active", "nvidia-fabricmanager", 120) == []
 
 
 @pytest.mark.parametrize(
@@ -549,14 +552,14 @@ def test_nvidia_smi_q_gives_the_fabric_section_the_health_gate_reads(monkeypatch
     ],
 )
 def test_nvidia_smi_q_fault_injection_fails_every_gpus_fabric(monkeypatch, tmp_path, capsys, fabric_text, wanted):
-    from ansible_collections.gpu_fleet.common.plugins.filter import health_gate
+    from ansible_collections.gpu_fleet.common.plugins.module_utils.health_gate.fabric import fabric_problems
 
     code, out = smi_q(monkeypatch, tmp_path, capsys, fabric_text)
-    problems = health_gate.fabric_problems(out, code, "active", "nvidia-fabricmanager", 120)
+    problems = fabric_problems(out, code, "active", "nvidia-fabricmanager", 120)
     assert [p["gpu"] for p in problems] == [0, 1]
     assert all(wanted in p["what"] for p in problems), problems
     _code, out = smi_q(monkeypatch, tmp_path, capsys, "Completed\n")
-    assert health_gate.fabric_problems(out, 0, "active", "nvidia-fabricmanager", 120) == []
+    assert fabric_problems(out, 0, "active", "nvidia-fabricmanager", 120) == []
 
 
 # ------------------------------------------------------------------ the build (dpkg-deb, gpg)

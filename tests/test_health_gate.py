@@ -24,16 +24,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.gpu_fleet.common.plugins.filter.health_gate import (
-    cuda_problems,
-    cuda_report,
-    dcgmi_parse,
-    dcgmi_problems,
+from ansible_collections.gpu_fleet.common.plugins.module_utils.health_gate.cuda import cuda_problems, cuda_report
+from ansible_collections.gpu_fleet.common.plugins.module_utils.health_gate.dcgm import dcgmi_parse, dcgmi_problems
+from ansible_collections.gpu_fleet.common.plugins.module_utils.health_gate.fabric import fabric_parse, fabric_problems
+from ansible_collections.gpu_fleet.common.plugins.module_utils.health_gate.problems import verdict
+from ansible_collections.gpu_fleet.common.plugins.module_utils.health_gate.settings import (
     fabric_needed,
-    fabric_parse,
-    fabric_problems,
     settings_errors,
-    verdict,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
