@@ -11,7 +11,7 @@ from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout import (
     target_errors,
     valid_serial,
 )
-from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_jobs import job_drains
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.drains import job_drains
 
 # /proc/driver/nvidia/version as the open module writes it (the format parse_proc_version reads).
 PROC_580_82 = (

@@ -15,16 +15,15 @@ import json
 
 import pytest
 from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout import host_plan
-from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_jobs import (
-    FilterModule,
+from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_jobs import FilterModule
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.drains import job_drains, job_restarts
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.job_records import job_records
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.schedule import (
     budget_errors,
     budget_stop,
-    job_drains,
-    job_records,
-    job_restarts,
     schedule,
-    slurm_jobs,
 )
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.slurm_jobs import slurm_jobs
 
 PROC_580_82 = (
     "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.82.07  Release Build  (dvs-builder@U16-I3-B03-4-3)"

@@ -13,7 +13,6 @@ import json
 
 import pytest
 from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout import host_plan, report, report_markdown
-from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_jobs import schedule
 from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_phase import (
     FilterModule,
     canary_mark,
@@ -21,6 +20,7 @@ from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_phase im
     phase_schedule,
     rest_gate,
 )
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.schedule import schedule
 
 PROC_580_82 = (
     "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.82.07  Release Build  (dvs-builder@U16-I3-B03-4-3)"

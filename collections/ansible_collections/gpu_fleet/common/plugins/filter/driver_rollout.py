@@ -7,7 +7,7 @@
 - `outcome`: after the nvidia_driver role, what the host is: upgraded or current only when
   the loaded driver is the target and the role verified it; reboot-pending when the role
   deferred the reboot; failed otherwise (the install deferred under a job names the job).
-- `canary`, batches and jobs: driver_rollout_jobs.py.
+- `canary`, batches and jobs: module_utils/driver_rollout/.
 - `batch_verdict`: after a batch, whether the rollout goes on (max_fail_percentage).
 - `report`: one row per host (its driver before and after, its state, why) and why the
   rollout stopped, if it did; `report_markdown` renders it.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 
 from ansible_collections.gpu_fleet.common.plugins.filter.cordon import text as cordon_text
-from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_jobs import JOB_MODES
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.job_records import JOB_MODES
 from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed
 from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.probe import (
     parse_proc_version,
