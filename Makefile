@@ -8,7 +8,7 @@ CONTROLLER_STAMP := $(VENV)/.installed-$(shell sha256sum requirements/controller
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 
-.PHONY: help venv engine wheelhouse test-tools test-deps lint pytest molecule test lock clean
+.PHONY: help venv engine wheelhouse test-tools test-deps lint pytest molecule rehearsals test lock clean
 WHEELHOUSE_DIR ?= /var/cache/gpu-fleet/wheelhouse
 
 help: ## list targets
@@ -60,8 +60,12 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff
 pytest: venv test-tools wheelhouse loader-venv ## unit tests of the roles' logic and the project's conventions (the Slurm health check runs the real hf-cache-test)
 	PYTHONPATH=$(CURDIR)/scripts $(BIN)/pytest -q -rs --durations=15 -p pytest_skip_policy tests
 
-molecule: venv engine loader-venv wheelhouse ## every Molecule scenario, full sequence with idempotence, in two lanes
-	WHEELHOUSE_DIR=$(WHEELHOUSE_DIR) bash scripts/molecule-lanes.sh
+molecule: venv engine loader-venv wheelhouse ## every Molecule scenario, full sequence with idempotence, two side by side
+	WHEELHOUSE_DIR=$(WHEELHOUSE_DIR) bash scripts/rehearsals.sh
+
+# The labs' make targets build what else they need; test-deps has built the venvs before make test runs this.
+rehearsals: venv engine loader-venv wheelhouse ## every Molecule scenario and the labs' short versions, three side by side (make test)
+	WHEELHOUSE_DIR=$(WHEELHOUSE_DIR) bash scripts/rehearsals.sh --labs
 
 test: ## everything CI checks: lint, pytest, molecule; prints a summary
 	bash scripts/run-tests.sh

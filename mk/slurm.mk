@@ -1,5 +1,5 @@
 # The fleet's lab hosts as a Slurm cluster (scripts/slurm_lab.py, playbooks/slurm.yml). Included by
-# the Makefile; not part of `make test`. Run one at a time: docs/lab.md says why.
+# the Makefile. lab-slurm-short is part of `make test` (scripts/rehearsals.sh); the others are not.
 SLURM_LAB_ARGS ?=
 
 .PHONY: lab-slurm
@@ -21,7 +21,7 @@ lab-slurm-upgrade: venv $(LAB_PYTHON_DEP) ## lab-slurm with simulated GPUs, then
 
 .PHONY: lab-slurm-short
 
-lab-slurm-short: venv $(LAB_PYTHON_DEP) ## lab-slurm-upgrade's short version: the requeued job's restart is not waited for
+lab-slurm-short: venv $(LAB_PYTHON_DEP) ## lab-slurm-upgrade's short version (in make test): the requeued job's restart is not waited for
 	LAB_PYTHON=$(LAB_PYTHON) $(BIN)/python scripts/slurm_lab.py --rollout --short $(SLURM_LAB_ARGS)
 
 .PHONY: lab-slurm-job-upgrade

@@ -23,14 +23,21 @@ SCENARIO_OF_ROLE = {"hf_loader": "default"}
 REHEARSAL_OF_ROLE = {
     "fleet_pull": ("scripts/pull_lab.py", "lab-pull-short"),
     "upgrade_driver": ("scripts/upgrade_rehearsal.py", "lab-upgrade-short"),
+    # The Slurm roles need a controller and nodes that reach each other (munge, slurmctld,
+    # slurmd): the Slurm lab runs them on lab hosts, their second run changing nothing.
+    "slurm_controller": ("scripts/slurm_lab.py", "lab-slurm-short"),
+    "slurm_node": ("scripts/slurm_lab.py", "lab-slurm-short"),
 }
-# The Slurm roles need a controller and nodes that reach each other (munge, slurmctld, slurmd): the
-# Slurm lab runs them on lab hosts, their second run changing nothing (make lab-slurm-short, alone:
-# beside the other labs it took make test to 51 minutes, docs/testing.md).
-LAB_OF_ROLE = {
-    "slurm_controller": ("scripts/slurm_lab.py", "lab-slurm-short", "mk/slurm.mk"),
-    "slurm_node": ("scripts/slurm_lab.py", "lab-slurm-short", "mk/slurm.mk"),
-}
+
+
+def labs_in_make_test() -> list[str]:
+    """The labs `make test` runs: those of scripts/rehearsals.sh's queue, when it is a stage."""
+    stages = re.search(r"declare -a STAGES=\((.*)\)", (ROOT / "scripts" / "run-tests.sh").read_text())[1]
+    if "rehearsals" not in re.split(r"[ +]", stages):
+        return []
+    return re.search(r'^LABS="(.*)"', (ROOT / "scripts" / "rehearsals.sh").read_text(), re.M)[1].split()
+
+
 # fleet_artifact touches no host (set_stats and a file on the controller): pytest runs the
 # runbooks that apply it on this machine and reads both (tests/test_run_results.py).
 # ebs_volumes works on EC2 through amazon.aws, which no container stands in for: pytest runs
@@ -92,14 +99,9 @@ def test_role_has_the_standard_files(role):
         assert (ROOT / "roles" / role / relative).is_file(), relative
     if role in REHEARSAL_OF_ROLE:
         script, target = REHEARSAL_OF_ROLE[role]
-        stages = re.search(r"declare -a STAGES=\((.*)\)", (ROOT / "scripts" / "run-tests.sh").read_text())[1]
         makefiles = [ROOT / "Makefile", *sorted((ROOT / "mk").glob("*.mk"))]
-        assert (ROOT / script).is_file() and target in re.split(r"[ +]", stages), (target, stages)
+        assert (ROOT / script).is_file() and target in labs_in_make_test(), (target, labs_in_make_test())
         assert any(f"\n{target}:" in path.read_text() for path in makefiles), f"no make target {target}"
-        return
-    if role in LAB_OF_ROLE:
-        script, target, makefile = LAB_OF_ROLE[role]
-        assert (ROOT / script).is_file() and f"\n{target}:" in (ROOT / makefile).read_text()
         return
     if role in PYTEST_OF_ROLE:
         assert (ROOT / PYTEST_OF_ROLE[role]).is_file()

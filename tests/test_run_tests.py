@@ -68,14 +68,14 @@ def test_a_failed_stage_side_by_side_is_named_and_fails_the_run_and_the_others_g
     done, ran = run_tests(tmp_path, failing={"loader-test"})
     assert done.returncode != 0
     result = summary(done.stdout)
-    assert result["loader-test"] == "FAILED" and result["pytest"] == "ok" and result["molecule"] == "ok"
+    assert result["loader-test"] == "FAILED" and result["pytest"] == "ok" and result["rehearsals"] == "ok"
     assert "1 stage(s) failed" in done.stdout
     assert "===== why loader-test failed" in done.stdout
-    assert "lab-pull-short" in spans(ran)
+    assert "rehearsals" in spans(ran)
 
 
 def test_a_failed_test_deps_stops_before_the_stages_that_need_it(tmp_path):
     done, ran = run_tests(tmp_path, failing={"test-deps"})
     assert done.returncode != 0
     assert summary(done.stdout) == {"venv": "ok", "engine": "ok", "lint": "ok", "test-deps": "FAILED"}
-    assert "pytest" not in spans(ran) and "molecule" not in spans(ran)
+    assert "pytest" not in spans(ran) and "rehearsals" not in spans(ran)

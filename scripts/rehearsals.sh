@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# `make molecule` and `make rehearsals`: every Molecule scenario's full sequence and, with
+# --labs, the labs' short versions, taken from one queue by workers that run side by side.
+#
+# A queue, not fixed lanes: each worker takes the next job when its last one ends, so no core
+# waits while a lane's last, long job runs alone, and the labs (waiting on reboots and systemd)
+# fill the time Molecule leaves idle. The queue starts with the longest jobs (ORDER, measured),
+# so that the short ones fill the end.
+#
+# Jobs share nothing they write: scenarios' containers carry the scenario's name, each prepare
+# records and detaches its own loop devices, each lab has its own prefix, network and folder.
+# Each job's output goes to .cache/test-logs/JOB.log (molecule-SCENARIO.log for a scenario); a
+# failed job's tail is printed at the end (CI keeps only the tail).
+#
+#   --labs                  the labs' short versions too (make test)
+#   REHEARSALS="a b"        only these jobs (scenario names, lab make targets)
+#   REHEARSAL_WORKERS=N     jobs side by side (default: 2, or 3 with --labs)
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Longest first. Measured alone in two lanes (fresh clone, 2 cores, seconds): default 688,
+# hf_seed 680, nvidia_driver_dkms 671 (a real DKMS build), nvidia_driver 513, dataset_volume
+# about 390, hf_env about 130; beside each other, the labs: lab-slurm-short 558,
+# lab-upgrade-short 557, lab-pull-short 417 (docs/testing.md).
+ORDER="default hf_seed nvidia_driver_dkms lab-slurm-short lab-upgrade-short nvidia_driver dataset_volume lab-pull-short hf_env"
+LABS="lab-slurm-short lab-upgrade-short lab-pull-short"
+WITH_LABS=no
+[ "${1:-}" = --labs ] && WITH_LABS=yes
+WORKERS=${REHEARSAL_WORKERS:-$([ $WITH_LABS = yes ] && echo 3 || echo 2)}
+LOGS=.cache/test-logs
+mkdir -p "$LOGS"
+
+is_lab() { [[ " $LABS " == *" $1 "* ]]; }
+scenarios=$(find molecule -mindepth 2 -maxdepth 2 -name molecule.yml -printf '%h\n' | xargs -n1 basename | sort)
+ordered_scenarios=$(for job in $ORDER; do is_lab "$job" || echo "$job"; done | sort)
+if [ "$scenarios" != "$ordered_scenarios" ]; then
+    echo "[rehearsals] ORDER in $0 must name every scenario of molecule/ once:" >&2
+    diff <(echo "$ordered_scenarios") <(echo "$scenarios") >&2
+    exit 2
+fi
+wanted=${REHEARSALS:-$ORDER}
+for job in $wanted; do
+    if [[ " $ORDER " != *" $job "* ]]; then
+        echo "[rehearsals] REHEARSALS names '$job', which is neither a scenario of molecule/ nor one of: $LABS" >&2
+        exit 2
+    fi
+done
+
+QUEUE=$LOGS/rehearsals.queue
+: >"$QUEUE"
+for job in $ORDER; do
+    [[ " $wanted " == *" $job "* ]] || continue
+    if is_lab "$job" && [ $WITH_LABS = no ] && [ -z "${REHEARSALS:-}" ]; then continue; fi
+    echo "$job" >>"$QUEUE"
+done
+rm -f "$LOGS/rehearsals-failed"
+
+take_job() {  # the queue's first job, removed from it; fails when the queue is empty
+    local job
+    # A lock file of its own: sed -i replaces the queue file, and a lock on it would go with it.
+    job=$(flock "$QUEUE.lock" sh -c 'head -n 1 "$1" && sed -i 1d "$1"' _ "$QUEUE")
+    [ -n "$job" ] && echo "$job"
+}
+
+job_log() { if is_lab "$1"; then echo "$LOGS/$1.log"; else echo "$LOGS/molecule-$1.log"; fi; }
+
+worker() {
+    local job start
+    while job=$(take_job); do
+        start=$SECONDS
+        echo "[rehearsals] $job: started"
+        if is_lab "$job"; then
+            make --no-print-directory "$job" >"$(job_log "$job")" 2>&1
+        else
+            molecule test -s "$job" >"$(job_log "$job")" 2>&1
+        fi
+        if [ $? -eq 0 ]; then
+            echo "[rehearsals] $job: passed in $((SECONDS - start))s"
+        else
+            echo "[rehearsals] $job: FAILED after $((SECONDS - start))s"
+            echo "$job" >>"$LOGS/rehearsals-failed"
+        fi
+    done
+}
+
+echo "[rehearsals] $(wc -l <"$QUEUE") jobs, $WORKERS side by side: $(tr '\n' ' ' <"$QUEUE")"
+start=$SECONDS
+pids=()
+for _ in $(seq "$WORKERS"); do
+    worker &
+    pids+=($!)
+done
+wait "${pids[@]}"
+echo "[rehearsals] all jobs done in $((SECONDS - start))s"
+
+[ -f "$LOGS/rehearsals-failed" ] || exit 0
+while read -r job; do
+    printf '\n===== %s failed: the last lines of %s =====\n' "$job" "$(job_log "$job")"
+    sed 's/\x1b\[[0-9;]*m//g' "$(job_log "$job")" | tail -n 200
+done <"$LOGS/rehearsals-failed"
+exit 1
