@@ -1,17 +1,15 @@
 """The rolling driver upgrade's decisions (gpu_fleet.common.driver_rollout_*, playbooks/upgrade-driver.yml)."""
 
 import pytest
-from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout import (
-    FilterModule,
-    batch_verdict,
+from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout import FilterModule
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.drains import job_drains
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.outcome import batch_verdict, outcome
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.plan import (
     host_plan,
-    outcome,
-    report,
-    report_markdown,
     target_errors,
     valid_serial,
 )
-from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.drains import job_drains
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.report import report, report_markdown
 
 # /proc/driver/nvidia/version as the open module writes it (the format parse_proc_version reads).
 PROC_580_82 = (

@@ -14,10 +14,10 @@ import base64
 import json
 
 import pytest
-from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout import host_plan
 from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_jobs import FilterModule
 from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.drains import job_drains, job_restarts
 from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.job_records import job_records
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.plan import host_plan
 from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.schedule import (
     budget_errors,
     budget_stop,

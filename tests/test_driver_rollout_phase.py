@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout import host_plan, report, report_markdown
 from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_phase import (
     FilterModule,
     canary_mark,
@@ -20,6 +19,8 @@ from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_phase im
     phase_schedule,
     rest_gate,
 )
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.plan import host_plan
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.report import report, report_markdown
 from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.schedule import schedule
 
 PROC_580_82 = (

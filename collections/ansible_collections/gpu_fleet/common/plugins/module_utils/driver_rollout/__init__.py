@@ -11,6 +11,13 @@ them together. So the rollout treats a job as one unit:
 - drains: which units each host of a batch stops or waits for, and which start again after it;
 - slurm_jobs: what becomes of the Slurm jobs on a node the rollout holds.
 
-plugins/filter/driver_rollout_jobs.py maps the driver_rollout_* filters to these functions.
-Nothing here touches a host.
+Around them, per host and per batch:
+
+- plan: the target checked, and what the rollout does on each host before anything changes;
+- outcome: what a host is after the nvidia_driver role, and whether the rollout goes on;
+- report: one row per host and why the rollout stopped, as data and as Markdown.
+
+plugins/filter/driver_rollout.py and driver_rollout_jobs.py map the driver_rollout_* filters to
+these functions. The runbook gathers the inputs on the hosts and acts; nothing here touches a
+host.
 """
