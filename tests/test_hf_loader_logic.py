@@ -5,8 +5,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.gpu_fleet.common.plugins.filter import hf_loader as logic
 from ansible_collections.gpu_fleet.common.plugins.lookup import hf_loader_wheels as wheels_lookup
+from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.checkpoints import (
+    checkpoint_dir,
+    checkpoint_problems,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.interpreter import python_choice
+from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.pins import missing_pins
+from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.wheelhouse import same_wheels
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -24,24 +30,24 @@ numpy==2.2.6
 def test_a_venv_holding_the_whole_lock_lacks_nothing():
     held = ["torch==2.7.0", "ruamel.yaml==0.19.1", "typing_extensions==4.16.0", "cuda-build==1.0+cu128",
             "numpy==2.2.6", "pip==23.0.1"]  # fmt: skip
-    assert logic.missing_pins(LOCK, held) == []
+    assert missing_pins(LOCK, held) == []
 
 
 def test_a_pin_without_a_local_label_is_met_by_a_build_that_has_one():
     # The CPU and CUDA builds of torch report 2.7.0+cpu / 2.7.0+cu126; pip installs neither again.
     held = ["torch==2.7.0+cpu", "ruamel_yaml==0.19.1", "typing_extensions==4.16.0", "cuda-build==1.0+cu128",
             "numpy==2.2.6"]  # fmt: skip
-    assert logic.missing_pins(LOCK, held) == []
+    assert missing_pins(LOCK, held) == []
 
 
 def test_a_labelled_pin_needs_that_label_and_other_versions_are_missing():
     held = ["torch==2.7.1", "ruamel.yaml==0.19.1", "typing_extensions==4.16.0", "cuda-build==1.0+cpu",
             "numpy==2.2.6"]  # fmt: skip
-    assert logic.missing_pins(LOCK, held) == ["Torch==2.7.0", "cuda-build==1.0+cu128"]
+    assert missing_pins(LOCK, held) == ["Torch==2.7.0", "cuda-build==1.0+cu128"]
 
 
 def test_an_empty_or_unreadable_venv_lacks_every_pin():
-    assert logic.missing_pins(LOCK, []) == [
+    assert missing_pins(LOCK, []) == [
         "Torch==2.7.0", "ruamel.yaml==0.19.1", "typing-extensions==4.16.0  # a comment after the pin",
         "cuda-build==1.0+cu128", "numpy==2.2.6",
     ]  # fmt: skip
@@ -50,7 +56,7 @@ def test_an_empty_or_unreadable_venv_lacks_every_pin():
 def test_the_project_lock_is_all_exact_pins():
     lock = (ROOT / "requirements" / "loader-prod.txt").read_text()
     lines = [ln for ln in lock.splitlines() if ln.strip() and not ln.startswith("#")]
-    assert len(logic.missing_pins(lock, [])) == len(lines)
+    assert len(missing_pins(lock, [])) == len(lines)
 
 
 def make_wheelhouse(folder: Path) -> list[dict]:
@@ -76,7 +82,7 @@ def test_the_lookup_lists_wheels_with_size_and_whole_second_time(tmp_path):
 
 def test_a_host_with_the_same_wheels_is_in_step(tmp_path):
     listing = make_wheelhouse(tmp_path / "cp311")
-    assert logic.same_wheels(list(reversed(as_find(listing))), listing)
+    assert same_wheels(list(reversed(as_find(listing))), listing)
 
 
 def test_a_rebuilt_missing_or_extra_wheel_puts_the_host_out_of_step(tmp_path):
@@ -84,10 +90,10 @@ def test_a_rebuilt_missing_or_extra_wheel_puts_the_host_out_of_step(tmp_path):
     host = as_find(listing)
     # The loader rebuilt at the same version: same name, new size and time.
     rebuilt = [dict(host[0]), dict(host[1], size=21, mtime=host[1]["mtime"] + 60)]
-    assert not logic.same_wheels(rebuilt, listing)
-    assert not logic.same_wheels(host[:1], listing)
-    assert not logic.same_wheels([*host, {"path": "/x/old-0.9-py3-none-any.whl", "size": 5, "mtime": 1}], listing)
-    assert not logic.same_wheels([], listing)
+    assert not same_wheels(rebuilt, listing)
+    assert not same_wheels(host[:1], listing)
+    assert not same_wheels([*host, {"path": "/x/old-0.9-py3-none-any.whl", "size": 5, "mtime": 1}], listing)
+    assert not same_wheels([], listing)
 
 
 def render_cache_test_settings(**overrides) -> dict:
@@ -137,19 +143,19 @@ ROLE_FOLDERS = {"hf_loader_prefix": "/opt/hf-loader", "hf_loader_config_dir": "/
 
 
 def test_the_checkpoint_folder_is_save_folder_up_to_its_first_placeholder():
-    assert logic.checkpoint_dir({"save_folder": "/data/checkpoints"}) == "/data/checkpoints"
-    assert logic.checkpoint_dir({"save_folder": "/data/checkpoints/{run_name}"}) == "/data/checkpoints"
-    assert logic.checkpoint_dir({"save_folder": "/data/ck/{run_name}/r{rank}/"}) == "/data/ck"
-    assert logic.checkpoint_dir({"save_folder": "/data/checkpoints/"}) == "/data/checkpoints"
-    assert logic.checkpoint_dir({}) == "" and logic.checkpoint_dir({"save_folder": None}) == ""
+    assert checkpoint_dir({"save_folder": "/data/checkpoints"}) == "/data/checkpoints"
+    assert checkpoint_dir({"save_folder": "/data/checkpoints/{run_name}"}) == "/data/checkpoints"
+    assert checkpoint_dir({"save_folder": "/data/ck/{run_name}/r{rank}/"}) == "/data/ck"
+    assert checkpoint_dir({"save_folder": "/data/checkpoints/"}) == "/data/checkpoints"
+    assert checkpoint_dir({}) == "" and checkpoint_dir({"save_folder": None}) == ""
 
 
 def test_the_example_inventorys_checkpoints_are_accepted_and_made_writable():
     example = yaml.safe_load((ROOT / "inventory" / "example" / "group_vars" / "gpu_hosts.yml").read_text())
     config = example["hf_loader_train_config"]
     assert config["autoresume"] is True and config["run_name"]
-    assert logic.checkpoint_problems(config, CACHE, ROLE_FOLDERS) == []
-    assert logic.checkpoint_dir(config) == "/data/checkpoints"
+    assert checkpoint_problems(config, CACHE, ROLE_FOLDERS) == []
+    assert checkpoint_dir(config) == "/data/checkpoints"
 
 
 @pytest.mark.parametrize(
@@ -178,23 +184,23 @@ def test_the_example_inventorys_checkpoints_are_accepted_and_made_writable():
     ],
 )
 def test_a_save_folder_the_unit_cannot_write_is_refused_naming_the_variable_and_the_fix(save_folder, named):
-    (problem,) = logic.checkpoint_problems({"save_folder": save_folder}, CACHE, ROLE_FOLDERS)
+    (problem,) = checkpoint_problems({"save_folder": save_folder}, CACHE, ROLE_FOLDERS)
     assert named in problem and problem.startswith("hf_loader_train_config.save_folder")
     assert "such as /data/checkpoints" in problem
 
 
 @pytest.mark.parametrize("save_folder", ["/data/checkpoints", "/var/lib/hf-loader/ck", "/srv/ck/{run_name}"])
 def test_a_save_folder_beside_the_cache_is_accepted(save_folder):
-    assert logic.checkpoint_problems({"save_folder": save_folder}, CACHE, ROLE_FOLDERS) == []
+    assert checkpoint_problems({"save_folder": save_folder}, CACHE, ROLE_FOLDERS) == []
 
 
 def test_autoresume_needs_save_folder_and_run_name():
-    both = logic.checkpoint_problems({"autoresume": True}, CACHE, ROLE_FOLDERS)
+    both = checkpoint_problems({"autoresume": True}, CACHE, ROLE_FOLDERS)
     assert len(both) == 2
     assert "autoresume is true but save_folder is not set" in both[0] and "Set save_folder" in both[0]
     assert "run_name is not set" in both[1] and "Set run_name" in both[1]
-    assert logic.checkpoint_problems({"autoresume": False}, CACHE, ROLE_FOLDERS) == []
-    assert logic.checkpoint_problems({}, CACHE, ROLE_FOLDERS) == []
+    assert checkpoint_problems({"autoresume": False}, CACHE, ROLE_FOLDERS) == []
+    assert checkpoint_problems({}, CACHE, ROLE_FOLDERS) == []
 
 
 # Which Python the venv is made with (gpu_fleet.common.hf_loader_python).
@@ -220,7 +226,7 @@ def facts(family, distribution, version, python=(3, 11)):
 def test_debian_and_ubuntu_keep_the_system_python3_and_its_packages(host, version):
     # As before the choice existed: python3 -m venv, the wheelhouse folder of the Python Ansible
     # runs, and no package besides vars/Debian.yml's.
-    choice = logic.python_choice(host, "")
+    choice = python_choice(host, "")
     assert choice == {"command": "python3", "version": version, "tag": "cp" + version.replace(".", ""),
                       "packages": [], "problem": ""}  # fmt: skip
 
@@ -233,62 +239,62 @@ def test_el_8_and_9_use_appstreams_python3_11_whatever_python_ansible_runs(distr
     # Ansible may run on /usr/bin/python3 (3.9 on EL 9) or on python3.11 itself: the venv's Python is
     # the distribution's, not Ansible's. CentOS Stream reports its major release alone.
     for ansible_python in [(3, 9), (3, 11), (3, 12)]:
-        choice = logic.python_choice(facts("RedHat", distribution, version, ansible_python), "")
+        choice = python_choice(facts("RedHat", distribution, version, ansible_python), "")
         assert choice["command"] == "python3.11" and choice["tag"] == "cp311" and choice["problem"] == ""
         assert choice["packages"] == ["python3.11", "python3.11-setuptools"]
 
 
 @pytest.mark.parametrize(("version", "since"), [("8.7", "8.8"), ("8.1", "8.8"), ("9.0", "9.2"), ("9.1", "9.2")])
 def test_an_el_minor_release_without_python3_11_is_refused_with_the_release_that_has_it(version, since):
-    choice = logic.python_choice(facts("RedHat", "RedHat", version, (3, 9)), "")
+    choice = python_choice(facts("RedHat", "RedHat", version, (3, 9)), "")
     assert f"RedHat {version}'s python3 is" in choice["problem"]
     assert f"only from {since}" in choice["problem"] and "dnf upgrade" in choice["problem"]
 
 
 def test_el_releases_are_compared_as_versions_not_as_strings():
     # As strings "8.10" < "8.8" and "9.10" < "9.2": both releases carry python3.11.
-    assert logic.python_choice(facts("RedHat", "RedHat", "8.10"), "")["problem"] == ""
-    assert logic.python_choice(facts("RedHat", "RedHat", "9.10"), "")["problem"] == ""
-    assert logic.python_choice(facts("RedHat", "RedHat", "8.7"), "")["problem"] != ""
+    assert python_choice(facts("RedHat", "RedHat", "8.10"), "")["problem"] == ""
+    assert python_choice(facts("RedHat", "RedHat", "9.10"), "")["problem"] == ""
+    assert python_choice(facts("RedHat", "RedHat", "8.7"), "")["problem"] != ""
 
 
 def test_el_7_has_no_python3_11_and_is_refused():
-    problem = logic.python_choice(facts("RedHat", "CentOS", "7.9", (3, 6)), "")["problem"]
+    problem = python_choice(facts("RedHat", "CentOS", "7.9", (3, 6)), "")["problem"]
     assert "python3 is 3.6" in problem and "no python3.11" in problem and "hf_loader_python" in problem
 
 
 def test_a_redhat_family_release_with_a_new_python3_keeps_it():
     # EL 10 (python3 3.12) and Fedora: the system python3, installed as before.
     for host in [facts("RedHat", "RedHat", "10.0", (3, 12)), facts("RedHat", "Fedora", "42", (3, 13))]:
-        choice = logic.python_choice(host, "")
+        choice = python_choice(host, "")
         assert choice["command"] == "python3" and choice["packages"] == ["python3"] and choice["problem"] == ""
 
 
 def test_an_explicit_interpreter_is_taken_with_its_packages_and_version():
-    choice = logic.python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), "python3.12")
+    choice = python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), "python3.12")
     assert choice == {"command": "python3.12", "version": "3.12", "tag": "cp312",
                       "packages": ["python3.12", "python3.12-setuptools"], "problem": ""}  # fmt: skip
-    choice = logic.python_choice(facts("Debian", "Ubuntu", "22.04", (3, 10)), "python3.11")
+    choice = python_choice(facts("Debian", "Ubuntu", "22.04", (3, 10)), "python3.11")
     assert choice["packages"] == ["python3.11", "python3.11-venv"] and choice["tag"] == "cp311"
 
 
 @pytest.mark.parametrize("requested", ["python3.9", "python2.7", "/usr/bin/python3.11", "py3"])
 def test_an_explicit_interpreter_too_old_or_not_a_versioned_command_is_refused(requested):
-    problem = logic.python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), requested)["problem"]
+    problem = python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), requested)["problem"]
     assert problem.startswith("hf_loader_python") and requested in problem
     assert "python3.11" in problem
 
 
 def test_python3_requested_where_it_is_too_old_is_refused_naming_its_version():
-    problem = logic.python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), "python3")["problem"]
+    problem = python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), "python3")["problem"]
     assert "python3, which is Python 3.9 on RedHat 9.4" in problem
-    assert logic.python_choice(facts("Debian", "Debian", "12.8", (3, 11)), "python3")["problem"] == ""
+    assert python_choice(facts("Debian", "Debian", "12.8", (3, 11)), "python3")["problem"] == ""
 
 
 def test_no_python_facts_is_refused_rather_than_guessed():
     host = facts("Debian", "Debian", "12.8")
     del host["python"]
-    assert "gather facts" in logic.python_choice(host, "")["problem"]
+    assert "gather facts" in python_choice(host, "")["problem"]
 
 
 def test_the_role_makes_the_venv_with_the_chosen_python_and_refuses_in_preflight():
@@ -309,10 +315,10 @@ def test_the_role_makes_the_venv_with_the_chosen_python_and_refuses_in_preflight
 
 def test_debian_and_ubuntu_install_the_same_packages_as_before():
     os_packages = yaml.safe_load((ROOT / "roles" / "hf_loader" / "vars" / "Debian.yml").read_text())
-    choice = logic.python_choice(facts("Debian", "Debian", "12.8"), "")
+    choice = python_choice(facts("Debian", "Debian", "12.8"), "")
     assert choice["packages"] + os_packages["__hf_loader_os_packages"] == ["python3-venv", "python3-packaging", "rsync"]
     redhat = yaml.safe_load((ROOT / "roles" / "hf_loader" / "vars" / "RedHat.yml").read_text())
-    el9 = logic.python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), "")
+    el9 = python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), "")
     assert el9["packages"] + redhat["__hf_loader_os_packages"] == [
         "python3.11", "python3.11-setuptools", "python3-packaging", "rsync"
     ]  # fmt: skip
