@@ -64,7 +64,7 @@ molecule: venv engine loader-venv wheelhouse ## every Molecule scenario, full se
 	WHEELHOUSE_DIR=$(WHEELHOUSE_DIR) bash scripts/rehearsals.sh
 
 # The labs' make targets build what else they need; test-deps has built the venvs before make test runs this.
-rehearsals: venv engine loader-venv wheelhouse ## every Molecule scenario and the labs' short versions, three side by side (make test)
+rehearsals: venv engine loader-venv wheelhouse ## every Molecule scenario and the labs' short versions, two side by side from one queue (make test)
 	WHEELHOUSE_DIR=$(WHEELHOUSE_DIR) bash scripts/rehearsals.sh --labs
 
 test: ## everything CI checks: lint, pytest, molecule; prints a summary
