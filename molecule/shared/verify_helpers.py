@@ -37,7 +37,7 @@ Cases = dict[Any, tuple[str, ...]]
 
 
 def run_playbook(
-    playbook: str | Path, *extra_args: str, limit: str = "", timeout: int = 300, env: dict[str, str] | None = None
+    playbook: str | Path, *extra_args: str, limit: str = "", timeout: int = 900, env: dict[str, str] | None = None
 ) -> tuple[int, str]:
     """ansible-playbook against the scenario's inventory (env: variables added to this process's);
     return (rc, stdout + stderr without colour codes)."""
@@ -49,7 +49,7 @@ def run_playbook(
     return done.returncode, ANSI_CODES.sub("", done.stdout + done.stderr)
 
 
-def host_runner(playbook: str | Path, *fixed_args: str, fold_whitespace: bool = False, timeout: int = 300) -> Run:
+def host_runner(playbook: str | Path, *fixed_args: str, fold_whitespace: bool = False, timeout: int = 900) -> Run:
     """A function that runs the playbook (with fixed_args) against one host: run(host, *extra_args, env=None)
     -> (rc, output).
 
