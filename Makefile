@@ -8,7 +8,7 @@ CONTROLLER_STAMP := $(VENV)/.installed-$(shell sha256sum requirements/controller
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 
-.PHONY: help venv engine wheelhouse test-tools test-deps lint pytest molecule rehearsals test lock clean
+.PHONY: help venv engine wheelhouse test-tools test-deps lint pytest molecule rehearsals bench-molecule-exec test lock clean
 WHEELHOUSE_DIR ?= /var/cache/gpu-fleet/wheelhouse
 
 help: ## list targets
@@ -66,6 +66,9 @@ molecule: venv engine loader-venv wheelhouse ## every Molecule scenario, full se
 # The labs' make targets build what else they need; test-deps has built the venvs before make test runs this.
 rehearsals: venv engine loader-venv wheelhouse ## every Molecule scenario and the labs' short versions, two side by side from one queue (make test)
 	WHEELHOUSE_DIR=$(WHEELHOUSE_DIR) bash scripts/rehearsals.sh --labs
+
+bench-molecule-exec: venv engine ## Molecule's docker connection: a playbook with pipelining off vs on (wall, CPU, execs)
+	$(BIN)/python bench/molecule_exec.py
 
 test: ## everything CI checks: lint, pytest, molecule; prints a summary
 	bash scripts/run-tests.sh

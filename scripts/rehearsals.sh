@@ -10,7 +10,8 @@
 # Jobs share nothing they write: scenarios' containers carry the scenario's name, each prepare
 # records and detaches its own loop devices, each lab has its own prefix, network and folder.
 # Each job's output goes to .cache/test-logs/JOB.log (molecule-SCENARIO.log for a scenario); a
-# failed job's tail is printed at the end (CI keeps only the tail).
+# failed job's last lines are printed when it fails and its longer tail at the end (CI keeps
+# only the tail of the output, and a run stopped by its time limit has no end).
 #
 #   --labs                  the labs' short versions too (make test)
 #   REHEARSALS="a b"        only these jobs (scenario names, lab make targets)
@@ -65,6 +66,7 @@ take_job() {  # the queue's first job, removed from it; fails when the queue is 
 }
 
 job_log() { if is_lab "$1"; then echo "$LOGS/$1.log"; else echo "$LOGS/molecule-$1.log"; fi; }
+plain_tail() { sed 's/\x1b\[[0-9;]*m//g' "$(job_log "$2")" | tail -n "$1"; }
 
 worker() {
     local job start
@@ -79,7 +81,9 @@ worker() {
         if [ $? -eq 0 ]; then
             echo "[rehearsals] $job: passed in $((SECONDS - start))s"
         else
-            echo "[rehearsals] $job: FAILED after $((SECONDS - start))s"
+            echo "[rehearsals] $job: FAILED after $((SECONDS - start))s; the last lines of $(job_log "$job"):"
+            # Now, not only at the end: a run stopped by CI's time limit never reaches the end.
+            plain_tail 40 "$job" | sed "s/^/    $job| /"
             echo "$job" >>"$LOGS/rehearsals-failed"
         fi
     done
@@ -98,6 +102,6 @@ echo "[rehearsals] all jobs done in $((SECONDS - start))s"
 [ -f "$LOGS/rehearsals-failed" ] || exit 0
 while read -r job; do
     printf '\n===== %s failed: the last lines of %s =====\n' "$job" "$(job_log "$job")"
-    sed 's/\x1b\[[0-9;]*m//g' "$(job_log "$job")" | tail -n 200
+    plain_tail 200 "$job"
 done <"$LOGS/rehearsals-failed"
 exit 1
