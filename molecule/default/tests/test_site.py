@@ -306,6 +306,12 @@ def trixie_only(host):
         pytest.skip("the trixie host's cache is broken; the others must go on")
 
 
+# A host that is down, as SSH sees it: nothing listens on port 9 here, the connection is
+# refused. (A container name that does not exist is not unreachable to the docker connection
+# with pipelining: its one `docker exec` fails the module, not the connection.)
+UNREACHABLE = {"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 9}
+
+
 @pytest.fixture
 def trixie_arrow_copy_broken(host):
     """Move the train Arrow file away on the trixie host (its hub snapshot stays intact); put it back after."""
@@ -319,11 +325,11 @@ def trixie_arrow_copy_broken(host):
 def test_fleet_report_shows_an_unreachable_host_and_a_broken_copy_as_this_run_saw_them(
     host, trixie_arrow_copy_broken, tmp_path
 ):
-    # The bookworm host becomes unreachable for this run only: a container name that does
-    # not exist, from an inventory layered over Molecule's (its container keeps running,
-    # so its loop-backed volume stays as the later tests need it).
+    # The bookworm host becomes unreachable for this run only, from an inventory layered over
+    # Molecule's (its container keeps running, so its loop-backed volume stays as the later
+    # tests need it).
     extra = tmp_path / "unreachable.yml"
-    extra.write_text(json.dumps({"all": {"hosts": {"default-bookworm": {"ansible_host": "default-bookworm-gone"}}}}))
+    extra.write_text(json.dumps({"all": {"hosts": {"default-bookworm": UNREACHABLE}}}))
     last_good = json.loads((REPORT_DIR / "hosts" / "default-bookworm.json").read_text())["last_ready_at"]
     assert last_good
 
@@ -356,7 +362,7 @@ def test_fleet_report_shows_an_unreachable_host_and_a_broken_copy_as_this_run_sa
 
     # No host reached at all: Ansible would end the playbook before the report;
     # cache-test.yml keeps localhost in its play so that the report still says so.
-    extra.write_text(json.dumps({"all": {"hosts": {name: {"ansible_host": f"{name}-gone"} for name in HOSTS}}}))
+    extra.write_text(json.dumps({"all": {"hosts": dict.fromkeys(HOSTS, UNREACHABLE)}}))
     rc, output = run_site_playbook("playbooks/cache-test.yml", "-i", str(extra))
     assert rc == 4, output
     fleet = (REPORT_DIR / "fleet.md").read_text()
