@@ -81,9 +81,10 @@ worker() {
         if [ $? -eq 0 ]; then
             echo "[rehearsals] $job: passed in $((SECONDS - start))s"
         else
-            echo "[rehearsals] $job: FAILED after $((SECONDS - start))s; the last lines of $(job_log "$job"):"
             # Now, not only at the end: a run stopped by CI's time limit never reaches the end.
-            plain_tail 40 "$job" | sed "s/^/    $job| /"
+            # One printf, so that the other worker's lines do not land in between.
+            printf '[rehearsals] %s: FAILED after %ss; the last lines of %s:\n%s\n' "$job" "$((SECONDS - start))" \
+                "$(job_log "$job")" "$(plain_tail 40 "$job" | sed "s/^/    $job| /")"
             echo "$job" >>"$LOGS/rehearsals-failed"
         fi
     done
