@@ -50,14 +50,14 @@ def busy_ticks() -> int:
 
 def playbook(folder: Path, groups: int) -> Path:
     path = folder / "bench.yml"
+    (folder / "ansible.cfg").touch()  # Ansible's defaults but for pipelining, set per run
     tasks = "".join(TASKS.format(n=n) for n in range(groups))
     path.write_text(f"- name: Bench\n  hosts: all\n  gather_facts: false\n  tasks:{tasks}")
     return path
 
 
 def timed_run(container: str, book: Path, pipelining: bool) -> tuple[float, float, int]:
-    config = book.with_name("ansible.cfg")  # Ansible's defaults but for pipelining, set below
-    config.touch()
+    config = book.with_name("ansible.cfg")
     env = dict(os.environ, ANSIBLE_PIPELINING=str(pipelining), ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(config))
     command = [str(ANSIBLE_PLAYBOOK), "-i", f"{container},", "-c", "community.docker.docker", "-vvv", str(book)]
     command += ["-e", "ansible_python_interpreter=/usr/bin/python3"]
