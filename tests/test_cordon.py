@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.gpu_fleet.common.plugins.filter.cordon import errors, owned_by, parse, record, text
+from ansible_collections.gpu_fleet.common.plugins.module_utils.cordon import errors, owned_by, parse, record, text
 
 from conftest import run_playbook
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_phase import (
-    FilterModule,
+from ansible_collections.gpu_fleet.common.plugins.filter.driver_rollout_phase import FilterModule
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.phase import (
     canary_mark,
     phase_errors,
     phase_schedule,

@@ -2,7 +2,8 @@
 
 import pytest
 from ansible.errors import AnsibleFilterError
-from ansible_collections.gpu_fleet.common.plugins.filter.hf_seed import seed_plan
+from ansible_collections.gpu_fleet.common.plugins.filter.hf_seed import FilterModule
+from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_seed import seed_plan
 
 HOSTS = [f"h{i}" for i in range(1, 9)]
 
@@ -68,11 +69,11 @@ def test_sources_and_duplicates_are_not_targets():
 
 
 @pytest.mark.parametrize("bad", [0, -1, True, "2"])
-def test_bad_per_source_is_refused(bad):
-    with pytest.raises(AnsibleFilterError, match="per_source"):
-        seed_plan(["h1"], ["src"], bad, True)
+def test_bad_per_source_is_refused_by_the_filter_under_its_name(bad):
+    with pytest.raises(AnsibleFilterError, match=r"^seed_plan: per_source"):
+        FilterModule().filters()["seed_plan"](["h1"], ["src"], bad, True)
 
 
 def test_no_source_is_refused():
-    with pytest.raises(AnsibleFilterError, match="no source"):
+    with pytest.raises(ValueError, match="no source"):
         seed_plan(["h1"], [], 1, True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.gpu_fleet.common.plugins.filter.paths import paths_to_fix, wanted_paths
+from ansible_collections.gpu_fleet.common.plugins.module_utils.paths import paths_to_fix, wanted_paths
 from ansible_collections.gpu_fleet.common.plugins.modules.path_state import describe
 
 ROOT = Path(__file__).resolve().parent.parent

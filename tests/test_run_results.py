@@ -26,7 +26,7 @@ from test_train_save_folder import RESUMING, write_fleet
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "collections"))
 
-from ansible_collections.gpu_fleet.common.plugins.filter.run_results import state_counts  # noqa: E402
+from ansible_collections.gpu_fleet.common.plugins.module_utils.run_results import state_counts  # noqa: E402
 
 
 def run(inventory: Path, name: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, dict, str]:

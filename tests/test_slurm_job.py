@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_collections.gpu_fleet.common.plugins.filter.slurm_job import (
-    FilterModule,
-    job_problems,
+from ansible_collections.gpu_fleet.common.plugins.filter.slurm_job import FilterModule
+from ansible_collections.gpu_fleet.common.plugins.filter.train import FilterModule as TrainFilterModule
+from ansible_collections.gpu_fleet.common.plugins.module_utils.slurm.job import (
     launcher_problems,
+    problems,
     sbatch_options,
     stop_timeout,
     time_seconds,
@@ -89,7 +90,7 @@ def test_the_default_settings_make_the_documented_sbatch_options():
     assert {f"slurm_node_job_{key}" for key in JOB} - {"slurm_node_job_train_job"} | {"slurm_node_job_train"} == {
         key for key in DEFAULTS if key.startswith("slurm_node_job_")
     }
-    assert job_problems(JOB) == []
+    assert problems(JOB) == []
     assert sbatch_options(JOB) == [
         "--job-name=hf-train-default",
         "--nodes=2",
@@ -139,14 +140,14 @@ def test_the_default_settings_make_the_documented_sbatch_options():
     ],
 )
 def test_bad_settings_are_refused_naming_the_variable(change, variable):
-    problems = job_problems({**JOB, **change})
-    assert any(variable in problem for problem in problems), problems
+    found = problems({**JOB, **change})
+    assert any(variable in problem for problem in found), found
     with pytest.raises(ValueError, match="slurm_node_job_"):
         sbatch_options({**JOB, **change})
 
 
 def test_a_time_limit_with_room_to_train_passes():
-    assert job_problems({**JOB, "time_limit": "12", "signal_seconds": 600}) == []
+    assert problems({**JOB, "time_limit": "12", "signal_seconds": 600}) == []
 
 
 def test_the_launcher_waits_most_of_the_warning_for_the_checkpoint():
@@ -154,12 +155,8 @@ def test_the_launcher_waits_most_of_the_warning_for_the_checkpoint():
 
 
 def test_the_filters_are_registered_under_their_names():
-    assert set(FilterModule().filters()) == {
-        "train_launcher_problems",
-        "slurm_job_problems",
-        "slurm_job_sbatch_options",
-        "slurm_job_stop_timeout",
-    }
+    assert set(FilterModule().filters()) == {"slurm_job_problems", "slurm_job_sbatch_options", "slurm_job_stop_timeout"}
+    assert set(TrainFilterModule().filters()) == {"train_launcher_problems"}
 
 
 # The playbook, for real on this machine (local connection), over stand-ins for Slurm's client.

@@ -12,10 +12,10 @@ from pathlib import Path
 import jinja2
 import pytest
 import yaml
-from ansible_collections.gpu_fleet.common.plugins.filter.slurm import (
-    FilterModule,
+from ansible_collections.gpu_fleet.common.plugins.filter.slurm import FilterModule
+from ansible_collections.gpu_fleet.common.plugins.module_utils.slurm.node_conf import node_conf
+from ansible_collections.gpu_fleet.common.plugins.module_utils.slurm.versions import (
     debian_versions,
-    node_conf,
     version,
     version_problems,
 )

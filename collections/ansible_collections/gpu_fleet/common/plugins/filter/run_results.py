@@ -1,16 +1,13 @@
-"""Filters for the runbooks' summaries (the fleet_artifact role's set_stats and artifact file)."""
+"""The state_counts filter of the runbooks' summaries, from module_utils/run_results.py."""
 
 from __future__ import annotations
 
-
-def state_counts(states: dict) -> dict:
-    """{host: state} -> {state: number of hosts}, by state name: stable keys for the run's stats."""
-    counts: dict[str, int] = {}
-    for state in states.values():
-        counts[str(state)] = counts.get(str(state), 0) + 1
-    return dict(sorted(counts.items()))
+from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed
+from ansible_collections.gpu_fleet.common.plugins.module_utils.run_results import state_counts
 
 
 class FilterModule:
+    """Filters for the runbooks' summaries (no prefix)."""
+
     def filters(self):
-        return {"state_counts": state_counts}
+        return prefixed("", (state_counts,))

@@ -15,9 +15,10 @@ Around them, per host and per batch:
 
 - plan: the target checked, and what the rollout does on each host before anything changes;
 - outcome: what a host is after the nvidia_driver role, and whether the rollout goes on;
-- report: one row per host and why the rollout stopped, as data and as Markdown.
+- report: one row per host and why the rollout stopped, as data and as Markdown;
+- phase: the phases (all, or canary then rest) and the gate between them.
 
-plugins/filter/driver_rollout.py and driver_rollout_jobs.py map the driver_rollout_* filters to
-these functions. The runbook gathers the inputs on the hosts and acts; nothing here touches a
-host.
+plugins/filter/driver_rollout.py, driver_rollout_jobs.py and driver_rollout_phase.py map the
+driver_rollout_* filters to these functions. The runbook gathers the inputs on the hosts and
+acts; nothing here touches a host.
 """
