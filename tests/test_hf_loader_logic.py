@@ -10,7 +10,7 @@ from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.checkpo
     checkpoint_dir,
     checkpoint_problems,
 )
-from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.interpreter import python_choice
+from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.interpreter import python
 from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.pins import missing_pins
 from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.wheelhouse import same_wheels
 
@@ -226,7 +226,7 @@ def facts(family, distribution, version, python=(3, 11)):
 def test_debian_and_ubuntu_keep_the_system_python3_and_its_packages(host, version):
     # As before the choice existed: python3 -m venv, the wheelhouse folder of the Python Ansible
     # runs, and no package besides vars/Debian.yml's.
-    choice = python_choice(host, "")
+    choice = python(host, "")
     assert choice == {"command": "python3", "version": version, "tag": "cp" + version.replace(".", ""),
                       "packages": [], "problem": ""}  # fmt: skip
 
@@ -239,62 +239,62 @@ def test_el_8_and_9_use_appstreams_python3_11_whatever_python_ansible_runs(distr
     # Ansible may run on /usr/bin/python3 (3.9 on EL 9) or on python3.11 itself: the venv's Python is
     # the distribution's, not Ansible's. CentOS Stream reports its major release alone.
     for ansible_python in [(3, 9), (3, 11), (3, 12)]:
-        choice = python_choice(facts("RedHat", distribution, version, ansible_python), "")
+        choice = python(facts("RedHat", distribution, version, ansible_python), "")
         assert choice["command"] == "python3.11" and choice["tag"] == "cp311" and choice["problem"] == ""
         assert choice["packages"] == ["python3.11", "python3.11-setuptools"]
 
 
 @pytest.mark.parametrize(("version", "since"), [("8.7", "8.8"), ("8.1", "8.8"), ("9.0", "9.2"), ("9.1", "9.2")])
 def test_an_el_minor_release_without_python3_11_is_refused_with_the_release_that_has_it(version, since):
-    choice = python_choice(facts("RedHat", "RedHat", version, (3, 9)), "")
+    choice = python(facts("RedHat", "RedHat", version, (3, 9)), "")
     assert f"RedHat {version}'s python3 is" in choice["problem"]
     assert f"only from {since}" in choice["problem"] and "dnf upgrade" in choice["problem"]
 
 
 def test_el_releases_are_compared_as_versions_not_as_strings():
     # As strings "8.10" < "8.8" and "9.10" < "9.2": both releases carry python3.11.
-    assert python_choice(facts("RedHat", "RedHat", "8.10"), "")["problem"] == ""
-    assert python_choice(facts("RedHat", "RedHat", "9.10"), "")["problem"] == ""
-    assert python_choice(facts("RedHat", "RedHat", "8.7"), "")["problem"] != ""
+    assert python(facts("RedHat", "RedHat", "8.10"), "")["problem"] == ""
+    assert python(facts("RedHat", "RedHat", "9.10"), "")["problem"] == ""
+    assert python(facts("RedHat", "RedHat", "8.7"), "")["problem"] != ""
 
 
 def test_el_7_has_no_python3_11_and_is_refused():
-    problem = python_choice(facts("RedHat", "CentOS", "7.9", (3, 6)), "")["problem"]
+    problem = python(facts("RedHat", "CentOS", "7.9", (3, 6)), "")["problem"]
     assert "python3 is 3.6" in problem and "no python3.11" in problem and "hf_loader_python" in problem
 
 
 def test_a_redhat_family_release_with_a_new_python3_keeps_it():
     # EL 10 (python3 3.12) and Fedora: the system python3, installed as before.
     for host in [facts("RedHat", "RedHat", "10.0", (3, 12)), facts("RedHat", "Fedora", "42", (3, 13))]:
-        choice = python_choice(host, "")
+        choice = python(host, "")
         assert choice["command"] == "python3" and choice["packages"] == ["python3"] and choice["problem"] == ""
 
 
 def test_an_explicit_interpreter_is_taken_with_its_packages_and_version():
-    choice = python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), "python3.12")
+    choice = python(facts("RedHat", "RedHat", "9.4", (3, 9)), "python3.12")
     assert choice == {"command": "python3.12", "version": "3.12", "tag": "cp312",
                       "packages": ["python3.12", "python3.12-setuptools"], "problem": ""}  # fmt: skip
-    choice = python_choice(facts("Debian", "Ubuntu", "22.04", (3, 10)), "python3.11")
+    choice = python(facts("Debian", "Ubuntu", "22.04", (3, 10)), "python3.11")
     assert choice["packages"] == ["python3.11", "python3.11-venv"] and choice["tag"] == "cp311"
 
 
 @pytest.mark.parametrize("requested", ["python3.9", "python2.7", "/usr/bin/python3.11", "py3"])
 def test_an_explicit_interpreter_too_old_or_not_a_versioned_command_is_refused(requested):
-    problem = python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), requested)["problem"]
+    problem = python(facts("RedHat", "RedHat", "9.4", (3, 9)), requested)["problem"]
     assert problem.startswith("hf_loader_python") and requested in problem
     assert "python3.11" in problem
 
 
 def test_python3_requested_where_it_is_too_old_is_refused_naming_its_version():
-    problem = python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), "python3")["problem"]
+    problem = python(facts("RedHat", "RedHat", "9.4", (3, 9)), "python3")["problem"]
     assert "python3, which is Python 3.9 on RedHat 9.4" in problem
-    assert python_choice(facts("Debian", "Debian", "12.8", (3, 11)), "python3")["problem"] == ""
+    assert python(facts("Debian", "Debian", "12.8", (3, 11)), "python3")["problem"] == ""
 
 
 def test_no_python_facts_is_refused_rather_than_guessed():
     host = facts("Debian", "Debian", "12.8")
     del host["python"]
-    assert "gather facts" in python_choice(host, "")["problem"]
+    assert "gather facts" in python(host, "")["problem"]
 
 
 def test_the_role_makes_the_venv_with_the_chosen_python_and_refuses_in_preflight():
@@ -315,10 +315,10 @@ def test_the_role_makes_the_venv_with_the_chosen_python_and_refuses_in_preflight
 
 def test_debian_and_ubuntu_install_the_same_packages_as_before():
     os_packages = yaml.safe_load((ROOT / "roles" / "hf_loader" / "vars" / "Debian.yml").read_text())
-    choice = python_choice(facts("Debian", "Debian", "12.8"), "")
+    choice = python(facts("Debian", "Debian", "12.8"), "")
     assert choice["packages"] + os_packages["__hf_loader_os_packages"] == ["python3-venv", "python3-packaging", "rsync"]
     redhat = yaml.safe_load((ROOT / "roles" / "hf_loader" / "vars" / "RedHat.yml").read_text())
-    el9 = python_choice(facts("RedHat", "RedHat", "9.4", (3, 9)), "")
+    el9 = python(facts("RedHat", "RedHat", "9.4", (3, 9)), "")
     assert el9["packages"] + redhat["__hf_loader_os_packages"] == [
         "python3.11", "python3.11-setuptools", "python3-packaging", "rsync"
     ]  # fmt: skip

@@ -173,9 +173,9 @@ def test_a_branch_only_run_after_a_pin_drops_the_roles_locks_before_the_switch()
 
 def test_locks_inside_the_branch_stay_for_a_branch_only_target_and_a_new_pin_drops_the_old_one():
     # Branch 580 without a pin: the host stays where the pin left it (no drift inside the branch).
-    assert locks.driver_lock_plan(PINNED_580, RHEL9, "580") == {"delete": [], "errors": []}
+    assert locks.dnf_lock_plan(PINNED_580, RHEL9, "580") == {"delete": [], "errors": []}
     # A new pin in the same branch: the old pin's locks go, the administrator's bash lock stays.
-    plan = locks.driver_lock_plan(PINNED_580, RHEL9, "580", "580.105.08")
+    plan = locks.dnf_lock_plan(PINNED_580, RHEL9, "580", "580.105.08")
     assert plan["delete"] == PINNED_580.splitlines()[:5] and plan["errors"] == []
 
 
@@ -186,7 +186,7 @@ def test_locks_of_another_module_type_flavour_or_fabric_manager_branch_are_the_r
         "nvidia-fabric-manager-3:570.195.03-1.el9.*\n"  # the fabric manager's name before 580
         "libnvidia-nscq-570-3:570.195.03-1.el9.*\n"  # branch in the name before 580
     )
-    plan = locks.driver_lock_plan(listing, RHEL9, "580", "580.95.05")
+    plan = locks.dnf_lock_plan(listing, RHEL9, "580", "580.95.05")
     assert plan == {"delete": listing.splitlines(), "errors": []}
 
 
@@ -200,7 +200,7 @@ def test_locks_of_nvidia_packages_the_role_does_not_hold_are_refused_before_any_
         "nvidia-driver-cuda-libs-3:575.51-1.fc41.*\n"
         "nvidia-container-toolkit-0:1.17.8-1.*\n"  # its own numbering: not a driver lock
     )
-    plan = locks.driver_lock_plan(guide, RHEL9, "580")
+    plan = locks.dnf_lock_plan(guide, RHEL9, "580")
     assert plan["delete"] == ["kmod-nvidia-open-dkms-3:575.51-1.fc41.*"]
     assert len(plan["errors"]) == 1
     error = plan["errors"][0]
@@ -209,28 +209,28 @@ def test_locks_of_nvidia_packages_the_role_does_not_hold_are_refused_before_any_
     assert "dnf versionlock delete" in error and "nvidia_driver_branch 580" in error
     # The same locks at the target are no obstacle.
     at_target = guide.replace("575.51", "580.95.05")
-    assert locks.driver_lock_plan(at_target, RHEL9, "580")["errors"] == []
+    assert locks.dnf_lock_plan(at_target, RHEL9, "580")["errors"] == []
 
 
 def test_an_exclude_of_the_target_is_refused_and_raw_branch_locks_are_read():
-    assert locks.driver_lock_plan("!nvidia-driver-cuda-3:580.95.05-1.el9.*\n", RHEL9, "580", "580.95.05")["errors"]
+    assert locks.dnf_lock_plan("!nvidia-driver-cuda-3:580.95.05-1.el9.*\n", RHEL9, "580", "580.95.05")["errors"]
     # An exclude of another version hides nothing the target needs.
-    assert locks.driver_lock_plan("!nvidia-driver-cuda-3:580.82.07-1.el9.*\n", RHEL9, "580", "580.95.05") == {
+    assert locks.dnf_lock_plan("!nvidia-driver-cuda-3:580.82.07-1.el9.*\n", RHEL9, "580", "580.95.05") == {
         "delete": [],
         "errors": [],
     }
     # `dnf versionlock add --raw 'nvidia-driver-cuda-3:580.*'` holds the branch.
     raw = "nvidia-driver-cuda-3:580.*\n"
-    assert locks.driver_lock_plan(raw, RHEL9, "580")["delete"] == []
-    assert locks.driver_lock_plan(raw, RHEL9, "580", "580.95.05")["delete"] == []
-    assert locks.driver_lock_plan(raw, RHEL9, "590")["delete"] == ["nvidia-driver-cuda-3:580.*"]
+    assert locks.dnf_lock_plan(raw, RHEL9, "580")["delete"] == []
+    assert locks.dnf_lock_plan(raw, RHEL9, "580", "580.95.05")["delete"] == []
+    assert locks.dnf_lock_plan(raw, RHEL9, "590")["delete"] == ["nvidia-driver-cuda-3:580.*"]
 
 
 def test_the_lock_after_the_install_takes_the_pin_or_the_version_the_branch_install_left():
     names = ["nvidia-driver-cuda", "kmod-nvidia-open-dkms", "nvidia-persistenced"]
     # Branch only, nothing held: bare names, which the plugin resolves to the installed package.
-    assert locks.package_lock_plan("", names, "590") == {"delete": [], "add": names}
-    assert locks.package_lock_plan("", names, "590", "590.44.01")["add"] == [f"{name}-590.44.01" for name in names]
+    assert locks.versionlock_plan("", names, "590") == {"delete": [], "add": names}
+    assert locks.versionlock_plan("", names, "590", "590.44.01")["add"] == [f"{name}-590.44.01" for name in names]
 
 
 def test_a_second_run_finds_its_own_locks_and_changes_nothing():
@@ -238,9 +238,9 @@ def test_a_second_run_finds_its_own_locks_and_changes_nothing():
     packages (pkgtup2spec: NAME-EPOCH:VERSION-RELEASE.*) are on target: nothing to drop or add."""
     names = ["nvidia-driver-cuda", "kmod-nvidia-open-dkms", "nvidia-persistenced"]
     written = "".join(f"\n# Added lock on Fri Dec  4 21:00:00 2026\n{name}-3:590.44.01-1.el9.*\n" for name in names)
-    assert locks.package_lock_plan(written, names, "590") == {"delete": [], "add": []}
-    assert locks.package_lock_plan(written, names, "590", "590.44.01") == {"delete": [], "add": []}
-    assert locks.driver_lock_plan(written, RHEL9, "590") == {"delete": [], "errors": []}
+    assert locks.versionlock_plan(written, names, "590") == {"delete": [], "add": []}
+    assert locks.versionlock_plan(written, names, "590", "590.44.01") == {"delete": [], "add": []}
+    assert locks.dnf_lock_plan(written, RHEL9, "590") == {"delete": [], "errors": []}
     # The module's own idempotence test is the same line in `dnf versionlock list`.
     assert all(f"{name}-3:590.44.01-1.el9.*" in written.split() for name in names)
 
@@ -250,7 +250,7 @@ def test_the_module_deletes_exactly_the_stale_lines_and_a_name_would_take_the_ta
     (`p in locklist_pre`); a bare name goes through the plugin's _match, which matches every
     version of the name, the target's too, hence raw."""
     listing = PINNED_580 + "nvidia-driver-cuda-3:590.44.01-1.el9.*\n"
-    plan = locks.driver_lock_plan(listing, RHEL9, "590")
+    plan = locks.dnf_lock_plan(listing, RHEL9, "590")
     locklist_pre = listing.split()  # what the module reads: `dnf -q versionlock list`, split
     assert plan["delete"] and all(entry in locklist_pre for entry in plan["delete"])
     assert "nvidia-driver-cuda-3:590.44.01-1.el9.*" not in plan["delete"]

@@ -30,7 +30,7 @@ from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.com
     module_type_errors,
     secure_boot_errors,
 )
-from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.dnf_locks import package_lock_plan
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.dnf_locks import versionlock_plan
 from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.fabric_manager import (
     fabric_manager,
     fabric_manager_errors,
@@ -764,9 +764,9 @@ def test_versionlock_drops_other_versions_and_adds_the_pin():
         "add": ["nvidia-driver-cuda-580.95.05", "nvidia-persistenced-580.95.05"],
     }
     held = "\n".join(f"{name}-3:580.95.05-1.el9.*" for name in names)
-    assert package_lock_plan(held, names, "580", "580.95.05") == {"delete": [], "add": []}
+    assert versionlock_plan(held, names, "580", "580.95.05") == {"delete": [], "add": []}
     # "nvidia-driver" is not "nvidia-driver-cuda": no lock is mistaken for another package's.
-    assert package_lock_plan(listing, ["nvidia-driver"], "580", "580.95.05")["add"] == ["nvidia-driver-580.95.05"]
+    assert versionlock_plan(listing, ["nvidia-driver"], "580", "580.95.05")["add"] == ["nvidia-driver-580.95.05"]
 
 
 def test_apt_simulation_captured_from_the_molecule_mirror():

@@ -1,4 +1,5 @@
-"""dataset_volume_* filters: the dataset_volume role's decision logic, from module_utils."""
+"""dataset_volume_* filters: the dataset_volume role's decision logic, from
+module_utils/dataset_volume_logic.py."""
 
 from __future__ import annotations
 
@@ -9,14 +10,11 @@ from ansible_collections.gpu_fleet.common.plugins.module_utils.dataset_volume_lo
     mounted_is_ours,
     source_kind,
 )
+from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed
 
 
 class FilterModule:
+    """Filters for the dataset_volume role (prefix dataset_volume_)."""
+
     def filters(self):
-        return {
-            "dataset_volume_source_kind": source_kind,
-            "dataset_volume_assess": assess,
-            "dataset_volume_mount_options": mount_options,
-            "dataset_volume_mounted_is_ours": mounted_is_ours,
-            "dataset_volume_fstab_in_place": fstab_in_place,
-        }
+        return prefixed("dataset_volume_", (source_kind, assess, mount_options, mounted_is_ours, fstab_in_place))

@@ -18,14 +18,7 @@ class FilterModule:
     """Filters for playbooks/upgrade-driver.yml (prefix driver_rollout_)."""
 
     def filters(self):
-        functions = [
-            valid_serial,
-            target_errors,
-            loaded_version,
-            host_plan,
-            batch_verdict,
-            outcome,
-            report,
-            report_markdown,
-        ]
-        return prefixed("driver_rollout_", functions)
+        return prefixed(
+            "driver_rollout_",
+            (valid_serial, target_errors, loaded_version, host_plan, batch_verdict, outcome, report, report_markdown),
+        )

@@ -17,5 +17,6 @@ class FilterModule:
     """Job-aware filters for playbooks/upgrade-driver.yml (prefix driver_rollout_)."""
 
     def filters(self):
-        functions = [job_records, budget_errors, schedule, budget_stop, job_drains, job_restarts, slurm_jobs]
-        return prefixed("driver_rollout_", functions)
+        return prefixed(
+            "driver_rollout_", (job_records, budget_errors, schedule, budget_stop, job_drains, job_restarts, slurm_jobs)
+        )

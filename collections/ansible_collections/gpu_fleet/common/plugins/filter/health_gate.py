@@ -17,15 +17,18 @@ class FilterModule:
     """Filters for the health gate (prefix health_gate_)."""
 
     def filters(self):
-        functions = (
-            settings_errors,
-            fabric_needed,
-            cuda_problems,
-            cuda_report,
-            dcgmi_parse,
-            dcgmi_problems,
-            fabric_parse,
-            fabric_problems,
-            verdict,
+        return prefixed(
+            "health_gate_",
+            (
+                settings_errors,
+                fabric_needed,
+                cuda_problems,
+                cuda_report,
+                dcgmi_parse,
+                dcgmi_problems,
+                fabric_parse,
+                fabric_problems,
+                verdict,
+            ),
+            (*INPUT_ERRORS, AttributeError),
         )
-        return prefixed("health_gate_", functions, (*INPUT_ERRORS, AttributeError))

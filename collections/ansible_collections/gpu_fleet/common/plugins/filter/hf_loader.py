@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
+from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed
 from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.checkpoints import (
     checkpoint_dir,
     checkpoint_problems,
 )
-from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.interpreter import python_choice
+from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.interpreter import python
 from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.pins import missing_pins
 from ansible_collections.gpu_fleet.common.plugins.module_utils.hf_loader.wheelhouse import same_wheels
 
 
 class FilterModule:
+    """Filters for the hf_loader role (prefix hf_loader_)."""
+
     def filters(self):
-        return {
-            "hf_loader_missing_pins": missing_pins,
-            "hf_loader_same_wheels": same_wheels,
-            "hf_loader_checkpoint_dir": checkpoint_dir,
-            "hf_loader_checkpoint_problems": checkpoint_problems,
-            "hf_loader_python": python_choice,
-        }
+        return prefixed("hf_loader_", (missing_pins, same_wheels, checkpoint_dir, checkpoint_problems, python))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import reporting
+from ansible_collections.gpu_fleet.common.plugins.module_utils.filter_errors import prefixed
 from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.boot import (
     boot_kernel,
     boot_module_errors,
@@ -14,8 +14,8 @@ from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.com
     secure_boot_errors,
 )
 from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.dnf_locks import (
-    driver_lock_plan,
-    package_lock_plan,
+    dnf_lock_plan,
+    versionlock_plan,
 )
 from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.fabric_manager import (
     fabric_manager,
@@ -78,55 +78,55 @@ class FilterModule:
     """Filters for the nvidia_driver role (prefix nvidia_driver_)."""
 
     def filters(self):
-        functions = {
-            "valid_branch": valid_branch,
-            "pin_in_branch": pin_in_branch,
-            "host_state": host_state,
-            "parse_probe": parse_probe,
-            "parse_nvidia_smi_csv": parse_nvidia_smi_csv,
-            "verify": verify,
-            "plan_errors": plan_errors,
-            "package_names": package_names,
-            "package_specs": package_specs,
-            "apt_pin_version": apt_pin_version,
-            "fabric_manager": fabric_manager,
-            "fabric_manager_errors": fabric_manager_errors,
-            "fabric_manager_held_names": fabric_manager_held_names,
-            "existing_source_plan": existing_source_plan,
-            "rhel_repo_plan": rhel_repo_plan,
-            "versionlock_plan": package_lock_plan,
-            "dnf_lock_plan": driver_lock_plan,
-            "resolved_packages": resolved_packages,
-            "installed_driver_version": installed_driver_version,
-            "installed_package_set": installed_package_set,
-            "reboot_decision": reboot_decision,
-            "is_controller": is_controller,
-            "kernel_header_packages": kernel_header_packages,
-            "dkms_kernel_pin_packages": dkms_kernel_pin_packages,
-            "valid_kernel": valid_kernel,
-            "marker_prefix": marker_prefix,
-            "driver_marker": driver_marker,
-            "simulated_install_errors": simulated_install_errors,
-            "simulated_driver_version": simulated_driver_version,
-            "planned_driver_version": planned_driver_version,
-            "fabric_manager_availability_errors": fabric_manager_availability_errors,
-            "carried_versions": carried_versions,
-            "availability_errors": availability_errors,
-            "missing_packages": missing_packages,
-            "unbuilt_kernels": unbuilt_kernels,
-            "parse_units": parse_units,
-            "module_type_errors": module_type_errors,
-            "secure_boot_errors": secure_boot_errors,
-            "openpgp_fingerprints": openpgp_fingerprints,
-            "key_fingerprint_errors": key_fingerprint_errors,
-            "installed_packages": installed_packages,
-            "install_plan": install_plan,
-            "boot_kernel": boot_kernel,
-            "kernel_header_metapackages": kernel_header_metapackages,
-            "boot_module_errors": boot_module_errors,
-        }
-        # A filter's bad input (ValueError) is reported under the function's own name, as before the split.
-        return {
-            f"nvidia_driver_{name}": reporting(function, function.__name__, (ValueError,))
-            for name, function in functions.items()
-        }
+        # Only ValueError: anything else a function raises is a fault of its own, left as a traceback.
+        return prefixed(
+            "nvidia_driver_",
+            (
+                valid_branch,
+                pin_in_branch,
+                host_state,
+                parse_probe,
+                parse_nvidia_smi_csv,
+                verify,
+                plan_errors,
+                package_names,
+                package_specs,
+                apt_pin_version,
+                fabric_manager,
+                fabric_manager_errors,
+                fabric_manager_held_names,
+                existing_source_plan,
+                rhel_repo_plan,
+                versionlock_plan,
+                dnf_lock_plan,
+                resolved_packages,
+                installed_driver_version,
+                installed_package_set,
+                reboot_decision,
+                is_controller,
+                kernel_header_packages,
+                dkms_kernel_pin_packages,
+                valid_kernel,
+                marker_prefix,
+                driver_marker,
+                simulated_install_errors,
+                simulated_driver_version,
+                planned_driver_version,
+                fabric_manager_availability_errors,
+                carried_versions,
+                availability_errors,
+                missing_packages,
+                unbuilt_kernels,
+                parse_units,
+                module_type_errors,
+                secure_boot_errors,
+                openpgp_fingerprints,
+                key_fingerprint_errors,
+                installed_packages,
+                install_plan,
+                boot_kernel,
+                kernel_header_metapackages,
+                boot_module_errors,
+            ),
+            (ValueError,),
+        )

@@ -31,7 +31,7 @@ def _dotted(version: tuple[int, ...]) -> str:
     return ".".join(map(str, version))
 
 
-def python_choice(facts: dict, requested: str = "") -> dict:
+def python(facts: dict, requested: str = "") -> dict:
     """The interpreter hf_loader's venv is made with on a host, from its facts (os_family,
     distribution, distribution_version, distribution_major_version, python.version) and
     hf_loader_python ('' chooses).

@@ -129,7 +129,7 @@ def _target_words(branch, pin) -> str:
     return f"nvidia_driver_version {pin}" if pin else f"nvidia_driver_branch {branch}"
 
 
-def driver_lock_plan(list_text: str, platform: dict, branch, pin="") -> dict:
+def dnf_lock_plan(list_text: str, platform: dict, branch, pin="") -> dict:
     """What to do with the host's version locks before the driver changes, decided before any change.
 
     delete: the role's own entries (own_name_patterns) that hold a version other than the target
@@ -170,7 +170,7 @@ def driver_lock_plan(list_text: str, platform: dict, branch, pin="") -> dict:
     return {"delete": delete, "errors": errors}
 
 
-def package_lock_plan(list_text: str, names, branch, pin="") -> dict:
+def versionlock_plan(list_text: str, names, branch, pin="") -> dict:
     """Locks of the given package names: the entries to delete before their install, the specs to add after.
 
     delete: entries of these names that hold another version than the target (the pin, else the
