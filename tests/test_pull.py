@@ -20,6 +20,8 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = ROOT / "roles" / "fleet_pull"
+# The inventory plugin's source, in the collection; the role installs this file on each host.
+PLUGIN = ROOT / "collections/ansible_collections/gpu_fleet/common/plugins/inventory/instance_data.py"
 BIN = Path(sys.executable).parent
 FIXTURES = Path(__file__).parent / "fixtures" / "instance_data"
 # Written by Debian's cloud-init 22.4 in the pull lab (NoCloud seed; meta-data tags in EC2's shape).
@@ -51,7 +53,7 @@ EC2 = {
 
 
 def load_plugin():
-    spec = importlib.util.spec_from_file_location("instance_data", ROLE / "files" / "instance_data.py")
+    spec = importlib.util.spec_from_file_location("instance_data", PLUGIN)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -164,7 +166,7 @@ def inventory_of(tmp_path, tags: dict, fail_closed: bool = True, **config) -> su
         **config,
     }
     path.write_text(yaml.safe_dump(settings))
-    env = dict(os.environ, ANSIBLE_INVENTORY_PLUGINS=str(ROLE / "files"))
+    env = dict(os.environ, ANSIBLE_INVENTORY_PLUGINS=str(PLUGIN.parent))
     if fail_closed:  # as the runner runs it
         env.update(ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED="1", ANSIBLE_INVENTORY_UNPARSED_FAILED="1")
     return subprocess.run(
@@ -252,6 +254,7 @@ def test_the_cloud_config_carries_the_roles_files_and_fits_ec2s_limit(tmp_path):
         "0644",
     }
     assert files["/usr/local/sbin/gpu-fleet-pull"] == (ROLE / "files" / "gpu-fleet-pull").read_text()
+    assert files["/etc/gpu-fleet/plugins/inventory/instance_data.py"] == PLUGIN.read_text()
     assert files["/etc/gpu-fleet/pull-requirements.txt"] == (ROOT / "requirements" / "pull.txt").read_text()
     assert f"GPU_FLEET_REPO_REF={ref}" in files["/etc/gpu-fleet/pull.env"]
     # What code runs is in pull-settings.yml, which the runner gives as extra variables; the vars
