@@ -5,17 +5,31 @@ Python version; this file makes it loadable from the project's own path. Mitogen
 per host for the whole run, reached over one `docker exec`, and sends each module to it, so a
 task costs no `docker exec`, no new Python on the host and no runc start.
 
-Only the docker connection is handed to mitogen. The driver's create and destroy playbooks run on
-the controller with the local connection and wait on async tasks, which under mitogen's local
-connection never finish; those, and the ssh of the unreachable-host test, stay Ansible's own.
+Mitogen takes over the docker connection, and the local one only where a task over docker asks for
+it (ansible.posix.synchronize runs rsync on the controller through it). The driver's create
+and destroy playbooks, plays of the local connection, wait on async tasks that under mitogen's
+local connection never finish: they, and the ssh of the unreachable-host test, stay Ansible's own.
 """
 
 from __future__ import annotations
 
 import ansible_mitogen.loaders
 import ansible_mitogen.strategy
+from ansible.playbook.play_context import PlayContext
 
-ansible_mitogen.strategy.REDIRECTED_CONNECTION_PLUGINS = ("docker",)
+TAKEN_OVER = ("docker", "local")
+
+
+def connection_loader_get_with_context(name, *args, **kwargs):
+    play_context = args[0] if args and isinstance(args[0], PlayContext) else None
+    if name in TAKEN_OVER and play_context is not None and play_context.connection == "docker":
+        name = f"mitogen_{name}"
+    return ansible_mitogen.loaders.connection_loader__get_with_context(name, *args, **kwargs)
+
+
+# Read when the strategy installs its wrappers, in place of mitogen's own rule (every play whose
+# connection it knows, local included).
+ansible_mitogen.strategy.wrap_connection_loader__get_with_context = connection_loader_get_with_context
 Linear = ansible_mitogen.loaders.strategy_loader.get("linear", class_only=True)
 
 
