@@ -67,7 +67,7 @@ molecule: venv engine loader-venv wheelhouse ## every Molecule scenario, full se
 rehearsals: venv engine loader-venv wheelhouse ## every Molecule scenario and the labs' short versions, two side by side from one queue (make test)
 	WHEELHOUSE_DIR=$(WHEELHOUSE_DIR) bash scripts/rehearsals.sh --labs
 
-bench-molecule-exec: venv engine ## Molecule's docker connection: a playbook with pipelining off vs on (wall, CPU, execs)
+bench-molecule-exec: venv engine ## Molecule's docker connection: a playbook with pipelining off, on, and under mitogen (wall, CPU, execs)
 	$(BIN)/python bench/molecule_exec.py
 
 test: ## everything CI checks: lint, pytest, molecule; prints a summary

@@ -1,21 +1,27 @@
 #!/usr/bin/env python3
-"""Molecule's connection benchmark: the same playbook over the docker connection with
-pipelining off and on, in the same run, alternated, medians and their ratios.
+"""Molecule's connection benchmark: the same playbook over the docker connection three ways, in
+the same run, alternated, medians and their ratios to Molecule's setting.
 
     make bench-molecule-exec
     .venvs/controller/bin/python bench/molecule_exec.py --tasks 20 --reps 3
 
 Molecule reaches its containers through `docker exec`, and every exec is a docker client, a
 dockerd and containerd request and a runc start (through scripts/capfilter-runc): about a third
-of a CPU-second on the test machine. Without pipelining Ansible makes six of them per module
-(home folder, temporary folder, the module copied in, chmod, run, removal); with it, one.
-Ansible reads `pipelining` from [defaults] or [connection]; the [ssh_connection] key that
-.config/molecule/config.yml once used is seen by the ssh plugin only.
+of a CPU-second on the test machine. The three configurations:
+- off: Ansible's default, no pipelining: six execs per module (home folder, temporary folder,
+  the module copied in, chmod, run, removal);
+- pipelining: one exec and one new Python on the host per module (Ansible reads `pipelining`
+  from [defaults] or [connection]; the [ssh_connection] key that .config/molecule/config.yml
+  once used is seen by the ssh plugin only);
+- mitogen: what .config/molecule/config.yml sets now, the strategy of
+  molecule/shared/strategy_plugins over the connection named `docker`: one Python per host for
+  the whole run, reached over one exec, and each module sent to it.
 
 The playbook is a role's usual mix (stat, file, copy, lineinfile, command), on one container of
 local/debian-systemd:bookworm that the bench starts and removes. Reported per configuration:
 wall seconds, the machine's busy CPU-seconds (/proc/stat, all processes: client, engine,
-runtime and container) and the docker execs Ansible logged. Python 3.11 standard library only.
+runtime and container) and the execs the engine started in the container (its exec_start
+events). Python 3.11 standard library only.
 """
 
 from __future__ import annotations
@@ -50,24 +56,42 @@ def busy_ticks() -> int:
 
 def playbook(folder: Path, groups: int) -> Path:
     path = folder / "bench.yml"
-    (folder / "ansible.cfg").touch()  # Ansible's defaults but for pipelining, set per run
+    (folder / "ansible.cfg").touch()  # Ansible's defaults but for what each configuration sets
     tasks = "".join(TASKS.format(n=n) for n in range(groups))
     path.write_text(f"- name: Bench\n  hosts: all\n  gather_facts: false\n  tasks:{tasks}")
     return path
 
 
-def timed_run(container: str, book: Path, pipelining: bool) -> tuple[float, float, int]:
+CONFIGURATIONS = {
+    "off": {"ANSIBLE_PIPELINING": "False"},
+    "pipelining": {"ANSIBLE_PIPELINING": "True"},
+    "mitogen": {
+        "ANSIBLE_PIPELINING": "True",
+        "ANSIBLE_STRATEGY_PLUGINS": str(ROOT / "molecule" / "shared" / "strategy_plugins"),
+        "ANSIBLE_STRATEGY": "mitogen_linear",
+    },
+}
+# Mitogen takes over the docker connection by its short name only (as Molecule's inventory names it).
+CONNECTION = {"off": "community.docker.docker", "pipelining": "community.docker.docker", "mitogen": "docker"}
+
+
+def execs_started(container: str, since: float, until: float) -> int:
+    events = ["docker", "events", "--since", f"{since:.3f}", "--until", f"{until:.3f}", "--format", "{{.ID}}"]
+    events += ["--filter", f"container={container}", "--filter", "event=exec_start"]
+    return len(subprocess.run(events, capture_output=True, text=True, check=True).stdout.splitlines())
+
+
+def timed_run(container: str, book: Path, name: str) -> tuple[float, float, int]:
     config = book.with_name("ansible.cfg")
-    env = dict(os.environ, ANSIBLE_PIPELINING=str(pipelining), ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(config))
-    command = [str(ANSIBLE_PLAYBOOK), "-i", f"{container},", "-c", "community.docker.docker", "-vvv", str(book)]
+    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_CONFIG=str(config), **CONFIGURATIONS[name])
+    command = [str(ANSIBLE_PLAYBOOK), "-i", f"{container},", "-c", CONNECTION[name], str(book)]
     command += ["-e", "ansible_python_interpreter=/usr/bin/python3"]
-    ticks, start = busy_ticks(), time.monotonic()
+    ticks, since, start = busy_ticks(), time.time(), time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     wall, cpu = time.monotonic() - start, (busy_ticks() - ticks) / os.sysconf("SC_CLK_TCK")
     if done.returncode != 0:
-        sys.exit(f"bench playbook failed (pipelining={pipelining}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
-    execs = sum(line.startswith(f"<{container}> EXEC") for line in done.stdout.splitlines())
-    return wall, cpu, execs
+        sys.exit(f"bench playbook failed ({name}):\n{done.stdout[-3000:]}{done.stderr[-2000:]}")
+    return wall, cpu, execs_started(container, since, time.time())
 
 
 def main() -> int:
@@ -80,26 +104,23 @@ def main() -> int:
     systemd = ["--privileged", "--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--tmpfs", "/run"]
     run = ["docker", "run", "-d", "--name", container, *systemd, "--tmpfs", "/tmp", IMAGE, "/lib/systemd/systemd"]
     subprocess.run(run, check=True, capture_output=True)
-    results: dict[bool, list[tuple[float, float, int]]] = {False: [], True: []}
+    results: dict[str, list[tuple[float, float, int]]] = {name: [] for name in CONFIGURATIONS}
     try:
         with tempfile.TemporaryDirectory() as folder:
             book = playbook(Path(folder), max(1, args.tasks // 5))
-            timed_run(container, book, True)  # warm-up: systemd's start-up, page cache
+            timed_run(container, book, "pipelining")  # warm-up: systemd's start-up, page cache
             for _ in range(args.reps):
-                for pipelining in (False, True):
-                    results[pipelining].append(timed_run(container, book, pipelining))
+                for name in CONFIGURATIONS:
+                    results[name].append(timed_run(container, book, name))
     finally:
         subprocess.run(["docker", "rm", "-f", container], check=False, capture_output=True)
-    medians = {
-        pipelining: [statistics.median(run[i] for run in runs) for i in range(3)]
-        for pipelining, runs in results.items()
-    }
+    medians = {name: [statistics.median(run[i] for run in runs) for i in range(3)] for name, runs in results.items()}
     tasks = max(1, args.tasks // 5) * 5
-    for pipelining, (wall, cpu, execs) in medians.items():
-        name = "pipelining on " if pipelining else "pipelining off"
-        print(f"{name}: {wall:6.1f} s wall, {cpu:6.1f} CPU-s, {execs:4.0f} docker execs for {tasks} tasks")
-    off, on = medians[False], medians[True]
-    print(f"off/on: wall {off[0] / on[0]:.2f}x, CPU {off[1] / on[1]:.2f}x, execs {off[2] / on[2]:.2f}x")
+    for name, (wall, cpu, execs) in medians.items():
+        print(f"{name:>10}: {wall:6.1f} s wall, {cpu:6.1f} CPU-s, {execs:4.0f} docker execs for {tasks} tasks")
+    wall, cpu, _ = medians["mitogen"]
+    for name in ("off", "pipelining"):
+        print(f"{name}/mitogen: wall {medians[name][0] / wall:.2f}x, CPU {medians[name][1] / cpu:.2f}x")
     return 0
 
 
