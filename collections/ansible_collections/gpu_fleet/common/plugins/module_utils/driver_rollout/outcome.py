@@ -18,7 +18,8 @@ STATES = ("failed", "reboot-pending", "unreachable", "skipped", "not-reached", "
 NOT_DONE = ("failed", "reboot-pending", "unreachable")
 
 
-def _true(value) -> bool:
+def is_true(value) -> bool:
+    """A bool as Ansible passes it: True, or the strings true, yes, 1."""
     return value is True or str(value).strip().lower() in ("true", "yes", "1")
 
 
@@ -43,7 +44,7 @@ def outcome(plan: dict, driver_report: dict, branch, pin="", check_mode=False) -
     report = driver_report or {}
     loaded = str(report.get("loaded_version") or "")
     installed = str(report.get("driver_version") or "")
-    if _true(report.get("install_deferred")):
+    if is_true(report.get("install_deferred")):
         # The role found a training unit running and changed nothing: the job was started
         # after the drain by something the cordon does not hold (not the training unit's gate).
         blocked = list(report.get("install_blocked_by") or [])
@@ -54,7 +55,7 @@ def outcome(plan: dict, driver_report: dict, branch, pin="", check_mode=False) -
             "(or let it end) and run the rollout again."
         )
         return {"state": "failed", "reason": reason, "loaded_version": loaded, "passed": False}
-    if _true(report.get("reboot_required")):
+    if is_true(report.get("reboot_required")):
         blocked = list(report.get("reboot_blocked_by") or [])
         why = "; ".join(report.get("reboot_reasons") or []) or "the installed module is not the loaded one"
         reason = (
@@ -65,7 +66,7 @@ def outcome(plan: dict, driver_report: dict, branch, pin="", check_mode=False) -
             "the host is idle, or reboot it."
         )
         return {"state": "reboot-pending", "reason": reason, "loaded_version": loaded, "passed": False}
-    if loaded and version_matches(loaded, pin, branch) and _true(report.get("verified")):
+    if loaded and version_matches(loaded, pin, branch) and is_true(report.get("verified")):
         if action == "upgrade":
             reboot = ", rebooted" if loaded != before else ", no reboot needed"
             reason = f"now runs {loaded}{reboot}, verified"

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import json
 
+from ansible_collections.gpu_fleet.common.plugins.module_utils.driver_rollout.outcome import is_true
+
 PHASES = ("all", "canary", "rest")
 NO_CANARY = ("", "none", None)
-
-
-def _true(value) -> bool:
-    return value is True or str(value).strip().lower() in ("true", "yes", "1")
 
 
 def phase_errors(phase, canary="idle", pause_after_canary=True, awx_job="") -> list[str]:
@@ -42,7 +40,7 @@ def phase_errors(phase, canary="idle", pause_after_canary=True, awx_job="") -> l
             "upgrade_driver_phase=canary needs a canary, but upgrade_driver_canary is empty: set it to idle, "
             "first or a group, or run the whole rollout (upgrade_driver_phase=all)."
         ]
-    if phase == "all" and _true(pause_after_canary) and str(awx_job or "").strip():
+    if phase == "all" and is_true(pause_after_canary) and str(awx_job or "").strip():
         return [
             f"This run is an AWX job ({awx_job}): the pause after the canary has no terminal to wait on and would "
             "roll on to the whole fleet unasked. Run the two phases as two job templates with an approval between "
