@@ -6,13 +6,13 @@ once. They are set with -e (docs/fleet.md), and no inventory of the project sets
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import yaml
 
+from conftest import ansible_playbook
+
 ROOT = Path(__file__).resolve().parent.parent
-ANSIBLE_PLAYBOOK = ROOT / ".venvs" / "controller" / "bin" / "ansible-playbook"
 PLAY_KEYWORD_KNOBS = ("fleet_hosts", "fleet_serial", "fleet_max_fail_percentage")
 
 
@@ -39,8 +39,7 @@ def batches(tmp_path: Path, group_vars: dict, *extra: str) -> list[list[str]]:
         }
     ]
     (tmp_path / "batches.yml").write_text(yaml.safe_dump(book, sort_keys=False))
-    command = [str(ANSIBLE_PLAYBOOK), "-i", str(tmp_path / "hosts.yml"), str(tmp_path / "batches.yml"), *extra]
-    done = subprocess.run(command, capture_output=True, text=True, check=False, cwd=ROOT)
+    done = ansible_playbook(tmp_path / "hosts.yml", str(tmp_path / "batches.yml"), *extra)
     assert done.returncode == 0, done.stdout + done.stderr
     return [line.split(",") for line in re.findall(r"batch=([\w,-]+)", done.stdout)]
 
