@@ -117,16 +117,9 @@ EOF
 
 step_cache() {
     rm -rf "$CACHE"
-    "$PYTHON" - "$CACHE" "$TRAIN_IMAGES" >"$OUT_DIR/cache-build.log" 2>&1 <<'EOF' || { fail "cache build (cache-build.log)"; return; }
-import sys
-from pathlib import Path
-from hf_loader import fixtures
-root, n_train = Path(sys.argv[1]), int(sys.argv[2])
-splits, names = fixtures.tiny_splits(n_train=n_train, n_val=max(256, n_train // 8), classes=10, size=(160, 128))
-snap = fixtures.make_hub_snapshot(root / "hub", "ILSVRC/imagenet-1k", splits, names, shards=4)
-fixtures.make_arrow_cache(root / "datasets", "ILSVRC/imagenet-1k", snap)
-print("cache written", root)
-EOF
+    "$PYTHON" -m hf_loader.fixtures "$CACHE" ILSVRC/imagenet-1k --train "$TRAIN_IMAGES" \
+        --val "$(( TRAIN_IMAGES / 8 > 256 ? TRAIN_IMAGES / 8 : 256 ))" --classes 10 --size 160x128 --shards 4 \
+        >"$OUT_DIR/cache-build.log" 2>&1 || { fail "cache build (cache-build.log)"; return; }
     offline_env "$PYTHON" -m hf_loader.cachetest ILSVRC/imagenet-1k --json --batches 4 --workers 4 \
         >"$OUT_DIR/cache-test.json" 2>"$OUT_DIR/cache-test.log"
     local rc=$?

@@ -29,22 +29,22 @@ def built(tmp_path_factory):
     from hf_loader import fixtures
 
     root = tmp_path_factory.mktemp("built")
-    splits, names = fixtures.tiny_splits(n_train=12, n_val=6, classes=3)
-    snap = fixtures.make_hub_snapshot(root / "hub", DATASET, splits, names, shards=2)
-    arrow = fixtures.make_arrow_cache(root / "datasets", DATASET, snap, max_shard_size=5000)
+    cache = fixtures.build_cache(
+        root, DATASET, n_train=12, n_val=6, classes=3, shards=2, arrow_shard_bytes=5000
+    )
     bad = {
         s: ([b"\xff\xd8 not really a jpeg"] * len(imgs), labels)
-        for s, (imgs, labels) in splits.items()
+        for s, (imgs, labels) in cache.splits.items()
     }
     bad_snap = fixtures.make_hub_snapshot(
-        root / "badhub", "acme/broken-images", bad, names, shards=1
+        root / "badhub", "acme/broken-images", bad, cache.names, shards=1
     )
     return {
         "root": root,
-        "snapshot": snap,
-        "arrow": arrow,
+        "snapshot": cache.snapshot,
+        "arrow": cache.arrow,
         "bad_snapshot": bad_snap,
-        "names": names,
+        "names": cache.names,
     }
 
 

@@ -9,10 +9,15 @@
   written by the parquet builder's own `download_and_prepare`.
 - `interrupted_prepare`: a real `*.incomplete` folder, left by a preparing process that is
   killed (`os._exit`) after writing its first split.
+- `build_cache`: the three above in one call, ROOT/{hub,datasets}: the one cache builder of the
+  project (the package's tests, the lab, the GPU host check), also as a command:
+  `python -m hf_loader.fixtures ROOT DATASET --train N --val N [--classes N] [--size WxH]
+  [--shards N] [--arrow-shard-bytes N|parquet]`.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import io
 import json
@@ -21,6 +26,7 @@ import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import yaml
@@ -235,3 +241,98 @@ def interrupted_prepare(datasets_cache, dataset_id: str, snapshot, hash: str) ->
     if not found:
         raise RuntimeError(f"no {hash}.incomplete under {root}")
     return found[0]
+
+
+class BuiltCache(NamedTuple):
+    snapshot: Path
+    arrow: Path
+    splits: dict
+    names: list[str]
+
+
+def build_cache(
+    root,
+    dataset_id: str,
+    *,
+    n_train: int,
+    n_val: int,
+    classes: int = 10,
+    size: tuple[int, int] = (80, 64),
+    shards: int = 2,
+    arrow_shard_bytes: int | str | None = None,
+) -> BuiltCache:
+    """An ImageNet-shaped cache of synthetic JPEGs at ROOT/{hub,datasets}: the hub snapshot
+    (`shards` parquet files a split) and its by-name Arrow cache. `arrow_shard_bytes`: the
+    Arrow files' largest size (None: `datasets`' default, 500 MB), or "parquet": about as
+    large as the train split's parquet shards (the real ImageNet-1k cache's shape)."""
+    root = Path(root)
+    splits, names = tiny_splits(n_train=n_train, n_val=n_val, classes=classes, size=size)
+    snapshot = make_hub_snapshot(root / "hub", dataset_id, splits, names, shards=shards)
+    if arrow_shard_bytes == "parquet":
+        arrow_shard_bytes = sum(map(len, splits["train"][0])) // shards
+    arrow = make_arrow_cache(
+        root / "datasets", dataset_id, snapshot, max_shard_size=arrow_shard_bytes
+    )
+    return BuiltCache(snapshot, arrow, splits, names)
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.partition("x")
+    try:
+        return int(width), int(height)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"WIDTHxHEIGHT, e.g. 96x80, not {text!r}") from None
+
+
+def _shard_bytes(text: str) -> int | str:
+    if text == "parquet":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a number of bytes or 'parquet', not {text!r}") from None
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m hf_loader.fixtures",
+        description="Build a small ImageNet-shaped cache with the real libraries: "
+        "ROOT/{hub,datasets}.",
+    )
+    p.add_argument("root", type=Path, help="the cache root: hub/ and datasets/ under it")
+    p.add_argument("dataset", help="the dataset id, e.g. ILSVRC/imagenet-1k")
+    p.add_argument("--train", type=int, required=True, help="train images")
+    p.add_argument("--val", type=int, required=True, help="validation images")
+    p.add_argument("--classes", type=int, default=10, help="ClassLabel names (default 10)")
+    p.add_argument("--size", type=_size, default=(80, 64), help="JPEG WIDTHxHEIGHT (default 80x64)")
+    p.add_argument("--shards", type=int, default=2, help="parquet shards a split (default 2)")
+    p.add_argument(
+        "--arrow-shard-bytes",
+        type=_shard_bytes,
+        default=None,
+        help="Arrow files' largest size in bytes, or 'parquet': about a train parquet shard's size "
+        "(default: the datasets library's own)",
+    )
+    args = p.parse_args(argv)
+    built = build_cache(
+        args.root,
+        args.dataset,
+        n_train=args.train,
+        n_val=args.val,
+        classes=args.classes,
+        size=args.size,
+        shards=args.shards,
+        arrow_shard_bytes=args.arrow_shard_bytes,
+    )
+    # `datasets` leaves lock files named after the build path beside the cache: not data.
+    for lock in (args.root / "datasets").glob("*.lock"):
+        lock.unlink()
+    print(f"cache written {args.root}: {built.snapshot} {built.arrow}", flush=True)
+    # Leave without interpreter teardown: parquet reader threads still winding down then can
+    # abort the process ("terminate called without an active exception", apache/arrow#45214).
+    sys.stderr.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
