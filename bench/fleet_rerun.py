@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-from lab_stack import container_cpu_seconds, lab_inventory, light_stack  # the labs' shared helpers
+from lablib import Lab, Logger, container_cpu_seconds, lab_inventory, light_stack, run_lab  # the lab library
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -73,8 +73,7 @@ LABELS = {"defaults": "Ansible defaults", "knobs": "project, ansible-core", "pro
 CALIBRATION = "bench/one_call_per_host.yml"
 
 
-def log(msg: str) -> None:
-    print(f"[bench] {msg}", flush=True)
+log = Logger("bench")
 
 
 def mitogen_strategy_dir() -> Path | None:
@@ -164,28 +163,20 @@ def play(name: str, cfg: Path, inventory: Path, playbook: str, extra: list[str],
     }
 
 
+def bench_lab() -> Lab:
+    """The bench's own lab; its volumes seeded whatever the shell exports (the rerun benchmark starts
+    from a full cache), its two fact caches cleared for a new host."""
+    facts = ":".join(f"{BENCH_LAB}/facts/{c}" for c in ("project", "knobs"))
+    return Lab.from_env().beside(BENCH_LAB, "bench-gpu-", 2300, fact_cache=facts)
+
+
 def lab(cmd: str, n: int) -> None:
-    env = dict(
-        os.environ,
-        LAB_DIR=BENCH_LAB,
-        LAB_INVENTORY=f"{BENCH_LAB}/inventory/hosts.yml",
-        LAB_PREFIX="bench-gpu-",
-        LAB_BASE_PORT="2300",
-        LAB_FACT_CACHE=":".join(f"{BENCH_LAB}/facts/{c}" for c in ("project", "knobs")),
-        LAB_HOST_REPORTS=f"{BENCH_LAB}/reports/hosts",
-        # Seeded volumes whatever the shell exports: the rerun benchmark starts from a full cache.
-        LAB_SEED="full",
-        LAB_SHARDS="2",
-    )
-    args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
-    if cmd == "up":
-        args += ["--hosts", str(n)]
-    subprocess.run(args, cwd=ROOT, env=env, check=True)
+    run_lab(bench_lab(), cmd, *(["--hosts", str(n)] if cmd == "up" else []))
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--hosts", type=int, default=int(os.environ.get("LAB_HOSTS", "10")))
+    p.add_argument("--hosts", type=int, default=Lab.from_env(hosts=10).hosts)
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--playbook", default="site.yml")
     p.add_argument("--configs", default="defaults,knobs,project", help="comma list of defaults, knobs, project")

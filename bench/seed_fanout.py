@@ -8,7 +8,7 @@ the lab's cache takes about 25 s.
 
 The bench runs its own lab beside the default one (hosts seed-gpu-01..M on
 127.0.0.1:2401.., M the largest N; folder lab/bench-seed) with blank volumes (LAB_SEED=empty),
-converges it once with site.yml (the labs' light stack, scripts/lab_stack.py, the cache test
+converges it once with site.yml (the labs' light stack, scripts/lablib/stack.py, the cache test
 off: an empty host cannot pass it), then for each N and each mode:
 - blanks every bench host's cache (the dataset's folders under /data/hf/datasets and
   /data/hf/hub, and /data/hf/.hf-seed) over `docker exec`;
@@ -23,7 +23,7 @@ The modes alternate which runs first. seed.yml's cache test after seeding is off
 wall time of each run and the ratio fan-out/single; results.json, the logs and the
 manifest stay in lab/bench-seed. The lab is removed at the end unless --keep.
 Python 3.11 standard library plus bench/fleet_rerun.py (ansible.cfg writer, timed playbook runs)
-and scripts/lab_stack.py (the light stack).
+and the lab library scripts/lablib (its settings, the light stack).
 """
 
 from __future__ import annotations
@@ -40,13 +40,12 @@ from pathlib import Path
 
 # bench/ is sys.path[0] when this file runs as a script.
 from fleet_rerun import play, write_cfg  # it puts scripts/ on sys.path
-from lab_stack import lab_environment, lab_inventory, light_stack
+from lablib import Lab, Logger, lab_inventory, light_stack, run_lab
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_LAB = "lab/bench-seed"
 PREFIX = "seed-gpu-"
 BASE_PORT = 2400
-DATASET = os.environ.get("LAB_DATASET", "ILSVRC/imagenet-1k")
 CACHE_ROOT = "/data/hf"
 # Where the role and the loader role put things on a host (roles/hf_seed/vars, defaults).
 SEED_COMMAND = "/usr/local/bin/hf-cache-seed"
@@ -67,41 +66,32 @@ WAVE = re.compile(r"msg: '(pass \d+, wave \d+: [^']*)'")
 CONFIG = "knobs"
 
 
-def log(msg: str) -> None:
-    print(f"[bench-seed] {msg}", flush=True)
+log = Logger("bench-seed")
 
 
-def lab_env() -> dict:
-    return lab_environment(
-        BENCH_LAB,
-        PREFIX,
-        BASE_PORT,
-        LAB_FACT_CACHE=f"{BENCH_LAB}/facts/{CONFIG}",
-        LAB_SEED="empty",
-        # Many files, as the real cache has: a host hands each one on as soon as it has it.
-        LAB_SHARDS=os.environ.get("LAB_SHARDS", "24"),
-    )
+def seed_lab() -> Lab:
+    # Many files, as the real cache has: a host hands each one on as soon as it has it.
+    settings = Lab.from_env(shards=24)
+    facts = f"{BENCH_LAB}/facts/{CONFIG}"
+    return settings.beside(BENCH_LAB, PREFIX, BASE_PORT, fact_cache=facts, seed="empty", shards=settings.shards)
 
 
 def lab(cmd: str, n: int = 0) -> None:
-    args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
-    if cmd == "up":
-        args += ["--hosts", str(n), "--seed", "empty"]
-    subprocess.run(args, cwd=ROOT, env=lab_env(), check=True)
+    run_lab(seed_lab(), cmd, *(["--hosts", str(n), "--seed", "empty"] if cmd == "up" else []))
 
 
 def docker_exec(host: str, script: str) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", "exec", host, "sh", "-c", script], capture_output=True, text=True, check=False)
 
 
-def dataset_dirs() -> list[str]:
+def dataset_dirs(dataset: str) -> list[str]:
     """The dataset's published folders on a host (what hf-cache-seed publish renames)."""
-    ns_name = DATASET.replace("/", "___")
-    return [f"{CACHE_ROOT}/datasets/{ns_name}", f"{CACHE_ROOT}/hub/datasets--{DATASET.replace('/', '--')}"]
+    ns_name = dataset.replace("/", "___")
+    return [f"{CACHE_ROOT}/datasets/{ns_name}", f"{CACHE_ROOT}/hub/datasets--{dataset.replace('/', '--')}"]
 
 
-def blank(hosts: list[str]) -> None:
-    paths = [f"{CACHE_ROOT}/.hf-seed", *dataset_dirs()]
+def blank(hosts: list[str], dataset: str) -> None:
+    paths = [f"{CACHE_ROOT}/.hf-seed", *dataset_dirs(dataset)]
     quoted = " ".join(shlex.quote(p) for p in paths)
     for host in hosts:
         proc = docker_exec(host, f"rm -rf {quoted} && for p in {quoted}; do test ! -e $p || exit 1; done")
@@ -169,10 +159,11 @@ def main() -> int:
     m = max(counts)
     hosts = [f"{PREFIX}{i:02d}" for i in range(1, m + 1)]
     content = work / "cache" / "content"
-    python = ROOT / os.environ.get("LAB_PYTHON", ".venvs/loader/bin/python")
+    settings = Lab.from_env(python=".venvs/loader/bin/python")
+    python, dataset = settings.python_path, settings.dataset
     reports = [f"hf_loader_fleet_report_dir={work}/reports/hosts", f"fleet_report_dir={work}/reports"]
     stamp = work / "converged.json"
-    results: dict = {"hosts_list": counts, "dataset": DATASET, "runs": []}
+    results: dict = {"hosts_list": counts, "dataset": dataset, "runs": []}
     bad: list[str] = []
     try:
         t0 = time.monotonic()
@@ -211,7 +202,7 @@ def main() -> int:
         for k, n in enumerate(counts):
             order = list(MODES) if k % 2 == 0 else list(reversed(MODES))
             for mode in order:
-                blank(hosts)
+                blank(hosts, dataset)
                 limit = hosts[:n]
                 extra = [*seed_vars, *MODES[mode], f"--limit={','.join(limit)}"]
                 log(f"N={n} {mode}: seed.yml on {','.join(limit)}")

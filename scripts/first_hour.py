@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lab_stack import lab_environment
+from lablib import Lab, Logger
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = ROOT / "docs" / "first-hour.md"
@@ -70,8 +70,7 @@ class Step:
     line: int  # where it is on the page
 
 
-def log(msg: str) -> None:
-    print(f"[first-hour] {msg}", flush=True)
+log = Logger("first-hour")
 
 
 def extract(text: str) -> list[Step]:
@@ -203,12 +202,13 @@ def run(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(argv, check=check, text=True, **kw)
 
 
-def lab_env() -> dict:
-    return lab_environment(LAB, PREFIX, BASE_PORT, LAB_GPU="none")
+def first_hour_lab() -> Lab:
+    return Lab.from_env().beside(LAB, PREFIX, BASE_PORT, gpu="none")
 
 
 def lab(cmd: str, *args: str, check: bool = True) -> None:
-    run(sys.executable, str(ROOT / "scripts" / "lab.py"), cmd, *args, cwd=ROOT, env=lab_env(), check=check)
+    env = first_hour_lab().environment()
+    run(sys.executable, str(ROOT / "scripts" / "lab.py"), cmd, *args, cwd=ROOT, env=env, check=check)
 
 
 def start_controller(tmp: Path) -> None:

@@ -34,104 +34,56 @@ and reboots". LAB_SHARED=FOLDER:PATH bind-mounts the lab's folder FOLDER (under 
 created and removed with the lab) at PATH in every host, one folder for all of them, as a
 shared filesystem (NFS, Lustre) is on a real fleet: a multi-node job's save_folder; a host made
 with another LAB_SHARED is recreated (its volume is kept).
+The LAB_* variables (docs/lab.md) are read once, into a lablib.Lab (scripts/lablib/settings.py),
+which every function here takes; the options of `up` override them. Another script runs a lab of
+its own with lablib.run_lab(Lab.from_env().beside(FOLDER, PREFIX, PORT)). The cache is built by
+`python -m hf_loader.fixtures`, the project's one cache builder.
 Python 3.11 standard library only; run as root (losetup, docker).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import ipaddress
 import json
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 from gpu_sim import build as gpu_build
+from lablib import ROOT, Lab, Logger
+from lablib.settings import LabSettingsError
 
-ROOT = Path(__file__).resolve().parent.parent
-# Another lab beside the default one (the fleet benchmark's) sets LAB_DIR, LAB_INVENTORY,
-# LAB_PREFIX and LAB_BASE_PORT.
-LAB = ROOT / os.environ.get("LAB_DIR", "lab")
-STATE = LAB / "state.json"
-SSH_DIR = LAB / "ssh"
-KEY = SSH_DIR / "id_ed25519"
-KNOWN_HOSTS = SSH_DIR / "known_hosts"
-VOLUMES = LAB / "volumes"
-CACHE_BUILD = LAB / "cache"
-INVENTORY = ROOT / os.environ.get("LAB_INVENTORY", "inventory/lab/hosts.yml")
-
-IMAGE = os.environ.get("LAB_IMAGE", "local/debian-systemd:bookworm")
-PREFIX = os.environ.get("LAB_PREFIX", "lab-gpu-")
-BASE_PORT = int(os.environ.get("LAB_BASE_PORT", "2200"))
-VOLUME_SIZE = os.environ.get("LAB_VOLUME_SIZE", "1536M")
 VOLUME_LABEL = "hfcache"
 # What a new volume holds: "full" (the cache below) or "empty" (a blank ext4, to be seeded).
 SEED_MODES = ("full", "empty")
 # The volume's root is the cache root: <volume>/{datasets,hub} (HF_DATASETS_CACHE and
 # HF_HUB_CACHE); mounted at /data/hf, the default hf_env_cache_root.
-DATASET = os.environ.get("LAB_DATASET", "ILSVRC/imagenet-1k")
-# A few hundred small JPEGs, ImageNet-shaped: train + validation, ClassLabel names.
-N_TRAIN = int(os.environ.get("LAB_TRAIN_IMAGES", "384"))
-N_VAL = int(os.environ.get("LAB_VAL_IMAGES", "96"))
 N_CLASSES = 10
-# Parquet shards per split, and about as many Arrow files: the real ImageNet-1k cache is
-# hundreds of files of about 0.5 GB each (the Hub's parquet shards, and `datasets`' Arrow
-# files cut at its 500 MB default max_shard_size); the seed benchmark wants that shape.
-N_SHARDS = int(os.environ.get("LAB_SHARDS", "2"))
-# A venv with the production pins and hf_loader (`make loader-venv`; mk/lab.mk passes it).
-PROD_PYTHON = ROOT / os.environ.get(
-    "LAB_PYTHON",
-    next(
-        (p for p in (".venvs/prod/bin/python", ".venvs/loader/bin/python") if (ROOT / p).exists()),
-        ".venvs/loader/bin/python",
-    ),
-)
 # Simulated GPUs (scripts/gpu_sim): none, or sim (N simulated H200s and NVIDIA's repository
-# as a signed local apt repository, built once per lab under GPU_DIR).
+# as a signed local apt repository, built once per lab under Lab.gpu_dir).
 GPU_MODES = ("none", "sim")
-GPU_DIR = LAB / "gpu-sim"
 GPU_REPO_MOUNT = "/srv/gpu-sim/repo"  # the sim hosts' nvidia_driver_repo_url (hosts.yml)
 GPU_MAX = 8  # an HGX board's eight GPUs (the bus addresses in gpu_sim/payload/lab_boot.py)
-DRIVER_VERSIONS = os.environ.get("LAB_GPU_DRIVER_VERSIONS", " ".join(gpu_build.DEFAULT_VERSIONS))
 LABEL = "project.lab"
-# A folder of the lab seen by every host at the same path (LAB_SHARED=FOLDER:PATH, FOLDER relative
-# to LAB_DIR): what a shared filesystem is to a fleet, e.g. a multi-node job's checkpoints.
-SHARED = os.environ.get("LAB_SHARED", "")
 RESTART_POLICY = "unless-stopped"
-# Each lab's hosts sit on a bridge network of their own, each at a fixed address (the subnet's
-# .11, .12, ...), as a real host keeps its address across a reboot. On Docker's default bridge a
-# restarted container takes whichever address is free then: with labs side by side another lab's
-# host may hold its old one, and what the facts gathered before the reboot say (Slurm's NodeAddr,
-# torch's rendezvous address, hf_seed's peers) reaches the wrong host.
-NETWORK = f"{PREFIX}net"
+# Each lab's hosts sit on a bridge network of their own (Lab.network), each at a fixed address
+# (the subnet's .11, .12, ...), as a real host keeps its address across a reboot. On Docker's
+# default bridge a restarted container takes whichever address is free then: with labs side by
+# side another lab's host may hold its old one, and what the facts gathered before the reboot
+# say (Slurm's NodeAddr, torch's rendezvous address, hf_seed's peers) reaches the wrong host.
 # Private /24s tried in order: Docker refuses one that overlaps a network it has (another lab's).
 SUBNETS = [f"172.30.{i}.0/24" for i in range(256)]
 FIRST_HOST_ADDRESS = 10  # the subnet's .1 is the bridge (this machine)
-# Ansible's jsonfile fact cache (ansible.cfg): a new container must not inherit the facts of
-# an earlier one of the same name (smart gathering would skip it for hours).
-FACT_CACHES = [ROOT / d for d in os.environ.get("LAB_FACT_CACHE", ".cache/facts").split(":") if d]
-# Where the site stores each host's readiness summary for the fleet report: a removed host's
-# summary goes with it (else the next report still lists it).
-HOST_REPORTS = ROOT / os.environ.get("LAB_HOST_REPORTS", "reports/hosts")
-
-# Builds the cache with the production libraries (run by .venvs/prod/bin/python).
-BUILD_CACHE = r"""
-import sys
-from pathlib import Path
-from hf_loader import fixtures
-root, dataset = Path(sys.argv[1]), sys.argv[2]
-n_train, n_val, classes, shards = map(int, sys.argv[3:7])
-splits, names = fixtures.tiny_splits(n_train=n_train, n_val=n_val, classes=classes, size=(96, 80))
-snap = fixtures.make_hub_snapshot(root / "hub", dataset, splits, names, shards=shards)
-# Arrow files about as large as the train split's parquet shards (None: datasets' default).
-shard_bytes = sum(map(len, splits["train"][0])) // shards if shards > 2 else None
-fixtures.make_arrow_cache(root / "datasets", dataset, snap, max_shard_size=shard_bytes)
-"""
+# Ansible's jsonfile fact cache (ansible.cfg, Lab.fact_caches): a new container must not inherit
+# the facts of an earlier one of the same name (smart gathering would skip it for hours). Where
+# the site stores each host's readiness summary (Lab.host_reports_dir): a removed host's summary
+# goes with it (else the next report still lists it).
 
 # Run inside a fresh container: per-host SSH host keys, the `ansible` user, sshd.
 BOOTSTRAP = r"""
@@ -157,13 +109,8 @@ cat /etc/ssh/ssh_host_ed25519_key.pub
 """
 
 
-def log(msg: str) -> None:
-    print(f"[lab] {msg}", flush=True)
-
-
-def die(msg: str) -> None:
-    print(f"[lab] ERROR: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
+log = Logger("lab")
+die = log.die
 
 
 def run(*cmd, check=True, capture=True, env=None, input=None, timeout=600) -> subprocess.CompletedProcess:
@@ -185,38 +132,38 @@ def run(*cmd, check=True, capture=True, env=None, input=None, timeout=600) -> su
 # --- state ------------------------------------------------------------------------------
 
 
-def load_state() -> dict:
-    if STATE.exists():
-        return json.loads(STATE.read_text())
+def load_state(lab: Lab) -> dict:
+    if lab.state_file.exists():
+        return json.loads(lab.state_file.read_text())
     return {"hosts": {}, "files": [], "dirs": []}
 
 
-def save_state(state: dict) -> None:
-    LAB.mkdir(exist_ok=True)
-    tmp = STATE.with_suffix(".tmp")
+def save_state(lab: Lab, state: dict) -> None:
+    lab.dir.mkdir(exist_ok=True)
+    tmp = lab.state_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
-    tmp.replace(STATE)
+    tmp.replace(lab.state_file)
 
 
-def remember(state: dict, kind: str, path: Path) -> None:
+def remember(lab: Lab, state: dict, kind: str, path: Path) -> None:
     rel = str(path.relative_to(ROOT))
     if rel not in state[kind]:
         state[kind].append(rel)
-        save_state(state)
+        save_state(lab, state)
 
 
 # --- pieces -----------------------------------------------------------------------------
 
 
-def ensure_key(state: dict) -> str:
-    if not KEY.exists():
-        SSH_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
-        remember(state, "dirs", SSH_DIR)
-        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ansible@lab", "-f", KEY)
-        log(f"generated {KEY.relative_to(ROOT)}")
-    remember(state, "files", KEY)
-    remember(state, "files", KEY.with_name(KEY.name + ".pub"))
-    return KEY.with_name(KEY.name + ".pub").read_text().strip()
+def ensure_key(lab: Lab, state: dict) -> str:
+    if not lab.key.exists():
+        lab.ssh_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        remember(lab, state, "dirs", lab.ssh_dir)
+        run("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ansible@lab", "-f", lab.key)
+        log(f"generated {lab.key.relative_to(ROOT)}")
+    remember(lab, state, "files", lab.key)
+    remember(lab, state, "files", lab.key.with_name(lab.key.name + ".pub"))
+    return lab.key.with_name(lab.key.name + ".pub").read_text().strip()
 
 
 def ensure_controller_tools() -> None:
@@ -241,27 +188,32 @@ def hf_env(root: Path) -> dict:
     return env
 
 
-def ensure_cache(state: dict) -> Path:
+def ensure_cache(lab: Lab, state: dict) -> Path:
     """The volume's content, built once: <lab/cache>/content/{datasets,hub}, checked ready."""
-    content = root = CACHE_BUILD / "content"
-    stamp = CACHE_BUILD / "ready.json"
+    content = root = lab.cache_build / "content"
+    stamp = lab.cache_build / "ready.json"
     if stamp.exists():
         return content
-    if not PROD_PYTHON.exists():
-        die(f"{PROD_PYTHON} is missing: run `make loader-venv` (production venv) first")
-    if CACHE_BUILD.exists():
-        shutil.rmtree(CACHE_BUILD)
-    CACHE_BUILD.mkdir(parents=True)
-    remember(state, "dirs", CACHE_BUILD)
-    log(f"building the {DATASET} cache ({N_TRAIN}+{N_VAL} JPEGs) with the production libraries")
+    if not lab.python_path.exists():
+        die(f"{lab.python_path} is missing: run `make loader-venv` (production venv) first")
+    if lab.cache_build.exists():
+        shutil.rmtree(lab.cache_build)
+    lab.cache_build.mkdir(parents=True)
+    remember(lab, state, "dirs", lab.cache_build)
+    log(f"building the {lab.dataset} cache ({lab.train_images}+{lab.val_images} JPEGs) with the production libraries")
     t0 = time.monotonic()
-    run(PROD_PYTHON, "-c", BUILD_CACHE, root, DATASET, N_TRAIN, N_VAL, N_CLASSES, N_SHARDS, env=hf_env(root))
+    # Arrow files about as large as the train split's parquet shards when there are many (the
+    # seed benchmark's shape), else datasets' default.
+    arrow = ["--arrow-shard-bytes", "parquet"] if lab.shards > 2 else []
+    build = [lab.dataset, "--train", lab.train_images, "--val", lab.val_images, "--classes", N_CLASSES]
+    build += ["--size", "96x80", "--shards", lab.shards, *arrow]
+    run(lab.python_path, "-m", "hf_loader.fixtures", root, *build, env=hf_env(root))
     # The readiness test the hosts run: environment, cache completeness, real batches.
     proc = run(
-        PROD_PYTHON,
+        lab.python_path,
         "-m",
         "hf_loader.cachetest",
-        DATASET,
+        lab.dataset,
         "--json",
         "--batches",
         "2",
@@ -290,22 +242,22 @@ def loop_of(image: Path) -> str | None:
     return out[0] if out else None
 
 
-def ensure_volume(state: dict, host: str, content: Path, seed: str) -> str:
+def ensure_volume(lab: Lab, state: dict, host: str, content: Path, seed: str) -> str:
     h = state["hosts"][host]
-    image = VOLUMES / f"{host}.img"
-    VOLUMES.mkdir(parents=True, exist_ok=True)
-    remember(state, "dirs", VOLUMES)
+    image = lab.volumes / f"{host}.img"
+    lab.volumes.mkdir(parents=True, exist_ok=True)
+    remember(lab, state, "dirs", lab.volumes)
     if not image.exists():
         h["image"] = str(image.relative_to(ROOT))
         h["seed"] = seed
-        save_state(state)
+        save_state(lab, state)
         tmp = image.with_suffix(".tmp")
-        run("truncate", "-s", VOLUME_SIZE, tmp)  # sparse: only the cache takes blocks
+        run("truncate", "-s", lab.volume_size, tmp)  # sparse: only the cache takes blocks
         fill = ["-d", content] if seed == "full" else []
         run("mkfs.ext4", "-q", "-F", "-L", VOLUME_LABEL, "-E", "root_owner=0:0", *fill, tmp)
         tmp.replace(image)
         what = "the cache" if seed == "full" else "empty, to be seeded"
-        log(f"{host}: volume {image.relative_to(ROOT)} ({VOLUME_SIZE} sparse, ext4 label {VOLUME_LABEL}, {what})")
+        log(f"{host}: volume {image.relative_to(ROOT)} ({lab.volume_size} sparse, ext4 label {VOLUME_LABEL}, {what})")
     h["image"] = str(image.relative_to(ROOT))
     h.setdefault("seed", seed)  # an image from before seed modes were recorded (up() checked it)
     loop = loop_of(image)
@@ -313,7 +265,7 @@ def ensure_volume(state: dict, host: str, content: Path, seed: str) -> str:
         loop = run("losetup", "--find", "--show", image).stdout.strip()
         log(f"{host}: attached {loop}")
     h["loop"] = loop
-    save_state(state)
+    save_state(lab, state)
     return loop
 
 
@@ -333,37 +285,38 @@ def wait_systemd(name: str) -> None:
     die(f"{name}: systemd did not finish booting (is-system-running: {out})")
 
 
-def forget_facts(host: str) -> None:
-    for cache in FACT_CACHES:
+def forget_facts(lab: Lab, host: str) -> None:
+    for cache in lab.fact_caches:
         for path in cache.glob(f"*{host}"):  # ansible-core 2.19 prefixes the host name (s1_)
             if path.name == host or path.name.endswith(f"_{host}"):
                 path.unlink(missing_ok=True)
 
 
-def ensure_network(state: dict) -> str:
+def ensure_network(lab: Lab, state: dict) -> str:
     """The lab's network, made once and recorded for `down`; returns its subnet."""
-    proc = run("docker", "network", "inspect", "--format", "{{json .}}", NETWORK, check=False)
+    proc = run("docker", "network", "inspect", "--format", "{{json .}}", lab.network, check=False)
     if proc.returncode == 0:
         info = json.loads(proc.stdout)
         if (info.get("Labels") or {}).get(LABEL) != str(ROOT):
-            die(f"a docker network named {NETWORK} exists that the lab did not make; remove or rename it")
+            die(f"a docker network named {lab.network} exists that the lab did not make; remove or rename it")
         subnet = info["IPAM"]["Config"][0]["Subnet"]
     else:
         for subnet in SUBNETS:
             proc = run(
                 "docker", "network", "create", "--driver", "bridge", "--subnet", subnet,
-                "--label", f"{LABEL}={ROOT}", NETWORK, check=False,
+                "--label", f"{LABEL}={ROOT}", lab.network, check=False,
             )  # fmt: skip
             if proc.returncode == 0:
-                log(f"network {NETWORK} ({subnet}) created")
+                log(f"network {lab.network} ({subnet}) created")
                 break
             if "overlap" not in proc.stderr:
-                die(f"docker network create {NETWORK} --subnet {subnet}: {proc.stderr.strip()}")
+                die(f"docker network create {lab.network} --subnet {subnet}: {proc.stderr.strip()}")
         else:
-            die(f"no free /24 for {NETWORK} among {SUBNETS[0]}..{SUBNETS[-1]}: `docker network ls`, remove stale ones")
-    if state.get("network") != {"name": NETWORK, "subnet": subnet}:
-        state["network"] = {"name": NETWORK, "subnet": subnet}
-        save_state(state)
+            free = f"among {SUBNETS[0]}..{SUBNETS[-1]}"
+            die(f"no free /24 for {lab.network} {free}: `docker network ls`, remove stale ones")
+    if state.get("network") != {"name": lab.network, "subnet": subnet}:
+        state["network"] = {"name": lab.network, "subnet": subnet}
+        save_state(lab, state)
     return subnet
 
 
@@ -371,17 +324,17 @@ def host_address(subnet: str, index: int) -> str:
     return str(ipaddress.ip_network(subnet)[FIRST_HOST_ADDRESS + index])
 
 
-def shared_folder(state: dict) -> Path:
+def shared_folder(lab: Lab, state: dict) -> Path:
     """LAB_SHARED's folder on this machine, created (and recorded for `down`) on first use."""
-    name, _, path = SHARED.partition(":")
-    folder = LAB / name
-    if not name or not path.startswith("/") or folder.resolve().parent != LAB.resolve():
+    name, _, path = lab.shared.partition(":")
+    folder = lab.dir / name
+    if not name or not path.startswith("/") or folder.resolve().parent != lab.dir.resolve():
         die(
-            f"LAB_SHARED must be FOLDER:/PATH (a folder name under {os.environ.get('LAB_DIR', 'lab')}, an absolute path"
-            f" in the hosts); got {SHARED!r}"
+            f"LAB_SHARED must be FOLDER:/PATH (a folder name under {lab.folder}, an absolute path"
+            f" in the hosts); got {lab.shared!r}"
         )
     folder.mkdir(parents=True, exist_ok=True)
-    remember(state, "dirs", folder)
+    remember(lab, state, "dirs", folder)
     return folder
 
 
@@ -390,10 +343,12 @@ def gpu_labels(gpu: str, gpu_count: int) -> dict[str, str]:
     return {"lab.gpu": gpu, "lab.gpu_count": str(gpu_count if gpu == "sim" else 0)}
 
 
-def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str, gpu: str, gpu_count: int) -> int:
+def ensure_container(
+    lab: Lab, state: dict, host: str, index: int, loop: str, pubkey: str, gpu: str, gpu_count: int
+) -> int:
     h = state["hosts"][host]
-    port = BASE_PORT + index
-    address = host_address(ensure_network(state), index)
+    port = lab.base_port + index
+    address = host_address(ensure_network(lab, state), index)
     want_gpu = gpu_labels(gpu, gpu_count)
     info = container_info(host)
     if info is not None:
@@ -411,13 +366,13 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str,
         elif labels.get("lab.address") != address:
             # A container's networks and address are fixed when it is made (one made before the
             # lab had its own network sits on Docker's default bridge).
-            log(f"{host}: not at {address} on {NETWORK}: recreating the container (the volume stays)")
+            log(f"{host}: not at {address} on {lab.network}: recreating the container (the volume stays)")
             run("docker", "rm", "-f", host)
             info = None
-        elif labels.get("lab.shared", "") != SHARED:
+        elif labels.get("lab.shared", "") != lab.shared:
             # Bind mounts are fixed when a container is made.
             was = labels.get("lab.shared", "")
-            log(f"{host}: made with LAB_SHARED {was!r}, {SHARED!r} asked: recreating the container")
+            log(f"{host}: made with LAB_SHARED {was!r}, {lab.shared!r} asked: recreating the container")
             run("docker", "rm", "-f", host)
             info = None
         elif made_gpu != want_gpu:
@@ -439,13 +394,13 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str,
                 return port  # running as the lab left it: nothing to do
     if info is None:
         h["container"] = host
-        save_state(state)
-        forget_facts(host)
+        save_state(lab, state)
+        forget_facts(lab, host)
         gpu_args = []
         if gpu == "sim":
             # The simulated NVIDIA repository, read-only (nvidia_driver_repo_url file:///srv/gpu-sim/repo).
-            gpu_args = ["--volume", f"{GPU_DIR / 'repo'}:{GPU_REPO_MOUNT}:ro"]
-        shared_args = ["--volume", f"{shared_folder(state)}:{SHARED.split(':', 1)[1]}"] if SHARED else []
+            gpu_args = ["--volume", f"{lab.gpu_dir / 'repo'}:{GPU_REPO_MOUNT}:ro"]
+        shared_args = ["--volume", f"{shared_folder(lab, state)}:{lab.shared.split(':', 1)[1]}"] if lab.shared else []
         run(
             "docker", "run", "--detach",
             "--name", host,
@@ -454,9 +409,9 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str,
             "--label", f"lab.loop={loop}",
             "--label", f"lab.port={port}",
             *(f"--label={key}={value}" for key, value in want_gpu.items()),
-            "--label", f"lab.shared={SHARED}",
+            "--label", f"lab.shared={lab.shared}",
             "--label", f"lab.address={address}",
-            "--network", NETWORK,
+            "--network", lab.network,
             "--ip", address,
             "--privileged",
             "--cgroupns", "host",
@@ -469,18 +424,18 @@ def ensure_container(state: dict, host: str, index: int, loop: str, pubkey: str,
             "--stop-signal", "SIGRTMIN+3",
             # A reboot inside (systemd exits) starts the container again: /run is new, the disk stays.
             "--restart", RESTART_POLICY,
-            IMAGE,
+            lab.image,
             "/lib/systemd/systemd",
         )  # fmt: skip
         gpus = f", {gpu_count} simulated GPU(s)" if gpu == "sim" else ""
         log(f"{host}: container started at {address}, ssh on 127.0.0.1:{port}, volume {loop}{gpus}")
     h["container"] = host
     h["port"] = port
-    save_state(state)
+    save_state(lab, state)
     wait_systemd(host)
     hostkey = run("docker", "exec", "-e", f"LAB_PUBKEY={pubkey}", host, "sh", "-c", BOOTSTRAP).stdout
     h["host_key"] = hostkey.strip().splitlines()[-1]
-    save_state(state)
+    save_state(lab, state)
     return port
 
 
@@ -580,64 +535,64 @@ def setup_host(host: str, gpu: str, gpu_count: int, fail_version: str, headers: 
         die(f"{host}: lab-boot.service failed:\n{journal.stdout[-2000:]}")
 
 
-def ensure_gpu_repo(state: dict) -> tuple[list[str], Path]:
+def ensure_gpu_repo(lab: Lab, state: dict) -> tuple[list[str], Path]:
     """The simulated NVIDIA repository of this lab (built once); its versions and the headers .deb."""
     try:
-        versions = gpu_build.parse_versions(DRIVER_VERSIONS)
+        versions = gpu_build.parse_versions(lab.driver_versions)
     except gpu_build.BuildError as error:
         die(f"LAB_GPU_DRIVER_VERSIONS: {error}")
     if os.uname().machine != "x86_64":
         die(f"--gpu sim simulates NVIDIA's x86_64 repository; this machine is {os.uname().machine}")
     kernel = os.uname().release
-    GPU_DIR.mkdir(parents=True, exist_ok=True)
-    remember(state, "dirs", GPU_DIR)
-    if not gpu_build.is_built(GPU_DIR, versions, kernel):
-        log(f"building the simulated NVIDIA repository ({', '.join(versions)}) in {GPU_DIR.relative_to(ROOT)}")
+    lab.gpu_dir.mkdir(parents=True, exist_ok=True)
+    remember(lab, state, "dirs", lab.gpu_dir)
+    if not gpu_build.is_built(lab.gpu_dir, versions, kernel):
+        log(f"building the simulated NVIDIA repository ({', '.join(versions)}) in {lab.gpu_dir.relative_to(ROOT)}")
         t0 = time.monotonic()
         try:
-            info = gpu_build.build(GPU_DIR, versions, kernel)
+            info = gpu_build.build(lab.gpu_dir, versions, kernel)
         except (gpu_build.BuildError, RuntimeError, subprocess.CalledProcessError) as error:
             detail = getattr(error, "stderr", "") or ""
             die(f"building the simulated NVIDIA repository: {error} {detail}".strip())
         log(f"repository built in {time.monotonic() - t0:.1f} s: {len(info['packages'])} packages, signed")
-    info = json.loads((GPU_DIR / "ready.json").read_text())
-    return versions, GPU_DIR / "host" / info["headers"]
+    info = json.loads((lab.gpu_dir / "ready.json").read_text())
+    return versions, lab.gpu_dir / "host" / info["headers"]
 
 
-def ssh_base(port: int) -> list[str]:
+def ssh_base(lab: Lab, port: int) -> list[str]:
     return [
         "ssh",
-        "-i", str(KEY),
+        "-i", str(lab.key),
         "-p", str(port),
         "-o", "BatchMode=yes",
-        "-o", f"UserKnownHostsFile={KNOWN_HOSTS}",
+        "-o", f"UserKnownHostsFile={lab.known_hosts}",
         "-o", "StrictHostKeyChecking=yes",
         "-o", "ConnectTimeout=5",
         "ansible@127.0.0.1",
     ]  # fmt: skip
 
 
-def wait_ssh(host: str, port: int, loop: str) -> None:
+def wait_ssh(lab: Lab, host: str, port: int, loop: str) -> None:
     for _ in range(60):
-        proc = run(*ssh_base(port), f"sudo -n true && test -b {loop}", check=False)
+        proc = run(*ssh_base(lab, port), f"sudo -n true && test -b {loop}", check=False)
         if proc.returncode == 0:
             return
         time.sleep(0.5)
     die(f"{host}: no SSH login with sudo on 127.0.0.1:{port}: {proc.stderr.strip()}")
 
 
-def write_known_hosts(state: dict) -> None:
+def write_known_hosts(lab: Lab, state: dict) -> None:
     # Host keys read over `docker exec` (a trusted channel), so SSH checks them strictly.
     lines = []
     for h in state["hosts"].values():
         if h.get("host_key") and h.get("port"):
             keytype, key = h["host_key"].split()[:2]
             lines.append(f"[127.0.0.1]:{h['port']} {keytype} {key}")
-    KNOWN_HOSTS.write_text("\n".join(lines) + "\n")
-    remember(state, "files", KNOWN_HOSTS)
+    lab.known_hosts.write_text("\n".join(lines) + "\n")
+    remember(lab, state, "files", lab.known_hosts)
 
 
-def write_inventory(state: dict, hosts: list[str]) -> None:
+def write_inventory(lab: Lab, state: dict, hosts: list[str]) -> None:
     lines = [
         "---",
         "# Generated by scripts/lab.py (`make lab`); not tracked. Lab-wide settings are in",
@@ -645,7 +600,7 @@ def write_inventory(state: dict, hosts: list[str]) -> None:
         "gpu_hosts:",
         "  hosts:",
     ]
-    common = f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={KNOWN_HOSTS}"
+    common = f"-o StrictHostKeyChecking=yes -o UserKnownHostsFile={lab.known_hosts}"
     for host in hosts:
         h = state["hosts"][host]
         lines += [
@@ -653,7 +608,7 @@ def write_inventory(state: dict, hosts: list[str]) -> None:
             "      ansible_host: 127.0.0.1",
             f"      ansible_port: {h['port']}",
             "      ansible_user: ansible",
-            f"      ansible_ssh_private_key_file: {KEY}",
+            f"      ansible_ssh_private_key_file: {lab.key}",
             f"      ansible_ssh_common_args: {common}",
             f"      lab_volume_device: {h['loop']}",
             f"      lab_seed: {h.get('seed', 'full')}",
@@ -665,79 +620,81 @@ def write_inventory(state: dict, hosts: list[str]) -> None:
                 f"      nvidia_driver_repo_url: file://{GPU_REPO_MOUNT}",
                 f"      lab_gpu_count: {h['gpu_count']}",
                 f"      lab_gpu_fail: {'true' if h.get('gpu_fail') else 'false'}",
-                f"      lab_gpu_repo_key: {GPU_DIR / 'key.asc'}",
+                f"      lab_gpu_repo_key: {lab.gpu_dir / 'key.asc'}",
                 f'      lab_gpu_driver_version: "{h["gpu_driver_version"]}"',
             ]
-    INVENTORY.parent.mkdir(parents=True, exist_ok=True)
-    INVENTORY.write_text("\n".join(lines) + "\n")
-    remember(state, "files", INVENTORY)
+    lab.inventory_file.parent.mkdir(parents=True, exist_ok=True)
+    lab.inventory_file.write_text("\n".join(lines) + "\n")
+    remember(lab, state, "files", lab.inventory_file)
 
 
 # --- commands ---------------------------------------------------------------------------
 
 
-def up(n: int, engine: bool, seed: str, gpu: str = "none", gpu_count: int = 2, gpu_fail: tuple = ()) -> None:
+def up(lab: Lab, engine: bool) -> None:
+    """lab.hosts hosts with lab.seed volumes and lab.gpu GPUs, the inventory written."""
     t0 = time.monotonic()
-    hosts = [f"{PREFIX}{i:02d}" for i in range(1, n + 1)]
+    n, seed, gpu, gpu_count, gpu_fail = lab.hosts, lab.seed, lab.gpu, lab.gpu_count, lab.gpu_fail_hosts()
+    hosts = lab.host_names(n)
     unknown = sorted(set(gpu_fail) - set(hosts))
     if unknown:
         die(f"--gpu-fail/LAB_GPU_FAIL names {', '.join(unknown)}, not among the hosts {hosts[0]}..{hosts[-1]}")
     if gpu_fail and gpu != "sim":
         die("--gpu-fail/LAB_GPU_FAIL needs --gpu sim (LAB_GPU=sim)")
-    if SHARED:
-        shared_folder(load_state())  # a bad LAB_SHARED is refused before any host changes
+    if lab.shared:
+        shared_folder(lab, load_state(lab))  # a bad LAB_SHARED is refused before any host changes
     if engine:
         run("make", "--no-print-directory", "-C", ROOT, "engine", capture=False)
-    state = load_state()
-    save_state(state)
+    state = load_state(lab)
+    save_state(lab, state)
     extra = sorted(set(state["hosts"]) - set(hosts))
     for host in extra:  # LAB_HOSTS went down: remove the hosts beyond N
-        remove_host(state, host)
+        remove_host(lab, state, host)
     ensure_controller_tools()
-    pubkey = ensure_key(state)
-    content = ensure_cache(state)
-    versions, headers = ensure_gpu_repo(state) if gpu == "sim" else ([], None)
+    pubkey = ensure_key(lab, state)
+    content = ensure_cache(lab, state)
+    versions, headers = ensure_gpu_repo(lab, state) if gpu == "sim" else ([], None)
     for i, host in enumerate(hosts, start=1):
         made = state["hosts"].get(host)
         # Images made before seed modes were recorded hold the cache: "full".
         if made is not None and made.get("seed", "full") != seed:
             was = made.get("seed", "full")
             log(f"{host}: its volume was made {was}, {seed} asked: recreating the volume and the container")
-            remove_host(state, host)
+            remove_host(lab, state, host)
         h = state["hosts"].setdefault(host, {})
-        loop = ensure_volume(state, host, content, seed)
+        loop = ensure_volume(lab, state, host, content, seed)
         h.update(gpu=gpu, gpu_count=gpu_count if gpu == "sim" else 0, gpu_fail=host in gpu_fail)
         if gpu == "sim":
             h["gpu_driver_version"] = versions[0]  # the first converge installs the oldest
         else:
             h.pop("gpu_driver_version", None)
-        save_state(state)
-        ensure_container(state, host, i, loop, pubkey, gpu, gpu_count)
+        save_state(lab, state)
+        ensure_container(lab, state, host, i, loop, pubkey, gpu, gpu_count)
         # The newest simulated driver fails one GPU on the --gpu-fail hosts (from their next boot).
         setup_host(host, gpu, gpu_count, versions[-1] if host in gpu_fail else "", headers)
-    write_known_hosts(state)
+    write_known_hosts(lab, state)
     for host in hosts:
-        wait_ssh(host, state["hosts"][host]["port"], state["hosts"][host]["loop"])
-    write_inventory(state, hosts)
+        wait_ssh(lab, host, state["hosts"][host]["port"], state["hosts"][host]["loop"])
+    write_inventory(lab, state, hosts)
     gpus = f", {gpu_count} simulated GPUs each (drivers {', '.join(versions)})" if gpu == "sim" else ""
     fails = f", one GPU fails under {versions[-1]} on {', '.join(sorted(gpu_fail))}" if gpu_fail else ""
     log(
         f"{n} hosts up ({seed} volumes{gpus}{fails}) in {time.monotonic() - t0:.0f} s; "
-        f"inventory: {INVENTORY.relative_to(ROOT)}"
+        f"inventory: {lab.inventory_file.relative_to(ROOT)}"
     )
-    key = KEY.relative_to(ROOT)
-    log(f"reach one: ssh -i {key} -p {BASE_PORT + 1} ansible@127.0.0.1 (or: docker exec -it {hosts[0]} bash)")
+    key = lab.key.relative_to(ROOT)
+    log(f"reach one: ssh -i {key} -p {lab.base_port + 1} ansible@127.0.0.1 (or: docker exec -it {hosts[0]} bash)")
 
 
-def remove_host(state: dict, host: str) -> None:
+def remove_host(lab: Lab, state: dict, host: str) -> None:
     h = state["hosts"].get(host, {})
     if h.get("container"):
         info = container_info(h["container"])
         if info is not None and (info["Config"]["Labels"] or {}).get(LABEL) == str(ROOT):
             run("docker", "rm", "-f", "--volumes", h["container"])
             log(f"{host}: container removed")
-        forget_facts(host)
-        (HOST_REPORTS / f"{host}.json").unlink(missing_ok=True)
+        forget_facts(lab, host)
+        (lab.host_reports_dir / f"{host}.json").unlink(missing_ok=True)
     if h.get("image"):
         image = ROOT / h["image"]
         # Detach only a loop device that is still backed by this very file.
@@ -754,16 +711,16 @@ def remove_host(state: dict, host: str) -> None:
         for tmp in (image.with_suffix(".tmp"),):
             tmp.unlink(missing_ok=True)
     state["hosts"].pop(host, None)
-    save_state(state)
+    save_state(lab, state)
 
 
-def down() -> None:
-    if not STATE.exists():
+def down(lab: Lab) -> None:
+    if not lab.state_file.exists():
         log("nothing recorded in lab/state.json: nothing to remove")
         return
-    state = load_state()
+    state = load_state(lab)
     for host in sorted(state["hosts"]):
-        remove_host(state, host)
+        remove_host(lab, state, host)
     if state.get("network"):
         name = state["network"]["name"]
         proc = run("docker", "network", "inspect", "--format", "{{json .Labels}}", name, check=False)
@@ -776,14 +733,14 @@ def down() -> None:
         path = ROOT / rel
         if path.is_dir():
             shutil.rmtree(path)
-    STATE.unlink()
-    if LAB.is_dir() and not any(LAB.iterdir()):
-        LAB.rmdir()
+    lab.state_file.unlink()
+    if lab.dir.is_dir() and not any(lab.dir.iterdir()):
+        lab.dir.rmdir()
     log("lab removed")
 
 
-def status() -> None:
-    state = load_state()
+def status(lab: Lab) -> None:
+    state = load_state(lab)
     for host, h in sorted(state["hosts"].items()):
         info = container_info(h.get("container", host))
         running = bool(info and info["State"]["Running"])
@@ -798,34 +755,38 @@ def status() -> None:
 
 
 def main() -> None:
+    try:
+        lab = Lab.from_env()
+    except LabSettingsError as error:
+        die(str(error))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up", help="create or reuse the lab hosts and write the inventory")
-    u.add_argument("--hosts", type=int, default=int(os.environ.get("LAB_HOSTS", "3")))
+    u.add_argument("--hosts", type=int, default=lab.hosts)
     u.add_argument("--no-engine", action="store_true", help="skip `make engine`")
     u.add_argument(
         "--seed",
         choices=SEED_MODES,
-        default=os.environ.get("LAB_SEED") or "full",
+        default=lab.seed,
         help="new volumes hold the cache (full, default) or nothing (empty: for playbooks/seed.yml); "
         "a host whose volume was made otherwise is recreated (LAB_SEED)",
     )
     u.add_argument(
         "--gpu",
         choices=GPU_MODES,
-        default=os.environ.get("LAB_GPU") or "none",
+        default=lab.gpu,
         help="none (default): no GPU, the driver role skips the hosts; sim: simulated NVIDIA GPUs and "
         "repository, the driver role installs, reboots and verifies (LAB_GPU)",
     )
     u.add_argument(
         "--gpu-count",
         type=int,
-        default=os.environ.get("LAB_GPU_COUNT") or "2",  # argparse converts a string default with type
+        default=lab.gpu_count,
         help=f"simulated GPUs a host, 1..{GPU_MAX} (LAB_GPU_COUNT, default 2)",
     )
     u.add_argument(
         "--gpu-fail",
-        default=os.environ.get("LAB_GPU_FAIL", ""),
+        default=lab.gpu_fail,
         metavar="HOST[,HOST]",
         help="hosts where one GPU fails to initialise under the newest simulated driver (LAB_GPU_FAIL)",
     )
@@ -843,12 +804,12 @@ def main() -> None:
             die(f"--gpu/LAB_GPU must be one of {', '.join(GPU_MODES)}, not {args.gpu!r}")
         if not 1 <= args.gpu_count <= GPU_MAX:
             die(f"--gpu-count/LAB_GPU_COUNT must be 1..{GPU_MAX}")
-        fail = tuple(sorted({name.strip() for name in args.gpu_fail.split(",") if name.strip()}))
-        up(args.hosts, engine=not args.no_engine, seed=args.seed, gpu=args.gpu, gpu_count=args.gpu_count, gpu_fail=fail)
+        options = dict(hosts=args.hosts, seed=args.seed, gpu=args.gpu, gpu_count=args.gpu_count, gpu_fail=args.gpu_fail)
+        up(dataclasses.replace(lab, **options), engine=not args.no_engine)
     elif args.cmd == "down":
-        down()
+        down(lab)
     else:
-        status()
+        status(lab)
 
 
 if __name__ == "__main__":

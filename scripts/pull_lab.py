@@ -41,17 +41,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK_REL = "lab/pull"
-os.environ.update(
-    LAB_DIR=WORK_REL,
-    LAB_PREFIX="pull-gpu-",
-    LAB_INVENTORY=f"{WORK_REL}/inventory/hosts.yml",
-    LAB_FACT_CACHE=f"{WORK_REL}/facts",
-    LAB_HOST_REPORTS=f"{WORK_REL}/reports/hosts",
-    LAB_SHARDS="2",
-)
 sys.path.insert(0, str(ROOT / "scripts"))
-import lab  # noqa: E402  (reads the environment above when imported)
-from lab_stack import container_cpu_seconds, light_stack  # noqa: E402
+from lab import LABEL, ensure_cache, ensure_volume, load_state, remember, remove_host, save_state, wait_systemd  # noqa: E402
+from lablib import Lab, Logger, container_cpu_seconds, light_stack  # noqa: E402
 
 WORK = ROOT / WORK_REL
 SERVE = WORK / "serve"
@@ -75,13 +67,15 @@ PULL_HOME = "/var/lib/gpu-fleet"
 BIN = ROOT / ".venvs" / "controller" / "bin"
 
 
-def log(msg: str) -> None:
-    print(f"[pull-lab] {msg}", flush=True)
+log = Logger("pull-lab")
+die = log.die
 
 
-def die(msg: str) -> None:
-    print(f"[pull-lab] ERROR: {msg}", file=sys.stderr, flush=True)
-    sys.exit(1)
+def pull_lab() -> Lab:
+    """The pull lab's settings: its own folder, host names, inventory, fact cache and host reports
+    (its hosts boot from images of their own: no SSH port, and every volume full)."""
+    settings = Lab.from_env()
+    return settings.beside(WORK_REL, "pull-gpu-", settings.base_port)
 
 
 def sh(*cmd, check=True, timeout=1800, **kw) -> subprocess.CompletedProcess:
@@ -264,7 +258,7 @@ def boot(host: str, image: str, loop: str, seed: Path | None) -> float:
     t0 = time.monotonic()
     sh(
         "docker", "run", "--detach", "--name", host, "--hostname", host,
-        "--label", f"{lab.LABEL}={ROOT}", "--label", "lab.pull=yes",
+        "--label", f"{LABEL}={ROOT}", "--label", "lab.pull=yes",
         "--privileged", "--cgroupns", "host",
         "--volume", "/sys/fs/cgroup:/sys/fs/cgroup:rw", *mounts,
         "--tmpfs", "/run", "--tmpfs", "/run/lock",
@@ -520,7 +514,7 @@ def bake(user_data_vars: Path) -> float:
     """playbooks/bake-image.yml on a container of the plain image, committed as the baked image."""
     t0 = time.monotonic()
     boot(BAKE_HOST, PLAIN_IMAGE, "", None)
-    lab.wait_systemd(BAKE_HOST)
+    wait_systemd(BAKE_HOST)
     log(f"baking {BAKED_IMAGE}: playbooks/bake-image.yml over the docker connection")
     # The build host is in gpu_hosts, so that the fleet's group_vars (the lab's) apply as at boot.
     inventory = WORK / "bake-inventory.yml"
@@ -545,15 +539,15 @@ def bake(user_data_vars: Path) -> float:
 # --- commands --------------------------------------------------------------------------------------
 
 
-def run(images: list[str], short: bool, keep: bool) -> None:
+def run(lab: Lab, images: list[str], short: bool, keep: bool) -> None:
     if os.geteuid() != 0:
         die("run as root (docker, losetup)")
     WORK.mkdir(parents=True, exist_ok=True)
     sh("make", "--no-print-directory", "-C", ROOT, "engine", timeout=1800)
-    state = lab.load_state()
-    lab.save_state(state)
-    lab.remember(state, "dirs", WORK)
-    content = lab.ensure_cache(state)
+    state = load_state(lab)
+    save_state(lab, state)
+    remember(lab, state, "dirs", WORK)
+    content = ensure_cache(lab, state)
     ensure_plain_image()
     SERVE.mkdir(parents=True, exist_ok=True)
     serve_wheels()
@@ -566,9 +560,9 @@ def run(images: list[str], short: bool, keep: bool) -> None:
         for i, kind in enumerate(images, start=1):
             host = f"pull-gpu-{i:02d}"
             state["hosts"].setdefault(host, {})
-            loop = lab.ensure_volume(state, host, content, "full")
+            loop = ensure_volume(lab, state, host, content, "full")
             state["hosts"][host]["container"] = host
-            lab.save_state(state)
+            save_state(lab, state)
             image = PLAIN_IMAGE
             if kind == "baked":
                 results["bake_s"] = round(bake(WORK / "user-data-vars.json"), 1)
@@ -583,7 +577,7 @@ def run(images: list[str], short: bool, keep: bool) -> None:
         (WORK / "results.json").write_text(json.dumps(results, indent=2) + "\n")
         if not keep:
             for host in list(state["hosts"]):
-                lab.remove_host(state, host)
+                remove_host(lab, state, host)
     log(f"results ({WORK_REL}/results.json):")
     for kind, r in results["hosts"].items():
         log(
@@ -598,10 +592,10 @@ def run(images: list[str], short: bool, keep: bool) -> None:
         log(f"  boot-to-ready plain/baked, measured in this run: {ratio:.1f}x")
 
 
-def down() -> None:
-    state = lab.load_state()
+def down(lab: Lab) -> None:
+    state = load_state(lab)
     for host in list(state["hosts"]):
-        lab.remove_host(state, host)
+        remove_host(lab, state, host)
     remove_container(BAKE_HOST)
     shutil.rmtree(WORK, ignore_errors=True)
     log("pull lab removed")
@@ -617,13 +611,13 @@ def main() -> None:
     sub.add_parser("down", help="remove the pull lab's hosts, volumes and files")
     args = p.parse_args()
     if args.cmd == "down":
-        down()
+        down(pull_lab())
         return
     images = ["plain"] if args.short else [i.strip() for i in args.images.split(",") if i.strip()]
     unknown = set(images) - {"plain", "baked"}
     if unknown:
         die(f"--images: unknown {', '.join(sorted(unknown))} (plain, baked)")
-    run(images, args.short, args.keep)
+    run(pull_lab(), images, args.short, args.keep)
 
 
 if __name__ == "__main__":

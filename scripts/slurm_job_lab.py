@@ -47,7 +47,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from lab_stack import BIN, lab_environment, lab_inventory  # noqa: E402  the labs' shared helpers
+from lablib import BIN, Lab, Logger, lab_inventory, run_lab  # noqa: E402  the lab library
 from slurm_lab import (  # noqa: E402
     HEALTH,
     Checks,
@@ -92,19 +92,15 @@ CONSOLE_BATCH = re.compile(r"\[batch=(\d+)/\d+\]")
 RESTART_LINE = re.compile(r"^gpu-fleet: job (\d+) \(restart (\d+)\) on (\S+): world (\d+), master (\S+)")
 
 
-def log(msg: str) -> None:
-    print(f"[slurm-job-lab] {msg}", flush=True)
+log = Logger("slurm-job-lab")
 
 
-def lab_env(gpu: str) -> dict:
-    return lab_environment(LAB, PREFIX, 2740, LAB_GPU=gpu, LAB_SHARED=f"{SHARED_DIR}:{CHECKPOINTS}")
+def slurm_job_lab(gpu: str) -> Lab:
+    return Lab.from_env().beside(LAB, PREFIX, 2740, gpu=gpu, shared=f"{SHARED_DIR}:{CHECKPOINTS}")
 
 
 def lab(cmd: str, n: int, gpu: str = "none") -> None:
-    args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
-    if cmd == "up":
-        args += ["--hosts", str(n), "--gpu", gpu]
-    subprocess.run(args, cwd=ROOT, env=lab_env(gpu), check=True)
+    run_lab(slurm_job_lab(gpu), cmd, *(["--hosts", str(n), "--gpu", gpu] if cmd == "up" else []))
 
 
 def playbook(name: str, inventory: Path, extra: list[str], logfile: Path, *more: str) -> tuple[int, str]:
@@ -228,7 +224,7 @@ def rollout(
     python: Path,
 ) -> float:
     """Step 6: the driver rollout over the nodes while the job trains; its seconds."""
-    versions = gpu_build.parse_versions(os.environ.get("LAB_GPU_DRIVER_VERSIONS", " ".join(gpu_build.DEFAULT_VERSIONS)))
+    versions = gpu_build.parse_versions(Lab.from_env().driver_versions)
     new, canary = versions[-1], nodes[0]
     run = len(runs(job_log(canary, job)))
     reports = ROOT / LAB / "reports"
@@ -276,7 +272,7 @@ def main() -> int:
     p.add_argument("--rollout", action="store_true", help="simulated GPUs, and the driver rollout while the job trains")
     args = p.parse_args()
     gpu = "sim" if args.rollout else "none"
-    python = ROOT / os.environ.get("LAB_PYTHON", ".venvs/loader/bin/python")
+    python = Lab.from_env(python=".venvs/loader/bin/python").python_path
     if args.nodes < 2:
         p.error("--nodes must be 2 or more: the job is a multi-node one")
     hosts = [f"{PREFIX}{i:02d}" for i in range(1, args.nodes + 2)]

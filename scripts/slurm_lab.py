@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-from lab_stack import BIN, lab_environment, lab_inventory, light_stack  # noqa: E402  the labs' shared helpers
+from lablib import BIN, Lab, Logger, lab_inventory, light_stack, run_lab  # noqa: E402  the lab library
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from gpu_sim import build as gpu_build  # noqa: E402  the simulated driver versions
@@ -65,8 +65,7 @@ CACHE_ROOT = "/data/hf"  # inventory/lab/group_vars: lab_cache_root
 CORDON_DIR = "/var/lib/gpu-fleet/cordon"
 
 
-def log(msg: str) -> None:
-    print(f"[slurm-lab] {msg}", flush=True)
+log = Logger("slurm-lab")
 
 
 class Checks:
@@ -80,15 +79,12 @@ class Checks:
         return ok
 
 
-def lab_env(gpu: str) -> dict:
-    return lab_environment(LAB, PREFIX, 2700, LAB_GPU=gpu)
+def slurm_lab(gpu: str) -> Lab:
+    return Lab.from_env().beside(LAB, PREFIX, 2700, gpu=gpu)
 
 
 def lab(cmd: str, n: int, gpu: str = "none") -> None:
-    args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
-    if cmd == "up":
-        args += ["--hosts", str(n), "--gpu", gpu]
-    subprocess.run(args, cwd=ROOT, env=lab_env(gpu), check=True)
+    run_lab(slurm_lab(gpu), cmd, *(["--hosts", str(n), "--gpu", gpu] if cmd == "up" else []))
 
 
 def playbook(name: str, inventory: Path, extra: list[str], logfile: Path, *more: str) -> tuple[int, str]:
@@ -223,7 +219,7 @@ def rollout(
 ) -> float:
     """Step 7: the driver rollout through Slurm, with a requeueable job on the nodes; its seconds.
     short: the job's restart after the operator's resume is not waited for."""
-    versions = gpu_build.parse_versions(os.environ.get("LAB_GPU_DRIVER_VERSIONS", " ".join(gpu_build.DEFAULT_VERSIONS)))
+    versions = gpu_build.parse_versions(Lab.from_env().driver_versions)
     old, new = versions[0], versions[-1]
     canary, last = nodes[0], nodes[-1]
     for node in nodes:

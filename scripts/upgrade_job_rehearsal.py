@@ -51,7 +51,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from lab_stack import BIN, lab_environment, lab_inventory  # noqa: E402  the labs' shared helpers
+from lablib import BIN, Lab, lab_inventory, run_lab  # noqa: E402  the lab library
 from upgrade_rehearsal import Checks, loaded_driver, log, on, rollout_cordon  # noqa: E402
 
 LAB = "lab/upgrade-job"
@@ -99,23 +99,21 @@ print(json.dumps({"batch": int(stamp["batch"]), "sample": int(stamp["sample"])})
 """
 
 
-def lab_env() -> dict:
-    return lab_environment(
+def upgrade_job_lab() -> Lab:
+    return Lab.from_env().beside(
         LAB,
         PREFIX,
         2650,
-        LAB_GPU="sim",
-        LAB_GPU_FAIL=FAILING,
-        LAB_GPU_DRIVER_VERSIONS=" ".join(VERSIONS),
-        LAB_SHARED=f"{SHARED_DIR}:{CHECKPOINTS}",
+        gpu="sim",
+        gpu_fail=FAILING,
+        driver_versions=" ".join(VERSIONS),
+        shared=f"{SHARED_DIR}:{CHECKPOINTS}",
     )
 
 
 def lab(cmd: str) -> None:
-    args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
-    if cmd == "up":
-        args += ["--hosts", str(len(HOSTS)), "--gpu", "sim", "--gpu-fail", FAILING]
-    subprocess.run(args, cwd=ROOT, env=lab_env(), check=True)
+    up = ["--hosts", str(len(HOSTS)), "--gpu", "sim", "--gpu-fail", FAILING]
+    run_lab(upgrade_job_lab(), cmd, *(up if cmd == "up" else []))
 
 
 def playbook(name: str, inventory: Path, extra: list[str], logfile: Path, *more: str) -> tuple[int, float, str]:
@@ -243,7 +241,7 @@ def main() -> int:
     p.add_argument("--no-fail", action="store_true", help="leave out the rollout under which the 2nd host fails")
     p.add_argument("--keep", action="store_true", help="keep the lab hosts afterwards")
     args = p.parse_args()
-    python = ROOT / os.environ.get("LAB_PYTHON", ".venvs/loader/bin/python")
+    python = Lab.from_env(python=".venvs/loader/bin/python").python_path
     old, mid, new = VERSIONS
     work = ROOT / LAB
     logs = work / "logs"

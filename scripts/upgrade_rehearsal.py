@@ -57,7 +57,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from lab_stack import BIN, lab_environment, lab_inventory, light_stack  # noqa: E402  the labs' shared helpers
+from lablib import BIN, Lab, Logger, lab_inventory, light_stack, run_lab  # noqa: E402  the lab library
 
 LAB = "lab/upgrade"
 PREFIX = "upgrade-gpu-"
@@ -78,19 +78,16 @@ TASK_RECORD_PLUGINS = ROOT / "molecule" / "shared" / "callback_plugins"
 DRIVER_TASKS = (ROOT / "roles" / "nvidia_driver" / "tasks").resolve()
 
 
-def log(msg: str) -> None:
-    print(f"[rehearsal] {msg}", flush=True)
+log = Logger("rehearsal")
 
 
-def lab_env(fail: list[str]) -> dict:
-    return lab_environment(LAB, PREFIX, 2600, LAB_GPU="sim", LAB_GPU_FAIL=",".join(fail))
+def upgrade_lab(fail: list[str]) -> Lab:
+    return Lab.from_env().beside(LAB, PREFIX, 2600, gpu="sim", gpu_fail=",".join(fail))
 
 
 def lab(cmd: str, n: int, fail: list[str]) -> None:
-    args = [sys.executable, str(ROOT / "scripts" / "lab.py"), cmd]
-    if cmd == "up":
-        args += ["--hosts", str(n), "--gpu", "sim", "--gpu-fail", ",".join(fail)]
-    subprocess.run(args, cwd=ROOT, env=lab_env(fail), check=True)
+    up = ["--hosts", str(n), "--gpu", "sim", "--gpu-fail", ",".join(fail)]
+    run_lab(upgrade_lab(fail), cmd, *(up if cmd == "up" else []))
 
 
 def playbook(
@@ -219,7 +216,7 @@ def main() -> int:
     p.add_argument(
         "--fail", type=int, default=4, help="the host (1-based) whose new driver fails verification; 0: none"
     )
-    p.add_argument("--versions", default=os.environ.get("LAB_GPU_DRIVER_VERSIONS", "580.82.07 580.95.05"))
+    p.add_argument("--versions", default=Lab.from_env(driver_versions="580.82.07 580.95.05").driver_versions)
     p.add_argument("--keep", action="store_true", help="keep the lab hosts afterwards")
     p.add_argument(
         "--gpu-tags",

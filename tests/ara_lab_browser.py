@@ -11,7 +11,6 @@ cores: not in `make test`. tests/ara_browser.py is the quick version (`make ara-
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -24,18 +23,18 @@ from ara_browser import (  # noqa: F401  browse: the fixture
     recorded_site_run,
     text_listing_every_task,
 )
-from lab_stack import lab_environment, lab_inventory, light_stack
+from lablib import Lab, lab_inventory, light_stack, run_lab
 
 ROOT = Path(__file__).resolve().parent.parent
 
 LAB = "lab/ara"
 PREFIX = "ara-gpu-"
 HOSTS = [f"{PREFIX}01", f"{PREFIX}02"]
-LAB_ENV = lab_environment(LAB, PREFIX, 2880, LAB_GPU="none")
+ARA_LAB = Lab.from_env().beside(LAB, PREFIX, 2880, gpu="none")
 
 
 def lab(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "lab.py"), *args], cwd=ROOT, env=LAB_ENV, check=False)
+    return run_lab(ARA_LAB, *args, check=False)
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
-"""What the labs share beyond scripts/lab.py: each lab's inventory folder, the light stack its
-hosts install, the CPU its containers used. Used by the lab rehearsals (scripts/*_lab.py,
-scripts/upgrade_*rehearsal.py), the benchmarks (bench/) and the lab tests (tests/ara_lab_browser.py).
-Python 3.11 standard library only.
+"""What the labs share beyond making hosts: running scripts/lab.py for a lab, each lab's inventory
+folder, the light stack its hosts install, the CPU its containers used. Used by the lab rehearsals
+(scripts/*_lab.py, scripts/upgrade_*rehearsal.py, scripts/first_hour.py), the benchmarks (bench/)
+and the lab tests (tests/ara_lab_browser.py). Python 3.11 standard library only.
 """
 
 from __future__ import annotations
@@ -12,27 +12,19 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .log import Logger
+from .settings import ROOT, Lab
+
+log = Logger("lab")
 # The toolchain that runs a lab (its pip downloads the light wheelhouse).
 BIN = Path(sys.executable).parent
 
 
-def lab_environment(folder: str, prefix: str, base_port: int, **settings: str) -> dict[str, str]:
-    """The environment that makes scripts/lab.py run the lab of `folder` (relative to the checkout):
-    its own host names, SSH ports, inventory, fact cache and host reports, so that labs side by side
-    share nothing; `settings` add or override LAB_* values (LAB_GPU, LAB_SEED, LAB_SHARED...)."""
-    return {
-        **os.environ,
-        "LAB_DIR": folder,
-        "LAB_INVENTORY": f"{folder}/inventory/hosts.yml",
-        "LAB_PREFIX": prefix,
-        "LAB_BASE_PORT": str(base_port),
-        "LAB_FACT_CACHE": f"{folder}/facts",
-        "LAB_HOST_REPORTS": f"{folder}/reports/hosts",
-        "LAB_SEED": "full",
-        "LAB_SHARDS": "2",
-        **settings,
-    }
+def run_lab(lab: Lab, *argv: str, check: bool = True) -> subprocess.CompletedProcess:
+    """scripts/lab.py ARGV (up, down, status and their options) for `lab`, given its settings
+    through the environment: a lab is made as root, in a process of its own."""
+    command = [sys.executable, str(ROOT / "scripts" / "lab.py"), *argv]
+    return subprocess.run(command, cwd=ROOT, env=lab.environment(), check=check)
 
 
 # The light stack: the production lock without the training-only packages (Composer,
@@ -55,12 +47,12 @@ def light_stack(work: Path) -> list[str]:
     # Hosts install with --require-hashes: the CPU torch gets its hash, the kept pins keep the production lock's.
     hash_lock = [sys.executable, "scripts/hash-lock.py", "--add-missing", "--python", "3.11", str(lock)]
     subprocess.run(hash_lock, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
-    print("[lab] light wheelhouse for the lab hosts (production lock without Composer/CUDA, CPU torch)", flush=True)
+    log("light wheelhouse for the lab hosts (production lock without Composer/CUDA, CPU torch)")
     subprocess.run(["bash", "scripts/build-wheelhouse.sh"], cwd=ROOT, env=env, check=True)
     defaults = (ROOT / "roles" / "hf_loader" / "defaults" / "main.yml").read_text()
     for var in ("hf_loader_lock_file", "hf_loader_wheelhouse_dir"):
         if f"{var}:" not in defaults:
-            sys.exit(f"[lab] roles/hf_loader has no {var} any more: update scripts/lab_stack.py's light_stack()")
+            log.die(f"roles/hf_loader has no {var} any more: update scripts/lablib/stack.py's light_stack()")
     return [f"hf_loader_lock_file={lock}", f"hf_loader_wheelhouse_dir={wheelhouse}"]
 
 
