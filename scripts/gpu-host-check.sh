@@ -89,13 +89,16 @@ step_driver() {
 
 step_capture() {
     local fields
-    # The role's own probe script (to probe.sh) and nvidia-smi fields (printed), from its vars.
+    # The role's nvidia-smi fields (printed), from its vars.
     fields=$("$PYTHON" -c 'import sys, yaml
-role = yaml.safe_load(open(sys.argv[1]))
-open(sys.argv[2], "w").write(role["__nvidia_driver_probe_script"])
-print(",".join(role["__nvidia_driver_smi_fields"]))' roles/nvidia_driver/vars/main.yml "$OUT_DIR/probe.sh") ||
-        { fail "cannot read the role's probe script and nvidia-smi fields"; return; }
-    sh "$OUT_DIR/probe.sh" / >"$OUT_DIR/probe.txt" || fail "probe"
+print(",".join(yaml.safe_load(open(sys.argv[1]))["__nvidia_driver_smi_fields"]))' roles/nvidia_driver/vars/main.yml) ||
+        { fail "cannot read the role's nvidia-smi fields"; return; }
+    # The role's own probe (the nvidia_driver_probe module's hardware concern) on /, to probe.txt.
+    "$PYTHON" -c 'import sys
+sys.path.insert(0, "collections")
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.hardware_probe import hardware_report
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.host_commands import local_runner
+sys.stdout.write(hardware_report(local_runner, "/"))' >"$OUT_DIR/probe.txt" || fail "probe"
     nvidia-smi --query-gpu="$fields" --format=csv,noheader,nounits >"$OUT_DIR/nvidia-smi.csv" || fail "nvidia-smi query"
     nvidia-smi >"$OUT_DIR/nvidia-smi.txt" 2>&1
     cat /proc/driver/nvidia/version >"$OUT_DIR/proc-driver-nvidia-version.txt" 2>&1

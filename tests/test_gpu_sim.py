@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.compatibility import module_type_errors
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.hardware_probe import hardware_report
 from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.nvidia_smi import (
     parse_nvidia_smi_csv,
     verify,
@@ -230,8 +231,13 @@ def test_proc_version_is_read_by_the_role_as_the_open_module():
     assert nvidia_smi.loaded_version(text) == "580.95.05"
 
 
+def no_commands_fixture(argv):
+    """A runner fixture for fixture trees: the probe must run no command there (modinfo would describe this machine)."""
+    raise AssertionError(f"the hardware probe ran {argv} on a fixture tree")
+
+
 def test_the_roles_probe_reads_the_simulated_tree(tmp_path):
-    """The role's own probe script on a tree shaped as lab-boot makes it."""
+    """The role's own probe (nvidia_driver_probe, concern hardware) on a tree shaped as lab-boot makes it."""
     for gpu in lab_boot.gpu_records("lab-gpu-01", 2):
         device = tmp_path / "sys" / "bus" / "pci" / "devices" / gpu["address"]
         device.mkdir(parents=True)
@@ -239,9 +245,7 @@ def test_the_roles_probe_reads_the_simulated_tree(tmp_path):
             (device / name).write_text(value + "\n")
     (tmp_path / "proc" / "driver" / "nvidia").mkdir(parents=True)
     (tmp_path / "proc" / "driver" / "nvidia" / "version").write_text(lab_boot.proc_version_text("580.82.07", 0))
-    script = ROLE_VARS["__nvidia_driver_probe_script"]
-    out = subprocess.run(["sh", "-c", script, "probe", str(tmp_path)], capture_output=True, text=True, check=True)
-    state = host_state(out.stdout)
+    state = host_state(hardware_report(no_commands_fixture, str(tmp_path)))
     assert state["gpu_count"] == 2 and state["gpu_device_ids"] == ["0x2335"]
     assert state["loaded_version"] == "580.82.07" and state["loaded_kernel_modules"] == "open"
     assert state["nvidia_loaded"] and not state["nouveau_loaded"]

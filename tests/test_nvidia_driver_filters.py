@@ -13,7 +13,6 @@ and nvidia-smi query.
 import ast
 import json
 import re
-import subprocess
 from pathlib import Path
 
 import jinja2
@@ -35,6 +34,7 @@ from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.fab
     fabric_manager,
     fabric_manager_errors,
 )
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.hardware_probe import hardware_report
 from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.installed import (
     install_plan,
     installed_driver_version,
@@ -86,6 +86,7 @@ from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.ver
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLE = ROOT / "roles" / "nvidia_driver"
+COLLECTION = ROOT / "collections" / "ansible_collections" / "gpu_fleet" / "common"
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "nvidia"
 
 
@@ -137,13 +138,14 @@ def platform(name: str) -> dict:
     return yaml.safe_load((ROLE / "vars" / f"{name}.yml").read_text())["__nvidia_driver_platform_data"]
 
 
+def no_commands_fixture(argv):
+    """A runner fixture for fixture trees: the probe must run no command there (modinfo would describe this machine)."""
+    raise AssertionError(f"the hardware probe ran {argv} on a fixture tree")
+
+
 def probe(tree: str) -> str:
-    """Run the role's own probe script on a fixture tree, as the role runs it on '/'."""
-    script = ROLE_VARS["__nvidia_driver_probe_script"]
-    done = subprocess.run(
-        ["sh", "-c", script, "nvidia-driver-probe", str(FIXTURES / tree)], capture_output=True, text=True, check=True
-    )
-    return done.stdout
+    """The role's own probe (nvidia_driver_probe, concern hardware) on a fixture tree, as the role runs it on '/'."""
+    return hardware_report(no_commands_fixture, str(FIXTURES / tree))
 
 
 # ----------------------------------------------------------------- versions
@@ -326,7 +328,7 @@ def test_proc_driver_version_garbage_is_an_error():
         parse_proc_version("NVRM version: something else entirely\n")
 
 
-def test_hgx_tree_through_the_role_probe_script():
+def test_hgx_tree_through_the_role_probe():
     state = host_state(probe("handwritten_tree_hgx_h100_8gpu_nvswitch_580.95.05_open"))
     assert state["gpu_count"] == 8  # the ASPEED BMC VGA is no NVIDIA GPU
     assert state["gpu_device_ids"] == ["0x2330"]
@@ -339,7 +341,7 @@ def test_hgx_tree_through_the_role_probe_script():
     assert state["module_on_disk_version"] == ""  # modinfo only runs on the real root
 
 
-def test_workstation_with_nouveau_through_the_role_probe_script():
+def test_workstation_with_nouveau_through_the_role_probe():
     state = host_state(probe("handwritten_tree_rtx4090_nouveau_no_driver"))
     assert state["gpu_count"] == 1  # the HDMI audio function 0x22ba is not counted
     assert state["gpu_device_ids"] == ["0x2684"]
@@ -348,7 +350,7 @@ def test_workstation_with_nouveau_through_the_role_probe_script():
     assert state["loaded_version"] == ""
 
 
-def test_vm_without_gpu_through_the_role_probe_script():
+def test_vm_without_gpu_through_the_role_probe():
     state = host_state(probe("handwritten_tree_vm_no_gpu"))
     assert state["gpu_count"] == 0 and not state["gpu_present"]
     assert state["nvswitch_count"] == 0
@@ -803,9 +805,12 @@ def test_installed_driver_version_from_package_facts():
 def test_every_filter_the_role_calls_is_exported_with_the_role_prefix():
     """A filter renamed or dropped in the plugin but still called by a task or template fails
     only on a host, at the task that calls it: each name the project's YAML and templates call
-    must be one the plugin exports, under the role's prefix."""
+    must be one the plugin exports, under the role's prefix (or the role's probe module)."""
     names = FilterModule().filters()
     assert all(name.startswith("nvidia_driver_") for name in names)
+    modules = {path.stem for path in (COLLECTION / "plugins" / "modules").glob("nvidia_driver_*.py")}
+    assert modules == {"nvidia_driver_probe"} and not modules & set(names)
+    names = {**names, **dict.fromkeys(modules)}
     called = {}
     for folder in ("roles", "playbooks", "molecule"):
         for path in (ROOT / folder).rglob("*"):

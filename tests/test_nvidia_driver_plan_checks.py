@@ -29,6 +29,7 @@ from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.fab
     fabric_manager_availability_errors,
     fabric_manager_held_names,
 )
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.hardware_probe import hardware_report
 from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.package_index import (
     availability_errors,
     carried_versions,
@@ -44,6 +45,10 @@ from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.pro
 from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.signing_key import (
     key_fingerprint_errors,
     openpgp_fingerprints,
+)
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.sources_probe import (
+    SourcesQuery,
+    sources_report,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,16 +66,25 @@ def fixture(name: str) -> str:
     return (FIXTURES / name).read_text()
 
 
+def no_commands_fixture(argv):
+    """A runner fixture for fixture trees: the probe must run no command there (modinfo would describe this machine)."""
+    raise AssertionError(f"the hardware probe ran {argv} on a fixture tree")
+
+
+def real_commands(env: dict):
+    """A runner over the real tools (apt-get, apt-cache, dpkg-query) with `env`: the tests that drive real apt."""
+
+    def run(argv):
+        done = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
+        return done.returncode, done.stdout, done.stderr
+
+    return run
+
+
 def tree_state(tree: str) -> dict:
-    """The role's own probe script run on a fixture tree, as the role runs it on '/'."""
+    """The role's own probe (nvidia_driver_probe, concern hardware) on a fixture tree, as the role runs it on '/'."""
     assert (FIXTURES / tree).is_dir(), f"no fixture tree {tree}"  # else the probe sees a host without GPUs
-    done = subprocess.run(
-        ["sh", "-c", ROLE_VARS["__nvidia_driver_probe_script"], "nvidia-driver-probe", str(FIXTURES / tree)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return host_state(done.stdout)
+    return host_state(hardware_report(no_commands_fixture, str(FIXTURES / tree)))
 
 
 def task_text(name: str) -> str:
@@ -217,10 +231,11 @@ NOBLE_STANDIN = "\n".join(
 
 
 def run_sources_probe(tmp_path: Path, settings: dict, packages: list[str], preferences: str) -> dict:
-    """The role's own sources probe (distribution source: the host's apt) over a private apt state.
+    """The role's own sources probe (nvidia_driver_probe, concern sources; distribution source: the
+    host's apt) over a private apt state.
 
     APT_CONFIG points apt at `settings` (the private_apt_state fixture's: a flat file repository,
-    an empty dpkg status, private lists); the script adds `preferences`, the role's rendered pin,
+    an empty dpkg status, private lists); the probe adds `preferences`, the role's rendered pin,
     for its simulation, as on a host.
     """
     (tmp_path / "apt.conf").write_text("".join(f'{key} "{value}";\n' for key, value in settings.items()))
@@ -228,29 +243,18 @@ def run_sources_probe(tmp_path: Path, settings: dict, packages: list[str], prefe
         "LC_ALL": "C",
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "APT_CONFIG": str(tmp_path / "apt.conf"),
-        "NVIDIA_DRIVER_SIMULATE": " ".join(packages),
-        "NVIDIA_DRIVER_PIN": preferences,
-        "NVIDIA_DRIVER_PIN_FILE": str(tmp_path / "host-prefs" / "nvidia-driver.pref"),
-        "NVIDIA_DRIVER_FM": "",
     }
     subprocess.run(["apt-get", "-q", "update"], check=True, capture_output=True, env=env)
-    done = subprocess.run(
-        [
-            "sh",
-            "-c",
-            ROLE_VARS["__nvidia_driver_sources_probe_script"],
-            "nvidia-sources-probe",
-            "apt",
-            "",
-            "",
-            "nvidia-headless-",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        check=True,
+    query = SourcesQuery(
+        family="apt",
+        prefix="nvidia-headless-",
+        simulate=packages,
+        pin=preferences,
+        pin_file=str(tmp_path / "host-prefs" / "nvidia-driver.pref"),
     )
-    return parse_probe(done.stdout)
+    found = sources_report(real_commands(env), query)
+    assert found.rc == 0, found.stderr
+    return parse_probe(found.report)
 
 
 @pytest.mark.skipif(shutil.which("apt-get") is None, reason="needs apt (make test-tools installs the host tools)")
@@ -284,7 +288,8 @@ def test_real_apt_installing_the_target_branch_passes_the_plan(tmp_path, private
 
 def test_the_plan_runs_the_simulation_and_refuses_before_the_first_change():
     plan = task_text("plan.yml")
-    assert "NVIDIA_DRIVER_SIMULATE:" in plan and "NVIDIA_DRIVER_PIN:" in plan and "NVIDIA_DRIVER_FM:" in plan
+    probe = plan[plan.index("gpu_fleet.common.nvidia_driver_probe:\n    concern: sources") :].split("\n- name:")[0]
+    assert "\n    simulate:" in probe and "\n    pin:" in probe and "\n    fabric_manager:" in probe
     assert "gpu_fleet.common.nvidia_driver_simulated_install_errors(" in plan
     assert "gpu_fleet.common.nvidia_driver_fabric_manager_availability_errors(" in plan
     # plan.yml is included before the repository, package, modprobe and service steps.
@@ -494,24 +499,20 @@ def build_signed_mirror(root: Path) -> tuple[str, str]:
 
 
 def probe_nvidia_repository(base, key, preferences, fabric_manager) -> dict:
-    env = {
-        "LC_ALL": "C",
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-        "NVIDIA_DRIVER_SIMULATE": "nvidia-driver-cuda nvidia-kernel-open-dkms nvidia-persistenced",
-        "NVIDIA_DRIVER_PIN": preferences,
-        "NVIDIA_DRIVER_PIN_FILE": "/etc/apt/preferences.d/nvidia-driver.pref",
-        "NVIDIA_DRIVER_FM": " ".join(fabric_manager),
-    }
-    script = ROLE_VARS["__nvidia_driver_sources_probe_script"]
-    done = subprocess.run(
-        ["sh", "-c", script, "nvidia-sources-probe", "apt", base, "", "nvidia-driver-cuda"],
-        input=key,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+    env = {"LC_ALL": "C", "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    query = SourcesQuery(
+        family="apt",
+        prefix="nvidia-driver-cuda",
+        repo_url=base,
+        key=key,
+        fabric_manager=list(fabric_manager),
+        simulate=["nvidia-driver-cuda", "nvidia-kernel-open-dkms", "nvidia-persistenced"],
+        pin=preferences,
+        pin_file="/etc/apt/preferences.d/nvidia-driver.pref",
     )
-    return parse_probe(done.stdout)
+    found = sources_report(real_commands(env), query)
+    assert found.rc == 0, found.stderr
+    return parse_probe(found.report)
 
 
 @pytest.mark.skipif(
