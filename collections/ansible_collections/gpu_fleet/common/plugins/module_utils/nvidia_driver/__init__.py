@@ -15,6 +15,10 @@ GPU:
 - compatibility: which GPUs run which kernel modules and branches, Secure Boot;
 - repositories, signing_key: the host's apt and dnf repositories, the repository key;
 - boot: the kernel the next boot starts, and the reboot decision.
+- hardware_probe, host_packages_probe, sources_probe: what the nvidia_driver_probe module reads
+  from a host (sysfs and /proc, modules on disk, the boot kernel and installed packages, apt source
+  files, what the package sources carry), as the '#section' text the parsers above read;
+  host_commands: how they run commands (argv lists, never a shell; the module's runner, a local one).
 
 The functions raise ValueError for input they cannot use; plugins/filter/nvidia_driver.py maps
 them to filters, which turn that into AnsibleFilterError. Nothing here imports Ansible:
