@@ -35,6 +35,7 @@ def batches(tmp_path: Path, group_vars: dict, *extra: str) -> list[list[str]]:
             "serial": play["serial"],
             "max_fail_percentage": play["max_fail_percentage"],
             "gather_facts": False,
+            "roles": ["fleet"],
             "tasks": [show_batch],
         }
     ]

@@ -209,3 +209,27 @@ def test_a_check_whose_ok_is_not_a_boolean_is_an_error(tmp_path):
     rc, result = run_role(tmp_path, [task])
     assert rc != 0
     assert "maybe" in result["msg"]
+
+
+def test_a_longer_role_prefix_belongs_to_that_role():
+    # Role fleet's prefix is the start of fleet_pull's and fleet_artifact's: their variables are theirs.
+    names = ["fleet_cache_root", "fleet_cahce_root", "fleet_pull_repo_url", "fleet_artifact_dir", "fleet_pullx"]
+    roles = ["fleet", "fleet_pull", "fleet_artifact", "hf_env"]
+    assert unknown_variables(names, "fleet", ["fleet_cache_root"], roles) == ["fleet_cahce_root", "fleet_pullx"]
+    assert unknown_variables(names, "fleet", ["fleet_cache_root"]) == [
+        "fleet_artifact_dir",
+        "fleet_cahce_root",
+        "fleet_pull_repo_url",
+        "fleet_pullx",
+    ]
+
+
+def test_the_action_leaves_a_sibling_roles_variables_to_it(tmp_path):
+    # A role demo_extra next to demo: -e demo_extra_knob is demo_extra's, not a misspelt demo option.
+    for run in ("theirs", "misspelt"):
+        (tmp_path / run / "roles" / "demo_extra").mkdir(parents=True)
+    rc, result = run_role(tmp_path / "theirs", [PREFLIGHT], "-e", '{"demo_extra_knob": 1, "demo_report": {}}')
+    assert rc == 0, result
+    rc, result = run_role(tmp_path / "misspelt", [PREFLIGHT], "-e", '{"demo_extraknob": 1}')
+    assert rc != 0
+    assert result["msg"].startswith("Unknown variable(s) demo_extraknob: demo knows only")

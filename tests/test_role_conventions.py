@@ -43,7 +43,13 @@ def labs_in_make_test() -> list[str]:
 # ebs_volumes works on EC2 through amazon.aws, which no container stands in for: pytest runs
 # playbooks/ebs-volumes.yml on fake hosts up to the first AWS call, and the role's checks on
 # AWS's answers fed the amazon.aws modules' results (tests/test_ebs_volumes.py).
-PYTEST_OF_ROLE = {"fleet_artifact": "tests/test_run_results.py", "ebs_volumes": "tests/test_ebs_volumes.py"}
+# fleet holds values and checks them on the controller: pytest shows on local hosts that the
+# inventory's fleet names reach every role that reads them (tests/test_fleet_values.py).
+PYTEST_OF_ROLE = {
+    "fleet_artifact": "tests/test_run_results.py",
+    "ebs_volumes": "tests/test_ebs_volumes.py",
+    "fleet": "tests/test_fleet_values.py",
+}
 SPEC_TYPES = {"str", "path", "bool", "int", "float", "list", "dict", "raw"}
 
 

@@ -24,6 +24,11 @@ ARGUMENT_SPEC = {
 }
 
 
+def sibling_roles(role_path: str) -> list[str]:
+    """The roles next to this one, whose prefixes may extend its own (fleet, fleet_pull)."""
+    return [path.name for path in Path(role_path).parent.iterdir() if path.is_dir()]
+
+
 def role_options(role_path: str) -> list[str]:
     """The variables the role's main entry point declares, in the spec's order."""
     specs = yaml.safe_load((Path(role_path) / "meta" / "argument_specs.yml").read_text())
@@ -42,7 +47,7 @@ class ActionModule(ActionBase):
         known = role_options(task_vars["role_path"]) + args["facts"]
         messages = failures(
             args["role"],
-            unknown=unknown_variables(task_vars, args["role"], known),
+            unknown=unknown_variables(task_vars, args["role"], known, sibling_roles(task_vars["role_path"])),
             known=known,
             paths=args["paths"],
             relative_paths=args["relative_paths"],

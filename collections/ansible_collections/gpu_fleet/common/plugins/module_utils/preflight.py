@@ -57,9 +57,14 @@ def _entries(name: str, value):
     return [(name, value)]
 
 
-def unknown_variables(names, prefix: str, known) -> list[str]:
-    """The variables named `<prefix>_...` that are not in `known`, sorted."""
-    return sorted({name for name in names if name.startswith(prefix + "_")} - set(known))
+def unknown_variables(names, prefix: str, known, other_roles=()) -> list[str]:
+    """The variables named `<prefix>_...` that are not in `known`, sorted.
+
+    A name that starts with another role's prefix is that role's to check: role fleet leaves
+    fleet_pull_* to fleet_pull and fleet_artifact_* to fleet_artifact."""
+    longer = tuple(role + "_" for role in other_roles if role.startswith(prefix + "_"))
+    ours = {name for name in names if name.startswith(prefix + "_") and not name.startswith(longer)}
+    return sorted(ours - set(known))
 
 
 def _bad(values: dict, problem) -> list[str]:
