@@ -74,7 +74,8 @@ def test_with_labs_every_job_runs_once_two_at_a_time_longest_first(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert set(times) == set(ORDER)
     assert most_at_once(times) == 2
-    assert [job for job, _ in sorted(times.items(), key=lambda item: item[1][0])][:2] == ORDER[:2]
+    # The two workers take ORDER's first two; which of them records its start first is a race.
+    assert {job for job, _ in sorted(times.items(), key=lambda item: item[1][0])[:2]} == set(ORDER[:2])
     assert re.search(r"\[rehearsals\] all jobs done in \d+s", done.stdout)
     for job in ORDER:
         assert f"[rehearsals] {job}: passed in" in done.stdout
