@@ -61,7 +61,7 @@ LAB = "lab/slurm"
 PREFIX = "slurm-gpu-"
 HEALTH = "/usr/local/sbin/gpu-fleet-slurm-health"
 PROLOG = "/usr/local/sbin/gpu-fleet-slurm-prolog"
-CACHE_ROOT = "/data/hf"  # inventory/lab/group_vars: lab_cache_root
+CACHE_ROOT = "/data/hf"  # inventory/lab/group_vars: fleet_cache_root
 CORDON_DIR = "/var/lib/gpu-fleet/cordon"
 
 

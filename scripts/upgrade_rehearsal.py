@@ -61,7 +61,7 @@ from lablib import BIN, Lab, Logger, lab_inventory, light_stack, run_lab  # noqa
 
 LAB = "lab/upgrade"
 PREFIX = "upgrade-gpu-"
-CACHE_ROOT = "/data/hf"  # inventory/lab/group_vars: lab_cache_root
+CACHE_ROOT = "/data/hf"  # inventory/lab/group_vars: fleet_cache_root
 JOB = "lab-train@rehearsal.service"
 CHECKPOINT = "/var/lib/lab-train/rehearsal/checkpoint"  # what the stand-in writes on SIGTERM
 LATE_JOB = "lab-train@late.service"  # started on the failing host while its driver is installed
