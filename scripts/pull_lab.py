@@ -144,7 +144,8 @@ def serve_repository() -> str:
     the working tree (HEAD plus uncommitted and untracked files git does not ignore, so that a
     change is rehearsed before it is committed; in a clean clone, HEAD's tree). Its commit id."""
     index = WORK / "snapshot.index"
-    shutil.copy(ROOT / ".git" / "index", index)
+    # --git-path: in a git worktree .git is a file and the index lives elsewhere.
+    shutil.copy(ROOT / sh("git", "-C", ROOT, "rev-parse", "--git-path", "index").stdout.strip(), index)
     env = dict(os.environ, GIT_INDEX_FILE=str(index))
     sh("git", "-C", ROOT, "add", "--all", env=env)
     tree = sh("git", "-C", ROOT, "write-tree", env=env).stdout.strip()
