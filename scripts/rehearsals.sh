@@ -19,11 +19,11 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Longest first. Measured alone in two lanes (fresh clone, 2 cores, seconds): default 688,
-# hf_seed 680, nvidia_driver_dkms 671 (a real DKMS build), nvidia_driver 513, dataset_volume
-# about 390, hf_env about 130; beside each other, the labs: lab-slurm-short 558,
-# lab-upgrade-short 557, lab-pull-short 417 (docs/testing.md).
-ORDER="default hf_seed nvidia_driver_dkms lab-slurm-short lab-upgrade-short nvidia_driver dataset_volume lab-pull-short hf_env"
+# Longest first. Measured side by side in a fresh clone (2 cores, seconds; docs/testing.md):
+# default 696, lab-upgrade-short 575, lab-slurm-short 524, hf_seed 489, nvidia_driver 422,
+# dataset_volume 318, lab-pull-short 223, hf_env 85; nvidia_driver_dkms 726 before its compiler
+# cache (on a machine that built the driver before, 93% of its compiler calls come from it).
+ORDER="default lab-upgrade-short lab-slurm-short nvidia_driver_dkms hf_seed nvidia_driver dataset_volume lab-pull-short hf_env"
 LABS="lab-slurm-short lab-upgrade-short lab-pull-short"
 WITH_LABS=no
 [ "${1:-}" = --labs ] && WITH_LABS=yes
