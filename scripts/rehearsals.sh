@@ -19,11 +19,11 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-# Longest first. Measured side by side in a fresh clone (2 cores, seconds; docs/testing.md):
-# default 696, lab-upgrade-short 575, lab-slurm-short 524, hf_seed 489, nvidia_driver 422,
-# dataset_volume 318, lab-pull-short 223, hf_env 85; nvidia_driver_dkms 726 before its compiler
-# cache (on a machine that built the driver before, 93% of its compiler calls come from it).
-ORDER="default lab-upgrade-short lab-slurm-short nvidia_driver_dkms hf_seed nvidia_driver dataset_volume lab-pull-short hf_env"
+# Longest first. Measured side by side in a fresh clone of 7b075c0 (2 cores, seconds;
+# docs/testing.md): default 719, lab-upgrade-short 699, nvidia_driver_dkms 542 (726 before its
+# compiler cache), hf_seed 540, lab-slurm-short 525, nvidia_driver 473, dataset_volume 334,
+# lab-pull-short 205, hf_env 99.
+ORDER="default lab-upgrade-short nvidia_driver_dkms hf_seed lab-slurm-short nvidia_driver dataset_volume lab-pull-short hf_env"
 LABS="lab-slurm-short lab-upgrade-short lab-pull-short"
 WITH_LABS=no
 [ "${1:-}" = --labs ] && WITH_LABS=yes
