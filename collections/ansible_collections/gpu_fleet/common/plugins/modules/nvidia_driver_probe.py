@@ -136,6 +136,7 @@ from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.hos
     host_packages_report,
 )
 from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.sources_probe import (
+    DEFAULT_PIN_FILE,
     SourcesQuery,
     sources_report,
 )
@@ -158,7 +159,7 @@ ARGUMENT_SPEC = {
     "fabric_manager": {"type": "list", "elements": "str", "default": []},
     "simulate": {"type": "list", "elements": "str", "default": []},
     "pin": {"type": "str", "default": ""},
-    "pin_file": {"type": "str", "default": "/etc/apt/preferences.d/nvidia-driver.pref"},
+    "pin_file": {"type": "str", "default": DEFAULT_PIN_FILE},
 }
 
 

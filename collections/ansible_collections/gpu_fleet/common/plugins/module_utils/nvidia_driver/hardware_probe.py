@@ -8,26 +8,17 @@ outputs captured on real hosts stay valid inputs).
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.host_commands import Report
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.host_commands import (
+    Report,
+    read_text,
+    under_root,
+)
 
 # The SecureBoot EFI variable: 4 attribute bytes, then 1 when Secure Boot is on (UEFI spec, global variable GUID).
 SECURE_BOOT_VARIABLE = "sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c"
 EFI_ATTRIBUTE_BYTES = 4
 # Debian's own packages name the module nvidia-current (NVIDIA's: nvidia).
 MODULE_NAMES = ("nvidia", "nvidia-current")
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return ""
-
-
-def _under(root: str, relative: str) -> Path:
-    return Path(root or "/") / relative
 
 
 def is_host_root(root: str) -> bool:
@@ -38,12 +29,12 @@ def is_host_root(root: str) -> bool:
 def pci_functions(root: str) -> str:
     """Lines 'ADDRESS VENDOR DEVICE CLASS', one per PCI function with a readable vendor."""
     lines = []
-    devices = _under(root, "sys/bus/pci/devices")
+    devices = under_root(root, "sys/bus/pci/devices")
     for device in sorted(devices.glob("*")) if devices.is_dir() else []:
         vendor = device / "vendor"
         if not vendor.is_file():
             continue
-        fields = [_read_text(device / name).rstrip("\n") for name in ("vendor", "device", "class")]
+        fields = [(read_text(device / name) or "").rstrip("\n") for name in ("vendor", "device", "class")]
         lines.append(" ".join([device.name, *fields]) + "\n")
     return "".join(lines)
 
@@ -51,7 +42,7 @@ def pci_functions(root: str) -> str:
 def secure_boot(root: str) -> str:
     """'1' when Secure Boot is on, '0' when off, '' without the EFI variable."""
     try:
-        data = _under(root, SECURE_BOOT_VARIABLE).read_bytes()
+        data = under_root(root, SECURE_BOOT_VARIABLE).read_bytes()
     except OSError:
         return ""
     return str(data[EFI_ATTRIBUTE_BYTES]) if len(data) > EFI_ATTRIBUTE_BYTES else ""
@@ -64,7 +55,7 @@ def nvlink5_devices(root: str) -> list[str]:
     _assert_nvlink5_system).
     """
     found = []
-    for vpd in sorted(_under(root, "sys/class/infiniband").glob("*/device/vpd")):
+    for vpd in sorted(under_root(root, "sys/class/infiniband").glob("*/device/vpd")):
         try:
             if b"SW_MNG" in vpd.read_bytes():
                 found.append(vpd.parent.parent.name)
@@ -88,9 +79,9 @@ def hardware_report(run, root: str = "/") -> str:
     report.section("pci")
     report.add(pci_functions(root))
     report.section("driver_version")
-    report.add(_read_text(_under(root, "proc/driver/nvidia/version")))
+    report.add(read_text(under_root(root, "proc/driver/nvidia/version")))
     report.section("modules")
-    report.add(_read_text(_under(root, "proc/modules")))
+    report.add(read_text(under_root(root, "proc/modules")))
     report.section("secure_boot")
     report.add(secure_boot(root))
     report.section("nvlink5")

@@ -1,4 +1,5 @@
-"""How the nvidia_driver probes run commands: argv lists only, never a shell string.
+"""How the nvidia_driver probes run commands (argv lists only, never a shell string) and read
+the host's files (under a root: "/" on hosts, a fixture tree in the tests).
 
 A runner is a callable `run(argv) -> (rc, stdout, stderr)`, the shape of AnsibleModule.run_command.
 The module hands in `module_runner(module)`; scripts on a host (scripts/gpu-host-check.sh) and the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 # A program that is not installed answers as the shell did: 127 and nothing on stdout, so that
 # `command -v grubby`, `rpm -q` on Debian and the like read as "absent", never as a crash.
@@ -29,10 +31,9 @@ def module_runner(module):
     """A runner over AnsibleModule.run_command (no shell, LC_ALL=C)."""
 
     def run(argv):
-        if not _found(argv[0], lambda name: module.get_bin_path(name)):
+        if not _found(argv[0], module.get_bin_path):
             return NOT_FOUND_RC, "", f"{argv[0]}: not found"
-        rc, out, err = module.run_command(argv, environ_update=PROBE_ENVIRONMENT)
-        return rc, out, err
+        return module.run_command(argv, environ_update=PROBE_ENVIRONMENT)
 
     return run
 
@@ -43,6 +44,19 @@ def local_runner(argv):
         return NOT_FOUND_RC, "", f"{argv[0]}: not found"
     done = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **PROBE_ENVIRONMENT}, check=False)
     return done.returncode, done.stdout, done.stderr
+
+
+def under_root(root, path: str) -> Path:
+    """`path`, as the host names it (/etc/apt/...) or relative to its root, inside the tree at `root`."""
+    return Path(root or "/") / path.lstrip("/")
+
+
+def read_text(path: Path) -> str | None:
+    """A file's text, or None when it cannot be read (absent, a folder, no permission)."""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return None
 
 
 class Report:

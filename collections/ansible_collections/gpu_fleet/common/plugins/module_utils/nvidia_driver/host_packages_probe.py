@@ -14,7 +14,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.host_commands import Report
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.host_commands import (
+    Report,
+    read_text,
+    under_root,
+)
 
 GRUB_DEFAULT_LINE = re.compile(r"^[ \t\n\r\f\v]*GRUB_DEFAULT=")
 RPM_INSTALLED_FORMAT = "%{name} | %{epoch}:%{version}-%{release} | installed\n"
@@ -23,28 +27,21 @@ APT_SOURCE_FILES = ("etc/apt/sources.list", "etc/apt/sources.list.d/*.list", "et
 
 
 def _files(root: str, pattern: str) -> list[Path]:
-    base = Path(root or "/")
+    base = under_root(root, "")
     if any(char in pattern for char in "*?["):
         return sorted(path for path in base.glob(pattern) if path.exists())
     return [base / pattern] if (base / pattern).exists() else []
 
 
-def _read_text(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return None
-
-
 def _host_path(root: str, path: Path) -> str:
     """The path as the host names it (the tasks remove sources by these names)."""
-    return "/" + path.relative_to(Path(root or "/")).as_posix()
+    return "/" + path.relative_to(under_root(root, "")).as_posix()
 
 
 def grub_default_lines(root: str) -> str:
     lines = []
     for path in _files(root, "etc/default/grub") + _files(root, "etc/default/grub.d/*.cfg"):
-        text = _read_text(path) or ""
+        text = read_text(path) or ""
         lines += [line + "\n" for line in text.splitlines() if GRUB_DEFAULT_LINE.match(line)]
     return "".join(lines)
 
@@ -89,7 +86,7 @@ def apt_sources_report(root: str = "/") -> str:
     parts = []
     for pattern in APT_SOURCE_FILES:
         for path in _files(root, pattern):
-            text = _read_text(path)
+            text = read_text(path)
             if text is not None:
                 parts.append(f"#file {_host_path(root, path)}\n{text}\n")
     return "".join(parts)

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.host_commands import Report
+from ansible_collections.gpu_fleet.common.plugins.module_utils.nvidia_driver.host_commands import Report, under_root
 
 DNF_QUERY_FORMAT = "%{name} | %{epoch}:%{version}-%{release} | %{repoid}"
 DEFAULT_PIN_FILE = "/etc/apt/preferences.d/nvidia-driver.pref"
@@ -55,12 +55,9 @@ class SourcesResult:
 
 class _Probe:
     def __init__(self, run, query: SourcesQuery, tmp: Path, root: str):
-        self.run, self.query, self.tmp, self.root = run, query, tmp, Path(root or "/")
+        self.run, self.query, self.tmp, self.root = run, query, tmp, root
         self.report = Report()
         self.stderr: list[str] = []
-
-    def host(self, path: str) -> Path:
-        return self.root / path.lstrip("/")
 
     def out(self, argv) -> int:
         """Run; its stdout goes to the report, its stderr to the result's stderr."""
@@ -108,7 +105,7 @@ class _Probe:
         pin_file = query.pin_file or DEFAULT_PIN_FILE
         prefs = self.tmp / "prefs"
         prefs.mkdir(parents=True, exist_ok=True)
-        host_prefs = self.host("/etc/apt/preferences.d")
+        host_prefs = under_root(self.root, "/etc/apt/preferences.d")
         for path in sorted(host_prefs.glob("*")):
             if path.is_file() and f"/etc/apt/preferences.d/{path.name}" != pin_file:
                 shutil.copy(path, prefs / path.name)
@@ -164,12 +161,12 @@ class _Probe:
         every = tmp / "all"
         (every / "parts").mkdir(parents=True)
         (every / "lists" / "partial").mkdir(parents=True)
-        for lists in (self.host("/var/lib/apt/lists"), tmp / "lists"):
+        for lists in (under_root(self.root, "/var/lib/apt/lists"), tmp / "lists"):
             for path in sorted(lists.glob("*_*")):
                 if path.is_file():
                     shutil.copy2(path, every / "lists" / path.name)
         uri = base[:-1] if base.endswith("/") else base
-        own = self.host("/etc/apt/sources.list")
+        own = under_root(self.root, "/etc/apt/sources.list")
         kept = [
             line + "\n"
             for line in (own.read_text(errors="replace").splitlines() if own.is_file() else [])
@@ -177,7 +174,7 @@ class _Probe:
         ]
         (every / "sources.list").write_text("".join(kept) + entry)
         for pattern in ("*.list", "*.sources"):
-            for path in sorted(self.host("/etc/apt/sources.list.d").glob(pattern)):
+            for path in sorted(under_root(self.root, "/etc/apt/sources.list.d").glob(pattern)):
                 if path.is_file() and uri not in path.read_text(errors="replace"):
                     shutil.copy(path, every / "parts" / path.name)
         everything = ["-o", f"Dir::Etc::SourceList={every}/sources.list", "-o", f"Dir::Etc::SourceParts={every}/parts"]
