@@ -140,7 +140,16 @@ def test_bad_instance_data_is_refused_with_the_fix(data, file_vars, says):
         plugin.host_from_instance_data(data, file_vars, "gpu-fleet:", ["gpu_hosts"], tag_allowlist=ALLOWLIST)
 
 
-@pytest.mark.parametrize("name", [*HOSTILE, "playbook_dir", "hf_env_token", "dataset_volume_path"])
+# fleet_cache_root and the mount point are where root mounts and chowns; the training account is
+# whom training runs as (fleet_training_user: root).
+@pytest.mark.parametrize(
+    "name",
+    [
+        *HOSTILE,
+        *("playbook_dir", "hf_env_token", "dataset_volume_path", "fleet_cache_root", "dataset_volume_mount_point"),
+        *("fleet_training_user", "fleet_training_group", "hf_loader_user", "hf_env_owner", "dataset_volume_mode"),
+    ],
+)
 def test_an_allowlist_that_would_hand_a_tag_control_is_refused(name):
     with pytest.raises(plugin.InstanceDataError, match=f"fleet_pull_tag_allowlist lists '{name}'"):
         plugin.host_from_instance_data(tagged({}), {}, "gpu-fleet:", ["gpu_hosts"], {}, {name: ".*"})
@@ -279,6 +288,8 @@ def test_the_cloud_config_carries_the_roles_files_and_fits_ec2s_limit(tmp_path):
         ),
         ('{"fleet_pull_tag_allowlist": {"hf_loader_train_hold_file": ".*"}}', "lists hf_loader_train_hold_file"),
         ('{"fleet_pull_tag_allowlist": {"fleet_pull_repo_ref": ".*"}}', "lists fleet_pull_repo_ref"),
+        ('{"fleet_pull_tag_allowlist": {"fleet_cache_root": ".*"}}', "lists fleet_cache_root"),
+        ('{"fleet_pull_tag_allowlist": {"fleet_training_user": ".*"}}', "lists fleet_training_user"),
         ('{"fleet_pull_host_vars": {"fleet_pull_repo_ref": "x"}}', "fleet_pull_host_vars sets fleet_pull_repo_ref"),
         ('{"fleet_pull_tag_groups": ["a-b"]}', "fleet_pull_tag_groups has entries that are not group names: a-b"),
     ],

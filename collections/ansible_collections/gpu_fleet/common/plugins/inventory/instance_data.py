@@ -27,7 +27,7 @@ description:
     add only groups of O(tag_groups). Any other tag under the prefix fails the inventory with
     every refused tag named, so that the run fails and the host is held; none is dropped
     silently. Ansible's own variables (C(ansible_*)), pull mode's settings (C(fleet_pull_*)),
-    paths, commands and the hold are never taken from tags, even when listed.
+    paths, commands, credentials, accounts and the hold are never taken from tags, even when listed.
   - Tags are read where cloud-init puts EC2's instance metadata tags,
     C(ds.meta_data.tags.instance) (cloud-init 22.2 and later, with tags in instance metadata
     enabled), or C(ds.meta_data.tags) when that is a flat mapping (the lab's NoCloud meta-data
@@ -73,11 +73,13 @@ options:
 NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 HOSTNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9.-]{0,252}$")
 # Never from a tag, even when an allowlist names it: Ansible's own settings (connection,
-# become, interpreter), pull mode's (what code runs), and values that are paths, commands or
-# credentials by name (the hold file among them).
+# become, interpreter), pull mode's (what code runs), and values that are paths, commands,
+# credentials or accounts by name (the hold file among them; fleet_cache_root and
+# dataset_volume_mount_point are where root mounts and chowns, fleet_training_user whom
+# training runs as).
 NEVER_FROM_TAGS = re.compile(
-    r"^(ansible_|fleet_pull_)|_(file|files|dir|dirs|path|paths|exe|executable|command|cmd|args|interpreter"
-    r"|url|key|token|password|secret|hold)$"
+    r"^(ansible_|fleet_pull_)|_(file|files|dir|dirs|path|paths|root|point|exe|executable|command|cmd|args"
+    r"|interpreter|url|key|token|password|secret|hold|user|group|owner|mode)$"
 )
 MAGIC_NAMES = frozenset(
     {
@@ -126,7 +128,7 @@ def never_from_tags(name: str, fixed_vars: dict) -> str:
     if name in MAGIC_NAMES:
         return "a name Ansible reserves"
     if NEVER_FROM_TAGS.search(name):
-        return "paths, commands, credentials and the hold are never taken from tags"
+        return "paths, commands, credentials, accounts and the hold are never taken from tags"
     return ""
 
 
