@@ -270,3 +270,89 @@ def test_listings_commands_and_accounts_are_observed_in_the_same_call(tmp_path):
     me = pwd.getpwuid(os.getuid())
     assert account(USER) == {"exists": True, "home": me.pw_dir, "shell": me.pw_shell, "group": GROUP}
     assert account("no-such-account-here") == {"exists": False, "home": "", "shell": "", "group": ""}
+
+
+def observe(tmp_path, options, *extra_args):
+    """Run gpu_fleet.common.path_state once on localhost with these options: (rc, the task's result)."""
+    task = {"name": "Observe", "gpu_fleet.common.path_state": options, "check_mode": False}
+    play = [{"hosts": "localhost", "gather_facts": False, "tasks": [task]}]
+    (tmp_path / "observe.yml").write_text(yaml.safe_dump(play))
+    env = {
+        **os.environ,
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+        "ANSIBLE_LOCALHOST_WARNING": "false",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+    }
+    done = subprocess.run(
+        [
+            str(ANSIBLE_PLAYBOOK),
+            "-i",
+            "localhost,",
+            "-c",
+            "local",
+            "-e",
+            f"ansible_python_interpreter={sys.executable}",
+            str(tmp_path / "observe.yml"),
+            *extra_args,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+    )
+    return done.returncode, json.loads(done.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
+
+
+def test_contents_reads_a_files_text_and_a_missing_path_as_null_also_in_check_mode(tmp_path):
+    env_file, latin = tmp_path / "hf.env", tmp_path / "latin1.txt"
+    env_file.write_text("HF_HOME=/data/hf\n")
+    latin.write_bytes(b"caf\xe9\n")  # not UTF-8: replaced, not a failure
+    rc, result = observe(tmp_path, {"contents": [str(env_file), str(tmp_path / "missing"), str(latin)]}, "--check")
+    assert rc == 0, result
+    assert result["changed"] is False
+    assert result["contents"] == {
+        str(env_file): "HF_HOME=/data/hf\n",
+        str(tmp_path / "missing"): None,
+        str(latin): "caf\ufffd\n",
+    }
+
+
+def test_a_file_over_contents_max_bytes_fails_naming_the_path_and_the_option(tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text("x" * 11)
+    rc, result = observe(tmp_path, {"contents": [str(big)], "contents_max_bytes": 10})
+    assert rc != 0
+    assert result["failed"] is True
+    assert str(big) in result["msg"]
+    assert "contents_max_bytes (10)" in result["msg"]
+    rc, result = observe(tmp_path, {"contents": [str(big)], "contents_max_bytes": 11})
+    assert rc == 0, result
+    assert result["contents"][str(big)] == "x" * 11
+
+
+def test_a_listing_with_contents_gives_each_file_its_text_under_the_same_cap(tmp_path):
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "a.conf").write_text("A=1\n")
+    (folder / "b.conf").write_text("B=2\n")
+    (folder / "sub").mkdir()  # not a regular file: not listed, not read
+    rc, result = observe(tmp_path, {"listings": [str(folder)], "listing_contents": True})
+    assert rc == 0, result
+    listed = result["listings"][str(folder)]
+    assert [(Path(entry["path"]).name, entry["text"]) for entry in listed] == [("a.conf", "A=1\n"), ("b.conf", "B=2\n")]
+    rc, result = observe(tmp_path, {"listings": [str(folder)]})
+    assert rc == 0, result
+    assert "text" not in result["listings"][str(folder)][0], "text only when asked for"
+    assert result["contents"] == {}
+    rc, result = observe(tmp_path, {"listings": [str(folder)], "listing_contents": True, "contents_max_bytes": 3})
+    assert rc != 0
+    assert str(folder / "a.conf") in result["msg"]
+    assert "contents_max_bytes" in result["msg"]
+
+
+def test_contents_of_a_folder_fails_with_the_reason(tmp_path):
+    rc, result = observe(tmp_path, {"contents": [str(tmp_path)]})
+    assert rc != 0
+    assert result["msg"].startswith(f"path_state cannot read {tmp_path}: ")

@@ -233,3 +233,21 @@ def test_the_action_leaves_a_sibling_roles_variables_to_it(tmp_path):
     rc, result = run_role(tmp_path / "misspelt", [PREFLIGHT], "-e", '{"demo_extraknob": 1}')
     assert rc != 0
     assert result["msg"].startswith("Unknown variable(s) demo_extraknob: demo knows only")
+
+
+def test_success_msg_is_the_result_when_every_check_passes_and_the_failures_otherwise(tmp_path):
+    # A post-check on an observation says what it found, as ansible.builtin.assert's success_msg did.
+    check = {
+        "name": "Check the observation",
+        "gpu_fleet.common.preflight": {
+            "role": "demo",
+            "checks": [{"ok": "{{ demo_flag | bool }}", "msg": "demo_flag must be true."}],
+            "success_msg": "demo_flag is {{ demo_flag }}.",
+        },
+    }
+    for run, flag, expected_rc, expected_msg in (
+        ("passes", "true", 0, "demo_flag is True."),
+        ("fails", "false", 2, "demo_flag must be true."),
+    ):
+        rc, result = run_role(tmp_path / run, [check], "-e", f'{{"demo_flag": {flag}}}')
+        assert (rc, result["msg"]) == (expected_rc, expected_msg), result

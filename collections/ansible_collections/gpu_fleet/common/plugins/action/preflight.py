@@ -21,6 +21,7 @@ ARGUMENT_SPEC = {
         "default": [],
         "options": {"ok": {"type": "bool", "required": True}, "msg": {"type": "str", "required": True}},
     },
+    "success_msg": {"type": "str"},
 }
 
 
@@ -58,5 +59,5 @@ class ActionModule(ActionBase):
         if messages:
             result.update(failed=True, msg=" ".join(messages))
         else:
-            result["msg"] = f"The {args['role']} variables passed every check."
+            result["msg"] = args["success_msg"] or f"The {args['role']} variables passed every check."
         return result

@@ -27,6 +27,23 @@ options:
     description: >-
       Name to argv of commands that only read (dpkg-query, a venv's Python listing its packages).
       Each is run without a shell; a command that fails or is missing is reported, not an error.
+  contents:
+    type: list
+    elements: path
+    default: []
+    description:
+      - Absolute paths of files whose text is read (UTF-8, undecodable bytes replaced). A missing path reads
+        as null. The caller sets C(no_log) where a file holds a secret.
+  contents_max_bytes:
+    type: int
+    default: 1048576
+    description: >-
+      The largest file read for O(contents) or O(listing_contents); a larger one fails the call, naming the
+      path and this option (an observation holds what a role decides on, not bulk data).
+  listing_contents:
+    type: bool
+    default: false
+    description: Each file of O(listings) also gets its text, read as for O(contents).
 author: gpu-fleet maintainers
 """
 
@@ -34,7 +51,9 @@ EXAMPLES = r"""
 - name: Observe the managed paths
   gpu_fleet.common.path_state:
     paths: [/etc/hf, /etc/hf/hf.env]
+    contents: [/etc/hf/hf.env]
   register: observed
+  check_mode: false
 """
 
 RETURN = r"""
@@ -53,11 +72,17 @@ users:
   returned: always
 groups: {description: Each name in I(groups) to whether the group exists., type: dict, returned: always}
 listings:
-  description: Each folder to its regular files (path, size, mtime); a missing folder lists none.
+  description: >-
+    Each folder to its regular files (path, size, mtime, and text with I(listing_contents)); a missing
+    folder lists none.
   type: dict
   returned: always
 commands:
   description: Each command's name to its rc and stdout_lines (rc 127 when the program is missing).
+  type: dict
+  returned: always
+contents:
+  description: Each path in I(contents) to its text (null where the path is missing).
   type: dict
   returned: always
 """
@@ -112,17 +137,46 @@ def describe(path):
     }
 
 
-def listing(folder):
+class TooLarge(Exception):
+    """A file asked for by contents or listing_contents is larger than contents_max_bytes."""
+
+    def __init__(self, path, size, max_bytes):
+        super().__init__(
+            f"path_state: {path} holds {size} bytes, more than contents_max_bytes ({max_bytes}); "
+            "raise contents_max_bytes for this call or do not read the file's text"
+        )
+
+
+def text(path, max_bytes):
+    """The file's text, or None where the path is missing; a file over max_bytes raises TooLarge."""
+    try:
+        with open(path, "rb") as stream:
+            # Read one byte past the cap: the size from stat can lie (/proc, a file still growing).
+            data = stream.read(max_bytes + 1)
+            size = os.fstat(stream.fileno()).st_size
+    except FileNotFoundError:
+        return None
+    if len(data) > max_bytes:
+        raise TooLarge(path, max(size, len(data)), max_bytes)
+    return data.decode("utf-8", errors="replace")
+
+
+def listing(folder, max_bytes=None):
+    """The folder's regular files; with max_bytes, each also with its text."""
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError:
         return []
-    return [
+    files = [
         {"path": entry.path, "size": info.st_size, "mtime": info.st_mtime}
         for entry in entries
         if entry.is_file(follow_symlinks=False)
         for info in [entry.stat(follow_symlinks=False)]
     ]
+    if max_bytes is not None:
+        for entry in files:
+            entry["text"] = text(entry["path"], max_bytes)
+    return files
 
 
 def run_read_only(module, argv):
@@ -141,19 +195,35 @@ def main():
             "groups": {"type": "list", "elements": "str", "default": []},
             "listings": {"type": "list", "elements": "path", "default": []},
             "commands": {"type": "dict", "default": {}},
+            "contents": {"type": "list", "elements": "path", "default": []},
+            "contents_max_bytes": {"type": "int", "default": 1048576},
+            "listing_contents": {"type": "bool", "default": False},
         },
         supports_check_mode=True,
     )
-    relative = [path for path in module.params["paths"] + module.params["listings"] if not Path(path).is_absolute()]
+    params = module.params
+    named = params["paths"] + params["listings"] + params["contents"]
+    relative = [path for path in named if not Path(path).is_absolute()]
     if relative:
         module.fail_json(msg=f"path_state needs absolute paths; got {', '.join(relative)}")
+    max_bytes = params["contents_max_bytes"]
+    try:
+        contents = {path: text(path, max_bytes) for path in params["contents"]}
+        listed_text = max_bytes if params["listing_contents"] else None
+        listings = {folder: listing(folder, listed_text) for folder in params["listings"]}
+    except TooLarge as error:
+        module.fail_json(msg=str(error))
+    except OSError as error:
+        # A folder or an unreadable file where text is asked for: the role asked for the wrong path.
+        module.fail_json(msg=f"path_state cannot read {error.filename}: {error.strerror}")
     module.exit_json(
         changed=False,
-        paths={path: describe(path) for path in module.params["paths"]},
-        users={name: account(name) for name in module.params["users"]},
-        groups={name: exists(grp.getgrnam, name) for name in module.params["groups"]},
-        listings={folder: listing(folder) for folder in module.params["listings"]},
-        commands={name: run_read_only(module, argv) for name, argv in module.params["commands"].items()},
+        paths={path: describe(path) for path in params["paths"]},
+        users={name: account(name) for name in params["users"]},
+        groups={name: exists(grp.getgrnam, name) for name in params["groups"]},
+        listings=listings,
+        commands={name: run_read_only(module, argv) for name, argv in params["commands"].items()},
+        contents=contents,
     )
 
 

@@ -38,6 +38,11 @@ options:
     elements: dict
     default: []
     description: The role's own checks, each C(ok) (a boolean) and C(msg) (said when C(ok) is false).
+  success_msg:
+    type: str
+    description:
+      - The result's message when every check passes (what C(ansible.builtin.assert)'s C(success_msg) said).
+      - Without it, "The <role> variables passed every check.".
 author: gpu-fleet maintainers
 """
 
@@ -50,11 +55,19 @@ EXAMPLES = r"""
     checks:
       - ok: "{{ hf_env_offline | bool }}"
         msg: hf_env_offline is false, which this project does not support.
+
+- name: Check what was observed (a post-check, no variables of its own)
+  gpu_fleet.common.preflight:
+    role: hf_env
+    checks:
+      - ok: "{{ __hf_env_observed.users[hf_env_owner].exists }}"
+        msg: hf_env_owner {{ hf_env_owner }} does not exist on the host.
+    success_msg: The owner exists.
 """
 
 RETURN = r"""
 msg:
-  description: Every failing message, joined; or that every check passed.
+  description: Every failing message, joined; or O(success_msg), or that every check passed.
   type: str
   returned: always
 """
