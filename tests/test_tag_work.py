@@ -25,6 +25,12 @@ MAIN = """
   ansible.builtin.import_tasks: preflight.yml
   tags: &every_tag [demo, demo_preflight, demo_step, demo_unwired]
 
+# What the checks allowed (a role's include_vars after its preflight): every tag runs it too.
+- name: Load the values the preflight allowed
+  ansible.builtin.set_fact:
+    demo_loaded: true
+  tags: *every_tag
+
 - name: The step, where there is work
   ansible.builtin.include_tasks:
     file: step.yml
@@ -86,6 +92,11 @@ def test_the_shared_files_are_those_imported_with_every_tag(project):
     assert verify_helpers.shared_task_files("demo", roles=project / "roles") == {"preflight.yml"}
 
 
+def test_main_yml_tasks_with_every_tag_are_shared_by_their_line(project):
+    # Line 7 of MAIN (after its leading newline): the set_fact every tag runs.
+    assert verify_helpers.shared_main_lines("demo", roles=project / "roles") == {7}
+
+
 def test_a_tag_with_work_shows_its_own_task(project):
     ran, decided = run_tag(project, "demo_step", work=True)
     assert [line.split(" ", 1)[1] for line in ran] == ["demo : Do the step"]
@@ -100,7 +111,7 @@ def test_a_tag_with_nothing_to_do_shows_only_its_decision(project):
 
 
 def test_a_tag_wired_to_nothing_but_the_preflight_shows_no_work(project):
-    """The vacuous case: the preflight ran (every tag runs it), and nothing else."""
+    """The vacuous case: the preflight and main.yml's every-tag task ran (every tag runs them), and nothing else."""
     ran, decided = run_tag(project, "demo_unwired", work=True)
     assert ran == [] and decided == []
 

@@ -126,6 +126,21 @@ def shared_task_files(role: str, roles: Path = ROLES) -> set[str]:
     return files
 
 
+def shared_main_lines(role: str, roles: Path = ROLES) -> set[int]:
+    """The lines of tasks/main.yml's own tasks that carry every one of role_tags (the include_vars
+    that follows the preflight): run with every tag, they are no tag's own work."""
+    tags = set(role_tags(role, roles))
+    tasks = yaml.compose((roles / role / "tasks" / "main.yml").read_text())
+    lines = set()
+    for node in tasks.value if tasks is not None else []:
+        task = yaml.safe_load(yaml.serialize(node))
+        imported = "ansible.builtin.import_tasks" in task  # its tasks are in their own file
+        if not imported and tags <= set(as_list(task.get("tags", []))):
+            # Ansible names a task by the line of its first key, as the task_record callback records it.
+            lines.add(node.start_mark.line + 1)
+    return lines
+
+
 def role_task_file(result: dict[str, Any], role: str, roles: Path = ROLES) -> str | None:
     """The file under roles/ROLE/tasks/ a recorded task result comes from (None: not the role's)."""
     tasks = (roles / role / "tasks").resolve()
@@ -141,15 +156,20 @@ def tag_work(
     Returns (ran, decided): "FILE:LINE name" of each task of the role that ran (ok or changed, not
     an include) outside the shared task files, and of each one there that its condition skipped.
     A shared file is the tag's own work when the tag is named after it (ROLE_preflight runs
-    preflight.yml, nvidia_driver_detect detect.yml)."""
+    preflight.yml, nvidia_driver_detect detect.yml). main.yml's own tasks with every tag
+    (shared_main_lines) are no tag's own work."""
     shared = shared_task_files(role, roles) - {f"{tag.removeprefix(role + '_')}.yml"}
+    shared_lines = shared_main_lines(role, roles)
     ran: list[str] = []
     decided: list[str] = []
     for result in results:
         file = role_task_file(result, role, roles)
+        line = result["path"].rpartition(":")[2]
         if result["host"] != host or file is None or file in shared:
             continue
-        where = f"{file}:{result['path'].rpartition(':')[2]} {result['name']}"
+        if file == "main.yml" and line.isdigit() and int(line) in shared_lines:
+            continue
+        where = f"{file}:{line} {result['name']}"
         if result["status"] in ("ok", "changed") and not result["include"]:
             ran.append(where)
         elif result["status"] == "skipped":
