@@ -139,8 +139,11 @@ def test_every_bad_path_is_named_with_its_value_in_one_message():
 # --- the action, run by Ansible on a throwaway role --------------------------------------------
 
 
-def run_role(tmp_path, tasks, *extra_args):
-    """Apply a role named demo (options demo_path, demo_flag) with these tasks to localhost."""
+def run_role(tmp_path, tasks, *extra_args, printed=False):
+    """Apply a role named demo (options demo_path, demo_flag) with these tasks to localhost.
+
+    Returns the exit status and the last task's result, or with printed what the default callback printed.
+    """
     role = tmp_path / "roles" / "demo"
     (role / "meta").mkdir(parents=True)
     (role / "tasks").mkdir()
@@ -157,7 +160,7 @@ def run_role(tmp_path, tasks, *extra_args):
         **os.environ,
         "ANSIBLE_ROLES_PATH": str(tmp_path / "roles"),
         "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default" if printed else "ansible.builtin.json",
         "ANSIBLE_LOCALHOST_WARNING": "false",
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
     }
@@ -169,6 +172,8 @@ def run_role(tmp_path, tasks, *extra_args):
         cwd=tmp_path,
         check=False,
     )
+    if printed:
+        return done.returncode, done.stdout
     results = json.loads(done.stdout)["plays"][0]["tasks"]
     return done.returncode, results[-1]["hosts"]["localhost"]
 
@@ -251,3 +256,8 @@ def test_success_msg_is_the_result_when_every_check_passes_and_the_failures_othe
     ):
         rc, result = run_role(tmp_path / run, [check], "-e", f'{{"demo_flag": {flag}}}')
         assert (rc, result["msg"]) == (expected_rc, expected_msg), result
+    # Said without -v, as assert's success_msg was; the variables' own check says its message with -v only.
+    _, printed = run_role(tmp_path / "printed", [check], printed=True)
+    assert "demo_flag is True." in printed
+    _, printed = run_role(tmp_path / "quiet", [PREFLIGHT], "-e", '{"demo_report": {}}', printed=True)
+    assert "passed every check" not in printed

@@ -58,6 +58,9 @@ class ActionModule(ActionBase):
         result["changed"] = False
         if messages:
             result.update(failed=True, msg=" ".join(messages))
+        elif args["success_msg"]:
+            # Said in the run's output without -v, as ansible.builtin.assert says its success_msg.
+            result.update(msg=args["success_msg"], _ansible_verbose_always=True)
         else:
-            result["msg"] = args["success_msg"] or f"The {args['role']} variables passed every check."
+            result["msg"] = f"The {args['role']} variables passed every check."
         return result

@@ -41,8 +41,10 @@ options:
   success_msg:
     type: str
     description:
-      - The result's message when every check passes (what C(ansible.builtin.assert)'s C(success_msg) said).
-      - Without it, "The <role> variables passed every check.".
+      - The result's message when every check passes, shown in the run's output without C(-v), as
+        C(ansible.builtin.assert) shows its C(success_msg).
+      - Without it, "The <role> variables passed every check." (shown with C(-v) only). Pass C(omit) to keep
+        a check quiet where the old assert was C(quiet).
 author: gpu-fleet maintainers
 """
 
