@@ -211,7 +211,7 @@ def test_the_drivers_plan_is_checked_on_every_host_before_the_first_drain(tmp_pa
     check = (ROOT / "roles" / "nvidia_driver" / "tasks" / "check.yml").read_text()
     # Only reads: the role's own checks and plan, never a step that changes the host.
     steps = re.findall(r"(?:import|include)_tasks:\s+(?:file: )?(\S+)", check)
-    assert steps == ["preflight.yml", "detect.yml", "plan.yml"]
+    assert steps == ["facts.yml", "preflight.yml", "observe.yml", "detect.yml", "plan.yml"]
 
 
 @pytest.mark.parametrize("awx_var", ["awx_job_id", "tower_job_id"])

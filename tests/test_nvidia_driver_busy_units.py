@@ -27,9 +27,10 @@ def test_every_read_of_the_training_units_is_refused_when_systemctl_fails():
         for i in reads:
             register = task_list[i]["register"]
             following = task_list[i + 1]
-            assert "ansible.builtin.assert" in following, f"{name}: {task_list[i]['name']!r} is not checked"
-            assert following["ansible.builtin.assert"]["that"] == f"{register}.rc | default(0) == 0"
-            assert "nvidia_driver_busy_units" in following["ansible.builtin.assert"]["fail_msg"]
+            assert "gpu_fleet.common.preflight" in following, f"{name}: {task_list[i]['name']!r} is not checked"
+            (check,) = following["gpu_fleet.common.preflight"]["checks"]
+            assert check["ok"] == f"{{{{ {register}.rc | default(0) == 0 }}}}"
+            assert "nvidia_driver_busy_units" in check["msg"]
 
 
 def test_training_is_stopped_only_after_the_reboot_is_known_to_be_allowed():

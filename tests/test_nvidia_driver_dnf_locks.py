@@ -270,13 +270,13 @@ def test_the_role_drops_its_locks_before_the_switch_and_switches_with_allowerasi
 
 def test_the_plan_reads_the_locks_and_refuses_before_the_first_change(rendered):
     """plan.yml runs before repository.yml (gpu.yml); its decision, rendered by Ansible from the
-    role's own expression, names the lines to drop, and its assert fails on the errors."""
+    role's own expression, names the lines to drop, and its check (the preflight action) fails on the errors."""
     gpu = [step["name"] for step in yaml.safe_load((ROLE / "tasks" / "gpu.yml").read_text())]
     assert gpu.index("Check that the sources carry the driver and the kernel headers") < gpu.index(
         "Configure the package source"
     )
-    refuse = task("plan.yml", "Refuse version locks that would keep the target out")["ansible.builtin.assert"]
-    assert refuse["that"] == "__nvidia_driver_dnf_lock_plan.errors | length == 0"
+    refuse = task("plan.yml", "Refuse version locks that would keep the target out")["gpu_fleet.common.preflight"]
+    assert [check["ok"] for check in refuse["checks"]] == ["{{ __nvidia_driver_dnf_lock_plan.errors | length == 0 }}"]
     assert rendered["locks_after_pin"] == {"delete": PINNED_580.splitlines()[:5], "errors": []}
     # Without the plugin `dnf versionlock list` fails: nothing is held, nothing to drop.
     assert rendered["locks_without_plugin"] == {"delete": [], "errors": []}
