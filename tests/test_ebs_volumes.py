@@ -103,9 +103,10 @@ def results(output: dict, play: int = 0) -> dict:
 def role_copy(tmp_path: Path, **task_files: list) -> None:
     """A copy of the role beside a generated playbook: its own defaults and variables (at a role's
     precedence, so that the inventory's values win over the defaults and the role's variables over
-    both) and the given task files; no argument specs, so the copy runs only the tasks given."""
+    both), its argument specs (the checks' action reads the role's options there; no entry point is
+    named like a task file here, so Ansible validates nothing) and the given task files."""
     role = tmp_path / "roles" / "ebs_volumes"
-    for folder in ("defaults", "vars"):
+    for folder in ("defaults", "vars", "meta"):
         shutil.copytree(ROLE / folder, role / folder)
     (role / "tasks").mkdir()
     for name, tasks in task_files.items():
