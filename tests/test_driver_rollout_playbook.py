@@ -131,7 +131,7 @@ def test_the_batch_cordons_a_host_before_reading_it_again(tmp_path):
     for play in batches:
         tasks = _task_names(play)
         cordon = next(i for i, task in enumerate(tasks) if task.startswith("Cordon the host"))
-        read = tasks.index("Read the active training units")
+        read = tasks.index("Read the loaded driver, the active training units and the units left stopped")
         decide = tasks.index("Decide, job by job, what the batch drains, waits for or skips")
         lift = tasks.index("Lift the cordon just set from a host the rollout does not take out of training")
         drain = tasks.index("Drain the training units (SIGTERM)")
