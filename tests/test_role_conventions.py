@@ -1,4 +1,4 @@
-"""Conventions every role keeps: specs match defaults, README matches specs."""
+"""Conventions every role keeps: specs match defaults, README matches specs, one way to check and observe."""
 
 import re
 import shutil
@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible.playbook.task import Task
 
 ROOT = Path(__file__).resolve().parent.parent
 ROLES = sorted(path.name for path in (ROOT / "roles").iterdir() if (path / "tasks").is_dir())
@@ -280,7 +281,7 @@ def test_included_task_files_keep_their_tags(role):
 # The steps that only read and that later steps rely on: they run with every tag of the role,
 # so that any one tag works alone (Molecule runs each one in check mode). Not `always`: another
 # role's tags must not run them.
-READ_ONLY_STEPS = {"preflight.yml", "detect.yml", "probe.yml"}
+READ_ONLY_STEPS = {"facts.yml", "preflight.yml", "observe.yml", "detect.yml", "refuse.yml"}
 
 
 def main_tags(tasks) -> set[str]:
@@ -294,16 +295,164 @@ def main_tags(tasks) -> set[str]:
     return found
 
 
-@pytest.mark.parametrize("role", ROLES)
-def test_preflight_runs_with_every_tag_of_the_role(role):
-    tasks = load(ROOT / "roles" / role / "tasks" / "main.yml")
+def read_only_step_problems(role: str, tasks: list) -> list[str]:
     every_tag = main_tags(tasks)
     steps = {task.get("ansible.builtin.import_tasks"): task for task in tasks}
-    assert "preflight.yml" in steps, f"{role}: tasks/main.yml imports no preflight.yml"
     found = []
     for step in sorted(READ_ONLY_STEPS & set(steps)):
         tags = steps[step].get("tags", [])
         missing = every_tag - set([tags] if isinstance(tags, str) else tags)
         if missing:
             found.append(f"{role}: {step} lacks the tags {sorted(missing)}")
+    return found
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_preflight_runs_with_every_tag_of_the_role(role):
+    tasks = load(ROOT / "roles" / role / "tasks" / "main.yml")
+    steps = {task.get("ansible.builtin.import_tasks"): task for task in tasks}
+    assert "preflight.yml" in steps, f"{role}: tasks/main.yml imports no preflight.yml"
+    found = read_only_step_problems(role, tasks)
     assert not found, "\n".join(found)
+
+
+# --- One way to check, one way to observe (docs/contributing.md) -------------------------------
+
+PREFLIGHT_ACTION = "gpu_fleet.common.preflight"
+OBSERVERS = {
+    "gpu_fleet.common.path_state",
+    "gpu_fleet.common.dataset_volume_probe",
+    "gpu_fleet.common.nvidia_driver_probe",
+}
+ASSERTS = {f"{prefix}{name}" for prefix in ("", "ansible.builtin.", "ansible.legacy.") for name in ("assert", "fail")}
+# The asserts and fails still in a role's tasks, "ROLE/tasks/FILE:task name" -> why. An entry that
+# no longer matches a task fails too: the list only shrinks.
+ASSERTS_ALLOWED = {
+    "hf_loader/tasks/install.yml:Say which wheel pip refused and why": (
+        "the rescue that translates pip's error: it fails with pip's own refusal, there is nothing to check"
+    ),
+}
+
+
+def module_of(task: dict) -> str:
+    """The module or action a task calls: its one key that is not a task keyword."""
+    keys = [key for key in task if key not in Task.fattributes and key not in {"block", "rescue", "always"}]
+    return keys[0] if len(keys) == 1 else ""
+
+
+def preflight_problems(role_dir: Path) -> list[str]:
+    path = role_dir / "tasks" / "preflight.yml"
+    if not path.is_file():
+        return [f"{role_dir.name}: no tasks/preflight.yml"]
+    tasks = load(path) or []
+    if len(tasks) != 1 or module_of(tasks[0]) != PREFLIGHT_ACTION:
+        calls = [module_of(task) or task.get("name") for task in tasks]
+        return [f"{role_dir.name}/tasks/preflight.yml must be one task, {PREFLIGHT_ACTION}; it is {calls}"]
+    return []
+
+
+def observe_problems(role_dir: Path) -> list[str]:
+    path = role_dir / "tasks" / "observe.yml"
+    if not path.is_file():
+        return []
+    tasks = load(path) or []
+    where = f"{role_dir.name}/tasks/observe.yml"
+    if len(tasks) != 1:
+        return [f"{where} must be one task (one read-only call); it has {len(tasks)}"]
+    problems = []
+    if module_of(tasks[0]) not in OBSERVERS:
+        problems.append(f"{where} calls {module_of(tasks[0]) or 'no single module'}, not one of {sorted(OBSERVERS)}")
+    if tasks[0].get("check_mode") is not False:
+        problems.append(f"{where} lacks check_mode: false (check mode must decide on what the host holds)")
+    return problems
+
+
+def asserts_in(roles_dir: Path) -> list[str]:
+    """ "ROLE/tasks/FILE:task name" of every assert or fail in the roles' tasks, blocks included."""
+    found = []
+    for role_dir in sorted(path for path in roles_dir.iterdir() if (path / "tasks").is_dir()):
+
+        def flat(tasks):
+            for task in tasks or []:
+                yield task
+                for key in ("block", "rescue", "always"):
+                    yield from flat(task.get(key))
+
+        for path in sorted((role_dir / "tasks").glob("*.yml")):
+            for task in flat(load(path)):
+                if module_of(task) in ASSERTS:
+                    found.append(f"{role_dir.name}/tasks/{path.name}:{task.get('name')}")
+    return found
+
+
+def assert_problems(roles_dir: Path, allowed: dict[str, str]) -> list[str]:
+    found = asserts_in(roles_dir)
+    problems = [
+        f"{where}: a check is the {PREFLIGHT_ACTION} action with checks: (docs/contributing.md)"
+        for where in found
+        if where not in allowed
+    ]
+    problems += [
+        f"ASSERTS_ALLOWED names {where}, which is no assert or fail now: remove it"
+        for where in allowed
+        if where not in found
+    ]
+    return problems
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_preflight_is_one_task_the_action_and_observe_one_read_only_call(role):
+    problems = preflight_problems(ROOT / "roles" / role) + observe_problems(ROOT / "roles" / role)
+    assert not problems, "\n".join(problems)
+
+
+def test_checks_are_the_action_not_assert_or_fail():
+    problems = assert_problems(ROOT / "roles", ASSERTS_ALLOWED)
+    assert not problems, "\n".join(problems)
+
+
+def test_the_check_and_observe_rules_refuse_what_they_forbid(tmp_path):
+    role = tmp_path / "demo"
+    (role / "tasks").mkdir(parents=True)
+
+    def write(name, tasks):
+        (role / "tasks" / name).write_text(yaml.safe_dump(tasks))
+
+    preflight = {"name": "Check the variables", PREFLIGHT_ACTION: {"role": "demo"}}
+    observe = {"name": "Observe", "gpu_fleet.common.path_state": {"paths": ["/etc"]}, "check_mode": False}
+    write("preflight.yml", [preflight])
+    write("observe.yml", [observe])
+    assert preflight_problems(role) + observe_problems(role) == []
+    write("preflight.yml", [{"name": "Gather", "ansible.builtin.setup": {}}, preflight])
+    assert "must be one task" in preflight_problems(role)[0]
+    write("preflight.yml", [{"name": "Check", "ansible.builtin.assert": {"that": ["true"]}}])
+    assert "must be one task" in preflight_problems(role)[0]
+    write("observe.yml", [observe, {"name": "Read more", "ansible.builtin.stat": {"path": "/etc"}}])
+    assert "must be one task" in observe_problems(role)[0]
+    write("observe.yml", [{**observe, "check_mode": None}])
+    assert "check_mode: false" in observe_problems(role)[0]
+    write("observe.yml", [{"name": "Read", "ansible.builtin.slurp": {"src": "/etc/hosts"}, "check_mode": False}])
+    assert "ansible.builtin.slurp" in observe_problems(role)[0]
+
+    write("preflight.yml", [preflight])
+    write("step.yml", [{"name": "A block", "block": [{"name": "Refuse", "ansible.builtin.fail": {"msg": "no"}}]}])
+    write("check.yml", [{"name": "Check", "assert": {"that": ["true"]}}])
+    found = ["demo/tasks/check.yml:Check", "demo/tasks/step.yml:Refuse"]
+    assert asserts_in(tmp_path) == found
+    assert len(assert_problems(tmp_path, {})) == 2
+    assert assert_problems(tmp_path, dict.fromkeys(found, "why")) == []
+    stale = assert_problems(tmp_path, dict.fromkeys([*found, "demo/tasks/gone.yml:Old"], "why"))
+    assert stale == ["ASSERTS_ALLOWED names demo/tasks/gone.yml:Old, which is no assert or fail now: remove it"]
+
+
+def test_read_only_steps_run_with_every_tag_and_a_step_without_them_fails(tmp_path):
+    tasks = [
+        {"name": "Facts", "ansible.builtin.import_tasks": "facts.yml", "tags": ["demo", "demo_step"]},
+        {"name": "Check", "ansible.builtin.import_tasks": "preflight.yml", "tags": ["demo", "demo_step"]},
+        {"name": "Observe", "ansible.builtin.import_tasks": "observe.yml", "tags": ["demo"]},
+        {"name": "Step", "ansible.builtin.import_tasks": "step.yml", "tags": ["demo", "demo_step"]},
+    ]
+    assert {"facts.yml", "observe.yml"} <= READ_ONLY_STEPS
+    assert read_only_step_problems("demo", tasks) == ["demo: observe.yml lacks the tags ['demo_step']"]
+    tasks[2]["tags"].append("demo_step")
+    assert read_only_step_problems("demo", tasks) == []
