@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible_collections.gpu_fleet.common.plugins.module_utils.paths import paths_to_fix, wanted_paths
-from ansible_collections.gpu_fleet.common.plugins.modules.path_state import describe
+from ansible_collections.gpu_fleet.common.plugins.modules.path_state import describe, text
 
 ROOT = Path(__file__).resolve().parent.parent
 ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
@@ -356,3 +356,39 @@ def test_contents_of_a_folder_fails_with_the_reason(tmp_path):
     rc, result = observe(tmp_path, {"contents": [str(tmp_path)]})
     assert rc != 0
     assert result["msg"].startswith(f"path_state cannot read {tmp_path}: ")
+
+
+def test_listing_match_lists_and_reads_only_the_names_it_matches(tmp_path):
+    folder = tmp_path / "config"
+    folder.mkdir()
+    (folder / "job-a.json").write_text("{}\n")
+    (folder / ".job-b.json.tmp").write_text("partial")
+    (folder / "big.lock").write_text("x" * 100)  # over the cap, but not asked for: no failure
+    rc, result = observe(
+        tmp_path,
+        {
+            "listings": [str(folder)],
+            "listing_contents": True,
+            "listing_match": r"job-.*\.json",
+            "contents_max_bytes": 10,
+        },
+    )
+    assert rc == 0, result
+    assert [(Path(entry["path"]).name, entry["text"]) for entry in result["listings"][str(folder)]] == [
+        ("job-a.json", "{}\n")
+    ]
+    rc, result = observe(tmp_path, {"listings": [str(folder)], "listing_match": "job-("})
+    assert rc != 0
+    assert "listing_match is not a regular expression" in result["msg"]
+
+
+def test_a_listed_file_swapped_for_a_link_is_not_followed(tmp_path):
+    # The race a listing with contents must survive: the file was regular when listed and is a link
+    # to a root-only file when read. Reading it through the link would hand that file to the caller.
+    secret, swapped = tmp_path / "secret", tmp_path / "cordon"
+    secret.write_text("root only\n")
+    swapped.symlink_to(secret)
+    with pytest.raises(OSError) as refused:
+        text(swapped, 100, follow_symlinks=False)
+    assert refused.value.filename == str(swapped)
+    assert text(swapped, 100) == "root only\n", "contents (explicit paths) still follow links"

@@ -43,7 +43,15 @@ options:
   listing_contents:
     type: bool
     default: false
-    description: Each file of O(listings) also gets its text, read as for O(contents).
+    description:
+      - Each file of O(listings) also gets its text, read as for O(contents). A listed file replaced by a
+        symbolic link before it is read fails the call rather than being followed.
+  listing_match:
+    type: str
+    default: ''
+    description: >-
+      A regular expression each listed file's name must match whole (Python C(re.fullmatch)); empty lists
+      every regular file. Files that do not match are neither listed nor read.
 author: gpu-fleet maintainers
 """
 
@@ -91,6 +99,7 @@ import grp
 import hashlib
 import os
 import pwd
+import re
 import shutil
 import stat
 from pathlib import Path
@@ -147,22 +156,28 @@ class TooLarge(Exception):
         )
 
 
-def text(path, max_bytes):
-    """The file's text, or None where the path is missing; a file over max_bytes raises TooLarge."""
+def text(path, max_bytes, follow_symlinks=True):
+    """The file's text, or None where the path is missing; a file over max_bytes raises TooLarge.
+    Without follow_symlinks a link fails (OSError) instead of being read: a listed file swapped for
+    a link between the listing and the read must not make root read where the link points."""
+    flags = os.O_RDONLY | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
-        with open(path, "rb") as stream:
+        with os.fdopen(os.open(path, flags), "rb") as stream:
             # Read one byte past the cap: the size from stat can lie (/proc, a file still growing).
             data = stream.read(max_bytes + 1)
             size = os.fstat(stream.fileno()).st_size
     except FileNotFoundError:
         return None
+    except OSError as error:
+        # A folder opens and fails on read, without the path in the error.
+        raise OSError(error.errno, error.strerror, str(path)) from error
     if len(data) > max_bytes:
         raise TooLarge(path, max(size, len(data)), max_bytes)
     return data.decode("utf-8", errors="replace")
 
 
-def listing(folder, max_bytes=None):
-    """The folder's regular files; with max_bytes, each also with its text."""
+def listing(folder, max_bytes=None, match=""):
+    """The folder's regular files whose names match whole; with max_bytes, each also with its text."""
     try:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError:
@@ -170,12 +185,12 @@ def listing(folder, max_bytes=None):
     files = [
         {"path": entry.path, "size": info.st_size, "mtime": info.st_mtime}
         for entry in entries
-        if entry.is_file(follow_symlinks=False)
+        if entry.is_file(follow_symlinks=False) and (not match or re.fullmatch(match, entry.name))
         for info in [entry.stat(follow_symlinks=False)]
     ]
     if max_bytes is not None:
         for entry in files:
-            entry["text"] = text(entry["path"], max_bytes)
+            entry["text"] = text(entry["path"], max_bytes, follow_symlinks=False)
     return files
 
 
@@ -198,6 +213,7 @@ def main():
             "contents": {"type": "list", "elements": "path", "default": []},
             "contents_max_bytes": {"type": "int", "default": 1048576},
             "listing_contents": {"type": "bool", "default": False},
+            "listing_match": {"type": "str", "default": ""},
         },
         supports_check_mode=True,
     )
@@ -206,11 +222,15 @@ def main():
     relative = [path for path in named if not Path(path).is_absolute()]
     if relative:
         module.fail_json(msg=f"path_state needs absolute paths; got {', '.join(relative)}")
+    try:
+        re.compile(params["listing_match"])
+    except re.error as error:
+        module.fail_json(msg=f"path_state: listing_match is not a regular expression ({error})")
     max_bytes = params["contents_max_bytes"]
     try:
         contents = {path: text(path, max_bytes) for path in params["contents"]}
         listed_text = max_bytes if params["listing_contents"] else None
-        listings = {folder: listing(folder, listed_text) for folder in params["listings"]}
+        listings = {folder: listing(folder, listed_text, params["listing_match"]) for folder in params["listings"]}
     except TooLarge as error:
         module.fail_json(msg=str(error))
     except OSError as error:
