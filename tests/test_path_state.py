@@ -117,6 +117,31 @@ def test_what_is_not_given_is_not_compared():
     assert paths_to_fix(OBSERVED, [{"path": "/etc/hf-cache/hf.env"}]) == []
 
 
+def play_on_localhost(tmp_path, name, play, *extra_args, **env_extra):
+    """Write `play` to tmp_path/name and run it on localhost with the project's collections."""
+    (tmp_path / name).write_text(yaml.safe_dump(play))
+    env = {
+        **os.environ,
+        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),
+        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
+        "ANSIBLE_LOCALHOST_WARNING": "false",
+        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
+        **env_extra,
+    }
+    argv = [
+        str(ANSIBLE_PLAYBOOK),
+        "-i",
+        "localhost,",
+        "-c",
+        "local",
+        "-e",
+        f"ansible_python_interpreter={sys.executable}",
+    ]
+    return subprocess.run(
+        [*argv, str(tmp_path / name), *extra_args], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
+    )
+
+
 def run_hf_env(tmp_path, *extra_args, token="", modules_run=False):
     """Apply the real hf_env role to localhost, every path under tmp_path.
 
@@ -134,34 +159,15 @@ def run_hf_env(tmp_path, *extra_args, token="", modules_run=False):
         "hf_env_token": token,
     }
     play = [{"hosts": "localhost", "gather_facts": False, "roles": [{"role": "hf_env", **role_vars}]}]
-    (tmp_path / "site.yml").write_text(yaml.safe_dump(play))
-    env = {
-        **os.environ,
-        "ANSIBLE_ROLES_PATH": str(ROOT / "roles"),
-        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.default" if modules_run else "ansible.builtin.json",
-        "ANSIBLE_PIPELINING": "false",
-        "ANSIBLE_LOCALHOST_WARNING": "false",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
-    }
-    done = subprocess.run(
-        [
-            str(ANSIBLE_PLAYBOOK),
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-            str(tmp_path / "site.yml"),
-            *(["-vvv"] if modules_run else []),
-            *extra_args,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        check=False,
+    done = play_on_localhost(
+        tmp_path,
+        "site.yml",
+        play,
+        *(["-vvv"] if modules_run else []),
+        *extra_args,
+        ANSIBLE_ROLES_PATH=str(ROOT / "roles"),
+        ANSIBLE_STDOUT_CALLBACK="ansible.builtin.default" if modules_run else "ansible.builtin.json",
+        ANSIBLE_PIPELINING="false",
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     if modules_run:
@@ -276,32 +282,7 @@ def observe(tmp_path, options, *extra_args):
     """Run gpu_fleet.common.path_state once on localhost with these options: (rc, the task's result)."""
     task = {"name": "Observe", "gpu_fleet.common.path_state": options, "check_mode": False}
     play = [{"hosts": "localhost", "gather_facts": False, "tasks": [task]}]
-    (tmp_path / "observe.yml").write_text(yaml.safe_dump(play))
-    env = {
-        **os.environ,
-        "ANSIBLE_COLLECTIONS_PATH": str(ROOT / "collections"),
-        "ANSIBLE_STDOUT_CALLBACK": "ansible.builtin.json",
-        "ANSIBLE_LOCALHOST_WARNING": "false",
-        "ANSIBLE_INVENTORY_UNPARSED_WARNING": "false",
-    }
-    done = subprocess.run(
-        [
-            str(ANSIBLE_PLAYBOOK),
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-            str(tmp_path / "observe.yml"),
-            *extra_args,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        check=False,
-    )
+    done = play_on_localhost(tmp_path, "observe.yml", play, *extra_args)
     return done.returncode, json.loads(done.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]
 
 
