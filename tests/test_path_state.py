@@ -138,7 +138,13 @@ def play_on_localhost(tmp_path, name, play, *extra_args, **env_extra):
         f"ansible_python_interpreter={sys.executable}",
     ]
     return subprocess.run(
-        [*argv, str(tmp_path / name), *extra_args], capture_output=True, text=True, env=env, cwd=tmp_path, check=False
+        [*argv, str(tmp_path / name), *extra_args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+        timeout=300,
     )
 
 
@@ -370,6 +376,23 @@ def test_a_listed_file_swapped_for_a_link_is_not_followed(tmp_path):
     secret.write_text("root only\n")
     swapped.symlink_to(secret)
     with pytest.raises(OSError) as refused:
-        text(swapped, 100, follow_symlinks=False)
+        text(swapped, 100)
     assert refused.value.filename == str(swapped)
-    assert text(swapped, 100) == "root only\n", "contents (explicit paths) still follow links"
+
+
+def test_contents_never_reads_through_a_link_or_waits_on_a_fifo(tmp_path):
+    # The attack: the training user owns the folder of the cache test's report (hf_loader_report_file)
+    # and puts a link to a root-only file, or a FIFO, where root's observation reads the report.
+    secret = tmp_path / "shadow"
+    secret.write_text("root:secret-hash\n")
+    report = tmp_path / "cache-test.json"
+    report.symlink_to(secret)
+    rc, result = observe(tmp_path, {"contents": [str(report)]})
+    assert rc != 0
+    assert result["msg"] == f"path_state cannot read {report}: a symbolic link, which is not followed"
+    assert "secret-hash" not in json.dumps(result)
+    report.unlink()
+    os.mkfifo(report)
+    rc, result = observe(tmp_path, {"contents": [str(report)]})  # a blocking open would hit the timeout
+    assert rc != 0
+    assert result["msg"] == f"path_state cannot read {report}: not a regular file"

@@ -34,6 +34,8 @@ options:
     description:
       - Absolute paths of files whose text is read (UTF-8, undecodable bytes replaced). A missing path reads
         as null. The caller sets C(no_log) where a file holds a secret.
+      - Only a regular file is read; a symbolic link (never followed), a folder, a FIFO or a device fails the
+        call naming the path, so that an account that owns the folder cannot point root at another file.
   contents_max_bytes:
     type: int
     default: 1048576
@@ -44,8 +46,8 @@ options:
     type: bool
     default: false
     description:
-      - Each file of O(listings) also gets its text, read as for O(contents). A listed file replaced by a
-        symbolic link before it is read fails the call rather than being followed.
+      - Each file of O(listings) also gets its text, read as for O(contents) (a listed file replaced by a
+        symbolic link before it is read fails the call).
   listing_match:
     type: str
     default: ''
@@ -95,6 +97,7 @@ contents:
   returned: always
 """
 
+import errno
 import grp
 import hashlib
 import os
@@ -156,23 +159,29 @@ class TooLarge(Exception):
         )
 
 
-def text(path, max_bytes, follow_symlinks=True):
+def text(path, max_bytes):
     """The file's text, or None where the path is missing; a file over max_bytes raises TooLarge.
-    Without follow_symlinks a link fails (OSError) instead of being read: a listed file swapped for
-    a link between the listing and the read must not make root read where the link points."""
-    flags = os.O_RDONLY | (0 if follow_symlinks else os.O_NOFOLLOW)
+
+    Only a regular file is read, never through a symbolic link, and opening never blocks: the files
+    read are often another account's (the cache test's report is the training user's), and root
+    reading where a link points, or waiting on a FIFO, would hand that account another file's text
+    or stall the run."""
     try:
-        with os.fdopen(os.open(path, flags), "rb") as stream:
-            # Read one byte past the cap: the size from stat can lie (/proc, a file still growing).
-            data = stream.read(max_bytes + 1)
-            size = os.fstat(stream.fileno()).st_size
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as error:
-        # A folder opens and fails on read, without the path in the error.
-        raise OSError(error.errno, error.strerror, str(path)) from error
+        reason = "a symbolic link, which is not followed" if error.errno == errno.ELOOP else error.strerror
+        raise OSError(error.errno, reason, str(path)) from error
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(descriptor)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    with os.fdopen(descriptor, "rb") as stream:
+        # Read one byte past the cap: the size from stat can lie (a file still growing).
+        data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
-        raise TooLarge(path, max(size, len(data)), max_bytes)
+        raise TooLarge(path, max(info.st_size, len(data)), max_bytes)
     return data.decode("utf-8", errors="replace")
 
 
@@ -190,7 +199,7 @@ def listing(folder, max_bytes=None, match=""):
     ]
     if max_bytes is not None:
         for entry in files:
-            entry["text"] = text(entry["path"], max_bytes, follow_symlinks=False)
+            entry["text"] = text(entry["path"], max_bytes)
     return files
 
 
