@@ -42,6 +42,10 @@ def test_some_scenarios_have_hosts_of_their_own():
     assert SCENARIOS_WITH_PLATFORMS, "no scenario has platforms of its own: this test checks nothing"
 
 
+def test_the_shared_file_writes_its_host_once():
+    assert written_in_full(BASE.read_text()) == 1, f"{BASE.relative_to(ROOT)}: make the second host with <<: *host"
+
+
 @pytest.mark.parametrize("config", SCENARIOS_WITH_PLATFORMS, ids=lambda path: path.parent.name)
 def test_a_scenarios_hosts_are_the_shared_host(config):
     shared = yaml.safe_load(BASE.read_text())["platforms"][0]
