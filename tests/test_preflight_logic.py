@@ -261,3 +261,16 @@ def test_success_msg_is_the_result_when_every_check_passes_and_the_failures_othe
     assert "demo_flag is True." in printed
     _, printed = run_role(tmp_path / "quiet", [PREFLIGHT], "-e", '{"demo_report": {}}', printed=True)
     assert "passed every check" not in printed
+
+
+def test_the_actions_spec_loader_reads_every_role_as_safe_load_does():
+    from ansible_collections.gpu_fleet.common.plugins.action.preflight import SPEC_LOADER, role_options
+
+    roles = sorted(path.parent.parent for path in (ROOT / "roles").glob("*/meta/argument_specs.yml"))
+    assert roles, "no role has argument specs: this test checks nothing"
+    for role in roles:
+        specs = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())
+        assert role_options(str(role)) == list(specs["argument_specs"]["main"]["options"]), role.name
+    assert yaml.load("a: [1, !!binary aGk=]", Loader=SPEC_LOADER) == {"a": [1, b"hi"]}
+    with pytest.raises(yaml.constructor.ConstructorError):
+        yaml.load("!!python/object:os.system {}", Loader=SPEC_LOADER)  # still a safe loader
