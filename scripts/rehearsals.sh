@@ -67,24 +67,26 @@ take_job() {  # the queue's first job, removed from it; fails when the queue is 
 
 job_log() { if is_lab "$1"; then echo "$LOGS/$1.log"; else echo "$LOGS/molecule-$1.log"; fi; }
 plain_tail() { sed 's/\x1b\[[0-9;]*m//g' "$(job_log "$2")" | tail -n "$1"; }
+# A worker's lines, together: bash writes its stdout a line at a time, so without the lock the
+# other worker's line could land between a failed job's name and its last lines.
+say() { { flock 9 && printf '%s\n' "$@"; } 9>"$LOGS/rehearsals.say.lock"; }
 
 worker() {
     local job start
     while job=$(take_job); do
         start=$SECONDS
-        echo "[rehearsals] $job: started"
+        say "[rehearsals] $job: started"
         if is_lab "$job"; then
             make --no-print-directory "$job" >"$(job_log "$job")" 2>&1
         else
             molecule test -s "$job" >"$(job_log "$job")" 2>&1
         fi
         if [ $? -eq 0 ]; then
-            echo "[rehearsals] $job: passed in $((SECONDS - start))s"
+            say "[rehearsals] $job: passed in $((SECONDS - start))s"
         else
             # Now, not only at the end: a run stopped by CI's time limit never reaches the end.
-            # One printf, so that the other worker's lines do not land in between.
-            printf '[rehearsals] %s: FAILED after %ss; the last lines of %s:\n%s\n' "$job" "$((SECONDS - start))" \
-                "$(job_log "$job")" "$(plain_tail 40 "$job" | sed "s/^/    $job| /")"
+            say "[rehearsals] $job: FAILED after $((SECONDS - start))s; the last lines of $(job_log "$job"):" \
+                "$(plain_tail 40 "$job" | sed "s/^/    $job| /")"
             echo "$job" >>"$LOGS/rehearsals-failed"
         fi
     done
