@@ -8,7 +8,6 @@ reason. The test fails if the attack works.
 
 from __future__ import annotations
 
-import base64
 import grp
 import json
 import os
@@ -23,12 +22,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ansible_collections.gpu_fleet.common.plugins.filter.cordon import FilterModule as CordonFilters
 from ansible_collections.gpu_fleet.common.plugins.module_utils.cordon import errors, owned_by, parse, record, text
+from ansible_collections.gpu_fleet.common.plugins.modules.path_state import listing
 
 from conftest import run_playbook
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT_TEMPLATE = ROOT / "roles" / "hf_loader" / "templates" / "hf-train@.service.j2"
+CONTENTS_MAX_BYTES = 1048576  # path_state's default
 
 
 # ---- the training unit's gate: the ExecStartPre= line of the real template, run by sh ----
@@ -131,19 +133,17 @@ def test_gate_ignores_the_temporary_files_of_an_atomic_write(state_dir):
 # ---- the parsing every reader shares (train.yml, the rollout) ----
 
 
-def slurped(folder: Path) -> list[dict]:
-    """What a slurp loop over the folder's files returns."""
-    return [
-        {"item": {"path": str(path)}, "content": base64.b64encode(path.read_bytes()).decode()}
-        for path in sorted(folder.iterdir())
-    ]
+def listed(folder: Path) -> list[dict]:
+    """The folder's listing entries as gpu_fleet.common.path_state returns them with
+    listing_contents (roles/hf_loader/tasks/cordon_read.yml): path, size, mtime, text."""
+    return listing(str(folder), CONTENTS_MAX_BYTES)
 
 
 def test_parse_reads_every_owner_and_keeps_a_garbled_file_as_a_cordon(tmp_path):
     cordon(tmp_path, "operator", "RMA 1234", skip_rollouts=True)
     (tmp_path / "upgrade-driver").write_text("half a write")
     (tmp_path / "empty").write_text("")
-    found = parse([*slurped(tmp_path), {"item": {"path": str(tmp_path / "gone")}, "failed": True}])
+    found = parse(listed(tmp_path))
     assert [c["owner"] for c in found] == ["empty", "operator", "upgrade-driver"]
     assert found[0]["reason"] == "(an empty cordon file)"
     assert found[1] == {
@@ -159,9 +159,18 @@ def test_parse_reads_every_owner_and_keeps_a_garbled_file_as_a_cordon(tmp_path):
     assert text(found[1:2]) == "operator (alice, 2026-01-01T00:00:00Z): RMA 1234 [keeps the host out of rollouts]"
 
 
+def test_a_file_lifted_between_the_listing_and_the_read_is_no_cordon(tmp_path):
+    # path_state lists the folder, then reads each file: a lift in between leaves text null.
+    cordon(tmp_path, "operator", "RMA 1234")
+    lifted = {"path": str(tmp_path / "upgrade-driver"), "size": 90, "mtime": 0.0, "text": None}
+    cordon_parse = CordonFilters().filters()["cordon_parse"]
+    assert [c["owner"] for c in cordon_parse([lifted, *listed(tmp_path)])] == ["operator"]
+    assert cordon_parse([lifted]) == []
+
+
 def test_skip_rollouts_must_be_json_true_not_any_truthy_text(tmp_path):
     cordon(tmp_path, "operator", "x", skip_rollouts="no")
-    assert parse(slurped(tmp_path))[0]["skip_rollouts"] is False
+    assert parse(listed(tmp_path))[0]["skip_rollouts"] is False
 
 
 @pytest.mark.parametrize(

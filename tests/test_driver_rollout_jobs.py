@@ -10,7 +10,6 @@ more hosts out of training than the budget allows.
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -33,13 +32,14 @@ PROC_580_95 = PROC_580_82.replace("580.82.07", "580.95.05")
 UNIT = "hf-train@resnet50.service"
 
 
-def slurped(*records, path="/etc/hf-loader/job-resnet50.json") -> list[dict]:
-    """Results of the rollout's slurp loop (roles/hf_loader/tasks/jobs_read.yml)."""
-    results = []
+def listed(*records, path="/etc/hf-loader/job-resnet50.json") -> list[dict]:
+    """The listing entries gpu_fleet.common.path_state returns for the job records with
+    listing_contents (roles/hf_loader/tasks/jobs_read.yml): path, size, mtime, text."""
+    entries = []
     for record in records:
         text = record if isinstance(record, str) else json.dumps(record)
-        results.append({"item": {"path": path}, "content": base64.b64encode(text.encode()).decode(), "source": path})
-    return results
+        entries.append({"path": path, "size": len(text.encode()), "mtime": 1767225600.0, "text": text})
+    return entries
 
 
 def record(hosts, job="resnet50", autoresume=True, save_folder="/shared/ckpt"):
@@ -62,7 +62,7 @@ def record(hosts, job="resnet50", autoresume=True, save_folder="/shared/ckpt"):
 
 def plan(loaded=PROC_580_82, busy=(), jobs=None, left="", cordons=None, mode="drain"):
     units = "".join(f"{unit} loaded active running x\n" for unit in busy)
-    jobs = job_records(slurped(*jobs)) if jobs else None
+    jobs = job_records(listed(*jobs)) if jobs else None
     return host_plan(loaded, units, "580", "580.95.05", mode, left, cordons, jobs)
 
 
@@ -81,7 +81,7 @@ def test_filters_are_exported_with_the_prefix():
 
 
 def test_a_job_record_as_train_yml_writes_it_is_read_and_checkpointed_only_with_autoresume_and_a_folder():
-    (job,) = job_records(slurped(record(["a", "b"])))["jobs"]
+    (job,) = job_records(listed(record(["a", "b"])))["jobs"]
     assert job == {
         "job": "resnet50",
         "unit": UNIT,
@@ -90,11 +90,17 @@ def test_a_job_record_as_train_yml_writes_it_is_read_and_checkpointed_only_with_
         "path": "/etc/hf-loader/job-resnet50.json",
     }
     # train.yml writes what Jinja made of the values: strings too.
-    assert job_records(slurped({**record(["a"]), "autoresume": "True"}))["jobs"][0]["checkpointed"]
-    assert not job_records(slurped(record(["a"], autoresume=False)))["jobs"][0]["checkpointed"]
-    assert not job_records(slurped(record(["a"], save_folder=None)))["jobs"][0]["checkpointed"]
-    # Removed between the listing and the read: no job, no error.
-    assert job_records([{"item": {"path": "/etc/hf-loader/job-x.json"}, "failed": True}]) == {"jobs": [], "errors": []}
+    assert job_records(listed({**record(["a"]), "autoresume": "True"}))["jobs"][0]["checkpointed"]
+    assert not job_records(listed(record(["a"], autoresume=False)))["jobs"][0]["checkpointed"]
+    assert not job_records(listed(record(["a"], save_folder=None)))["jobs"][0]["checkpointed"]
+
+
+def test_a_record_removed_between_the_listing_and_the_read_is_no_job_and_no_error():
+    # path_state lists the folder, then reads each file: a removal in between leaves text null.
+    removed = {"path": "/etc/hf-loader/job-gone.json", "size": 300, "mtime": 1767225600.0, "text": None}
+    read = FilterModule().filters()["driver_rollout_job_records"]([removed, *listed(record(["a"]))])
+    assert [job["job"] for job in read["jobs"]] == ["resnet50"] and read["errors"] == []
+    assert job_records([removed]) == {"jobs": [], "errors": []}
 
 
 @pytest.mark.parametrize(
@@ -109,7 +115,7 @@ def test_a_job_record_as_train_yml_writes_it_is_read_and_checkpointed_only_with_
 )
 def test_a_record_that_cannot_be_trusted_skips_the_host_naming_the_file(text, error):
     # A record naming another unit would have the rollout stop (and start) a unit it does not own.
-    read = job_records(slurped(text))
+    read = job_records(listed(text))
     assert read["jobs"] == [] and error in read["errors"][0] and "/etc/hf-loader/job-resnet50.json" in read["errors"][0]
     busy = host_plan(PROC_580_82, f"{UNIT} loaded active running x\n", "580", "580.95.05", "drain", "", None, read)
     assert busy["action"] == "skip" and "job records cannot be read" in busy["reason"]

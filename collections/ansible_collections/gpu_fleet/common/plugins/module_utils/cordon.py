@@ -19,7 +19,6 @@ plugins/filter/cordon.py maps the cordon_* filters to these functions; nothing h
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 
@@ -86,19 +85,20 @@ def record(owner: str, reason: str, user: str, at: str, skip_rollouts=False) -> 
     return {"owner": owner, "reason": reason.strip(), "user": user, "at": at, "skip_rollouts": skip_rollouts}
 
 
-def parse(slurped: list) -> list[dict]:
-    """The cordons from a slurp loop's results over the folder's files, sorted by owner.
+def parse(listed: list) -> list[dict]:
+    """The cordons from the folder's files as gpu_fleet.common.path_state lists them
+    (`listings` with `listing_contents`), sorted by owner.
 
-    Each result carries `item.path` (or `source`) and `content` (base64). A result without
-    content (the file went away between the listing and the read) is no cordon.
+    Each entry carries `path` and `text`. An entry whose text is null (the file went away
+    between the listing and the read) is no cordon.
     """
     cordons = []
-    for result in slurped or []:
-        if not isinstance(result, dict) or "content" not in result:
+    for entry in listed or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("text"), str):
             continue
-        path = result.get("source") or (result.get("item") or {}).get("path", "")
+        path = entry.get("path") or ""
         name = path.rsplit("/", 1)[-1]
-        text = base64.b64decode(result["content"]).decode("utf-8", "replace").strip()
+        text = entry["text"].strip()
         try:
             doc = json.loads(text)
         except ValueError:

@@ -3,7 +3,6 @@ and checked, and the ways the rollout may treat a job (upgrade_driver_jobs)."""
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 
@@ -11,25 +10,19 @@ JOB_MODES = ("wait", "drain", "skip")
 JOB_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-def _records_from_slurp(results) -> list[tuple[str, str]]:
-    texts = []
-    for result in results or []:
-        path = (result.get("item") or {}).get("path") or result.get("source") or "?"
-        if result.get("failed") or "content" not in result:
-            continue  # removed between the listing and the read: no job
-        texts.append((path, base64.b64decode(result["content"]).decode("utf-8", "replace")))
-    return texts
-
-
-def job_records(results) -> dict:
-    """The job records of a host (hf_loader_config_dir/job-*.json, as slurp read them):
+def job_records(listed) -> dict:
+    """The job records of a host (hf_loader_config_dir/job-*.json, as gpu_fleet.common.path_state
+    lists them with `listing_contents`: entries with `path` and `text`):
     {'jobs': [{job, unit, hosts, checkpointed, path}], 'errors': [...]}.
 
     A record names the job's unit (hf-train@JOB.service) and its hosts by node rank; a job is
     checkpointed when autoresume is on and save_folder is set: only then does a drain lose at
     most the batch in flight."""
     jobs, errors = [], []
-    for path, text in _records_from_slurp(results):
+    for entry in listed or []:
+        if not isinstance(entry, dict) or not isinstance(entry.get("text"), str):
+            continue  # removed between the listing and the read (text null): no job
+        path, text = entry.get("path") or "?", entry["text"]
         try:
             record = json.loads(text)
         except ValueError as error:
