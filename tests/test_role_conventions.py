@@ -236,16 +236,17 @@ def test_bool_options_are_read_through_the_bool_filter(role):
     assert not found, "\n".join(found)
 
 
+def flat(tasks):
+    """Each task, and then the tasks of its block, rescue and always, in order."""
+    for task in tasks or []:
+        yield task
+        for key in ("block", "rescue", "always"):
+            yield from flat(task.get(key))
+
+
 def task_lists(role: str):
     """Every task file of the role, with the tasks of its blocks flattened in."""
     for path in sorted((ROOT / "roles" / role / "tasks").glob("*.yml")):
-
-        def flat(tasks):
-            for task in tasks or []:
-                yield task
-                for key in ("block", "rescue", "always"):
-                    yield from flat(task.get(key))
-
         yield path, list(flat(load(path)))
 
 
@@ -371,13 +372,6 @@ def asserts_in(roles_dir: Path) -> list[str]:
     """ "ROLE/tasks/FILE:task name" of every assert or fail in the roles' tasks, blocks included."""
     found = []
     for role_dir in sorted(path for path in roles_dir.iterdir() if (path / "tasks").is_dir()):
-
-        def flat(tasks):
-            for task in tasks or []:
-                yield task
-                for key in ("block", "rescue", "always"):
-                    yield from flat(task.get(key))
-
         for path in sorted((role_dir / "tasks").glob("*.yml")):
             for task in flat(load(path)):
                 if module_of(task) in ASSERTS:
@@ -409,6 +403,46 @@ def test_preflight_is_one_task_the_action_and_observe_one_read_only_call(role):
 def test_checks_are_the_action_not_assert_or_fail():
     problems = assert_problems(ROOT / "roles", ASSERTS_ALLOWED)
     assert not problems, "\n".join(problems)
+
+
+# The playbooks hold no assert or fail either: a check outside a role gets a role entry point (the
+# action reads its role's specs), as train.yml's launcher check is fleet's tasks_from: launcher.
+PLAYBOOKS = [ROOT / "site.yml", *sorted((ROOT / "playbooks").rglob("*.yml"))]
+PLAY_TASK_KEYS = ("pre_tasks", "tasks", "post_tasks", "handlers")
+
+
+def asserts_in_playbooks(paths) -> list[str]:
+    """ "PLAYBOOK:play name:task name" of every assert or fail in the plays' task lists, blocks included."""
+    found = []
+    for path in paths:
+        plays = yaml.safe_load(path.read_text())
+        # A vars file (playbooks/vars/) is a mapping, no plays.
+        for play in plays if isinstance(plays, list) else []:
+            for key in PLAY_TASK_KEYS:
+                for task in flat(play.get(key)):
+                    if module_of(task) in ASSERTS:
+                        found.append(f"{path.name}:{play.get('name')}:{task.get('name')}")
+    return found
+
+
+def test_playbooks_check_in_a_roles_entry_point_not_with_assert_or_fail():
+    found = asserts_in_playbooks(PLAYBOOKS)
+    assert len(PLAYBOOKS) >= 10 and not found, (
+        f"{found}: a check is a role's {PREFLIGHT_ACTION} task; import the role's entry point (docs/contributing.md)"
+    )
+
+
+def test_the_playbook_rule_finds_an_assert_or_fail_in_any_task_list_and_block(tmp_path):
+    refuse = {"name": "Refuse", "ansible.builtin.fail": {"msg": "no"}}
+    check = {"name": "Check", "assert": {"that": ["true"]}}
+    block = {"name": "A block", "block": [{"name": "Step", "ansible.builtin.debug": {}}], "rescue": [check]}
+    play = {"name": "Play", "hosts": "localhost", "pre_tasks": [refuse], "tasks": [block]}
+    book = tmp_path / "bad.yml"
+    book.write_text(yaml.safe_dump([play, {"ansible.builtin.import_playbook": "other.yml"}]))
+    assert asserts_in_playbooks([book]) == ["bad.yml:Play:Refuse", "bad.yml:Play:Check"]
+    play["pre_tasks"], block["rescue"] = [], []
+    book.write_text(yaml.safe_dump([play]))
+    assert asserts_in_playbooks([book]) == []
 
 
 def test_the_check_and_observe_rules_refuse_what_they_forbid(tmp_path):
