@@ -445,6 +445,52 @@ def test_the_playbook_rule_finds_an_assert_or_fail_in_any_task_list_and_block(tm
     assert asserts_in_playbooks([book]) == []
 
 
+# Ansible checks an entry point's argument spec only when tasks_from is the spec's exact name:
+# `tasks_from: job.yml` runs tasks/job.yml and silently skips the `job` spec.
+INCLUDE_ROLE = {f"{prefix}{name}" for prefix in ("", "ansible.builtin.") for name in ("include_role", "import_role")}
+
+
+def spec_skipping_includes(task_files, roles_dir: Path) -> list[str]:
+    """ "FILE:task name" of each include_role/import_role whose tasks_from names an entry point of
+    the role's argument specs with its .yml suffix."""
+    found = []
+    for path in task_files:
+        data = yaml.safe_load(path.read_text())
+        items = data if isinstance(data, list) else []  # a vars file is a mapping
+        plays = [item for item in items if "hosts" in item]
+        tasks = [task for play in plays for key in PLAY_TASK_KEYS for task in flat(play.get(key))]
+        for task in tasks if plays else flat(items):
+            args = next((task[module] for module in INCLUDE_ROLE if module in task), None)
+            if not isinstance(args, dict) or not str(args.get("tasks_from", "")).endswith(".yml"):
+                continue
+            specs = roles_dir / args["name"] / "meta" / "argument_specs.yml"
+            entry_points = yaml.safe_load(specs.read_text())["argument_specs"] if specs.exists() else {}
+            if args["tasks_from"].removesuffix(".yml") in entry_points:
+                found.append(f"{path.name}:{task.get('name')}")
+    return found
+
+
+def test_an_entry_point_with_a_spec_is_included_by_its_bare_name():
+    task_files = [*PLAYBOOKS, *sorted((ROOT / "roles").glob("*/tasks/*.yml"))]
+    found = spec_skipping_includes(task_files, ROOT / "roles")
+    assert not found, f"{found}: write tasks_from without .yml, or Ansible skips the entry point's argument spec"
+
+
+def test_the_entry_point_rule_finds_a_suffixed_tasks_from_in_a_play_and_a_task_file(tmp_path):
+    role = tmp_path / "roles" / "demo"
+    (role / "meta").mkdir(parents=True)
+    (role / "meta" / "argument_specs.yml").write_text(yaml.safe_dump({"argument_specs": {"main": {}, "job": {}}}))
+    include = {"name": "Submit", "ansible.builtin.include_role": {"name": "demo", "tasks_from": "job.yml"}}
+    no_spec = {"name": "Other", "ansible.builtin.include_role": {"name": "demo", "tasks_from": "other.yml"}}
+    book, tasks = tmp_path / "book.yml", tmp_path / "tasks.yml"
+    book.write_text(yaml.safe_dump([{"name": "Play", "hosts": "all", "tasks": [{"block": [include]}, no_spec]}]))
+    tasks.write_text(yaml.safe_dump([include, no_spec]))
+    assert spec_skipping_includes([book, tasks], tmp_path / "roles") == ["book.yml:Submit", "tasks.yml:Submit"]
+    include["ansible.builtin.include_role"]["tasks_from"] = "job"
+    book.write_text(yaml.safe_dump([{"name": "Play", "hosts": "all", "tasks": [include]}]))
+    assert spec_skipping_includes([book], tmp_path / "roles") == []
+
+
 def test_the_check_and_observe_rules_refuse_what_they_forbid(tmp_path):
     role = tmp_path / "demo"
     (role / "tasks").mkdir(parents=True)

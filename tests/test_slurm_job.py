@@ -243,6 +243,8 @@ def test_the_systemd_launcher_is_the_default_and_submits_nothing(tmp_path):
 def test_the_slurm_launcher_submits_one_job_once(tmp_path):
     rc, out = train(tmp_path, "-e", "train_launcher=slurm")
     assert rc == 0, out[-3000:]
+    # tasks_from: job, not job.yml: Ansible checks the entry point's spec only by its bare name.
+    assert "Validating arguments against arg spec 'job'" in out
     script = tmp_path / "jobs" / "hf-train-default.sbatch"
     assert (tmp_path / "sbatch").read_text() == f"--parsable {script}\n"
     assert "Submitted job 4242 (hf-train-default, 2 nodes)" in " ".join(out.split())
