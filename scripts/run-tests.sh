@@ -4,23 +4,16 @@
 # output also goes to .cache/test-logs/STAGE.log, and the summary ends with the
 # error lines of each failed stage: CI keeps only the tail of a run.
 #
-# Stages joined by + run side by side: test-deps leaves 42 % of the 2 cores idle (it mostly
-# checks what is built), which lint fills. They share nothing they write: test-deps builds the
-# venvs and the wheelhouse before the stages after it. The rehearsals stage (every Molecule
-# scenario and the labs' short versions) runs its jobs side by side itself, from one queue
-# (scripts/rehearsals.sh); the summary repeats each job's time.
-#
-# BESIDE: stages that run one after another beside a stage, at a lower priority (nice). The
-# rehearsals leave about 12 % of the cores idle (their jobs wait on reboots, systemd and SSH),
-# and pytest and loader-test are pure CPU that waits on nothing: run after the rehearsals, as
-# a stage of their own, they took 433 s of CI's 2461. Beside them, niced, they take what the
-# rehearsals leave and a small share of the rest, so the jobs keep most of their speed.
+# Stages joined by + run side by side: neither pytest nor loader-test keeps the 2 cores busy
+# alone (measured: together in 385 s, one after the other in 731 s), and test-deps leaves 42 %
+# of them idle (it mostly checks what is built), which lint fills. They share nothing they
+# write: test-deps builds the venvs and the wheelhouse before the stages after it. The rehearsals stage (every
+# Molecule scenario and the labs' short versions) runs its jobs side by side itself, from one
+# queue (scripts/rehearsals.sh); the summary repeats each job's time.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-declare -a STAGES=(venv engine lint+test-deps rehearsals)
-declare -A BESIDE=([rehearsals]="pytest loader-lint loader-test")
-BESIDE_NICE=${TEST_BESIDE_NICE:-5}
+declare -a STAGES=(venv engine lint+test-deps pytest+loader-lint+loader-test rehearsals)
 
 LOGS=.cache/test-logs
 mkdir -p "$LOGS"
@@ -39,37 +32,28 @@ rm -f "$LOGS"/*.rc
 declare -a RESULTS=() FAILED_STAGES=()
 failed=0
 total_start=$SECONDS
-run_stage() {  # STAGE [NICENESS] -> its exit status in $LOGS/STAGE.rc, its output in $LOGS/STAGE.log
+run_stage() {  # stage -> its exit status in $LOGS/STAGE.rc, its output in $LOGS/STAGE.log
     local start=$SECONDS
-    nice -n "${2:-0}" make --no-print-directory "$1" >"$LOGS/$1.log" 2>&1
+    make --no-print-directory "$1" >"$LOGS/$1.log" 2>&1
     echo "$? $((SECONDS - start))" >"$LOGS/$1.rc"
 }
 
 for group in "${STAGES[@]}"; do
     stages=(${group//+/ })
-    beside=(${BESIDE[$group]:-})
-    printf '\n===== stage %s =====\n' "${group//+/ + }${beside[*]:+ (beside it, niced: ${beside[*]})}"
+    printf '\n===== stage %s =====\n' "${group//+/ + }"
     if [ "${#stages[@]}" -eq 1 ]; then
-        if [ "${#beside[@]}" -gt 0 ]; then
-            (for stage in "${beside[@]}"; do run_stage "$stage" "$BESIDE_NICE"; done) &
-        fi
         # Alone, a stage's output streams (the engine and the venv are slow to start).
         start=$SECONDS
         make --no-print-directory "$group" 2>&1 | tee "$LOGS/$group.log"
         echo "${PIPESTATUS[0]} $((SECONDS - start))" >"$LOGS/$group.rc"
-        wait
-        logged=("${beside[@]}")
     else
         for stage in "${stages[@]}"; do run_stage "$stage" & done
         wait
-        logged=("${stages[@]}")
+        for stage in "${stages[@]}"; do
+            printf '\n----- %s -----\n' "$stage"
+            cat "$LOGS/$stage.log"
+        done
     fi
-    # The stages that ran into their logs, printed whole once their group is done.
-    for stage in "${logged[@]}"; do
-        printf '\n----- %s -----\n' "$stage"
-        cat "$LOGS/$stage.log"
-    done
-    stages+=("${beside[@]}")
     for stage in "${stages[@]}"; do
         read -r rc seconds <"$LOGS/$stage.rc"
         if [ "$rc" -eq 0 ]; then status=ok; else

@@ -1,8 +1,7 @@
 """scripts/run-tests.sh (`make test`), run for real over a Makefile whose stages only sleep, say
-when they ran and exit as told: stages joined by + run side by side, the stages BESIDE a stage
-run one after another beside it at a lower priority, every stage gets its line in the summary
-with its own status, a failure anywhere fails the run, and a failed test-deps stops it before
-the stages that would each build the venvs at once."""
+when they ran and exit as told: stages joined by + run side by side, every stage gets its line
+in the summary with its own status, a failure anywhere fails the run, and a failed test-deps
+stops it before the stages that would each build the venvs at once."""
 
 from __future__ import annotations
 
@@ -15,22 +14,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "run-tests.sh"
 STAGES = re.search(r"declare -a STAGES=\((.*)\)", SCRIPT.read_text())[1].split()
-BESIDE = dict(re.findall(r'\[(\S+)\]="([^"]*)"', re.search(r"declare -A BESIDE=\((.*)\)", SCRIPT.read_text())[1]))
-BESIDE = {stage: names.split() for stage, names in BESIDE.items()}
 SLEEP = 1
-
-
-def in_summary_order() -> list[str]:
-    return [name for group in STAGES for name in [*group.split("+"), *BESIDE.get(group, [])]]
 
 
 def run_tests(tmp_path: Path, failing: set[str] = frozenset()) -> tuple[subprocess.CompletedProcess, Path]:
     (tmp_path / "scripts").mkdir()
     shutil.copy(SCRIPT, tmp_path / "scripts" / "run-tests.sh")
-    names = in_summary_order()
+    names = [stage for group in STAGES for stage in group.split("+")]
     recipes = [
-        f"{name}:\n\t@echo start {name} $$(date +%s.%N) >> ran\n\t@echo niceness {name} $$(nice) >> ran\n"
-        f"\t@sleep {SLEEP}\n\t@echo output of {name}\n"
+        f"{name}:\n\t@echo start {name} $$(date +%s.%N) >> ran\n\t@sleep {SLEEP}\n\t@echo output of {name}\n"
         f"\t@echo end {name} $$(date +%s.%N) >> ran\n\t@{'false' if name in failing else 'true'}\n"
         for name in names
     ]
@@ -47,14 +39,6 @@ def spans(ran: Path) -> dict[str, tuple[float, float]]:
         what, name, when = line.split()
         times.setdefault(name, {})[what] = float(when)
     return {name: (t["start"], t["end"]) for name, t in times.items()}
-
-
-def niceness(ran: Path) -> dict[str, int]:
-    return {
-        name: int(value)
-        for what, name, value in (line.split() for line in ran.read_text().splitlines())
-        if what == "niceness"
-    }
 
 
 def summary(output: str) -> dict[str, str]:
@@ -74,7 +58,7 @@ def test_stages_joined_by_plus_run_side_by_side_and_groups_one_after_another(tmp
         latest_start = max(times[s][0] for s in group)
         assert all(times[s][1] > latest_start for s in group), f"{group} did not overlap: {times}"
     assert set(summary(done.stdout).values()) == {"ok"}
-    assert list(summary(done.stdout)) == in_summary_order()
+    assert list(summary(done.stdout)) == [s for g in STAGES for s in g.split("+")]
     # A side-by-side stage's output is printed whole after its group.
     assert "output of loader-test" in done.stdout
     assert (tmp_path / ".cache" / "test-logs" / "loader-test.log").read_text().strip().endswith("output of loader-test")
@@ -95,18 +79,3 @@ def test_a_failed_test_deps_stops_before_the_stages_that_need_it(tmp_path):
     assert done.returncode != 0
     assert summary(done.stdout) == {"venv": "ok", "engine": "ok", "lint": "ok", "test-deps": "FAILED"}
     assert "pytest" not in spans(ran) and "rehearsals" not in spans(ran)
-
-
-def test_the_stages_beside_a_stage_run_one_after_another_during_it_niced(tmp_path):
-    done, ran = run_tests(tmp_path)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert BESIDE.get("rehearsals") == ["pytest", "loader-lint", "loader-test"]
-    times, nice = spans(ran), niceness(ran)
-    for stage, chain in BESIDE.items():
-        assert times[chain[0]][0] < times[stage][1] and times[stage][0] < times[chain[0]][1], (stage, chain, times)
-        for before, after in itertools.pairwise(chain):
-            assert times[after][0] >= times[before][1], (before, after, times)
-        assert all(nice[name] > nice[stage] for name in chain), nice
-    # Each one's output printed whole after the stage it ran beside, which streamed.
-    assert done.stdout.index("output of rehearsals") < done.stdout.index("----- pytest -----")
-    assert done.stdout.index("----- pytest -----") < done.stdout.index("output of pytest")
