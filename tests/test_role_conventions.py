@@ -411,18 +411,27 @@ PLAYBOOKS = [ROOT / "site.yml", *sorted((ROOT / "playbooks").rglob("*.yml"))]
 PLAY_TASK_KEYS = ("pre_tasks", "tasks", "post_tasks", "handlers")
 
 
+def tasks_of(path: Path):
+    """(play name, task) for every task of a playbook's plays, or (None, task) for a task file's,
+    blocks included. A vars file (playbooks/vars/) is a mapping: no tasks."""
+    data = load(path)
+    items = data if isinstance(data, list) else []
+    plays = [item for item in items if "hosts" in item]
+    if not plays:
+        yield from ((None, task) for task in flat(items))
+    for play in plays:
+        for key in PLAY_TASK_KEYS:
+            yield from ((play.get("name"), task) for task in flat(play.get(key)))
+
+
 def asserts_in_playbooks(paths) -> list[str]:
     """ "PLAYBOOK:play name:task name" of every assert or fail in the plays' task lists, blocks included."""
-    found = []
-    for path in paths:
-        plays = yaml.safe_load(path.read_text())
-        # A vars file (playbooks/vars/) is a mapping, no plays.
-        for play in plays if isinstance(plays, list) else []:
-            for key in PLAY_TASK_KEYS:
-                for task in flat(play.get(key)):
-                    if module_of(task) in ASSERTS:
-                        found.append(f"{path.name}:{play.get('name')}:{task.get('name')}")
-    return found
+    return [
+        f"{path.name}:{play}:{task.get('name')}"
+        for path in paths
+        for play, task in tasks_of(path)
+        if module_of(task) in ASSERTS
+    ]
 
 
 def test_playbooks_check_in_a_roles_entry_point_not_with_assert_or_fail():
@@ -455,12 +464,9 @@ def spec_skipping_includes(task_files, roles_dir: Path) -> list[str]:
     the role's argument specs with its .yml suffix."""
     found = []
     for path in task_files:
-        data = yaml.safe_load(path.read_text())
-        items = data if isinstance(data, list) else []  # a vars file is a mapping
-        plays = [item for item in items if "hosts" in item]
-        tasks = [task for play in plays for key in PLAY_TASK_KEYS for task in flat(play.get(key))]
-        for task in tasks if plays else flat(items):
-            args = next((task[module] for module in INCLUDE_ROLE if module in task), None)
+        for _, task in tasks_of(path):
+            module = module_of(task)
+            args = task.get(module) if module in INCLUDE_ROLE else None
             if not isinstance(args, dict) or not str(args.get("tasks_from", "")).endswith(".yml"):
                 continue
             specs = roles_dir / args["name"] / "meta" / "argument_specs.yml"
