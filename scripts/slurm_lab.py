@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-from lablib import BIN, Lab, Logger, lab_inventory, light_stack, run_lab  # noqa: E402  the lab library
+from lablib import BIN, Lab, Logger, baked_host_image, lab_inventory, light_stack, run_lab  # noqa: E402  the lab library
 
 sys.path.insert(0, str(ROOT / "scripts"))
 from gpu_sim import build as gpu_build  # noqa: E402  the simulated driver versions
@@ -79,12 +79,12 @@ class Checks:
         return ok
 
 
-def slurm_lab(gpu: str) -> Lab:
-    return Lab.from_env().beside(LAB, PREFIX, 2700, gpu=gpu)
+def slurm_lab(gpu: str, **changes: str) -> Lab:
+    return Lab.from_env().beside(LAB, PREFIX, 2700, gpu=gpu, **changes)
 
 
-def lab(cmd: str, n: int, gpu: str = "none") -> None:
-    run_lab(slurm_lab(gpu), cmd, *(["--hosts", str(n), "--gpu", gpu] if cmd == "up" else []))
+def lab(cmd: str, n: int, gpu: str = "none", **changes: str) -> None:
+    run_lab(slurm_lab(gpu, **changes), cmd, *(["--hosts", str(n), "--gpu", gpu] if cmd == "up" else []))
 
 
 def playbook(name: str, inventory: Path, extra: list[str], logfile: Path, *more: str) -> tuple[int, str]:
@@ -331,13 +331,14 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     inventory, group_vars = lab_inventory(work)
     reports = work / "reports"
-    extra = [*light_stack(work), f"fleet_report_dir={reports}", f"hf_loader_fleet_report_dir={reports}/hosts"]
+    light = light_stack(work)
+    extra = [*light, f"fleet_report_dir={reports}", f"hf_loader_fleet_report_dir={reports}/hosts"]
     checks = Checks()
     times: dict[str, float] = {}
     first = nodes[0]
     try:
         t0 = time.monotonic()
-        lab("up", len(hosts), gpu)
+        lab("up", len(hosts), gpu, image=baked_host_image(work, light))
         times["lab up"] = round(time.monotonic() - t0, 1)
         secret = write_slurm_inventory(work, nodes, controller, gres=not args.rollout)
 

@@ -57,7 +57,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-from lablib import BIN, Lab, Logger, lab_inventory, light_stack, run_lab  # noqa: E402  the lab library
+from lablib import BIN, Lab, Logger, baked_host_image, lab_inventory, light_stack, run_lab  # noqa: E402  the lab library
 
 LAB = "lab/upgrade"
 PREFIX = "upgrade-gpu-"
@@ -81,13 +81,13 @@ DRIVER_TASKS = (ROOT / "roles" / "nvidia_driver" / "tasks").resolve()
 log = Logger("rehearsal")
 
 
-def upgrade_lab(fail: list[str]) -> Lab:
-    return Lab.from_env().beside(LAB, PREFIX, 2600, gpu="sim", gpu_fail=",".join(fail))
+def upgrade_lab(fail: list[str], **changes: str) -> Lab:
+    return Lab.from_env().beside(LAB, PREFIX, 2600, gpu="sim", gpu_fail=",".join(fail), **changes)
 
 
-def lab(cmd: str, n: int, fail: list[str]) -> None:
+def lab(cmd: str, n: int, fail: list[str], **changes: str) -> None:
     up = ["--hosts", str(n), "--gpu", "sim", "--gpu-fail", ",".join(fail)]
-    run_lab(upgrade_lab(fail), cmd, *(up if cmd == "up" else []))
+    run_lab(upgrade_lab(fail, **changes), cmd, *(up if cmd == "up" else []))
 
 
 def playbook(
@@ -232,12 +232,13 @@ def main() -> int:
     logs.mkdir(parents=True, exist_ok=True)
     inventory, group_vars = lab_inventory(work)
     reports = work / "reports"
-    extra = [*light_stack(work), f"fleet_report_dir={reports}", f"hf_loader_fleet_report_dir={reports}/hosts"]
+    light = light_stack(work)
+    extra = [*light, f"fleet_report_dir={reports}", f"hf_loader_fleet_report_dir={reports}/hosts"]
     checks = Checks()
     times: dict[str, float] = {}
     try:
         t0 = time.monotonic()
-        lab("up", args.hosts, fail)
+        lab("up", args.hosts, fail, image=baked_host_image(work, light))
         times["lab up"] = round(time.monotonic() - t0, 1)
 
         log(f"site.yml: first converge, driver {old} installed and loaded by a reboot")
