@@ -56,7 +56,7 @@ import time
 from pathlib import Path
 
 from gpu_sim import build as gpu_build
-from lablib import ROOT, Lab, Logger
+from lablib import ROOT, Lab, Logger, wait_systemd
 from lablib.settings import LabSettingsError
 
 VOLUME_LABEL = "hfcache"
@@ -274,15 +274,6 @@ def container_info(name: str) -> dict | None:
     if proc.returncode != 0:
         return None
     return json.loads(proc.stdout)[0]
-
-
-def wait_systemd(name: str) -> None:
-    for _ in range(120):
-        out = run("docker", "exec", name, "systemctl", "is-system-running", check=False).stdout.strip()
-        if out in ("running", "degraded"):
-            return
-        time.sleep(0.5)
-    die(f"{name}: systemd did not finish booting (is-system-running: {out})")
 
 
 def forget_facts(lab: Lab, host: str) -> None:

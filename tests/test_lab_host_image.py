@@ -32,6 +32,8 @@ if args[:2] == ["image", "inspect"]:
     if name not in images:
         sys.exit(1)
     print(images[name])
+elif args[0] == "exec" and args[-1] == "is-system-running":
+    print("running")
 elif args[0] == "images":
     print("\\n".join(name for name in images if name.startswith(args[1] + ":")))
 elif args[0] == "commit":

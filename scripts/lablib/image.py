@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .log import Logger
 from .settings import ROOT
-from .stack import BIN, light_key, light_wheelhouse_root
+from .stack import BIN, light_key, light_wheelhouse_root, wait_systemd
 
 log = Logger("lab")
 
@@ -91,11 +91,10 @@ def _bake(tag: str, work: Path, light_vars: list[str]) -> None:
     _docker(
         "run", "--detach", "--name", name, "--hostname", name,
         "--privileged", "--cgroupns", "host", "--volume", "/sys/fs/cgroup:/sys/fs/cgroup:rw",
-        "--tmpfs", "/run", "--tmpfs", "/run/lock", PLAIN_IMAGE, "/lib/systemd/systemd",
+        "--tmpfs", "/run", "--tmpfs", "/run/lock", "--stop-signal", "SIGRTMIN+3", PLAIN_IMAGE, "/lib/systemd/systemd",
     )  # fmt: skip
     try:
-        # "degraded" (a unit a container cannot run) is a finished boot too.
-        _docker("exec", name, "systemctl", "is-system-running", "--wait", check=False)
+        wait_systemd(name)
         # In gpu_hosts, so that the lab's group_vars apply as they will on the lab's hosts.
         inventory = work / "bake-inventory.yml"
         inventory.write_text(f"gpu_hosts:\n  hosts:\n    {name}:\n      ansible_connection: community.docker.docker\n")

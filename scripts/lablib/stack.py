@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -31,6 +32,19 @@ def run_lab(lab: Lab, *argv: str, check: bool = True) -> subprocess.CompletedPro
     through the environment: a lab is made as root, in a process of its own."""
     command = [sys.executable, str(ROOT / "scripts" / "lab.py"), *argv]
     return subprocess.run(command, cwd=ROOT, env=lab.environment(), check=check)
+
+
+def wait_systemd(name: str) -> None:
+    """Until systemd in the container `name` has finished booting ("degraded": a unit a container
+    cannot run); dies after a minute."""
+    for _ in range(120):
+        out = subprocess.run(
+            ["docker", "exec", name, "systemctl", "is-system-running"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+        if out in ("running", "degraded"):
+            return
+        time.sleep(0.5)
+    log.die(f"{name}: systemd did not finish booting (is-system-running: {out})")
 
 
 # The light stack: the production lock without the training-only packages (Composer,
