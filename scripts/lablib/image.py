@@ -107,9 +107,9 @@ def _bake(tag: str, work: Path, light_vars: list[str]) -> None:
             done = subprocess.run(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=False)
         if done.returncode != 0:
             raise HostImageError(f"bake-image.yml failed baking {tag}: see {logfile}")
-        # Each host gets its own machine id at its first boot (bake-image.yml's clean step, which
-        # also cleans cloud-init's state, is not run: this image has no cloud-init).
-        _docker("exec", name, "truncate", "--size", "0", "/etc/machine-id")
+        # The machine id stays the plain image's, which every lab host shares as before: emptying
+        # /etc/machine-id (bake-image.yml's clean step) is not enough here, systemd then takes the
+        # plain image's /var/lib/dbus/machine-id, as seen on the lab's hosts.
         _docker("stop", name)
         _docker("commit", "--change", 'CMD ["/lib/systemd/systemd"]', name, tag)
     finally:
