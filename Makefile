@@ -56,9 +56,12 @@ lint: venv ## yamllint, ansible-lint (production profile), ruff
 	$(BIN)/ruff check $(PYTHON_SOURCES)
 	$(BIN)/ruff format --check $(PYTHON_SOURCES)
 
-# A test skipped here that CI should run fails the stage (scripts/pytest_skip_policy.py).
+# A test skipped here that CI should run fails the stage (scripts/pytest_skip_policy.py). Two
+# pytest processes share the files (PYTEST_PROCESSES, scripts/pytest-shared.sh); one process:
+# PYTEST_PROCESSES=1, or pytest itself as below without the script.
 pytest: venv test-tools wheelhouse loader-venv ## unit tests of the roles' logic and the project's conventions (the Slurm health check runs the real hf-cache-test)
-	PYTHONPATH=$(CURDIR)/scripts $(BIN)/pytest -q -rs --durations=15 -p pytest_skip_policy tests
+	PYTHONPATH=$(CURDIR)/scripts bash scripts/pytest-shared.sh \
+		$(BIN)/pytest -q -rs --durations=15 -p no:cacheprovider -p pytest_skip_policy tests
 
 molecule: venv engine loader-venv wheelhouse ## every Molecule scenario, full sequence with idempotence, two side by side
 	WHEELHOUSE_DIR=$(WHEELHOUSE_DIR) bash scripts/rehearsals.sh
