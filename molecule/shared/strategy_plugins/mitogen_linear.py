@@ -13,7 +13,9 @@ local connection never finish: they, and the ssh of the unreachable-host test, s
 
 from __future__ import annotations
 
+import ansible.collections.list
 import ansible_mitogen.loaders
+import ansible_mitogen.planner
 import ansible_mitogen.strategy
 from ansible.playbook.play_context import PlayContext
 
@@ -26,6 +28,20 @@ def connection_loader_get_with_context(name, *args, **kwargs):
         name = f"mitogen_{name}"
     return ansible_mitogen.loaders.connection_loader__get_with_context(name, *args, **kwargs)
 
+
+# Mitogen's planner lists every installed collection (the ansible package holds about a hundred,
+# each a folder of metadata to read) for each module of a collection it runs, in each worker Ansible
+# forks, and keeps the answer in that worker only: 9 % of a mitogen rerun's samples (py-spy,
+# docs/benchmarks.md). The folders do not change during a run: listed once, here, in the main process.
+COLLECTION_DIRS = [path.decode("utf-8") for path in ansible.collections.list.list_collection_dirs()]
+
+
+def load_collections(invocation):
+    """ansible_mitogen.planner._load_collections, from the list made once."""
+    invocation._extra_sys_paths.update(COLLECTION_DIRS)
+
+
+ansible_mitogen.planner._load_collections = load_collections
 
 # Read when the strategy installs its wrappers, in place of mitogen's own rule (every play whose
 # connection it knows, local included).
