@@ -51,6 +51,14 @@ def ansible_playbook(
     )
 
 
+def localhost_inventory(folder: Path) -> Path:
+    """An inventory of localhost alone, over the local connection with this toolchain's Python."""
+    inventory = folder / "localhost.yml"
+    host = {"ansible_connection": "local", "ansible_python_interpreter": sys.executable}
+    inventory.write_text(yaml.safe_dump({"all": {"hosts": {"localhost": host}}}))
+    return inventory
+
+
 def run_playbook(inventory: Path, name: str, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
     """ansible_playbook, with the runbook's summaries beside the inventory too (fleet_artifact_dir;
     an -e in `args` wins): (exit status, stdout and stderr)."""

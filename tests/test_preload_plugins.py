@@ -10,14 +10,13 @@ playbook run shows that the project's ansible.cfg enables it and that it runs be
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from conftest import ROOT
+from conftest import ROOT, ansible_playbook, localhost_inventory
 
 PLUGINS = ROOT / "collections" / "ansible_collections" / "gpu_fleet" / "common" / "plugins"
 
@@ -94,15 +93,7 @@ PLAYBOOK = """
 def test_the_project_enables_it_and_it_runs_before_the_first_task(tmp_path: Path):
     playbook = tmp_path / "play.yml"
     playbook.write_text(PLAYBOOK)
-    ansible_playbook = Path(sys.executable).parent / "ansible-playbook"
-    done = subprocess.run(
-        [str(ansible_playbook), "-i", "localhost,", "-c", "local", str(playbook), "-vvv"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", "HOME": str(tmp_path)},
-        cwd=ROOT,
-        check=False,
-    )
+    done = ansible_playbook(localhost_inventory(tmp_path), str(playbook), "-vvv", env={"HOME": str(tmp_path)})
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     count = sum(len(list((PLUGINS / kind).glob("*.py"))) for kind in ("action", "filter", "lookup", "test"))

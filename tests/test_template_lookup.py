@@ -6,13 +6,11 @@ ansible.cfg; the builtin lookup's output is the expected value."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
-from conftest import ROOT
+from conftest import ROOT, ansible_playbook, localhost_inventory
 
 TEMPLATES = {
     # ansible_managed and the template_* variables the builtin lookup adds.
@@ -66,24 +64,7 @@ def run(tmp_path: Path, playbook: str, *args: str) -> subprocess.CompletedProces
         (tmp_path / "templates" / name).write_text(text)
     path = tmp_path / "play.yml"
     path.write_text(playbook)
-    return subprocess.run(
-        [
-            str(Path(sys.executable).parent / "ansible-playbook"),
-            "-i",
-            "localhost,",
-            "-c",
-            "local",
-            str(path),
-            "-e",
-            f"ansible_python_interpreter={sys.executable}",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1", "HOME": str(tmp_path)},
-        cwd=ROOT,
-        check=False,
-    )
+    return ansible_playbook(localhost_inventory(tmp_path), str(path), *args, env={"HOME": str(tmp_path)})
 
 
 def rendered(tmp_path: Path, lookup: str) -> dict:
