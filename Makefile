@@ -8,7 +8,7 @@ CONTROLLER_STAMP := $(VENV)/.installed-$(shell sha256sum requirements/controller
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export ANSIBLE_ROLES_PATH := $(CURDIR)/roles
 
-.PHONY: help venv engine wheelhouse test-tools test-deps lint pytest molecule rehearsals bench-molecule-exec test lock clean
+.PHONY: help venv engine wheelhouse test-tools test-deps lint pytest molecule rehearsals bench-molecule-exec bench-unit-stage test lock clean
 WHEELHOUSE_DIR ?= /var/cache/gpu-fleet/wheelhouse
 
 help: ## list targets
@@ -72,6 +72,9 @@ rehearsals: venv engine loader-venv wheelhouse ## every Molecule scenario and th
 
 bench-molecule-exec: venv engine ## Molecule's docker connection: a playbook with pipelining off, on, and under mitogen (wall, CPU, execs)
 	$(BIN)/python bench/molecule_exec.py
+
+bench-unit-stage: venv test-tools loader-test-venv ## make test's unit stage: make pytest beside make loader-test, the loader's suite in one process or two, torch on its threads or one
+	$(BIN)/python bench/unit_stage.py
 
 test: ## everything CI checks: lint, pytest, molecule; prints a summary
 	bash scripts/run-tests.sh

@@ -48,9 +48,15 @@ $(LOADER_TEST_STAMP): $(LOADER_TEST_LOCK) $(LOADER_STAMP)
 
 loader-test-venv: $(LOADER_TEST_STAMP) ## the loader venv with the test tools (requirements/loader-test.txt)
 
+# Two pytest processes share the files as `make pytest`'s do (PYTEST_PROCESSES, scripts/pytest-shared.sh):
+# beside make pytest in make test, one process ran alone for its last 100 s with a core idle. Torch
+# computes on LOADER_TEST_THREADS threads (OMP_NUM_THREADS; empty: torch's default, one a core): with
+# four processes on the cores, its threads waited for each other at every step (bench/unit_stage.py).
+LOADER_TEST_THREADS ?= 1
 loader-test: $(LOADER_TEST_STAMP) test-tools ## hf_loader tests incl. the Composer ResNet-50 smoke (production pins)
-	cd $(LOADER_DIR) && PYTHONPATH=$(CURDIR)/scripts $(CURDIR)/$(LOADER_BIN)/python -m pytest -q -rs --durations=15 \
-		-p no:cacheprovider -p pytest_skip_policy tests
+	cd $(LOADER_DIR) && $(if $(LOADER_TEST_THREADS),OMP_NUM_THREADS=$(LOADER_TEST_THREADS)) \
+		PYTHONPATH=$(CURDIR)/scripts bash $(CURDIR)/scripts/pytest-shared.sh \
+		$(CURDIR)/$(LOADER_BIN)/python -m pytest -q -rs --durations=15 -p no:cacheprovider -p pytest_skip_policy tests
 
 $(LOADER_BENCH_STAMP): $(LOADER_BENCH_LOCK) $(LOADER_STAMP)
 	$(LOADER_BIN)/pip install --quiet --no-deps -r $(LOADER_BENCH_LOCK)

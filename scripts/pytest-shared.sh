@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# `make pytest`: PYTEST_PROCESSES (default 2) pytest processes side by side share one run of the
-# suite, file by file (scripts/pytest_file_claims.py). Many tests wait on ansible-playbook or a
-# subprocess, so one process leaves a core idle. Each process's output is printed after the run,
-# one after the other; the run fails if any process failed.
+# `make pytest` and `make loader-test`: PYTEST_PROCESSES (default 2) pytest processes side by side
+# share one run of the suite, file by file (scripts/pytest_file_claims.py). Many tests wait on
+# ansible-playbook or a subprocess, so one process leaves a core idle. Each process's output is
+# printed after the run, one after the other; the run fails if any process failed.
 #   usage: scripts/pytest-shared.sh PYTEST [ARGS...]
 set -uo pipefail
 processes=${PYTEST_PROCESSES:-2}

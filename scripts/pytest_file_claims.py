@@ -1,11 +1,12 @@
 """pytest plugin: pytest processes side by side share one run of a suite, file by file.
 
-`make pytest` starts two pytest processes over the same tests (scripts/pytest-shared.sh) with
-`-p pytest_file_claims` and PYTEST_FILE_CLAIMS naming one empty folder. Each process collects
-every test, then goes through the files in order and runs a file only if it claims it first
-(creates its name in the folder, which only one process can). So the processes share the work as
-it goes, with no recorded durations to keep up to date, and a file's tests (its module fixtures
-with them) run in one process, in their order. Without PYTEST_FILE_CLAIMS pytest runs as usual.
+`make pytest` and `make loader-test` each start two pytest processes over the same tests
+(scripts/pytest-shared.sh) with `-p pytest_file_claims` and PYTEST_FILE_CLAIMS naming one empty
+folder. Each process collects every test, then goes through the files in order and runs a file
+only if it claims it first (creates its name in the folder, which only one process can). So the
+processes share the work as it goes, with no recorded durations to keep up to date, and a file's
+tests (its module fixtures with them) run in one process, in their order. Without
+PYTEST_FILE_CLAIMS pytest runs as usual.
 
 Each process reports only the tests it ran; its progress percentages count every test collected.
 """
