@@ -73,7 +73,7 @@ rehearsals: venv engine loader-venv wheelhouse ## every Molecule scenario and th
 bench-molecule-exec: venv engine ## Molecule's docker connection: a playbook with pipelining off, on, and under mitogen (wall, CPU, execs)
 	$(BIN)/python bench/molecule_exec.py
 
-bench-unit-stage: venv test-tools loader-test-venv ## make test's unit stage: make pytest beside make loader-test, the loader's suite in one process or two, torch on its threads or one
+bench-unit-stage: venv test-tools wheelhouse loader-test-venv ## make test's unit stage: make pytest beside make loader-test, the loader's suite in one process or two, torch on its threads or one
 	$(BIN)/python bench/unit_stage.py
 
 test: ## everything CI checks: lint, pytest, molecule; prints a summary
