@@ -28,7 +28,8 @@ LABS="lab-slurm-short lab-upgrade-short lab-pull-short"
 WITH_LABS=no
 [ "${1:-}" = --labs ] && WITH_LABS=yes
 # Two, as the old lanes: with three, each job had two thirds of a core, and on a slow run
-# hf_seed's verify failed (its playbook runs had 300 s timeouts, now 900 s).
+# hf_seed's verify failed (its playbook runs had 300 s timeouts, now 900 s). Three were 4 and 2 %
+# shorter in two fresh clones (docs/testing.md): what they fill of the idle, sharing loses again.
 WORKERS=${REHEARSAL_WORKERS:-2}
 LOGS=.cache/test-logs
 mkdir -p "$LOGS"
