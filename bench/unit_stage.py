@@ -31,15 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
+# bench/ is sys.path[0] when this file runs as a script.
+from molecule_exec import busy_ticks  # the machine's busy CPU ticks (/proc/stat)
+
 ROOT = Path(__file__).resolve().parents[1]
 # loader-test's PYTEST_PROCESSES and LOADER_TEST_THREADS (mk/loader.mk; empty: torch's default).
 CONFIGURATIONS = {"one": ("1", ""), "shared": ("2", ""), "shared-1-thread": ("2", "1")}
-
-
-def busy_ticks() -> int:
-    with open("/proc/stat", encoding="ascii") as stat:
-        user, nice, system = (int(field) for field in stat.readline().split()[1:4])
-    return user + nice + system
 
 
 def timed_stage(name: str, logs: Path) -> tuple[float, float, float, float]:
