@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,7 +50,10 @@ def timed_stage(name: str, logs: Path) -> tuple[float, float, float, float]:
     for suite, env in envs.items():
         with (logs / f"{name}-{suite}.log").open("w") as log:  # the child keeps its own descriptor
             make = ["make", "--no-print-directory", suite]
-            running[suite] = subprocess.Popen(make, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+            # A session of its own: a failure stops make's pytest processes with it.
+            running[suite] = subprocess.Popen(
+                make, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
     ended: dict[str, float] = {}
     while len(ended) < len(running):
         for suite, process in running.items():
@@ -58,7 +62,8 @@ def timed_stage(name: str, logs: Path) -> tuple[float, float, float, float]:
             ended[suite] = time.monotonic() - start
             if process.returncode != 0:
                 for other in running.values():
-                    other.terminate()
+                    if other.poll() is None:
+                        os.killpg(other.pid, signal.SIGTERM)
                 tail = (logs / f"{name}-{suite}.log").read_text()[-3000:]
                 sys.exit(f"make {suite} failed ({name}):\n{tail}")
         time.sleep(0.5)
